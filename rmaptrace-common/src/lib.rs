@@ -1,0 +1,400 @@
+//! Types shared by the eBPF programs (`rmaptrace-ebpf`) and the userspace daemon
+//! (`rmaptrace`). Every type here crosses the kernel/user boundary through a BPF map
+//! or the ring buffer, so each is `#[repr(C)]`, plain old data, with explicit padding.
+#![no_std]
+
+/// How a fault touched memory, from the x86 page-fault error code plus what the
+/// probe itself knows. One byte so it can sit in a map key.
+pub mod access {
+    /// x86 error code bit 0: the page was present (a protection fault).
+    pub const PRESENT: u8 = 1 << 0;
+    /// x86 error code bit 1: a write.
+    pub const WRITE: u8 = 1 << 1;
+    /// x86 error code bit 4: an instruction fetch.
+    pub const EXEC: u8 = 1 << 2;
+    /// Taken in kernel mode on a user address (copy_to_user, futex, ...).
+    pub const KERNEL: u8 = 1 << 3;
+    /// The completion had no matching entry, so the bits above are unknown.
+    pub const NO_ENTRY: u8 = 1 << 7;
+
+    /// Maps the x86 `error_code` to the bits above.
+    #[inline(always)]
+    pub const fn from_x86_error_code(error_code: u64, kernel_mode: bool) -> u8 {
+        let mut bits = 0;
+        if error_code & 0x1 != 0 {
+            bits |= PRESENT;
+        }
+        if error_code & 0x2 != 0 {
+            bits |= WRITE;
+        }
+        if error_code & 0x10 != 0 {
+            bits |= EXEC;
+        }
+        if kernel_mode {
+            bits |= KERNEL;
+        }
+        bits
+    }
+}
+
+/// Why a fault has no VMA attached to it. Stored in `FaultKey::vma_status`.
+pub mod vma_status {
+    /// `bpf_find_vma` found the VMA.
+    pub const FOUND: u8 = 0;
+    /// `bpf_find_vma` returned -EBUSY (mmap_lock held by a writer, or its irq_work busy).
+    pub const BUSY: u8 = 1;
+    /// No VMA covers the address (stack growth in progress, or a bad address).
+    pub const NONE: u8 = 2;
+    /// Any other error from the helper.
+    pub const ERROR: u8 = 3;
+}
+
+/// Kernel function that served a fault, when a backend observes it. `DERIVED` means
+/// the backend could not see it and userspace derives it from the VMA and access.
+pub mod path_id {
+    pub const DERIVED: u8 = 0;
+    pub const DO_ANONYMOUS_PAGE: u8 = 1;
+    pub const DO_WP_PAGE: u8 = 2;
+    pub const DO_SWAP_PAGE: u8 = 3;
+    pub const DO_READ_FAULT: u8 = 4;
+    pub const DO_COW_FAULT: u8 = 5;
+    pub const DO_SHARED_FAULT: u8 = 6;
+    pub const DO_HUGE_PMD_ANONYMOUS_PAGE: u8 = 7;
+    pub const HUGETLB_FAULT: u8 = 8;
+}
+
+/// Number of latency buckets: four per power of two from 2^LAT_MIN_SHIFT ns.
+pub const LAT_BUCKETS: usize = 96;
+/// Latencies below 2^LAT_MIN_SHIFT ns land in bucket 0.
+pub const LAT_MIN_SHIFT: u32 = 6;
+
+/// Bucket of a latency: four sub-buckets per octave, so a percentile read back from
+/// the histogram is within 19% of the true value. Branch-light for the verifier.
+#[inline(always)]
+pub fn latency_bucket(ns: u64) -> usize {
+    if ns < (1 << LAT_MIN_SHIFT) {
+        return 0;
+    }
+    let log2 = 63 - ns.leading_zeros();
+    let sub = ((ns >> (log2 - 2)) & 0x3) as u32;
+    let idx = ((log2 - LAT_MIN_SHIFT) * 4 + sub) as usize;
+    if idx >= LAT_BUCKETS {
+        LAT_BUCKETS - 1
+    } else {
+        idx
+    }
+}
+
+/// Lower bound in ns of a latency bucket (inverse of [`latency_bucket`]).
+pub fn latency_bucket_floor(idx: usize) -> u64 {
+    let octave = idx as u32 / 4 + LAT_MIN_SHIFT;
+    let sub = (idx % 4) as u64;
+    (1u64 << octave) + sub * (1u64 << (octave - 2))
+}
+
+/// Key of the in-kernel fault aggregate: one row per process, VMA, access kind,
+/// observed kernel path and whether a VMA was found.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FaultKey {
+    pub tgid: u32,
+    pub access: u8,
+    pub path: u8,
+    pub vma_status: u8,
+    pub _pad: u8,
+    /// `vm_start` of the VMA at fault time, 0 when `vma_status != FOUND`.
+    pub vm_start: u64,
+}
+
+/// Per-CPU value of the fault aggregate. Counted at completion (the perf software
+/// events fired by `mm_account_fault`), so `minor + major` is what the kernel itself
+/// adds to the task's min_flt/maj_flt.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct FaultStats {
+    pub minor: u64,
+    pub major: u64,
+    /// Completions whose entry event was seen, i.e. with a latency.
+    pub timed: u64,
+    pub latency_sum_ns: u64,
+    pub latency_max_ns: u64,
+    pub latency_hist: [u32; LAT_BUCKETS],
+}
+
+impl Default for FaultStats {
+    fn default() -> Self {
+        Self {
+            minor: 0,
+            major: 0,
+            timed: 0,
+            latency_sum_ns: 0,
+            latency_max_ns: 0,
+            latency_hist: [0; LAT_BUCKETS],
+        }
+    }
+}
+
+/// Key of the VMA description map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VmaKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub vm_start: u64,
+}
+
+pub const VMA_NAME_LEN: usize = 32;
+
+/// What the kernel says about a VMA, read in the `bpf_find_vma` callback at fault
+/// time with offsets taken from the running kernel's BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmaInfo {
+    pub vm_start: u64,
+    pub vm_end: u64,
+    pub vm_flags: u64,
+    /// `vma->vm_ops`; 0 is the kernel's own test for an anonymous VMA.
+    pub vm_ops: u64,
+    /// `vma->vm_ops->fault`, the handler `__do_fault` calls.
+    pub fault_fn: u64,
+    /// `vma->vm_ops->huge_fault`, 0 when absent.
+    pub huge_fault_fn: u64,
+    pub vm_pgoff: u64,
+    /// `vma->vm_file` (0 for none); only compared against 0 by userspace.
+    pub file: u64,
+    pub ino: u64,
+    pub rdev: u32,
+    pub i_mode: u16,
+    pub _pad: u16,
+    /// Base name of the mapped file's dentry, NUL-padded.
+    pub name: [u8; VMA_NAME_LEN],
+}
+
+impl Default for VmaInfo {
+    fn default() -> Self {
+        Self {
+            vm_start: 0,
+            vm_end: 0,
+            vm_flags: 0,
+            vm_ops: 0,
+            fault_fn: 0,
+            huge_fault_fn: 0,
+            vm_pgoff: 0,
+            file: 0,
+            ino: 0,
+            rdev: 0,
+            i_mode: 0,
+            _pad: 0,
+            name: [0; VMA_NAME_LEN],
+        }
+    }
+}
+
+/// Per-process counters kept alongside the per-VMA aggregate, so that totals stay
+/// exact even if the aggregate map fills up.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcStats {
+    /// `page_fault_user` + `page_fault_kernel` (user address) entries.
+    pub exceptions: u64,
+    /// Completions counted minor / major.
+    pub minor: u64,
+    pub major: u64,
+    /// Completions that could not be added to the per-VMA aggregate (map full).
+    pub aggregate_full: u64,
+}
+
+/// Global counters: one per-CPU slot each, summed by userspace.
+pub mod counter {
+    /// Ring buffer reservations that failed: events lost.
+    pub const EVENTS_LOST: u32 = 0;
+    /// Completions with no in-flight entry (no latency, access unknown).
+    pub const UNMATCHED_COMPLETION: u32 = 1;
+    /// In-flight table full.
+    pub const INFLIGHT_FULL: u32 = 2;
+    /// Per-process table full: faults of that process are not counted at all.
+    pub const PROC_TABLE_FULL: u32 = 3;
+    /// VMA table full: a VMA faulted but its description could not be stored.
+    pub const VMA_TABLE_FULL: u32 = 4;
+    /// Traced-process table full: a child could not be followed.
+    pub const TRACED_TABLE_FULL: u32 = 5;
+    /// An entry was replaced before its completion arrived: the fault failed
+    /// (SIGSEGV, SIGBUS, EFAULT fixup) or its completion event was throttled.
+    pub const ENTRY_WITHOUT_COMPLETION: u32 = 6;
+    pub const COUNT: u32 = 7;
+}
+
+/// Values of the `TRACED` map.
+pub mod traced {
+    /// The process is traced.
+    pub const YES: u8 = 1;
+    /// The process is not traced but its children are (rmaptrace itself when it
+    /// starts `-- CMD`, so the command is traced from its first instruction).
+    pub const CHILDREN_ONLY: u8 = 2;
+}
+
+/// Kinds of ring buffer records: every record starts with an [`EventHeader`].
+pub mod event_kind {
+    pub const FAULT: u32 = 1;
+    pub const MMAP_ENTER: u32 = 2;
+    pub const MMAP_EXIT: u32 = 3;
+    pub const MUNMAP: u32 = 4;
+    pub const MREMAP_ENTER: u32 = 5;
+    pub const MREMAP_EXIT: u32 = 6;
+    pub const EXIT: u32 = 7;
+    pub const EXEC: u32 = 8;
+    pub const FORK: u32 = 9;
+}
+
+pub const COMM_LEN: usize = 16;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventHeader {
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    pub _pad: u32,
+    pub ts_ns: u64,
+}
+
+/// One completed fault, sent only with `--events`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FaultEvent {
+    pub header: EventHeader,
+    pub addr: u64,
+    pub ip: u64,
+    /// 0 when the entry was not seen.
+    pub latency_ns: u64,
+    pub access: u8,
+    pub path: u8,
+    pub vma_status: u8,
+    pub major: u8,
+    pub _pad: u32,
+    pub vma: VmaInfo,
+}
+
+/// Arguments of mmap/munmap/mremap at syscall entry; the exit record carries the
+/// result. Userspace pairs them by tid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SyscallEvent {
+    pub header: EventHeader,
+    /// Up to six syscall arguments at entry; `args[0]` is the return value at exit.
+    pub args: [u64; 6],
+}
+
+/// A thread exited: its own fault counters as the kernel kept them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExitEvent {
+    pub header: EventHeader,
+    pub min_flt: u64,
+    pub maj_flt: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// exec or fork of a traced process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaskEvent {
+    pub header: EventHeader,
+    /// Child tgid for FORK, 0 for EXEC.
+    pub other: u32,
+    pub _pad: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Byte offsets of the kernel struct fields the programs read, taken from the running
+/// kernel's BTF by userspace and written into the object's `OFFSETS` global before
+/// load (Rust eBPF has no CO-RE relocations, and layouts differ between kernels).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub vma_vm_start: u32,
+    pub vma_vm_end: u32,
+    pub vma_vm_flags: u32,
+    pub vma_vm_ops: u32,
+    pub vma_vm_file: u32,
+    pub vma_vm_pgoff: u32,
+    pub vm_ops_fault: u32,
+    pub vm_ops_huge_fault: u32,
+    pub file_f_inode: u32,
+    /// `file.f_path.dentry`, both offsets added.
+    pub file_dentry: u32,
+    /// `dentry.d_name.name`, both offsets added.
+    pub dentry_name: u32,
+    pub inode_i_mode: u32,
+    pub inode_i_rdev: u32,
+    pub inode_i_ino: u32,
+    pub task_tgid: u32,
+    pub task_min_flt: u32,
+    pub task_maj_flt: u32,
+    /// Offset of the first syscall argument in a `syscalls:sys_enter_*` record and of
+    /// `ret` in `sys_exit_*`, from the tracepoints' format files.
+    pub syscall_args: u32,
+    pub syscall_ret: u32,
+    /// Non-zero once userspace filled the struct; programs do nothing before that.
+    pub ready: u32,
+}
+
+/// Run-time switches written into the object's `CONFIG` global before load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// Trace every process (except rmaptrace itself) instead of only the `TRACED` map.
+    pub trace_all: u8,
+    /// Send one ring buffer record per completed fault.
+    pub fault_events: u8,
+    /// Add processes that exec a name in the `COMMS` map to `TRACED`.
+    pub match_comms: u8,
+    pub _pad: u8,
+    /// rmaptrace's own tgid, never traced.
+    pub self_tgid: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C) plain data with explicit padding.
+    unsafe impl aya::Pod for FaultKey {}
+    unsafe impl aya::Pod for FaultStats {}
+    unsafe impl aya::Pod for VmaKey {}
+    unsafe impl aya::Pod for VmaInfo {}
+    unsafe impl aya::Pod for ProcStats {}
+    unsafe impl aya::Pod for KernelOffsets {}
+    unsafe impl aya::Pod for Config {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_are_monotonic_and_invertible() {
+        let mut last = 0;
+        for ns in [0u64, 63, 64, 80, 96, 112, 128, 1000, 1 << 20, 1 << 30, u64::MAX] {
+            let b = latency_bucket(ns);
+            assert!(b >= last, "bucket of {ns} went backwards");
+            last = b;
+            if ns >= 64 && b < LAT_BUCKETS - 1 {
+                let floor = latency_bucket_floor(b);
+                assert!(floor <= ns && ns < floor + floor / 4 + 1, "{ns} -> {b} -> {floor}");
+            }
+        }
+        assert_eq!(latency_bucket(64), 0);
+        assert_eq!(latency_bucket(80), 1);
+        assert_eq!(latency_bucket(128), 4);
+        assert_eq!(latency_bucket(u64::MAX), LAT_BUCKETS - 1);
+    }
+
+    #[test]
+    fn error_code_maps_to_access_bits() {
+        use access::*;
+        assert_eq!(from_x86_error_code(0x6, false), WRITE);
+        assert_eq!(from_x86_error_code(0x7, false), WRITE | PRESENT);
+        assert_eq!(from_x86_error_code(0x14, false), EXEC);
+        assert_eq!(from_x86_error_code(0x2, true), WRITE | KERNEL);
+    }
+}

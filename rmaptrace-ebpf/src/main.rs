@@ -1,0 +1,39 @@
+//! rmaptrace's kernel side: small programs that record what userspace cannot see.
+//!
+//! | file        | hooks                                              | job |
+//! |-------------|----------------------------------------------------|-----|
+//! | `fault.rs`  | `exceptions:page_fault_{user,kernel}` (tp_btf), perf `PAGE_FAULTS_{MIN,MAJ}` | fault entry, completion, latency, per-VMA counts |
+//! | `vma.rs`    | `bpf_find_vma` callback                            | describe the faulting VMA from BTF offsets |
+//! | `mmap.rs`   | `syscalls:sys_{enter,exit}_{mmap,munmap,mremap}`   | where each mapping came from |
+//! | `task.rs`   | `sched_process_{fork,exec,exit}` (tp_btf)          | follow children, names, the kernel's own fault counters |
+//!
+//! Everything that can be decided in userspace is: these programs only count and copy.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod fault;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod mmap;
+#[cfg(target_arch = "bpf")]
+mod task;
+#[cfg(target_arch = "bpf")]
+mod vma;
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any program that could reach this.
+    loop {}
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
+// On the host this crate is only a build dependency of `rmaptrace` (see its build.rs).
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

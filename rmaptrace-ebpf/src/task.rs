@@ -1,0 +1,109 @@
+//! Process lifecycle: follow the children of traced processes from their first
+//! instruction, pick up `--comm` matches at exec, and report each exiting thread's
+//! own min_flt/maj_flt so userspace can check its counts against the kernel's.
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated::bpf_get_current_task_btf,
+    },
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use rmaptrace_common::{counter, event_kind, traced, EventHeader, ExitEvent, TaskEvent};
+
+use crate::maps::{bump, config, offsets, traced_current, COMMS, EVENTS, TRACED};
+
+fn header(kind: u32, tgid: u32, tid: u32) -> EventHeader {
+    EventHeader {
+        kind,
+        tgid,
+        tid,
+        _pad: 0,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    }
+}
+
+fn send_task_event(kind: u32, tgid: u32, tid: u32, other: u32) {
+    let ev = TaskEvent {
+        header: header(kind, tgid, tid),
+        other,
+        _pad: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    if EVENTS.output::<TaskEvent>(&ev, 0).is_err() {
+        bump(counter::EVENTS_LOST);
+    }
+}
+
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
+    // TP_PROTO(struct task_struct *parent, struct task_struct *child); runs in the parent.
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let parent_tgid = (pid_tgid >> 32) as u32;
+    let o = offsets();
+    if o.ready == 0 || config().trace_all != 0 {
+        return 0;
+    }
+    let Some(&mode) = (unsafe { TRACED.get(&parent_tgid) }) else {
+        return 0;
+    };
+    let child: u64 = ctx.arg(1);
+    let child_tgid: u32 =
+        unsafe { bpf_probe_read_kernel((child + o.task_tgid as u64) as *const u32) }.unwrap_or(0);
+    if child_tgid == 0 || child_tgid == parent_tgid {
+        return 0; // a new thread of a process we already trace
+    }
+    if TRACED.insert(&child_tgid, &traced::YES, 0).is_err() {
+        bump(counter::TRACED_TABLE_FULL);
+        return 0;
+    }
+    if mode == traced::YES {
+        send_task_event(event_kind::FORK, parent_tgid, pid_tgid as u32, child_tgid);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn sched_process_exec(_ctx: BtfTracePointContext) -> i32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if config().match_comms != 0 {
+        if let Ok(comm) = bpf_get_current_comm() {
+            if unsafe { COMMS.get(&comm) }.is_some()
+                && TRACED.insert(&tgid, &traced::YES, 0).is_err()
+            {
+                bump(counter::TRACED_TABLE_FULL);
+            }
+        }
+    }
+    if traced_current().is_some() {
+        send_task_event(event_kind::EXEC, tgid, pid_tgid as u32, 0);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
+    let Some((tgid, tid)) = traced_current() else {
+        return 0;
+    };
+    let o = offsets();
+    if o.ready == 0 {
+        return 0;
+    }
+    // Runs in the exiting thread after exit_mm(): its counters are final.
+    let task = unsafe { bpf_get_current_task_btf() } as u64;
+    let read = |off: u32| -> u64 {
+        unsafe { bpf_probe_read_kernel((task + off as u64) as *const u64) }.unwrap_or(0)
+    };
+    let ev = ExitEvent {
+        header: header(event_kind::EXIT, tgid, tid),
+        min_flt: read(o.task_min_flt),
+        maj_flt: read(o.task_maj_flt),
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    if EVENTS.output::<ExitEvent>(&ev, 0).is_err() {
+        bump(counter::EVENTS_LOST);
+    }
+    0
+}

@@ -1,0 +1,79 @@
+//! Describes the VMA that covers an address, via `bpf_find_vma` (5.17+).
+//!
+//! The helper takes `mmap_read_trylock`, so it can fail with -EBUSY under a writer:
+//! the caller records that as such instead of guessing a VMA.
+use aya_ebpf::helpers::{
+    bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, generated::bpf_find_vma,
+    generated::bpf_get_current_task_btf,
+};
+use core::ffi::c_void;
+use rmaptrace_common::{vma_status, VmaInfo};
+
+use crate::maps::offsets;
+
+const EBUSY: i64 = 16;
+const ENOENT: i64 = 2;
+
+#[inline(always)]
+unsafe fn read<T: Copy + Default>(base: u64, off: u32) -> T {
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).unwrap_or_default() }
+}
+
+// The callback must have static BTF linkage for the verifier, so no #[no_mangle].
+extern "C" fn describe_vma(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_void) -> i64 {
+    let out = ctx as *mut VmaInfo;
+    let o = offsets();
+    let vma = vma as u64;
+    unsafe {
+        let info = &mut *out;
+        info.vm_start = read(vma, o.vma_vm_start);
+        info.vm_end = read(vma, o.vma_vm_end);
+        info.vm_flags = read(vma, o.vma_vm_flags);
+        info.vm_pgoff = read(vma, o.vma_vm_pgoff);
+        let ops: u64 = read(vma, o.vma_vm_ops);
+        info.vm_ops = ops;
+        if ops != 0 {
+            info.fault_fn = read(ops, o.vm_ops_fault);
+            info.huge_fault_fn = read(ops, o.vm_ops_huge_fault);
+        }
+        let file: u64 = read(vma, o.vma_vm_file);
+        info.file = file;
+        if file != 0 {
+            let inode: u64 = read(file, o.file_f_inode);
+            if inode != 0 {
+                info.i_mode = read(inode, o.inode_i_mode);
+                info.rdev = read(inode, o.inode_i_rdev);
+                info.ino = read(inode, o.inode_i_ino);
+            }
+            let dentry: u64 = read(file, o.file_dentry);
+            if dentry != 0 {
+                let name: u64 = read(dentry, o.dentry_name);
+                if name != 0 {
+                    let _ = bpf_probe_read_kernel_str_bytes(name as *const u8, &mut info.name);
+                }
+            }
+        }
+    }
+    0
+}
+
+/// Fills `info` for the VMA covering `addr` in the current task; returns a
+/// `vma_status` value.
+#[inline(always)]
+pub fn lookup(addr: u64, info: &mut VmaInfo) -> u8 {
+    let ret = unsafe {
+        bpf_find_vma(
+            bpf_get_current_task_btf(),
+            addr,
+            describe_vma as *mut c_void,
+            info as *mut VmaInfo as *mut c_void,
+            0,
+        )
+    };
+    match ret {
+        0 => vma_status::FOUND,
+        r if r == -EBUSY => vma_status::BUSY,
+        r if r == -ENOENT => vma_status::NONE,
+        _ => vma_status::ERROR,
+    }
+}

@@ -1,0 +1,50 @@
+//! Reads the in-kernel aggregates into a plain [`Snapshot`], summing per-CPU values.
+use anyhow::{Context, Result};
+use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap};
+use rmaptrace_common::{FaultKey, FaultStats, ProcStats, VmaInfo, VmaKey};
+
+use super::loader::Probes;
+use crate::model::snapshot::{Counters, FaultTotals, ProcTotals, Snapshot};
+
+impl Probes {
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        let ebpf = self.ebpf();
+        let faults: PerCpuHashMap<&MapData, FaultKey, FaultStats> =
+            PerCpuHashMap::try_from(ebpf.map("FAULTS").context("FAULTS map")?)?;
+        let vmas: HashMap<&MapData, VmaKey, VmaInfo> =
+            HashMap::try_from(ebpf.map("VMAS").context("VMAS map")?)?;
+        let procs: PerCpuHashMap<&MapData, u32, ProcStats> =
+            PerCpuHashMap::try_from(ebpf.map("PROCS").context("PROCS map")?)?;
+        let counters: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(ebpf.map("COUNTERS").context("COUNTERS map")?)?;
+
+        let mut snap = Snapshot::default();
+        for item in faults.iter() {
+            let (key, per_cpu) = item?;
+            let mut t = FaultTotals::default();
+            for s in per_cpu.iter() {
+                t.add(s);
+            }
+            snap.faults.push((key, t));
+        }
+        for item in vmas.iter() {
+            snap.vmas.push(item?);
+        }
+        for item in procs.iter() {
+            let (tgid, per_cpu) = item?;
+            let mut t = ProcTotals::default();
+            for s in per_cpu.iter() {
+                t.minor += s.minor;
+                t.major += s.major;
+                t.aggregate_full += s.aggregate_full;
+            }
+            snap.procs.push((tgid, t));
+        }
+        let mut raw = [0u64; rmaptrace_common::counter::COUNT as usize];
+        for (i, slot) in raw.iter_mut().enumerate() {
+            *slot = counters.get(&(i as u32), 0)?.iter().sum();
+        }
+        snap.counters = Counters::from_raw(&raw);
+        Ok(snap)
+    }
+}

@@ -1,0 +1,55 @@
+//! Command line.
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rmaptrace",
+    version,
+    about = "Which kernel code serves the page faults of each mapping: anonymous, shmem, file or a driver's vm_ops->fault",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run one workload scenario with a known fault count (used by the tests and the demo).
+    Workload {
+        /// Scenario name; `list` prints them.
+        scenario: String,
+        #[arg(long, default_value_t = 256)]
+        pages: usize,
+    },
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct TraceArgs {
+    /// Trace this process (repeatable).
+    #[arg(short, long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Trace processes with this name, including ones started later (repeatable).
+    #[arg(short, long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+    /// Write the NDJSON export to PATH, or to stdout with `-`.
+    #[arg(long, value_name = "PATH|-")]
+    pub json: Option<String>,
+    /// Also export one record per fault (needs --json).
+    #[arg(long)]
+    pub events: bool,
+    /// Stop after this many seconds.
+    #[arg(short, long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Print a summary table at the end instead of the live screen.
+    #[arg(long)]
+    pub no_tui: bool,
+    /// Ring buffer size in MiB (a power of two).
+    #[arg(long, default_value_t = 8, value_name = "MIB")]
+    pub ring_mib: u32,
+    /// Command to run and trace from its first instruction; rmaptrace exits with its status.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}

@@ -1,0 +1,161 @@
+//! Struct field offsets from the running kernel's BTF (/sys/kernel/btf/vmlinux).
+//!
+//! Rust eBPF has no CO-RE relocations, so the programs read kernel structs at offsets
+//! computed here and passed in as a global. Fields inside anonymous structs and unions
+//! (vm_area_struct's vm_start and vm_flags are, since 6.x) are found by descending
+//! into unnamed members and adding their offsets.
+use anyhow::{anyhow, bail, Context, Result};
+use btf_rs::{Btf, BtfType, Type};
+use rmaptrace_common::KernelOffsets;
+use std::path::Path;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+pub struct KernelBtf {
+    btf: Btf,
+}
+
+impl KernelBtf {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let btf = Btf::from_file(path).map_err(|e| anyhow!("{e}"))?;
+        Ok(Self { btf })
+    }
+
+    fn strip(&self, mut ty: Type) -> Result<Type> {
+        loop {
+            ty = match ty {
+                Type::Typedef(_) | Type::Volatile(_) | Type::Const(_) | Type::Restrict(_)
+                | Type::TypeTag(_) => {
+                    let bt = ty.as_btf_type().expect("chained type");
+                    self.btf
+                        .resolve_chained_type(bt)
+                        .map_err(|e| anyhow!("{e}"))?
+                }
+                other => return Ok(other),
+            };
+        }
+    }
+
+    fn struct_named(&self, name: &str) -> Result<btf_rs::Struct> {
+        for ty in self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|_| anyhow!("struct {name} is not in the kernel's BTF"))?
+        {
+            if let Type::Struct(s) = ty {
+                if !s.members.is_empty() {
+                    return Ok(s);
+                }
+            }
+        }
+        bail!("struct {name} is not in the kernel's BTF")
+    }
+
+    /// Byte offset of `field` in `st`, searching unnamed members recursively.
+    fn find_in(&self, st: &btf_rs::Struct, field: &str) -> Result<Option<(u32, Type)>> {
+        for m in &st.members {
+            let name = self.btf.resolve_name(m).unwrap_or_default();
+            let bits = m.bit_offset();
+            if name == field {
+                let ty = self
+                    .btf
+                    .resolve_chained_type(m)
+                    .map_err(|e| anyhow!("{e}"))?;
+                return Ok(Some((bits / 8, ty)));
+            }
+            if name.is_empty() {
+                let ty = self.strip(
+                    self.btf
+                        .resolve_chained_type(m)
+                        .map_err(|e| anyhow!("{e}"))?,
+                )?;
+                if let Type::Struct(inner) | Type::Union(inner) = ty {
+                    if let Some((off, t)) = self.find_in(&inner, field)? {
+                        return Ok(Some((bits / 8 + off, t)));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Offset of a dotted path such as `f_path.dentry` inside `struct name`.
+    pub fn offset_of(&self, name: &str, path: &str) -> Result<u32> {
+        let mut st = self.struct_named(name)?;
+        let mut total = 0;
+        let parts: Vec<&str> = path.split('.').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let (off, ty) = self
+                .find_in(&st, part)?
+                .ok_or_else(|| anyhow!("struct {name} has no field {path} in this kernel"))?;
+            total += off;
+            if i + 1 < parts.len() {
+                match self.strip(ty)? {
+                    Type::Struct(s) | Type::Union(s) => st = s,
+                    _ => bail!("{name}.{path}: {part} is not a struct"),
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// Whether the kernel's BTF has a function of that name (not inlined away).
+    pub fn has_function(&self, name: &str) -> bool {
+        self.btf
+            .resolve_types_by_name(name)
+            .map(|tys| tys.iter().any(|t| matches!(t, Type::Func(_))))
+            .unwrap_or(false)
+    }
+
+    /// Every offset the eBPF programs need; syscall record offsets come from tracefs.
+    pub fn kernel_offsets(&self) -> Result<KernelOffsets> {
+        let o = |s: &str, f: &str| {
+            self.offset_of(s, f)
+                .with_context(|| format!("reading {s}.{f} from the kernel's BTF"))
+        };
+        Ok(KernelOffsets {
+            vma_vm_start: o("vm_area_struct", "vm_start")?,
+            vma_vm_end: o("vm_area_struct", "vm_end")?,
+            vma_vm_flags: o("vm_area_struct", "vm_flags")?,
+            vma_vm_ops: o("vm_area_struct", "vm_ops")?,
+            vma_vm_file: o("vm_area_struct", "vm_file")?,
+            vma_vm_pgoff: o("vm_area_struct", "vm_pgoff")?,
+            vm_ops_fault: o("vm_operations_struct", "fault")?,
+            vm_ops_huge_fault: o("vm_operations_struct", "huge_fault")?,
+            file_f_inode: o("file", "f_inode")?,
+            file_dentry: o("file", "f_path.dentry")?,
+            dentry_name: o("dentry", "d_name.name")?,
+            inode_i_mode: o("inode", "i_mode")?,
+            inode_i_rdev: o("inode", "i_rdev")?,
+            inode_i_ino: o("inode", "i_ino")?,
+            task_tgid: o("task_struct", "tgid")?,
+            task_min_flt: o("task_struct", "min_flt")?,
+            task_maj_flt: o("task_struct", "maj_flt")?,
+            syscall_args: 0,
+            syscall_ret: 0,
+            ready: 1,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Runs against this machine's kernel when it has BTF; the layout itself is not
+    // asserted (it differs by kernel), only that the lookups agree with each other.
+    #[test]
+    fn offsets_from_running_kernel_are_consistent() {
+        let path = Path::new(VMLINUX_BTF);
+        if !path.exists() {
+            eprintln!("no {VMLINUX_BTF}; skipped");
+            return;
+        }
+        let btf = KernelBtf::from_file(path).unwrap();
+        let o = btf.kernel_offsets().unwrap();
+        assert_eq!(o.vma_vm_end, o.vma_vm_start + 8, "vm_end follows vm_start");
+        assert!(o.vma_vm_ops > o.vma_vm_end);
+        assert!(btf.has_function("handle_mm_fault"));
+        assert!(btf.offset_of("vm_area_struct", "no_such_field").is_err());
+    }
+}

@@ -1,0 +1,44 @@
+//! rmaptrace: attributes every page fault of a process to its VMA, mapping kind,
+//! fault handler and kernel path.
+//!
+//! Layout: `kernel/` reads what the running kernel says about itself, `bpf/` loads
+//! and talks to the eBPF programs (rmaptrace-ebpf), `model/` does the attribution
+//! (no kernel access, unit-tested), `export/` writes JSON and tables, `session`
+//! wires them together for one run, `workload/` holds scenarios with known answers.
+mod bpf;
+mod cli;
+mod export;
+mod kernel;
+mod model;
+mod session;
+mod workload;
+
+use clap::Parser;
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .target(env_logger::Target::Stderr)
+        .init();
+    let cli = cli::Cli::parse();
+    let result = match cli.command {
+        Some(cli::Command::Workload { scenario, pages }) => {
+            if scenario == "list" {
+                for (name, what) in workload::SCENARIOS {
+                    println!("{name:<20} {what}");
+                }
+                Ok(0)
+            } else {
+                workload::run(&scenario, pages).map(|_| 0)
+            }
+        }
+        None => session::run(cli.trace),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            // One line, the cause chain included, naming the fix.
+            eprintln!("rmaptrace: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

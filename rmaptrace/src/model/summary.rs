@@ -1,0 +1,79 @@
+//! The result of a trace as exported (`{"type":"summary"}`) and shown. Field names
+//! are the documented contract of docs/json-format.md.
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+use super::snapshot::Counters;
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct FaultCounts {
+    pub total: u64,
+    pub minor: u64,
+    pub major: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct KernelCounts {
+    pub minflt: u64,
+    pub majflt: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Latency {
+    pub p50: Option<u64>,
+    pub p99: Option<u64>,
+    pub max: Option<u64>,
+    /// Faults with a measured latency (entry seen).
+    pub samples: u64,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct VmaSummary {
+    pub start: String,
+    pub end: String,
+    pub kind: &'static str,
+    pub handler: Option<String>,
+    pub module: Option<String>,
+    pub file: Option<String>,
+    /// `major:minor` of a char device mapping.
+    pub device: Option<String>,
+    pub prot: String,
+    /// The mmap call that created the mapping, when it was seen.
+    pub origin: Option<String>,
+    pub faults: u64,
+    pub minor: u64,
+    pub major: u64,
+    pub paths: BTreeMap<&'static str, u64>,
+    pub latency_ns: Latency,
+    #[serde(skip)]
+    pub start_addr: u64,
+    #[serde(skip)]
+    pub latency_hist: Vec<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ProcessSummary {
+    pub pid: u32,
+    pub comm: String,
+    pub faults: FaultCounts,
+    pub by_kind: BTreeMap<&'static str, u64>,
+    /// The kernel's own counters over the trace, when known.
+    pub kernel: Option<KernelCounts>,
+    /// kernel total − faults seen, when the kernel counts are known.
+    pub unseen: Option<i64>,
+    pub exited: bool,
+    pub vmas: Vec<VmaSummary>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Summary {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub duration_ns: u64,
+    pub events_lost: u64,
+    /// "derived" on the tracepoint backend, "observed" where a backend sees them.
+    pub paths_source: &'static str,
+    pub counters: Counters,
+    pub limits: Vec<String>,
+    pub processes: Vec<ProcessSummary>,
+}

@@ -1,0 +1,290 @@
+//! One run of rmaptrace: check the inputs, load and attach, follow the targets,
+//! stream records, and on every way out (command exit, Ctrl-C, SIGTERM, --duration)
+//! drain the ring buffer and write the summary.
+use anyhow::{bail, Context, Result};
+use aya::maps::{MapData, RingBuf};
+use std::{
+    os::unix::process::ExitStatusExt,
+    path::Path,
+    time::Duration,
+};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
+
+use crate::{
+    bpf::{
+        events::decode,
+        loader::{LoadOptions, Probes},
+        plan::TRACEPOINT_LIMITS,
+    },
+    cli::TraceArgs,
+    export::{
+        json::{Backend, Header, JsonExport, FORMAT_VERSION},
+        table,
+    },
+    kernel::{
+        btf::{KernelBtf, VMLINUX_BTF},
+        kallsyms::Kallsyms,
+        procfs::{LiveProc, ProcSource},
+    },
+    model::trace::{Record, Trace},
+};
+
+/// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Checks that need nothing attached, in the order a user would fix them.
+fn preflight(args: &TraceArgs, procfs: &dyn ProcSource) -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("needs root to load eBPF programs: run it with sudo");
+    }
+    let btf = btf_path();
+    if !Path::new(&btf).exists() {
+        bail!("this kernel has no BTF ({btf} is missing): boot a kernel built with CONFIG_DEBUG_INFO_BTF=y");
+    }
+    for &pid in &args.pids {
+        if !procfs.exists(pid) {
+            bail!("no process with pid {pid}: check it with `ps -p {pid}`");
+        }
+    }
+    if let Some(cmd) = args.command.first() {
+        if which(cmd).is_none() {
+            bail!("command not found: {cmd}: give a path or a program on PATH after `--`");
+        }
+    }
+    if args.events && args.json.is_none() {
+        bail!("--events writes one JSON record per fault: add --json PATH");
+    }
+    if !args.ring_mib.is_power_of_two() {
+        bail!("--ring-mib must be a power of two, not {}", args.ring_mib);
+    }
+    if let Some(d) = args.duration {
+        if !(d > 0.0 && d.is_finite()) {
+            bail!("--duration must be a positive number of seconds, not {d}");
+        }
+    }
+    Ok(())
+}
+
+/// The kernel BTF file; RMAPTRACE_BTF overrides it so the missing-BTF error can be tested.
+fn btf_path() -> String {
+    std::env::var("RMAPTRACE_BTF").unwrap_or_else(|_| VMLINUX_BTF.to_string())
+}
+
+fn which(cmd: &str) -> Option<std::path::PathBuf> {
+    if cmd.contains('/') {
+        return Path::new(cmd).is_file().then(|| cmd.into());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(cmd))
+        .find(|p| p.is_file())
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+pub fn run(args: TraceArgs) -> Result<i32> {
+    let procfs = LiveProc::default();
+    preflight(&args, &procfs)?;
+    // Opened before anything is attached: an unwritable path fails first.
+    let json = args.json.as_deref().map(JsonExport::create).transpose()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(trace(args, json))
+}
+
+struct Outputs {
+    json: Option<JsonExport>,
+}
+
+impl Outputs {
+    fn record(&mut self, r: &Record) -> Result<()> {
+        let Some(json) = &mut self.json else {
+            return Ok(());
+        };
+        match r {
+            Record::Mmap(m) => json.write(&MmapLine { kind: "mmap", rec: m }),
+            Record::Fault(f) => json.write(f),
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct MmapLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    rec: &'a crate::model::syscalls::MmapRecord,
+}
+
+fn drain(ring: &mut RingBuf<MapData>, trace: &mut Trace, out: &mut Outputs) -> Result<()> {
+    while let Some(item) = ring.next() {
+        if let Some(ev) = decode(&item) {
+            if let Some(rec) = trace.on_event(ev) {
+                out.record(&rec)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn trace(args: TraceArgs, json: Option<JsonExport>) -> Result<i32> {
+    let trace_all = args.pids.is_empty() && args.comms.is_empty() && args.command.is_empty();
+    let kbtf = KernelBtf::from_file(Path::new(&btf_path()))?;
+    let mut probes = Probes::load(
+        &kbtf,
+        &LoadOptions {
+            trace_all,
+            fault_events: args.events,
+            match_comms: !args.comms.is_empty(),
+            ring_bytes: args.ring_mib << 20,
+        },
+    )?;
+    let symbols = Kallsyms::load().context("reading /proc/kallsyms")?;
+    if !symbols.has_addresses() {
+        log::warn!("/proc/kallsyms shows no addresses (kptr_restrict): handlers will not be named");
+    }
+    let start = monotonic_ns();
+    let mut trace = Trace::new(symbols, Box::new(LiveProc::default()), start);
+    let limits: Vec<String> = TRACEPOINT_LIMITS.iter().map(|s| s.to_string()).collect();
+    trace.set_limits(limits.clone());
+
+    for &pid in &args.pids {
+        probes.trace_pid(pid, rmaptrace_common::traced::YES)?;
+        trace.add_target(pid, true);
+    }
+    if !args.comms.is_empty() {
+        let procfs = LiveProc::default();
+        for comm in &args.comms {
+            probes.add_comm(comm)?;
+        }
+        for pid in procfs.pids() {
+            let Some(stat) = procfs.stat(pid) else { continue };
+            if args.comms.iter().any(|c| c.get(..15.min(c.len())) == Some(stat.comm.as_str())) {
+                probes.trace_pid(pid, rmaptrace_common::traced::YES)?;
+                trace.add_target(pid, true);
+            }
+        }
+    }
+    if trace_all {
+        trace.baseline_all();
+    }
+
+    let mut out = Outputs { json };
+    if let Some(j) = &mut out.json {
+        j.write(&Header {
+            kind: "header",
+            format: FORMAT_VERSION,
+            version: env!("CARGO_PKG_VERSION"),
+            kernel: kernel_release(),
+            backend: Backend {
+                name: "tracepoint",
+                paths: "derived",
+                plan: &probes.plan,
+            },
+            limits: &limits,
+            start_ts_ns: start,
+        })?;
+    }
+
+    // The command is followed from its first instruction: rmaptrace marks itself
+    // "children only" before the fork, so the fork hook adds the child in-kernel.
+    let mut child_pid = None;
+    if let Some((program, rest)) = args.command.split_first() {
+        let me = std::process::id();
+        probes.trace_pid(me, rmaptrace_common::traced::CHILDREN_ONLY)?;
+        let child = std::process::Command::new(program)
+            .args(rest)
+            .spawn()
+            .with_context(|| format!("starting {program}"));
+        probes.untrace_pid(me)?;
+        let child = child?;
+        trace.add_target(child.id(), false);
+        child_pid = Some(child.id());
+        // std's Child is dropped without waiting; we reap it with wait4 below.
+    }
+
+    let mut ring = AsyncFd::new(probes.take_ring()?)?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let deadline = args.duration.map(Duration::from_secs_f64);
+    let sleep = tokio::time::sleep(deadline.unwrap_or(Duration::from_secs(u64::MAX / 4)));
+    tokio::pin!(sleep);
+    let (exit_tx, mut exit_rx) = tokio::sync::oneshot::channel::<i32>();
+    if let Some(pid) = child_pid {
+        std::thread::spawn(move || {
+            let _ = exit_tx.send(wait_for(pid));
+        });
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+
+    let mut exit_code = 0;
+    let mut stop_child = None;
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), &mut trace, &mut out)?;
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                trace.set_snapshot(probes.snapshot()?);
+            }
+            _ = sigint.recv() => { stop_child = Some(libc::SIGINT); break; }
+            _ = sigterm.recv() => { stop_child = Some(libc::SIGTERM); break; }
+            _ = &mut sleep => { stop_child = Some(libc::SIGTERM); break; }
+            code = &mut exit_rx, if child_pid.is_some() => {
+                exit_code = code.unwrap_or(1);
+                child_pid = None;
+                break;
+            }
+        }
+    }
+    // Stopping early: pass the signal on to the command and collect its status.
+    if let (Some(pid), Some(sig)) = (child_pid, stop_child) {
+        unsafe { libc::kill(pid as i32, sig) };
+        exit_code = tokio::time::timeout(Duration::from_secs(5), &mut exit_rx)
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or(128 + sig);
+    }
+
+    drain(ring.get_mut(), &mut trace, &mut out)?;
+    trace.set_snapshot(probes.snapshot()?);
+    let summary = trace.summary(monotonic_ns());
+    if let Some(j) = &mut out.json {
+        j.write(&summary)?;
+        j.flush()?;
+    }
+    let text = table::render(&summary, 20);
+    if args.command.is_empty() && args.json.as_deref() != Some("-") {
+        print!("{text}");
+    } else {
+        eprint!("{text}");
+    }
+    Ok(exit_code)
+}
+
+/// Reaps the command and returns a shell-style exit code (128+N for signal N).
+fn wait_for(pid: u32) -> i32 {
+    let mut status = 0;
+    loop {
+        let r = unsafe { libc::waitpid(pid as i32, &mut status, 0) };
+        if r >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            break;
+        }
+    }
+    let st = std::process::ExitStatus::from_raw(status);
+    st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0))
+}

@@ -1,0 +1,174 @@
+//! Workloads whose fault counts are known in advance: the tests run them under
+//! rmaptrace and compare, and `rmaptrace demo` shows them. Each scenario touches N
+//! pages of one fresh mapping and prints one JSON line saying where that mapping is.
+use anyhow::{bail, Result};
+use serde_json::json;
+use std::{ffi::CString, ptr};
+
+pub const PAGE: usize = 4096;
+
+/// Every scenario: name, what it maps, what rmaptrace must show for that VMA.
+pub const SCENARIOS: &[(&str, &str)] = &[
+    ("anon-write", "private anonymous, write each page: N x do_anonymous_page"),
+    ("anon-read-write", "private anonymous, read then write: N x do_anonymous_page (zero page) + N x do_wp_page (COW)"),
+    ("shared-anon", "MAP_SHARED|MAP_ANONYMOUS, write: shmem, shmem_fault, N x do_shared_fault"),
+    ("dev-zero-private", "/dev/zero MAP_PRIVATE, write: anonymous despite vm_file, N x do_anonymous_page"),
+    ("file-private-write", "regular file MAP_PRIVATE, write: filemap_fault, N x do_cow_fault"),
+    ("file-shared-write", "regular file MAP_SHARED, write: filemap_fault, N x do_shared_fault"),
+    ("fork-cow", "write N pages, fork, child writes them again: N x do_wp_page in the child"),
+    ("kvm-vcpu", "mmap of a KVM vCPU fd, read each page: driver, kvm_vcpu_fault"),
+    ("memfd-secret", "memfd_secret, write: driver-like, secretmem_fault, N x do_shared_fault"),
+    ("populate", "MAP_POPULATE then write: no faults, N faults unseen (get_user_pages)"),
+];
+
+fn check(ret: libc::c_int, what: &str) -> Result<libc::c_int> {
+    if ret < 0 {
+        bail!("{what}: {}", std::io::Error::last_os_error());
+    }
+    Ok(ret)
+}
+
+fn map(len: usize, prot: i32, flags: i32, fd: i32) -> Result<*mut u8> {
+    let p = unsafe { libc::mmap(ptr::null_mut(), len, prot, flags, fd, 0) };
+    if p == libc::MAP_FAILED {
+        bail!("mmap: {}", std::io::Error::last_os_error());
+    }
+    // Keep huge pages out of the count: one fault per 4 KiB page is the contract.
+    unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
+    Ok(p as *mut u8)
+}
+
+fn write_pages(p: *mut u8, pages: usize) {
+    for i in 0..pages {
+        unsafe { ptr::write_volatile(p.add(i * PAGE), 1) };
+    }
+}
+
+fn read_pages(p: *mut u8, pages: usize) -> u64 {
+    let mut sum = 0u64;
+    for i in 0..pages {
+        sum += unsafe { ptr::read_volatile(p.add(i * PAGE)) } as u64;
+    }
+    sum
+}
+
+fn report(scenario: &str, pages: usize, addr: *mut u8, extra: serde_json::Value) {
+    let mut v = json!({"scenario": scenario, "pid": std::process::id(), "pages": pages, "addr": format!("{:#x}", addr as usize)});
+    if let (Some(o), Some(e)) = (v.as_object_mut(), extra.as_object()) {
+        o.extend(e.clone());
+    }
+    println!("{v}");
+}
+
+/// A file of `pages` pages on a disk filesystem (not tmpfs, which is shmem).
+fn scratch_file(pages: usize) -> Result<(i32, String)> {
+    let dir = std::env::var("RMAPTRACE_SCRATCH_DIR").unwrap_or_else(|_| "/var/tmp".into());
+    let path = format!("{dir}/rmaptrace-workload-{}", std::process::id());
+    let c = CString::new(path.clone())?;
+    let fd = check(
+        unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC, 0o600) },
+        "creating a scratch file",
+    )?;
+    unsafe { libc::unlink(c.as_ptr()) };
+    check(unsafe { libc::ftruncate(fd, (pages * PAGE) as i64) }, "ftruncate")?;
+    Ok((fd, path))
+}
+
+const KVM_CREATE_VM: u64 = 0xAE01;
+const KVM_GET_VCPU_MMAP_SIZE: u64 = 0xAE04;
+const KVM_CREATE_VCPU: u64 = 0xAE41;
+const SYS_MEMFD_SECRET: i64 = 447;
+
+pub fn run(scenario: &str, pages: usize) -> Result<()> {
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    let private_anon = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+    let len = pages * PAGE;
+    match scenario {
+        "anon-write" => {
+            let p = map(len, rw, private_anon, -1)?;
+            write_pages(p, pages);
+            report(scenario, pages, p, json!({}));
+        }
+        "anon-read-write" => {
+            let p = map(len, rw, private_anon, -1)?;
+            read_pages(p, pages);
+            write_pages(p, pages);
+            report(scenario, pages, p, json!({}));
+        }
+        "shared-anon" => {
+            let p = map(len, rw, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1)?;
+            write_pages(p, pages);
+            report(scenario, pages, p, json!({}));
+        }
+        "dev-zero-private" => {
+            let fd = check(unsafe { libc::open(c"/dev/zero".as_ptr(), libc::O_RDWR) }, "open /dev/zero")?;
+            let p = map(len, rw, libc::MAP_PRIVATE, fd)?;
+            unsafe { libc::close(fd) };
+            write_pages(p, pages);
+            report(scenario, pages, p, json!({}));
+        }
+        "file-private-write" | "file-shared-write" => {
+            let (fd, path) = scratch_file(pages)?;
+            let flags = if scenario == "file-shared-write" { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+            let p = map(len, rw, flags, fd)?;
+            unsafe { libc::close(fd) };
+            write_pages(p, pages);
+            report(scenario, pages, p, json!({"file": path}));
+        }
+        "fork-cow" => {
+            let p = map(len, rw, private_anon, -1)?;
+            write_pages(p, pages);
+            let child = unsafe { libc::fork() };
+            if child < 0 {
+                bail!("fork: {}", std::io::Error::last_os_error());
+            }
+            if child == 0 {
+                write_pages(p, pages);
+                unsafe { libc::_exit(0) };
+            }
+            let mut status = 0;
+            unsafe { libc::waitpid(child, &mut status, 0) };
+            report(scenario, pages, p, json!({"child_pid": child}));
+        }
+        "kvm-vcpu" => {
+            let kvm = check(
+                unsafe { libc::open(c"/dev/kvm".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) },
+                "open /dev/kvm",
+            )?;
+            let vm = check(unsafe { libc::ioctl(kvm, KVM_CREATE_VM, 0) }, "KVM_CREATE_VM")?;
+            let vcpu = check(unsafe { libc::ioctl(vm, KVM_CREATE_VCPU, 0) }, "KVM_CREATE_VCPU")?;
+            let size = check(unsafe { libc::ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0) }, "KVM_GET_VCPU_MMAP_SIZE")?;
+            let n = size as usize / PAGE;
+            let p = map(n * PAGE, rw, libc::MAP_SHARED, vcpu)?;
+            read_pages(p, n);
+            report(scenario, n, p, json!({}));
+        }
+        "memfd-secret" => {
+            let fd = unsafe { libc::syscall(SYS_MEMFD_SECRET, 0) } as i32;
+            check(fd, "memfd_secret (boot with secretmem.enable=1 on older kernels)")?;
+            check(unsafe { libc::ftruncate(fd, len as i64) }, "ftruncate")?;
+            let p = map(len, rw, libc::MAP_SHARED, fd)?;
+            write_pages(p, pages);
+            report(scenario, pages, p, json!({}));
+        }
+        "populate" => {
+            let p = map(len, rw, private_anon | libc::MAP_POPULATE, -1)?;
+            write_pages(p, pages);
+            report(scenario, pages, p, json!({}));
+        }
+        other => {
+            let names: Vec<&str> = SCENARIOS.iter().map(|(n, _)| *n).collect();
+            bail!("unknown scenario {other}: choose one of {}", names.join(", "));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a scenario can run on this machine, and why not.
+pub fn unavailable(scenario: &str) -> Option<&'static str> {
+    match scenario {
+        "kvm-vcpu" if !std::path::Path::new("/dev/kvm").exists() => Some("no /dev/kvm"),
+        _ => None,
+    }
+}
+
