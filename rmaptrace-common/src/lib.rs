@@ -285,6 +285,25 @@ pub struct SyscallEvent {
     pub args: [u64; 6],
 }
 
+pub const PATH_COMPONENTS: usize = 8;
+pub const PATH_COMPONENT_LEN: usize = 32;
+
+/// Result of an mmap, with the mapped file's path as the kernel knows it: dentry
+/// names from the file up to its mount's root, leaf first, each truncated to 31
+/// bytes. Read in the kernel because short-lived processes are gone before
+/// userspace could read /proc/PID/maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct MmapExitEvent {
+    pub header: EventHeader,
+    pub ret: u64,
+    /// Components filled; 0 for anonymous memory.
+    pub depth: u32,
+    /// Non-zero when the walk stopped before the root (path longer than 8 parts).
+    pub truncated: u32,
+    pub path: [[u8; PATH_COMPONENT_LEN]; PATH_COMPONENTS],
+}
+
 /// A thread exited: its own fault counters as the kernel kept them.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -300,9 +319,13 @@ pub struct ExitEvent {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TaskEvent {
     pub header: EventHeader,
-    /// Child tgid for FORK, 0 for EXEC.
+    /// Child tgid for FORK; for EXEC, 1 when this exec started the tracing (a
+    /// `--comm` match), so the counters below are the process's baseline.
     pub other: u32,
     pub _pad: u32,
+    /// The calling thread's own min_flt/maj_flt at the event.
+    pub min_flt: u64,
+    pub maj_flt: u64,
     pub comm: [u8; COMM_LEN],
 }
 
@@ -325,6 +348,7 @@ pub struct KernelOffsets {
     pub file_dentry: u32,
     /// `dentry.d_name.name`, both offsets added.
     pub dentry_name: u32,
+    pub dentry_parent: u32,
     pub inode_i_mode: u32,
     pub inode_i_rdev: u32,
     pub inode_i_ino: u32,
@@ -374,13 +398,28 @@ mod tests {
     #[test]
     fn latency_buckets_are_monotonic_and_invertible() {
         let mut last = 0;
-        for ns in [0u64, 63, 64, 80, 96, 112, 128, 1000, 1 << 20, 1 << 30, u64::MAX] {
+        for ns in [
+            0u64,
+            63,
+            64,
+            80,
+            96,
+            112,
+            128,
+            1000,
+            1 << 20,
+            1 << 30,
+            u64::MAX,
+        ] {
             let b = latency_bucket(ns);
             assert!(b >= last, "bucket of {ns} went backwards");
             last = b;
             if ns >= 64 && b < LAT_BUCKETS - 1 {
                 let floor = latency_bucket_floor(b);
-                assert!(floor <= ns && ns < floor + floor / 4 + 1, "{ns} -> {b} -> {floor}");
+                assert!(
+                    floor <= ns && ns < floor + floor / 4 + 1,
+                    "{ns} -> {b} -> {floor}"
+                );
             }
         }
         assert_eq!(latency_bucket(64), 0);

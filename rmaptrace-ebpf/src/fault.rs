@@ -61,7 +61,7 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
         access: access::from_x86_error_code(error_code, kernel_mode),
         _pad: [0; 7],
     };
-    match INFLIGHT.get_ptr_mut(&tid) {
+    match INFLIGHT.get_ptr_mut(tid) {
         Some(slot) => unsafe {
             if (*slot).ts_ns != 0 {
                 bump(counter::ENTRY_WITHOUT_COMPLETION);
@@ -69,7 +69,7 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
             *slot = entry;
         },
         None => {
-            if INFLIGHT.insert(&tid, &entry, 0).is_err() {
+            if INFLIGHT.insert(tid, entry, 0).is_err() {
                 bump(counter::INFLIGHT_FULL);
             }
         }
@@ -98,7 +98,7 @@ fn on_completion(ctx: &PerfEventContext, major: bool) {
 
     let mut acc = access::NO_ENTRY;
     let mut latency = 0u64;
-    if let Some(slot) = INFLIGHT.get_ptr_mut(&tid) {
+    if let Some(slot) = INFLIGHT.get_ptr_mut(tid) {
         unsafe {
             if (*slot).ts_ns != 0 && (*slot).page == addr >> PAGE_SHIFT {
                 acc = (*slot).access;
@@ -119,7 +119,11 @@ fn on_completion(ctx: &PerfEventContext, major: bool) {
         path: path_id::DERIVED,
         vma_status: status,
         _pad: 0,
-        vm_start: if status == vma_status::FOUND { info.vm_start } else { 0 },
+        vm_start: if status == vma_status::FOUND {
+            info.vm_start
+        } else {
+            0
+        },
     };
 
     count_process(tgid, major, add_to_aggregate(&key, major, latency));
@@ -167,10 +171,10 @@ fn add_to_aggregate(key: &FaultKey, major: bool, latency: u64) -> bool {
 
 #[inline(always)]
 fn count_process(tgid: u32, major: bool, aggregated: bool) {
-    let mut stats = PROCS.get_ptr_mut(&tgid);
+    let mut stats = PROCS.get_ptr_mut(tgid);
     if stats.is_none() {
-        let _ = PROCS.insert(&tgid, &ProcStats::default(), BPF_NOEXIST);
-        stats = PROCS.get_ptr_mut(&tgid);
+        let _ = PROCS.insert(tgid, ProcStats::default(), BPF_NOEXIST);
+        stats = PROCS.get_ptr_mut(tgid);
     }
     let Some(stats) = stats else {
         bump(counter::PROC_TABLE_FULL);
@@ -195,7 +199,7 @@ fn remember_vma(tgid: u32, info: &VmaInfo) {
         _pad: 0,
         vm_start: info.vm_start,
     };
-    if let Some(known) = unsafe { VMAS.get(&key) } {
+    if let Some(known) = unsafe { VMAS.get(key) } {
         if known.vm_end == info.vm_end
             && known.vm_flags == info.vm_flags
             && known.fault_fn == info.fault_fn
@@ -204,7 +208,7 @@ fn remember_vma(tgid: u32, info: &VmaInfo) {
             return;
         }
     }
-    if VMAS.insert(&key, info, 0).is_err() {
+    if VMAS.insert(key, info, 0).is_err() {
         bump(counter::VMA_TABLE_FULL);
     }
 }

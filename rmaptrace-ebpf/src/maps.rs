@@ -22,6 +22,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     file_f_inode: 0,
     file_dentry: 0,
     dentry_name: 0,
+    dentry_parent: 0,
     inode_i_mode: 0,
     inode_i_rdev: 0,
     inode_i_ino: 0,
@@ -112,7 +113,7 @@ pub fn traced_current() -> Option<(u32, u32)> {
         }
         return Some((tgid, tid));
     }
-    match unsafe { TRACED.get(&tgid) } {
+    match unsafe { TRACED.get(tgid) } {
         Some(&v) if v == rmaptrace_common::traced::YES => Some((tgid, tid)),
         _ => None,
     }

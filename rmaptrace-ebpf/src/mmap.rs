@@ -2,11 +2,21 @@
 //! syscall tracepoints see them. Entry and exit are sent as separate records and
 //! paired by thread id in userspace, which keeps these programs free of state.
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns, macros::tracepoint, programs::TracePointContext,
+    helpers::bpf_ktime_get_ns,
+    macros::{map, tracepoint},
+    maps::PerCpuArray,
+    programs::TracePointContext,
 };
-use rmaptrace_common::{counter, event_kind, EventHeader, SyscallEvent};
+use rmaptrace_common::{counter, event_kind, EventHeader, MmapExitEvent, SyscallEvent};
 
-use crate::maps::{bump, offsets, traced_current, EVENTS};
+use crate::{
+    maps::{bump, offsets, traced_current, EVENTS},
+    vma,
+};
+
+pub(crate) fn scratch() -> Option<*mut MmapExitEvent> {
+    MMAP_SCRATCH.get_ptr_mut(0)
+}
 
 #[tracepoint]
 pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
@@ -14,9 +24,41 @@ pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Scratch space for the mmap exit record: too large for the 512-byte stack, and
+/// bpf_find_vma's context must be on the stack, so the walk writes here.
+#[map]
+static MMAP_SCRATCH: PerCpuArray<MmapExitEvent> = PerCpuArray::with_max_entries(1, 0);
+
 #[tracepoint]
 pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
-    send(&ctx, event_kind::MMAP_EXIT, false);
+    let Some((tgid, tid)) = traced_current() else {
+        return 0;
+    };
+    let o = offsets();
+    if o.ready == 0 {
+        return 0;
+    }
+    let Some(ev) = MMAP_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    let ev = unsafe { &mut *ev };
+    let ret = unsafe { ctx.read_at::<u64>(o.syscall_ret as usize) }.unwrap_or(0);
+    ev.header = EventHeader {
+        kind: event_kind::MMAP_EXIT,
+        tgid,
+        tid,
+        _pad: 0,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    ev.ret = ret;
+    ev.depth = 0;
+    ev.truncated = 0;
+    if (ret as i64) >= 0 {
+        vma::mapped_file_path(ret);
+    }
+    if EVENTS.output::<MmapExitEvent>(ev, 0).is_err() {
+        bump(counter::EVENTS_LOST);
+    }
     0
 }
 

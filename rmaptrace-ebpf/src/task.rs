@@ -23,11 +23,24 @@ fn header(kind: u32, tgid: u32, tid: u32) -> EventHeader {
     }
 }
 
+/// The current thread's own fault counters.
+fn current_faults() -> (u64, u64) {
+    let o = offsets();
+    let task = unsafe { bpf_get_current_task_btf() } as u64;
+    let read = |off: u32| -> u64 {
+        unsafe { bpf_probe_read_kernel((task + off as u64) as *const u64) }.unwrap_or(0)
+    };
+    (read(o.task_min_flt), read(o.task_maj_flt))
+}
+
 fn send_task_event(kind: u32, tgid: u32, tid: u32, other: u32) {
+    let (min_flt, maj_flt) = current_faults();
     let ev = TaskEvent {
         header: header(kind, tgid, tid),
         other,
         _pad: 0,
+        min_flt,
+        maj_flt,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
     if EVENTS.output::<TaskEvent>(&ev, 0).is_err() {
@@ -44,7 +57,7 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     if o.ready == 0 || config().trace_all != 0 {
         return 0;
     }
-    let Some(&mode) = (unsafe { TRACED.get(&parent_tgid) }) else {
+    let Some(&mode) = (unsafe { TRACED.get(parent_tgid) }) else {
         return 0;
     };
     let child: u64 = ctx.arg(1);
@@ -53,7 +66,7 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     if child_tgid == 0 || child_tgid == parent_tgid {
         return 0; // a new thread of a process we already trace
     }
-    if TRACED.insert(&child_tgid, &traced::YES, 0).is_err() {
+    if TRACED.insert(child_tgid, traced::YES, 0).is_err() {
         bump(counter::TRACED_TABLE_FULL);
         return 0;
     }
@@ -67,17 +80,20 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
 pub fn sched_process_exec(_ctx: BtfTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if config().match_comms != 0 {
+    let mut started_here = 0;
+    if config().match_comms != 0 && traced_current().is_none() {
         if let Ok(comm) = bpf_get_current_comm() {
-            if unsafe { COMMS.get(&comm) }.is_some()
-                && TRACED.insert(&tgid, &traced::YES, 0).is_err()
-            {
-                bump(counter::TRACED_TABLE_FULL);
+            if unsafe { COMMS.get(comm) }.is_some() {
+                if TRACED.insert(tgid, traced::YES, 0).is_err() {
+                    bump(counter::TRACED_TABLE_FULL);
+                } else {
+                    started_here = 1;
+                }
             }
         }
     }
     if traced_current().is_some() {
-        send_task_event(event_kind::EXEC, tgid, pid_tgid as u32, 0);
+        send_task_event(event_kind::EXEC, tgid, pid_tgid as u32, started_here);
     }
     0
 }
@@ -92,14 +108,11 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
         return 0;
     }
     // Runs in the exiting thread after exit_mm(): its counters are final.
-    let task = unsafe { bpf_get_current_task_btf() } as u64;
-    let read = |off: u32| -> u64 {
-        unsafe { bpf_probe_read_kernel((task + off as u64) as *const u64) }.unwrap_or(0)
-    };
+    let (min_flt, maj_flt) = current_faults();
     let ev = ExitEvent {
         header: header(event_kind::EXIT, tgid, tid),
-        min_flt: read(o.task_min_flt),
-        maj_flt: read(o.task_maj_flt),
+        min_flt,
+        maj_flt,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
     if EVENTS.output::<ExitEvent>(&ev, 0).is_err() {

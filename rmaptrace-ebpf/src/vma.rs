@@ -7,7 +7,7 @@ use aya_ebpf::helpers::{
     generated::bpf_get_current_task_btf,
 };
 use core::ffi::c_void;
-use rmaptrace_common::{vma_status, VmaInfo};
+use rmaptrace_common::{vma_status, MmapExitEvent, VmaInfo, PATH_COMPONENTS};
 
 use crate::maps::offsets;
 
@@ -75,5 +75,54 @@ pub fn lookup(addr: u64, info: &mut VmaInfo) -> u8 {
         r if r == -EBUSY => vma_status::BUSY,
         r if r == -ENOENT => vma_status::NONE,
         _ => vma_status::ERROR,
+    }
+}
+
+// Walks vm_file's dentry up to its mount's root, one name per slot.
+extern "C" fn file_path(_task: *mut c_void, vma: *mut c_void, _ctx: *mut c_void) -> i64 {
+    let Some(ev) = crate::mmap::scratch() else {
+        return 0;
+    };
+    let ev: &mut MmapExitEvent = unsafe { &mut *ev };
+    let o = offsets();
+    unsafe {
+        let file: u64 = read(vma as u64, o.vma_vm_file);
+        if file == 0 {
+            return 0;
+        }
+        let mut dentry: u64 = read(file, o.file_dentry);
+        for i in 0..PATH_COMPONENTS {
+            if dentry == 0 {
+                return 0;
+            }
+            let name: u64 = read(dentry, o.dentry_name);
+            ev.path[i][0] = 0;
+            if name != 0 {
+                let _ = bpf_probe_read_kernel_str_bytes(name as *const u8, &mut ev.path[i]);
+            }
+            ev.depth = i as u32 + 1;
+            let parent: u64 = read(dentry, o.dentry_parent);
+            if parent == dentry {
+                return 0;
+            }
+            dentry = parent;
+        }
+        ev.truncated = 1;
+    }
+    0
+}
+
+/// Fills the mmap scratch record with the path of the file mapped at `addr`.
+#[inline(always)]
+pub fn mapped_file_path(addr: u64) {
+    let mut unused = 0u64;
+    unsafe {
+        bpf_find_vma(
+            bpf_get_current_task_btf(),
+            addr,
+            file_path as *mut c_void,
+            &mut unused as *mut u64 as *mut c_void,
+            0,
+        );
     }
 }

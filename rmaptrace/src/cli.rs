@@ -23,6 +23,9 @@ pub enum Command {
         scenario: String,
         #[arg(long, default_value_t = 256)]
         pages: usize,
+        /// Map first, then wait for a line on stdin before touching the pages.
+        #[arg(long)]
+        wait: bool,
     },
 }
 

@@ -21,14 +21,18 @@ fn main() {
         .init();
     let cli = cli::Cli::parse();
     let result = match cli.command {
-        Some(cli::Command::Workload { scenario, pages }) => {
+        Some(cli::Command::Workload {
+            scenario,
+            pages,
+            wait,
+        }) => {
             if scenario == "list" {
                 for (name, what) in workload::SCENARIOS {
                     println!("{name:<20} {what}");
                 }
                 Ok(0)
             } else {
-                workload::run(&scenario, pages).map(|_| 0)
+                workload::run(&scenario, pages, wait).map(|_| 0)
             }
         }
         None => session::run(cli.trace),

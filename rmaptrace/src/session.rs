@@ -3,11 +3,7 @@
 //! drain the ring buffer and write the summary.
 use anyhow::{bail, Context, Result};
 use aya::maps::{MapData, RingBuf};
-use std::{
-    os::unix::process::ExitStatusExt,
-    path::Path,
-    time::Duration,
-};
+use std::{os::unix::process::ExitStatusExt, path::Path, time::Duration};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
@@ -34,7 +30,10 @@ use crate::{
 
 /// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
@@ -113,7 +112,10 @@ impl Outputs {
             return Ok(());
         };
         match r {
-            Record::Mmap(m) => json.write(&MmapLine { kind: "mmap", rec: m }),
+            Record::Mmap(m) => json.write(&MmapLine {
+                kind: "mmap",
+                rec: m,
+            }),
             Record::Fault(f) => json.write(f),
         }
     }
@@ -169,8 +171,14 @@ async fn trace(args: TraceArgs, json: Option<JsonExport>) -> Result<i32> {
             probes.add_comm(comm)?;
         }
         for pid in procfs.pids() {
-            let Some(stat) = procfs.stat(pid) else { continue };
-            if args.comms.iter().any(|c| c.get(..15.min(c.len())) == Some(stat.comm.as_str())) {
+            let Some(stat) = procfs.stat(pid) else {
+                continue;
+            };
+            if args
+                .comms
+                .iter()
+                .any(|c| c.get(..15.min(c.len())) == Some(stat.comm.as_str()))
+            {
                 probes.trace_pid(pid, rmaptrace_common::traced::YES)?;
                 trace.add_target(pid, true);
             }
@@ -195,6 +203,8 @@ async fn trace(args: TraceArgs, json: Option<JsonExport>) -> Result<i32> {
             limits: &limits,
             start_ts_ns: start,
         })?;
+        // Readers may wait for the header to know rmaptrace is attached.
+        j.flush()?;
     }
 
     // The command is followed from its first instruction: rmaptrace marks itself
@@ -214,7 +224,9 @@ async fn trace(args: TraceArgs, json: Option<JsonExport>) -> Result<i32> {
         // std's Child is dropped without waiting; we reap it with wait4 below.
     }
 
-    let mut ring = AsyncFd::new(probes.take_ring()?)?;
+    // SAFETY: the ring buffer owns its fd for as long as the AsyncFd holds it.
+    let mut ring = unsafe { AsyncFd::register(probes.take_ring()?) }
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let deadline = args.duration.map(Duration::from_secs_f64);
@@ -239,6 +251,17 @@ async fn trace(args: TraceArgs, json: Option<JsonExport>) -> Result<i32> {
             }
             _ = tick.tick() => {
                 trace.set_snapshot(probes.snapshot()?);
+                if let Some(j) = &mut out.json {
+                    j.flush()?;
+                }
+                // Like `perf record -p`: done when every --pid target is gone.
+                if !args.pids.is_empty()
+                    && args.comms.is_empty()
+                    && args.command.is_empty()
+                    && args.pids.iter().all(|&p| !pid_alive(p))
+                {
+                    break;
+                }
             }
             _ = sigint.recv() => { stop_child = Some(libc::SIGINT); break; }
             _ = sigterm.recv() => { stop_child = Some(libc::SIGTERM); break; }
@@ -274,6 +297,18 @@ async fn trace(args: TraceArgs, json: Option<JsonExport>) -> Result<i32> {
         eprint!("{text}");
     }
     Ok(exit_code)
+}
+
+/// A zombie no longer runs code: it counts as gone.
+fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+        .map(|zombie| !zombie)
+        .unwrap_or(false)
 }
 
 /// Reaps the command and returns a shell-style exit code (128+N for signal N).

@@ -1,1 +1,136 @@
+//! Helpers for the integration tests: they run the real rmaptrace binary, as root,
+//! with its eBPF programs loaded into the running kernel, and read its JSON export.
+use serde_json::Value;
+use std::{
+    path::PathBuf,
+    process::{Command, Output},
+};
 
+/// The rmaptrace binary under test (`cargo xtask test` sets RMAPTRACE_BIN).
+pub fn bin() -> PathBuf {
+    let path = std::env::var_os("RMAPTRACE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/rmaptrace")
+        });
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+pub fn require_root() {
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "these tests load eBPF programs: run them as root (`sudo cargo xtask test`)"
+    );
+}
+
+/// A fresh path for a JSON export in the test's temp dir.
+/// Unique per call: tests run in parallel and may trace the same scenario.
+pub fn temp_json(name: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("rmaptrace-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(format!("{name}-{n}.json"))
+}
+
+/// Parses an NDJSON export; every line must be valid JSON.
+pub fn read_export(path: &PathBuf) -> Vec<Value> {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            serde_json::from_str(l).unwrap_or_else(|e| {
+                panic!(
+                    "line {} of {} is not JSON ({e}): {l}",
+                    i + 1,
+                    path.display()
+                )
+            })
+        })
+        .collect()
+}
+
+pub struct Traced {
+    pub output: Output,
+    /// The workload's own report (its first stdout line).
+    pub report: Value,
+    pub export: Vec<Value>,
+}
+
+impl Traced {
+    pub fn summary(&self) -> &Value {
+        let last = self.export.last().expect("empty export");
+        assert_eq!(last["type"], "summary", "the last line is the summary");
+        last
+    }
+
+    pub fn process(&self, pid: u64) -> &Value {
+        self.summary()["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pid"] == pid)
+            .unwrap_or_else(|| panic!("pid {pid} missing from the summary: {}", self.summary()))
+    }
+
+    /// The VMA of the workload's mapping in process `pid`.
+    pub fn vma(&self, pid: u64) -> &Value {
+        let addr = self.report["addr"].as_str().unwrap();
+        self.process(pid)["vmas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["start"] == addr)
+            .unwrap_or_else(|| panic!("VMA {addr} missing from pid {pid}: {}", self.process(pid)))
+    }
+
+    pub fn workload_pid(&self) -> u64 {
+        self.report["pid"].as_u64().unwrap()
+    }
+}
+
+/// Runs `rmaptrace --no-tui --json F [extra] -- rmaptrace workload SCENARIO --pages N`.
+pub fn trace_workload(scenario: &str, pages: usize, extra: &[&str]) -> Traced {
+    require_root();
+    let json = temp_json(scenario);
+    let bin = bin();
+    let output = Command::new(&bin)
+        .args(["--no-tui", "--json"])
+        .arg(&json)
+        .args(extra)
+        .arg("--")
+        .arg(&bin)
+        .args(["workload", scenario, "--pages", &pages.to_string()])
+        .output()
+        .expect("running rmaptrace");
+    assert!(
+        output.status.success(),
+        "rmaptrace failed: {}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: Value = serde_json::from_str(stdout.lines().next().unwrap_or("null"))
+        .unwrap_or_else(|e| panic!("workload report unreadable ({e}): {stdout}"));
+    let export = read_export(&json);
+    Traced {
+        output,
+        report,
+        export,
+    }
+}
+
+/// Runs rmaptrace with arbitrary arguments.
+pub fn rmaptrace(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("running rmaptrace")
+}

@@ -1,1 +1,131 @@
-fn main(){}
+//! `cargo xtask`: the project's build, install and test entry points.
+//!
+//! | command    | does |
+//! |------------|------|
+//! | `deps`     | installs what is missing (nightly rust-src, bpf-linker on Debian's LLVM 22, QEMU, busybox, the musl target), idempotently |
+//! | `build`    | release build, leaves `target/release/rmaptrace` |
+//! | `run -- A` | build, then run rmaptrace with A (through sudo when not root) |
+//! | `test`     | every test: unit, integration (real eBPF on this kernel) |
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+mod deps;
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "rmaptrace build and test tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need; present things are skipped.
+    Deps,
+    /// Release build of rmaptrace with its eBPF programs.
+    Build,
+    /// Build, then run rmaptrace with the given arguments.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test.
+    Test,
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command, echoing it, and fails on a non-zero exit.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: {}", describe(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {}", describe(cmd)))?;
+    if !status.success() {
+        bail!("{} failed with {status}", describe(cmd));
+    }
+    Ok(())
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace_root());
+    // bpf-linker is installed by `deps` into cargo's bin dir, which may not be on PATH yet.
+    c.env("PATH", deps::path_with_cargo_bin());
+    c
+}
+
+fn build() -> Result<PathBuf> {
+    run(cargo().args(["build", "--release", "-p", "rmaptrace"]))?;
+    Ok(workspace_root().join("target/release/rmaptrace"))
+}
+
+fn test() -> Result<()> {
+    let started = Instant::now();
+    let bin = build()?;
+    run(cargo()
+        .args([
+            "test",
+            "--release",
+            "--workspace",
+            "--exclude",
+            "rmaptrace-ebpf",
+        ])
+        .env("RMAPTRACE_BIN", &bin))?;
+    eprintln!("xtask: all tests passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Task::Deps => deps::install(),
+        Task::Build => build().map(|_| ()),
+        Task::Run { args } => {
+            deps::install()?;
+            let bin = build()?;
+            let mut cmd = if is_root() {
+                Command::new(&bin)
+            } else {
+                let mut c = Command::new("sudo");
+                c.arg(&bin);
+                c
+            };
+            let status = cmd.args(&args).status().context("starting rmaptrace")?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Task::Test => {
+            deps::install()?;
+            test()
+        }
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}

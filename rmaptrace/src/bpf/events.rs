@@ -1,11 +1,14 @@
 //! Decodes ring buffer records. Records come from the kernel but are still checked
 //! for size before they are read: a short record is an error, never a panic.
-use rmaptrace_common::{event_kind, EventHeader, ExitEvent, FaultEvent, SyscallEvent, TaskEvent};
+use rmaptrace_common::{
+    event_kind, EventHeader, ExitEvent, FaultEvent, MmapExitEvent, SyscallEvent, TaskEvent,
+};
 
 #[derive(Clone, Debug)]
 pub enum Event {
     Fault(FaultEvent),
     Syscall(SyscallEvent),
+    MmapExit(MmapExitEvent),
     Exit(ExitEvent),
     Task(TaskEvent),
 }
@@ -22,8 +25,8 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
     let header: EventHeader = read(bytes)?;
     match header.kind {
         event_kind::FAULT => read(bytes).map(Event::Fault),
+        event_kind::MMAP_EXIT => read(bytes).map(Event::MmapExit),
         event_kind::MMAP_ENTER
-        | event_kind::MMAP_EXIT
         | event_kind::MUNMAP
         | event_kind::MREMAP_ENTER
         | event_kind::MREMAP_EXIT => read(bytes).map(Event::Syscall),
@@ -31,6 +34,23 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
         event_kind::EXEC | event_kind::FORK => read(bytes).map(Event::Task),
         _ => None,
     }
+}
+
+/// The path of an mmap exit record: components come leaf first, up to the mount
+/// root (whose own name is "/"). None for anonymous memory.
+pub fn kernel_path(ev: &MmapExitEvent) -> Option<String> {
+    let depth = (ev.depth as usize).min(ev.path.len());
+    if depth == 0 {
+        return None;
+    }
+    let mut parts: Vec<String> = ev.path[..depth]
+        .iter()
+        .map(|c| c_str(c))
+        .filter(|c| c != "/")
+        .collect();
+    parts.reverse();
+    let prefix = if ev.truncated != 0 { "..." } else { "" };
+    Some(format!("{prefix}/{}", parts.join("/")))
 }
 
 /// NUL-terminated kernel string to Rust.
@@ -53,7 +73,10 @@ mod tests {
         bytes[0] = event_kind::EXIT as u8;
         assert!(matches!(decode(&bytes), Some(Event::Exit(_))));
         bytes[0] = event_kind::FAULT as u8;
-        assert!(decode(&bytes).is_none(), "an exit-sized record is too short for a fault");
+        assert!(
+            decode(&bytes).is_none(),
+            "an exit-sized record is too short for a fault"
+        );
     }
 
     #[test]

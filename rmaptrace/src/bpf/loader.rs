@@ -27,6 +27,7 @@ pub struct Probes {
 
 /// Offsets of the syscall tracepoint records, from tracefs.
 fn syscall_offsets(o: &mut KernelOffsets) -> Result<()> {
+    tracefs::ensure_mounted()?;
     o.syscall_args = tracefs::tracepoint_field_offset("syscalls", "sys_enter_mmap", "addr")?;
     o.syscall_ret = tracefs::tracepoint_field_offset("syscalls", "sys_exit_mmap", "ret")?;
     Ok(())
@@ -55,15 +56,42 @@ impl Probes {
             .load(super::EBPF_OBJECT)
             .context("loading the eBPF object")?;
 
-        let cpus = aya::util::online_cpus().map_err(|(_, e)| e).context("listing CPUs")?;
+        let cpus = aya::util::online_cpus()
+            .map_err(|(_, e)| e)
+            .context("listing CPUs")?;
+        // Test hook: programs listed here are left unattached, so the integration
+        // tests can show that counts really come from the probes.
+        let disabled = std::env::var("RMAPTRACE_DISABLE_PROGRAMS").unwrap_or_default();
+        let disabled: Vec<&str> = disabled.split(',').filter(|s| !s.is_empty()).collect();
         let mut plan = Vec::new();
         for point in TRACEPOINT_BACKEND {
+            if disabled.contains(&point.program) {
+                plan.push(Attached {
+                    program: point.program,
+                    hook: point.hook,
+                    kind: point.kind,
+                    purpose: point.purpose,
+                    attached: false,
+                    reason: Some("disabled by RMAPTRACE_DISABLE_PROGRAMS".into()),
+                });
+                continue;
+            }
             let result = if point.kind == HookKind::Tracepoint && syscalls_ok.is_err() {
-                Err(anyhow::anyhow!("syscall tracepoint formats unreadable"))
+                Err(anyhow::anyhow!(
+                    "{:#}",
+                    syscalls_ok.as_ref().expect_err("checked")
+                ))
             } else {
-                attach(&mut ebpf, &btf, point.program, point.kind, point.hook, &cpus)
+                attach(
+                    &mut ebpf,
+                    &btf,
+                    point.program,
+                    point.kind,
+                    point.hook,
+                    &cpus,
+                )
             };
-            let reason = result.err().map(|e| format!("{e:#}"));
+            let reason = result.err().map(|e| short_reason(&format!("{e:#}")));
             if let (Some(r), true) = (&reason, point.required) {
                 bail!("cannot attach {} to {}: {r}", point.program, point.hook);
             }
@@ -74,6 +102,7 @@ impl Probes {
                 program: point.program,
                 hook: point.hook,
                 kind: point.kind,
+                purpose: point.purpose,
                 attached: reason.is_none(),
                 reason,
             });
@@ -112,6 +141,22 @@ impl Probes {
     pub fn ebpf(&self) -> &Ebpf {
         &self.ebpf
     }
+}
+
+/// A verifier rejection is hundreds of lines; keep the error and the verifier's
+/// last word, which is the one that says what it refused.
+fn short_reason(err: &str) -> String {
+    let Some((head, log)) = err.split_once("Verifier output:") else {
+        return err.to_string();
+    };
+    let last = log
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("verification time"))
+        .filter(|l| !l.is_empty())
+        .last()
+        .unwrap_or("");
+    format!("{} verifier: {last}", head.trim().trim_end_matches('.'))
 }
 
 /// The kernel truncates comm to 15 bytes plus NUL.

@@ -28,18 +28,90 @@ pub struct AttachPoint {
 
 /// The tracepoint backend: what loads on every kernel from 5.17 (bpf_find_vma).
 pub const TRACEPOINT_BACKEND: &[AttachPoint] = &[
-    AttachPoint { program: "fault_done_minor", kind: HookKind::PerfSoftware, hook: "page-faults-min", required: true, purpose: "fault completion, minor: counts, VMA lookup, latency" },
-    AttachPoint { program: "fault_done_major", kind: HookKind::PerfSoftware, hook: "page-faults-maj", required: true, purpose: "fault completion, major" },
-    AttachPoint { program: "page_fault_user", kind: HookKind::TpBtf, hook: "exceptions/page_fault_user", required: false, purpose: "fault entry in user mode: access, start of latency" },
-    AttachPoint { program: "page_fault_kernel", kind: HookKind::TpBtf, hook: "exceptions/page_fault_kernel", required: false, purpose: "fault entry in kernel mode on user addresses" },
-    AttachPoint { program: "sched_process_fork", kind: HookKind::TpBtf, hook: "sched/sched_process_fork", required: true, purpose: "follow children of traced processes" },
-    AttachPoint { program: "sched_process_exec", kind: HookKind::TpBtf, hook: "sched/sched_process_exec", required: false, purpose: "names, --comm matching" },
-    AttachPoint { program: "sched_process_exit", kind: HookKind::TpBtf, hook: "sched/sched_process_exit", required: false, purpose: "the kernel's own minflt/majflt of each exiting thread" },
-    AttachPoint { program: "sys_enter_mmap", kind: HookKind::Tracepoint, hook: "syscalls/sys_enter_mmap", required: false, purpose: "mapping origin: mmap arguments" },
-    AttachPoint { program: "sys_exit_mmap", kind: HookKind::Tracepoint, hook: "syscalls/sys_exit_mmap", required: false, purpose: "mapping origin: mmap result" },
-    AttachPoint { program: "sys_enter_munmap", kind: HookKind::Tracepoint, hook: "syscalls/sys_enter_munmap", required: false, purpose: "unmaps" },
-    AttachPoint { program: "sys_enter_mremap", kind: HookKind::Tracepoint, hook: "syscalls/sys_enter_mremap", required: false, purpose: "mremap arguments" },
-    AttachPoint { program: "sys_exit_mremap", kind: HookKind::Tracepoint, hook: "syscalls/sys_exit_mremap", required: false, purpose: "mremap result" },
+    AttachPoint {
+        program: "fault_done_minor",
+        kind: HookKind::PerfSoftware,
+        hook: "page-faults-min",
+        required: true,
+        purpose: "fault completion, minor: counts, VMA lookup, latency",
+    },
+    AttachPoint {
+        program: "fault_done_major",
+        kind: HookKind::PerfSoftware,
+        hook: "page-faults-maj",
+        required: true,
+        purpose: "fault completion, major",
+    },
+    AttachPoint {
+        program: "page_fault_user",
+        kind: HookKind::TpBtf,
+        hook: "exceptions/page_fault_user",
+        required: false,
+        purpose: "fault entry in user mode: access, start of latency",
+    },
+    AttachPoint {
+        program: "page_fault_kernel",
+        kind: HookKind::TpBtf,
+        hook: "exceptions/page_fault_kernel",
+        required: false,
+        purpose: "fault entry in kernel mode on user addresses",
+    },
+    AttachPoint {
+        program: "sched_process_fork",
+        kind: HookKind::TpBtf,
+        hook: "sched/sched_process_fork",
+        required: true,
+        purpose: "follow children of traced processes",
+    },
+    AttachPoint {
+        program: "sched_process_exec",
+        kind: HookKind::TpBtf,
+        hook: "sched/sched_process_exec",
+        required: false,
+        purpose: "names, --comm matching",
+    },
+    AttachPoint {
+        program: "sched_process_exit",
+        kind: HookKind::TpBtf,
+        hook: "sched/sched_process_exit",
+        required: false,
+        purpose: "the kernel's own minflt/majflt of each exiting thread",
+    },
+    AttachPoint {
+        program: "sys_enter_mmap",
+        kind: HookKind::Tracepoint,
+        hook: "syscalls/sys_enter_mmap",
+        required: false,
+        purpose: "mapping origin: mmap arguments",
+    },
+    AttachPoint {
+        program: "sys_exit_mmap",
+        kind: HookKind::Tracepoint,
+        hook: "syscalls/sys_exit_mmap",
+        required: false,
+        purpose: "mapping origin: mmap result",
+    },
+    AttachPoint {
+        program: "sys_enter_munmap",
+        kind: HookKind::Tracepoint,
+        hook: "syscalls/sys_enter_munmap",
+        required: false,
+        purpose: "unmaps",
+    },
+    AttachPoint {
+        program: "sys_enter_mremap",
+        kind: HookKind::Tracepoint,
+        hook: "syscalls/sys_enter_mremap",
+        required: false,
+        purpose: "mremap arguments",
+    },
+    AttachPoint {
+        program: "sys_exit_mremap",
+        kind: HookKind::Tracepoint,
+        hook: "syscalls/sys_exit_mremap",
+        required: false,
+        purpose: "mremap result",
+    },
 ];
 
 /// What happened to one attach point at start.
@@ -48,6 +120,7 @@ pub struct Attached {
     pub program: &'static str,
     pub hook: &'static str,
     pub kind: HookKind,
+    pub purpose: &'static str,
     pub attached: bool,
     /// Why it is off, when it is.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -44,15 +44,13 @@ impl JsonExport {
             Box::new(std::io::stdout())
         } else {
             let file = File::create(Path::new(path)).with_context(|| {
-                format!("cannot write the JSON export to {path}: choose a writable path with --json")
+                format!(
+                    "cannot write the JSON export to {path}: choose a writable path with --json"
+                )
             })?;
             Box::new(BufWriter::new(file))
         };
         Ok(Self { out })
-    }
-
-    pub fn to_writer(out: Box<dyn Write + Send>) -> Self {
-        Self { out }
     }
 
     pub fn write<T: Serialize>(&mut self, record: &T) -> Result<()> {

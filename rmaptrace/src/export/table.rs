@@ -28,7 +28,10 @@ pub fn render(s: &Summary, max_vmas: usize) -> String {
             Some(k) => format!("kernel minflt {} majflt {}", k.minflt, k.majflt),
             None => "kernel counts unknown".into(),
         };
-        let unseen = p.unseen.map(|u| format!(", unseen {u}")).unwrap_or_default();
+        let unseen = p
+            .unseen
+            .map(|u| format!(", unseen {u}"))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
             "\n{} {}: {} faults ({} minor, {} major); {kernel}{unseen}",
@@ -39,12 +42,12 @@ pub fn render(s: &Summary, max_vmas: usize) -> String {
             let _ = writeln!(out, "  by kind: {}", kinds.join(", "));
         }
         let mut vmas: Vec<_> = p.vmas.iter().collect();
-        vmas.sort_by(|a, b| b.faults.cmp(&a.faults));
+        vmas.sort_by_key(|v| std::cmp::Reverse(v.faults));
         if !vmas.is_empty() {
             let _ = writeln!(
                 out,
-                "  {:<29} {:<4} {:<7} {:>8} {:>6} {:>8} {:>8}  {:<24} {}",
-                "VMA", "PROT", "KIND", "FAULTS", "MAJOR", "P50", "P99", "HANDLER", "FILE / PATHS"
+                "  {:<29} {:<4} {:<7} {:>8} {:>6} {:>8} {:>8}  {:<24} FILE | PATHS",
+                "VMA", "PROT", "KIND", "FAULTS", "MAJOR", "P50", "P99", "HANDLER"
             );
         }
         for v in vmas.iter().take(max_vmas) {
@@ -70,7 +73,11 @@ pub fn render(s: &Summary, max_vmas: usize) -> String {
             );
         }
         if vmas.len() > max_vmas {
-            let _ = writeln!(out, "  ... {} more VMAs in the JSON export", vmas.len() - max_vmas);
+            let _ = writeln!(
+                out,
+                "  ... {} more VMAs in the JSON export",
+                vmas.len() - max_vmas
+            );
         }
     }
     if !s.limits.is_empty() {

@@ -5,7 +5,7 @@
 //! (vm_area_struct's vm_start and vm_flags are, since 6.x) are found by descending
 //! into unnamed members and adding their offsets.
 use anyhow::{anyhow, bail, Context, Result};
-use btf_rs::{Btf, BtfType, Type};
+use btf_rs::{Btf, Type};
 use rmaptrace_common::KernelOffsets;
 use std::path::Path;
 
@@ -24,7 +24,10 @@ impl KernelBtf {
     fn strip(&self, mut ty: Type) -> Result<Type> {
         loop {
             ty = match ty {
-                Type::Typedef(_) | Type::Volatile(_) | Type::Const(_) | Type::Restrict(_)
+                Type::Typedef(_)
+                | Type::Volatile(_)
+                | Type::Const(_)
+                | Type::Restrict(_)
                 | Type::TypeTag(_) => {
                     let bt = ty.as_btf_type().expect("chained type");
                     self.btf
@@ -99,14 +102,6 @@ impl KernelBtf {
         Ok(total)
     }
 
-    /// Whether the kernel's BTF has a function of that name (not inlined away).
-    pub fn has_function(&self, name: &str) -> bool {
-        self.btf
-            .resolve_types_by_name(name)
-            .map(|tys| tys.iter().any(|t| matches!(t, Type::Func(_))))
-            .unwrap_or(false)
-    }
-
     /// Every offset the eBPF programs need; syscall record offsets come from tracefs.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets> {
         let o = |s: &str, f: &str| {
@@ -125,6 +120,7 @@ impl KernelBtf {
             file_f_inode: o("file", "f_inode")?,
             file_dentry: o("file", "f_path.dentry")?,
             dentry_name: o("dentry", "d_name.name")?,
+            dentry_parent: o("dentry", "d_parent")?,
             inode_i_mode: o("inode", "i_mode")?,
             inode_i_rdev: o("inode", "i_rdev")?,
             inode_i_ino: o("inode", "i_ino")?,
@@ -155,7 +151,6 @@ mod tests {
         let o = btf.kernel_offsets().unwrap();
         assert_eq!(o.vma_vm_end, o.vma_vm_start + 8, "vm_end follows vm_start");
         assert!(o.vma_vm_ops > o.vma_vm_end);
-        assert!(btf.has_function("handle_mm_fault"));
         assert!(btf.offset_of("vm_area_struct", "no_such_field").is_err());
     }
 }

@@ -1,8 +1,6 @@
 //! Names kernel text addresses from /proc/kallsyms, modules included, so a VMA's
 //! `vm_ops->fault` pointer becomes `shmem_fault` or `kvm_vcpu_fault [kvm]`.
 //! A handler's address is taken for the ops table, so it always has a symbol.
-use std::collections::HashMap;
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Symbol {
     pub name: String,
@@ -14,8 +12,6 @@ pub struct Symbol {
 pub struct Kallsyms {
     /// Text symbols sorted by address.
     text: Vec<(u64, Symbol)>,
-    /// How often each name occurs (kallsyms has duplicates, e.g. `do_fault` in 6.1).
-    name_count: HashMap<String, u32>,
 }
 
 impl Kallsyms {
@@ -39,7 +35,6 @@ impl Kallsyms {
             let module = it
                 .next()
                 .map(|m| m.trim_start_matches('[').trim_end_matches(']').to_string());
-            *syms.name_count.entry(name.to_string()).or_default() += 1;
             syms.text.push((
                 addr,
                 Symbol {
@@ -63,15 +58,7 @@ impl Kallsyms {
             return None;
         }
         let i = self.text.partition_point(|(a, _)| *a < addr);
-        self.text
-            .get(i)
-            .filter(|(a, _)| *a == addr)
-            .map(|(_, s)| s)
-    }
-
-    /// How many text symbols carry this name (0: absent or inlined everywhere).
-    pub fn count(&self, name: &str) -> u32 {
-        self.name_count.get(name).copied().unwrap_or(0)
+        self.text.get(i).filter(|(a, _)| *a == addr).map(|(_, s)| s)
     }
 }
 
@@ -97,8 +84,6 @@ ffffffffc0b00000 t do_fault\t[amd_iommu]
         assert_eq!(demo.module.as_deref(), Some("rmapdemo"));
         assert_eq!(k.exact(0xffffffff815a71c1), None, "not a function start");
         assert_eq!(k.exact(0), None);
-        assert_eq!(k.count("do_fault"), 2);
-        assert_eq!(k.count("not_text"), 0);
         assert!(k.has_addresses());
     }
 }

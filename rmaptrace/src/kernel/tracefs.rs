@@ -11,6 +11,32 @@ pub fn tracefs_root() -> PathBuf {
     PathBuf::from("/sys/kernel/tracing")
 }
 
+/// Mounts tracefs at /sys/kernel/tracing when no tracefs is mounted: the syscall
+/// tracepoints need it, and minimal systems (containers, initramfs) lack the mount.
+pub fn ensure_mounted() -> Result<()> {
+    let root = tracefs_root();
+    if root.join("events").is_dir() {
+        return Ok(());
+    }
+    let ret = unsafe {
+        libc::mount(
+            c"tracefs".as_ptr(),
+            c"/sys/kernel/tracing".as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if ret != 0 {
+        return Err(anyhow!(
+            "tracefs is not mounted and mounting it failed ({}): mount -t tracefs tracefs /sys/kernel/tracing",
+            std::io::Error::last_os_error()
+        ));
+    }
+    log::info!("mounted tracefs at /sys/kernel/tracing");
+    Ok(())
+}
+
 /// Offset of `field` in a format file's text.
 pub fn field_offset(format: &str, field: &str) -> Option<u32> {
     for line in format.lines() {

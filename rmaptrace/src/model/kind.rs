@@ -35,16 +35,6 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
-        Kind::Anon,
-        Kind::Shmem,
-        Kind::File,
-        Kind::Driver,
-        Kind::Special,
-        Kind::Hugetlb,
-        Kind::Unknown,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Anon => "anon",
@@ -128,7 +118,10 @@ mod tests {
 
     #[test]
     fn anonymous_is_vm_ops_null_even_with_a_file() {
-        assert_eq!(classify(&vma(0, 0, 0, VM_READ | VM_WRITE), None), Kind::Anon);
+        assert_eq!(
+            classify(&vma(0, 0, 0, VM_READ | VM_WRITE), None),
+            Kind::Anon
+        );
         // private /dev/zero: vm_file stays set, vm_ops cleared
         assert_eq!(classify(&vma(0, 1, S_IFCHR, 0), None), Kind::Anon);
     }
@@ -142,18 +135,33 @@ mod tests {
         assert_eq!(classify(&reg, Some("xfs_filemap_fault")), Kind::File);
         assert_eq!(classify(&reg, Some("secretmem_fault")), Kind::Driver);
         assert_eq!(classify(&reg, None), Kind::File);
-        assert_eq!(classify(&vma(1, 0, 0, 0), Some("special_mapping_fault")), Kind::Special);
+        assert_eq!(
+            classify(&vma(1, 0, 0, 0), Some("special_mapping_fault")),
+            Kind::Special
+        );
         assert_eq!(classify(&vma(1, 0, 0, 0), None), Kind::Special);
     }
 
     #[test]
     fn drivers_by_handler_flags_or_char_device() {
         // KVM vCPU: an anon inode, no S_IFCHR bit, named handler
-        assert_eq!(classify(&vma(1, 1, 0, VM_SHARED), Some("kvm_vcpu_fault")), Kind::Driver);
+        assert_eq!(
+            classify(&vma(1, 1, 0, VM_SHARED), Some("kvm_vcpu_fault")),
+            Kind::Driver
+        );
         // remap_pfn_range: no handler, VM_IO|VM_PFNMAP
-        assert_eq!(classify(&vma(1, 1, S_IFCHR, VM_IO | VM_PFNMAP), None), Kind::Driver);
-        assert_eq!(classify(&vma(1, 1, S_IFCHR, 0), Some("rmapdemo_fault")), Kind::Driver);
-        assert_eq!(classify(&vma(1, 1, S_IFREG, VM_HUGETLB), None), Kind::Hugetlb);
+        assert_eq!(
+            classify(&vma(1, 1, S_IFCHR, VM_IO | VM_PFNMAP), None),
+            Kind::Driver
+        );
+        assert_eq!(
+            classify(&vma(1, 1, S_IFCHR, 0), Some("rmapdemo_fault")),
+            Kind::Driver
+        );
+        assert_eq!(
+            classify(&vma(1, 1, S_IFREG, VM_HUGETLB), None),
+            Kind::Hugetlb
+        );
     }
 
     #[test]

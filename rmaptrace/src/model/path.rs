@@ -45,20 +45,6 @@ pub fn derive(kind: Kind, vm_flags: u64, acc: u8, major: bool) -> &'static str {
     }
 }
 
-/// The fault path tree of the kernel, as `parent → child` steps, for display.
-pub fn chain(path: &str) -> &'static [&'static str] {
-    match path {
-        "do_anonymous_page" | "do_wp_page" | "do_swap_page" | "handle_pte_fault" => {
-            &["handle_mm_fault", "handle_pte_fault"]
-        }
-        "do_read_fault" | "do_cow_fault" | "do_shared_fault" => {
-            &["handle_mm_fault", "handle_pte_fault", "do_fault"]
-        }
-        "hugetlb_fault" => &["handle_mm_fault"],
-        _ => &["handle_mm_fault"],
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,11 +60,17 @@ mod tests {
 
     #[test]
     fn file_backed_paths_follow_do_fault() {
-        assert_eq!(derive(Kind::Shmem, VM_SHARED, WRITE, false), "do_shared_fault");
+        assert_eq!(
+            derive(Kind::Shmem, VM_SHARED, WRITE, false),
+            "do_shared_fault"
+        );
         assert_eq!(derive(Kind::File, 0, WRITE, false), "do_cow_fault");
         assert_eq!(derive(Kind::File, 0, 0, true), "do_read_fault");
         assert_eq!(derive(Kind::Driver, VM_SHARED, 0, false), "do_read_fault");
-        assert_eq!(derive(Kind::File, VM_SHARED, WRITE | PRESENT, false), "do_wp_page");
+        assert_eq!(
+            derive(Kind::File, VM_SHARED, WRITE | PRESENT, false),
+            "do_wp_page"
+        );
         assert_eq!(derive(Kind::Hugetlb, 0, NO_ENTRY, false), "hugetlb_fault");
         assert_eq!(derive(Kind::File, 0, NO_ENTRY, false), "unknown");
         assert_eq!(derive(Kind::Unknown, 0, WRITE, false), "unknown");
@@ -86,8 +78,10 @@ mod tests {
 
     #[test]
     fn observed_ids_have_kernel_names() {
-        assert_eq!(observed_name(path_id::DO_ANONYMOUS_PAGE), Some("do_anonymous_page"));
+        assert_eq!(
+            observed_name(path_id::DO_ANONYMOUS_PAGE),
+            Some("do_anonymous_page")
+        );
         assert_eq!(observed_name(path_id::DERIVED), None);
-        assert_eq!(chain("do_shared_fault").last(), Some(&"do_fault"));
     }
 }

@@ -1,6 +1,8 @@
 //! A point-in-time copy of the in-kernel aggregates, as plain data. The kernel maps
 //! are cumulative, so each snapshot replaces the previous one.
-use rmaptrace_common::{counter, latency_bucket_floor, FaultKey, FaultStats, VmaInfo, VmaKey, LAT_BUCKETS};
+use rmaptrace_common::{
+    counter, latency_bucket_floor, FaultKey, FaultStats, VmaInfo, VmaKey, LAT_BUCKETS,
+};
 use serde::Serialize;
 
 #[derive(Clone, Debug, PartialEq, Eq)]

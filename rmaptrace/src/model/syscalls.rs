@@ -21,7 +21,6 @@ const MAP_FLAGS: &[(u64, &str)] = &[
 
 pub const MAP_SHARED: u64 = 0x1;
 pub const MAP_ANONYMOUS: u64 = 0x20;
-pub const MAP_POPULATE: u64 = 0x8000;
 
 pub fn map_flag_names(flags: u64) -> Vec<&'static str> {
     let mut names = vec![match flags & 0x3 {
@@ -30,7 +29,12 @@ pub fn map_flag_names(flags: u64) -> Vec<&'static str> {
         0x3 => "MAP_SHARED_VALIDATE",
         _ => "MAP_TYPE_0",
     }];
-    names.extend(MAP_FLAGS.iter().filter(|(b, _)| flags & b != 0).map(|(_, n)| *n));
+    names.extend(
+        MAP_FLAGS
+            .iter()
+            .filter(|(b, _)| flags & b != 0)
+            .map(|(_, n)| *n),
+    );
     names
 }
 

@@ -2,7 +2,9 @@
 //! the latest snapshot of the in-kernel counts, and the attribution that joins them.
 use std::collections::{BTreeMap, HashMap};
 
-use rmaptrace_common::{event_kind, vma_status, FaultEvent, SyscallEvent, VmaInfo, VmaKey};
+use rmaptrace_common::{
+    event_kind, vma_status, FaultEvent, MmapExitEvent, SyscallEvent, VmaInfo, VmaKey,
+};
 use serde::Serialize;
 
 use super::{
@@ -13,7 +15,7 @@ use super::{
     syscalls::{self, MmapRecord},
 };
 use crate::{
-    bpf::events::{c_str, Event},
+    bpf::events::{c_str, kernel_path, Event},
     kernel::{kallsyms::Kallsyms, procfs::ProcSource},
 };
 
@@ -96,7 +98,11 @@ impl Trace {
     /// A process rmaptrace was asked to trace; `baseline` says whether it existed
     /// before tracing started (its counters are then taken relative to now).
     pub fn add_target(&mut self, pid: u32, baseline: bool) {
-        let stat = if baseline { self.procfs.stat(pid) } else { None };
+        let stat = if baseline {
+            self.procfs.stat(pid)
+        } else {
+            None
+        };
         let st = self.processes.entry(pid).or_default();
         st.targeted = true;
         if let Some(s) = stat {
@@ -114,10 +120,6 @@ impl Trace {
                 st.comm = s.comm;
             }
         }
-    }
-
-    pub fn snapshot(&self) -> &Snapshot {
-        &self.snapshot
     }
 
     pub fn set_snapshot(&mut self, snap: Snapshot) {
@@ -175,6 +177,7 @@ impl Trace {
         match event {
             Event::Fault(f) => Some(Record::Fault(self.fault_record(&f))),
             Event::Syscall(s) => self.on_syscall(s).map(Record::Mmap),
+            Event::MmapExit(m) => self.on_mmap_exit(&m).map(Record::Mmap),
             Event::Exit(e) => {
                 let st = self.processes.entry(e.header.tgid).or_default();
                 st.exit_minflt += e.min_flt;
@@ -188,12 +191,29 @@ impl Trace {
             Event::Task(t) => {
                 let comm = c_str(&t.comm);
                 match t.header.kind {
-                    event_kind::EXEC => self.processes.entry(t.header.tgid).or_default().comm = comm,
+                    event_kind::EXEC => {
+                        let st = self.processes.entry(t.header.tgid).or_default();
+                        st.comm = comm;
+                        if t.other == 1 {
+                            // Traced from this exec on (a --comm match): count from here.
+                            st.baseline = (t.min_flt, t.maj_flt);
+                            st.targeted = true;
+                        }
+                    }
                     _ => {
+                        // A forked child shares its parent's mappings, so it inherits
+                        // their origins and names too.
+                        let (mmaps, names) = self
+                            .processes
+                            .get(&t.header.tgid)
+                            .map(|p| (p.mmaps.clone(), p.names.clone()))
+                            .unwrap_or_default();
                         let child = self.processes.entry(t.other).or_default();
                         if child.comm.is_empty() {
                             child.comm = comm;
                         }
+                        child.mmaps.extend(mmaps);
+                        child.names.extend(names);
                     }
                 }
                 None
@@ -204,8 +224,16 @@ impl Trace {
     fn fault_record(&self, f: &FaultEvent) -> FaultRecord {
         use rmaptrace_common::access;
         let found = f.vma_status == vma_status::FOUND;
-        let kind = if found { self.kind_of(&f.vma) } else { Kind::Unknown };
-        let (handler, module) = if found { self.handler_of(f.vma.fault_fn) } else { (None, None) };
+        let kind = if found {
+            self.kind_of(&f.vma)
+        } else {
+            Kind::Unknown
+        };
+        let (handler, module) = if found {
+            self.handler_of(f.vma.fault_fn)
+        } else {
+            (None, None)
+        };
         let path = path::observed_name(f.path)
             .unwrap_or_else(|| path::derive(kind, f.vma.vm_flags, f.access, f.major != 0));
         FaultRecord {
@@ -235,21 +263,49 @@ impl Trace {
                 None
             }
             event_kind::MUNMAP => Some(self.mmap_record(&s, "munmap", s.args[0])),
-            event_kind::MMAP_EXIT | event_kind::MREMAP_EXIT => {
+            event_kind::MREMAP_EXIT => {
                 let enter = self.pending.remove(&h.tid)?;
-                let ret = s.args[0];
-                let op = if h.kind == event_kind::MMAP_EXIT { "mmap" } else { "mremap" };
-                let mut rec = self.mmap_record(&enter, op, ret);
+                let mut rec = self.mmap_record(&enter, "mremap", s.args[0]);
                 rec.ts_ns = h.ts_ns;
-                rec.error = syscalls::syscall_error(ret);
-                if rec.error.is_none() && op == "mmap" {
-                    rec.path = self.mapped_path(h.tgid, ret, rec.fd, rec.raw_flags);
-                }
-                self.processes.entry(h.tgid).or_default().mmaps.push(rec.clone());
+                rec.error = syscalls::syscall_error(s.args[0]);
+                self.processes
+                    .entry(h.tgid)
+                    .or_default()
+                    .mmaps
+                    .push(rec.clone());
                 Some(rec)
             }
             _ => None,
         }
+    }
+
+    fn on_mmap_exit(&mut self, m: &MmapExitEvent) -> Option<MmapRecord> {
+        let h = m.header;
+        let enter = self.pending.remove(&h.tid)?;
+        let mut rec = self.mmap_record(&enter, "mmap", m.ret);
+        rec.ts_ns = h.ts_ns;
+        rec.error = syscalls::syscall_error(m.ret);
+        if rec.error.is_none() {
+            // /proc/PID/maps names mount points and pseudo files best; the
+            // kernel's dentry walk still names files of processes already gone.
+            rec.path = self
+                .mapped_path(h.tgid, m.ret, rec.raw_flags)
+                .or_else(|| kernel_path(m));
+            if let Some(p) = &rec.path {
+                self.processes
+                    .entry(h.tgid)
+                    .or_default()
+                    .names
+                    .entry(m.ret)
+                    .or_insert_with(|| p.clone());
+            }
+        }
+        self.processes
+            .entry(h.tgid)
+            .or_default()
+            .mmaps
+            .push(rec.clone());
+        Some(rec)
     }
 
     fn mmap_record(&self, s: &SyscallEvent, op: &'static str, start: u64) -> MmapRecord {
@@ -268,8 +324,16 @@ impl Trace {
             op,
             addr: hex(start),
             len,
-            prot: if op == "mmap" { syscalls::prot_names(prot) } else { String::new() },
-            flags: if op == "mmap" { syscalls::map_flag_names(flags) } else { Vec::new() },
+            prot: if op == "mmap" {
+                syscalls::prot_names(prot)
+            } else {
+                String::new()
+            },
+            flags: if op == "mmap" {
+                syscalls::map_flag_names(flags)
+            } else {
+                Vec::new()
+            },
             fd,
             path: None,
             error: None,
@@ -279,21 +343,16 @@ impl Trace {
     }
 
     /// The file behind a new mapping, read while the process is surely alive.
-    fn mapped_path(&mut self, pid: u32, start: u64, fd: i64, flags: u64) -> Option<String> {
+    fn mapped_path(&mut self, pid: u32, start: u64, flags: u64) -> Option<String> {
         if flags & syscalls::MAP_ANONYMOUS != 0 && flags & syscalls::MAP_SHARED == 0 {
             return None;
         }
-        let name = self
-            .procfs
+        self.procfs
             .maps(pid)?
             .into_iter()
             .find(|m| m.start == start)
             .map(|m| m.name)
-            .filter(|n| !n.is_empty());
-        if let Some(n) = &name {
-            self.processes.entry(pid).or_default().names.insert(start, n.clone());
-        }
-        name.or_else(|| (fd >= 0).then(|| format!("fd {fd}")))
+            .filter(|n| !n.is_empty())
     }
 
     fn origin_of(&self, pid: u32, vm_start: u64) -> Option<String> {
@@ -301,7 +360,12 @@ impl Trace {
         p.mmaps
             .iter()
             .rev()
-            .find(|m| m.op == "mmap" && m.error.is_none() && m.start <= vm_start && vm_start < m.start + m.len)
+            .find(|m| {
+                m.op == "mmap"
+                    && m.error.is_none()
+                    && m.start <= vm_start
+                    && vm_start < m.start + m.len
+            })
             .map(|m| format!("mmap({}, {}) at {} ns", m.flags.join("|"), m.prot, m.ts_ns))
     }
 
@@ -326,7 +390,13 @@ impl Trace {
             .snapshot
             .vmas
             .iter()
-            .find(|(k, _)| *k == VmaKey { tgid: pid, _pad: 0, vm_start })
+            .find(|(k, _)| {
+                *k == VmaKey {
+                    tgid: pid,
+                    _pad: 0,
+                    vm_start,
+                }
+            })
             .map(|(_, v)| *v);
         let mut totals = FaultTotals::default();
         let mut paths: BTreeMap<&'static str, u64> = BTreeMap::new();
@@ -337,7 +407,8 @@ impl Trace {
         for (acc, path_id, t) in rows {
             totals.merge(t);
             let name = |major| {
-                path::observed_name(*path_id).unwrap_or_else(|| path::derive(kind, vm_flags, *acc, major))
+                path::observed_name(*path_id)
+                    .unwrap_or_else(|| path::derive(kind, vm_flags, *acc, major))
             };
             if t.minor > 0 {
                 *paths.entry(name(false)).or_default() += t.minor;
@@ -346,7 +417,9 @@ impl Trace {
                 *paths.entry(name(true)).or_default() += t.major;
             }
         }
-        let (handler, module) = info.map(|i| self.handler_of(i.fault_fn)).unwrap_or((None, None));
+        let (handler, module) = info
+            .map(|i| self.handler_of(i.fault_fn))
+            .unwrap_or((None, None));
         let file = self
             .processes
             .get(&pid)
@@ -398,7 +471,12 @@ impl Trace {
         let proc_totals: HashMap<u32, _> = self.snapshot.procs.iter().copied().collect();
         let mut pids: Vec<u32> = by_pid.keys().copied().collect();
         pids.extend(proc_totals.keys());
-        pids.extend(self.processes.iter().filter(|(_, p)| p.targeted).map(|(pid, _)| *pid));
+        pids.extend(
+            self.processes
+                .iter()
+                .filter(|(_, p)| p.targeted)
+                .map(|(pid, _)| *pid),
+        );
         pids.sort_unstable();
         pids.dedup();
 

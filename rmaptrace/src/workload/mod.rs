@@ -7,6 +7,8 @@ use std::{ffi::CString, ptr};
 
 pub const PAGE: usize = 4096;
 
+static WAIT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Every scenario: name, what it maps, what rmaptrace must show for that VMA.
 pub const SCENARIOS: &[(&str, &str)] = &[
     ("anon-write", "private anonymous, write each page: N x do_anonymous_page"),
@@ -35,6 +37,11 @@ fn map(len: usize, prot: i32, flags: i32, fd: i32) -> Result<*mut u8> {
     }
     // Keep huge pages out of the count: one fault per 4 KiB page is the contract.
     unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
+    if WAIT.load(std::sync::atomic::Ordering::Relaxed) {
+        // Lets a test attach with --pid between the mmap and the first touch.
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    }
     Ok(p as *mut u8)
 }
 
@@ -66,11 +73,20 @@ fn scratch_file(pages: usize) -> Result<(i32, String)> {
     let path = format!("{dir}/rmaptrace-workload-{}", std::process::id());
     let c = CString::new(path.clone())?;
     let fd = check(
-        unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC, 0o600) },
+        unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_RDWR | libc::O_CREAT | libc::O_TRUNC,
+                0o600,
+            )
+        },
         "creating a scratch file",
     )?;
     unsafe { libc::unlink(c.as_ptr()) };
-    check(unsafe { libc::ftruncate(fd, (pages * PAGE) as i64) }, "ftruncate")?;
+    check(
+        unsafe { libc::ftruncate(fd, (pages * PAGE) as i64) },
+        "ftruncate",
+    )?;
     Ok((fd, path))
 }
 
@@ -79,7 +95,8 @@ const KVM_GET_VCPU_MMAP_SIZE: u64 = 0xAE04;
 const KVM_CREATE_VCPU: u64 = 0xAE41;
 const SYS_MEMFD_SECRET: i64 = 447;
 
-pub fn run(scenario: &str, pages: usize) -> Result<()> {
+pub fn run(scenario: &str, pages: usize, wait: bool) -> Result<()> {
+    WAIT.store(wait, std::sync::atomic::Ordering::Relaxed);
     let rw = libc::PROT_READ | libc::PROT_WRITE;
     let private_anon = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
     let len = pages * PAGE;
@@ -101,7 +118,10 @@ pub fn run(scenario: &str, pages: usize) -> Result<()> {
             report(scenario, pages, p, json!({}));
         }
         "dev-zero-private" => {
-            let fd = check(unsafe { libc::open(c"/dev/zero".as_ptr(), libc::O_RDWR) }, "open /dev/zero")?;
+            let fd = check(
+                unsafe { libc::open(c"/dev/zero".as_ptr(), libc::O_RDWR) },
+                "open /dev/zero",
+            )?;
             let p = map(len, rw, libc::MAP_PRIVATE, fd)?;
             unsafe { libc::close(fd) };
             write_pages(p, pages);
@@ -109,7 +129,11 @@ pub fn run(scenario: &str, pages: usize) -> Result<()> {
         }
         "file-private-write" | "file-shared-write" => {
             let (fd, path) = scratch_file(pages)?;
-            let flags = if scenario == "file-shared-write" { libc::MAP_SHARED } else { libc::MAP_PRIVATE };
+            let flags = if scenario == "file-shared-write" {
+                libc::MAP_SHARED
+            } else {
+                libc::MAP_PRIVATE
+            };
             let p = map(len, rw, flags, fd)?;
             unsafe { libc::close(fd) };
             write_pages(p, pages);
@@ -135,9 +159,18 @@ pub fn run(scenario: &str, pages: usize) -> Result<()> {
                 unsafe { libc::open(c"/dev/kvm".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) },
                 "open /dev/kvm",
             )?;
-            let vm = check(unsafe { libc::ioctl(kvm, KVM_CREATE_VM, 0) }, "KVM_CREATE_VM")?;
-            let vcpu = check(unsafe { libc::ioctl(vm, KVM_CREATE_VCPU, 0) }, "KVM_CREATE_VCPU")?;
-            let size = check(unsafe { libc::ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0) }, "KVM_GET_VCPU_MMAP_SIZE")?;
+            let vm = check(
+                unsafe { libc::ioctl(kvm, KVM_CREATE_VM, 0) },
+                "KVM_CREATE_VM",
+            )?;
+            let vcpu = check(
+                unsafe { libc::ioctl(vm, KVM_CREATE_VCPU, 0) },
+                "KVM_CREATE_VCPU",
+            )?;
+            let size = check(
+                unsafe { libc::ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0) },
+                "KVM_GET_VCPU_MMAP_SIZE",
+            )?;
             let n = size as usize / PAGE;
             let p = map(n * PAGE, rw, libc::MAP_SHARED, vcpu)?;
             read_pages(p, n);
@@ -145,7 +178,10 @@ pub fn run(scenario: &str, pages: usize) -> Result<()> {
         }
         "memfd-secret" => {
             let fd = unsafe { libc::syscall(SYS_MEMFD_SECRET, 0) } as i32;
-            check(fd, "memfd_secret (boot with secretmem.enable=1 on older kernels)")?;
+            check(
+                fd,
+                "memfd_secret (boot with secretmem.enable=1 on older kernels)",
+            )?;
             check(unsafe { libc::ftruncate(fd, len as i64) }, "ftruncate")?;
             let p = map(len, rw, libc::MAP_SHARED, fd)?;
             write_pages(p, pages);
@@ -158,17 +194,11 @@ pub fn run(scenario: &str, pages: usize) -> Result<()> {
         }
         other => {
             let names: Vec<&str> = SCENARIOS.iter().map(|(n, _)| *n).collect();
-            bail!("unknown scenario {other}: choose one of {}", names.join(", "));
+            bail!(
+                "unknown scenario {other}: choose one of {}",
+                names.join(", ")
+            );
         }
     }
     Ok(())
 }
-
-/// Whether a scenario can run on this machine, and why not.
-pub fn unavailable(scenario: &str) -> Option<&'static str> {
-    match scenario {
-        "kvm-vcpu" if !std::path::Path::new("/dev/kvm").exists() => Some("no /dev/kvm"),
-        _ => None,
-    }
-}
-

@@ -1,1 +1,315 @@
+//! The attribution end to end, from fake probe output and a fake /proc.
+use super::*;
+use crate::{
+    bpf::events::Event,
+    kernel::procfs::{MapsEntry, ProcStat},
+    model::snapshot::{Counters, ProcTotals},
+};
+use rmaptrace_common::{access, path_id, EventHeader, ExitEvent, FaultKey, TaskEvent};
 
+#[derive(Default)]
+struct FakeProc {
+    stats: HashMap<u32, ProcStat>,
+    maps: HashMap<u32, Vec<MapsEntry>>,
+}
+
+impl ProcSource for FakeProc {
+    fn stat(&self, pid: u32) -> Option<ProcStat> {
+        self.stats.get(&pid).cloned()
+    }
+    fn maps(&self, pid: u32) -> Option<Vec<MapsEntry>> {
+        self.maps.get(&pid).cloned()
+    }
+    fn pids(&self) -> Vec<u32> {
+        self.stats.keys().copied().collect()
+    }
+}
+
+const SHMEM_FAULT: u64 = 0xffff_ffff_8100_0000;
+const KALLSYMS: &str =
+    "ffffffff81000000 t shmem_fault\nffffffffc0001000 t rmapdemo_fault\t[rmapdemo]\n";
+
+fn totals(minor: u64, major: u64) -> FaultTotals {
+    let mut t = FaultTotals {
+        minor,
+        major,
+        timed: minor + major,
+        latency_sum_ns: 1000 * (minor + major),
+        latency_max_ns: 5000,
+        ..Default::default()
+    };
+    t.hist[10] = minor + major;
+    t
+}
+
+fn key(tgid: u32, vm_start: u64, access: u8) -> FaultKey {
+    FaultKey {
+        tgid,
+        access,
+        path: path_id::DERIVED,
+        vma_status: vma_status::FOUND,
+        _pad: 0,
+        vm_start,
+    }
+}
+
+fn vma(tgid: u32, start: u64, info: VmaInfo) -> (VmaKey, VmaInfo) {
+    (
+        VmaKey {
+            tgid,
+            _pad: 0,
+            vm_start: start,
+        },
+        VmaInfo {
+            vm_start: start,
+            ..info
+        },
+    )
+}
+
+fn trace_with(proc_: FakeProc) -> Trace {
+    Trace::new(Kallsyms::parse(KALLSYMS), Box::new(proc_), 1_000)
+}
+
+#[test]
+fn attributes_faults_to_vmas_kinds_handlers_and_paths() {
+    let mut fake = FakeProc::default();
+    fake.stats.insert(
+        42,
+        ProcStat {
+            comm: "app".into(),
+            minflt: 310,
+            majflt: 0,
+        },
+    );
+    fake.maps.insert(
+        42,
+        vec![MapsEntry {
+            start: 0x2000,
+            end: 0x3000,
+            perms: "rw-s".into(),
+            offset: 0,
+            inode: 7,
+            name: "/dev/zero (deleted)".into(),
+        }],
+    );
+    let mut t = trace_with(fake);
+    t.add_target(42, false);
+    t.set_snapshot(Snapshot {
+        faults: vec![
+            (key(42, 0x1000, access::WRITE), totals(100, 0)),
+            (
+                key(42, 0x1000, access::WRITE | access::PRESENT),
+                totals(100, 0),
+            ),
+            (key(42, 0x2000, access::WRITE), totals(100, 0)),
+            (
+                FaultKey {
+                    vma_status: vma_status::BUSY,
+                    vm_start: 0,
+                    ..key(42, 0, access::WRITE)
+                },
+                totals(3, 0),
+            ),
+        ],
+        vmas: vec![
+            vma(
+                42,
+                0x1000,
+                VmaInfo {
+                    vm_end: 0x11000,
+                    vm_flags: 0x3,
+                    ..Default::default()
+                },
+            ),
+            vma(
+                42,
+                0x2000,
+                VmaInfo {
+                    vm_end: 0x3000,
+                    vm_flags: 0xb,
+                    vm_ops: 1,
+                    fault_fn: SHMEM_FAULT,
+                    file: 1,
+                    ..Default::default()
+                },
+            ),
+        ],
+        procs: vec![(
+            42,
+            ProcTotals {
+                minor: 303,
+                major: 0,
+                aggregate_full: 0,
+            },
+        )],
+        counters: Counters::default(),
+    });
+    let s = t.summary(2_000);
+    assert_eq!(s.duration_ns, 1_000);
+    let p = &s.processes[0];
+    assert_eq!((p.pid, p.comm.as_str()), (42, "app"));
+    assert_eq!(p.faults.total, 303);
+    assert_eq!(
+        p.kernel,
+        Some(KernelCounts {
+            minflt: 310,
+            majflt: 0
+        })
+    );
+    assert_eq!(p.unseen, Some(7));
+    assert_eq!(p.by_kind.get("anon"), Some(&200));
+    assert_eq!(p.by_kind.get("shmem"), Some(&100));
+    assert_eq!(p.by_kind.get("unknown"), Some(&3));
+
+    let anon = p.vmas.iter().find(|v| v.start == "0x1000").unwrap();
+    assert_eq!(anon.kind, "anon");
+    assert_eq!(anon.handler, None);
+    assert_eq!(anon.paths.get("do_anonymous_page"), Some(&100));
+    assert_eq!(anon.paths.get("do_wp_page"), Some(&100));
+    assert_eq!(anon.prot, "rw-p");
+    assert_eq!(anon.latency_ns.samples, 200);
+
+    let shm = p.vmas.iter().find(|v| v.start == "0x2000").unwrap();
+    assert_eq!(shm.kind, "shmem");
+    assert_eq!(shm.handler.as_deref(), Some("shmem_fault"));
+    assert_eq!(shm.file.as_deref(), Some("/dev/zero (deleted)"));
+    assert_eq!(shm.paths.get("do_shared_fault"), Some(&100));
+}
+
+#[test]
+fn exited_processes_use_the_kernel_counters_from_their_exits() {
+    let mut t = trace_with(FakeProc::default());
+    t.add_target(7, false);
+    for (tid, min) in [(7u32, 40u64), (8, 2)] {
+        let ev = ExitEvent {
+            header: EventHeader {
+                kind: event_kind::EXIT,
+                tgid: 7,
+                tid,
+                _pad: 0,
+                ts_ns: 5,
+            },
+            min_flt: min,
+            maj_flt: 1,
+            comm: *b"worker\0\0\0\0\0\0\0\0\0\0",
+        };
+        assert_eq!(t.on_event(Event::Exit(ev)), None);
+    }
+    t.set_snapshot(Snapshot {
+        procs: vec![(
+            7,
+            ProcTotals {
+                minor: 40,
+                major: 2,
+                aggregate_full: 0,
+            },
+        )],
+        ..Default::default()
+    });
+    let p = &t.summary(10).processes[0];
+    assert_eq!(p.comm, "worker");
+    assert_eq!(
+        p.kernel,
+        Some(KernelCounts {
+            minflt: 42,
+            majflt: 2
+        })
+    );
+    assert_eq!(p.unseen, Some(2));
+    assert!(p.exited);
+}
+
+#[test]
+fn a_comm_match_at_exec_sets_the_baseline() {
+    let mut fake = FakeProc::default();
+    fake.stats.insert(
+        9,
+        ProcStat {
+            comm: "x".into(),
+            minflt: 150,
+            majflt: 0,
+        },
+    );
+    let mut t = trace_with(fake);
+    let ev = TaskEvent {
+        header: EventHeader {
+            kind: event_kind::EXEC,
+            tgid: 9,
+            tid: 9,
+            _pad: 0,
+            ts_ns: 1,
+        },
+        other: 1,
+        _pad: 0,
+        min_flt: 50,
+        maj_flt: 0,
+        comm: *b"x\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
+    };
+    t.on_event(Event::Task(ev));
+    t.set_snapshot(Snapshot {
+        procs: vec![(
+            9,
+            ProcTotals {
+                minor: 100,
+                ..Default::default()
+            },
+        )],
+        ..Default::default()
+    });
+    let p = &t.summary(2).processes[0];
+    assert_eq!(
+        p.kernel,
+        Some(KernelCounts {
+            minflt: 100,
+            majflt: 0
+        })
+    );
+    assert_eq!(p.unseen, Some(0));
+}
+
+#[test]
+fn mmap_records_pair_entry_and_exit_and_name_the_origin() {
+    let mut t = trace_with(FakeProc::default());
+    let enter = SyscallEvent {
+        header: EventHeader {
+            kind: event_kind::MMAP_ENTER,
+            tgid: 3,
+            tid: 4,
+            _pad: 0,
+            ts_ns: 10,
+        },
+        args: [0, 0x4000, 3, 0x21, u64::MAX, 0],
+    };
+    assert_eq!(t.on_event(Event::Syscall(enter)), None);
+    let mut exit = MmapExitEvent {
+        header: EventHeader {
+            kind: event_kind::MMAP_EXIT,
+            tgid: 3,
+            tid: 4,
+            _pad: 0,
+            ts_ns: 11,
+        },
+        ret: 0x7000,
+        depth: 0,
+        truncated: 0,
+        path: [[0; 32]; 8],
+    };
+    let Some(Record::Mmap(rec)) = t.on_event(Event::MmapExit(exit)) else {
+        panic!("an mmap record")
+    };
+    assert_eq!(rec.op, "mmap");
+    assert_eq!(rec.addr, "0x7000");
+    assert_eq!(rec.len, 0x4000);
+    assert_eq!(rec.prot, "rw-");
+    assert_eq!(rec.flags, vec!["MAP_SHARED", "MAP_ANONYMOUS"]);
+    assert_eq!(rec.fd, -1);
+    assert_eq!(
+        t.origin_of(3, 0x7000).as_deref(),
+        Some("mmap(MAP_SHARED|MAP_ANONYMOUS, rw-) at 11 ns")
+    );
+    assert_eq!(t.origin_of(3, 0xb000), None, "outside the mapping");
+    // An exit without its entry (entry lost) yields nothing rather than a guess.
+    exit.header.tid = 99;
+    assert_eq!(t.on_event(Event::MmapExit(exit)), None);
+}

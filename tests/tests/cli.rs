@@ -1,0 +1,206 @@
+//! Bad input gets one line naming the fix and a non-zero exit, before anything is
+//! attached; every way out leaves a complete, valid export.
+use rmaptrace_tests::{bin, read_export, require_root, rmaptrace, temp_json};
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+fn one_line_error(out: &std::process::Output, needle: &str) {
+    assert!(!out.status.success(), "must fail: {out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line, got: {stderr}");
+    assert!(lines[0].starts_with("rmaptrace: "), "{stderr}");
+    assert!(lines[0].contains(needle), "{needle:?} not in: {stderr}");
+}
+
+#[test]
+fn version_and_help() {
+    let v = rmaptrace(&["--version"]);
+    assert!(v.status.success());
+    assert!(String::from_utf8_lossy(&v.stdout).starts_with("rmaptrace "));
+    let h = rmaptrace(&["--help"]);
+    assert!(h.status.success());
+    let help = String::from_utf8_lossy(&h.stdout);
+    for flag in [
+        "--pid",
+        "--comm",
+        "--json",
+        "--events",
+        "--duration",
+        "--no-tui",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+}
+
+#[test]
+fn unknown_pid() {
+    require_root();
+    one_line_error(
+        &rmaptrace(&["--no-tui", "--pid", "999999999"]),
+        "no process with pid 999999999",
+    );
+}
+
+#[test]
+fn missing_command() {
+    require_root();
+    one_line_error(
+        &rmaptrace(&["--no-tui", "--", "/no/such/program"]),
+        "command not found",
+    );
+}
+
+#[test]
+fn unwritable_json_path() {
+    require_root();
+    one_line_error(
+        &rmaptrace(&[
+            "--no-tui",
+            "--json",
+            "/proc/version/nope.json",
+            "--",
+            "true",
+        ]),
+        "choose a writable path with --json",
+    );
+}
+
+#[test]
+fn missing_btf() {
+    require_root();
+    let out = Command::new(bin())
+        .args(["--no-tui", "--", "true"])
+        .env("RMAPTRACE_BTF", "/nonexistent/vmlinux")
+        .output()
+        .unwrap();
+    one_line_error(&out, "CONFIG_DEBUG_INFO_BTF");
+}
+
+#[test]
+fn not_root() {
+    require_root();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin())
+        .args(["--no-tui", "--", "true"])
+        .output()
+        .expect("setpriv (util-linux)");
+    one_line_error(&out, "run it with sudo");
+}
+
+#[test]
+fn events_need_json() {
+    require_root();
+    one_line_error(
+        &rmaptrace(&["--no-tui", "--events", "--", "true"]),
+        "add --json",
+    );
+}
+
+#[test]
+fn exit_status_of_the_command_is_passed_through() {
+    require_root();
+    let json = temp_json("status");
+    let out = rmaptrace(&[
+        "--no-tui",
+        "--json",
+        json.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "exit 7",
+    ]);
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(read_export(&json).last().unwrap()["type"], "summary");
+}
+
+#[test]
+fn crashing_command_still_gives_a_complete_export() {
+    require_root();
+    let json = temp_json("crash");
+    let out = rmaptrace(&[
+        "--no-tui",
+        "--json",
+        json.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "kill -SEGV $$",
+    ]);
+    assert_eq!(out.status.code(), Some(128 + 11));
+    let lines = read_export(&json);
+    assert_eq!(lines.first().unwrap()["type"], "header");
+    assert_eq!(lines.last().unwrap()["type"], "summary");
+}
+
+#[test]
+fn sigterm_and_ctrl_c_end_cleanly_with_a_summary() {
+    require_root();
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        let json = temp_json("signal");
+        let child = Command::new(bin())
+            .args([
+                "--no-tui",
+                "--json",
+                json.to_str().unwrap(),
+                "--",
+                "sleep",
+                "30",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Give it time to attach, then stop it the way a user would.
+        std::thread::sleep(Duration::from_secs(3));
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(128 + sig),
+            "exit status of the stopped command"
+        );
+        let lines = read_export(&json);
+        assert_eq!(lines.last().unwrap()["type"], "summary", "signal {sig}");
+        let sleep = lines.last().unwrap()["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["comm"] == "sleep")
+            .cloned();
+        assert!(sleep.is_some(), "the command's process is in the summary");
+    }
+}
+
+#[test]
+fn system_wide_with_duration() {
+    require_root();
+    let json = temp_json("system");
+    let out = rmaptrace(&[
+        "--no-tui",
+        "--duration",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = read_export(&json).pop().unwrap();
+    let d = summary["duration_ns"].as_u64().unwrap();
+    assert!(d >= 1_000_000_000, "ran for the duration: {d}");
+    assert!(
+        !summary["processes"].as_array().unwrap().is_empty(),
+        "something faulted in a second"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("rmaptrace: "),
+        "the table goes to stdout: {stdout}"
+    );
+}

@@ -1,0 +1,294 @@
+//! Each workload scenario under rmaptrace on this kernel, with the exact answer for
+//! its mapping, and process totals checked against the kernel's own counters.
+use rmaptrace_tests::{trace_workload, Traced};
+use serde_json::Value;
+
+const N: usize = 200;
+
+/// Faults the kernel counted that this backend cannot see, for a plain exec of the
+/// workload: execve copies its argument strings with get_user_pages (one page here).
+const EXEC_GUP_FAULTS: i64 = 1;
+
+fn paths(v: &Value) -> Vec<(String, u64)> {
+    v["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, n)| (k.clone(), n.as_u64().unwrap()))
+        .collect()
+}
+
+fn assert_vma(
+    t: &Traced,
+    pid: u64,
+    kind: &str,
+    handler: Option<&str>,
+    faults: u64,
+    expect_paths: &[(&str, u64)],
+) {
+    let v = t.vma(pid);
+    assert_eq!(v["kind"], kind, "kind of {v}");
+    assert_eq!(v["handler"].as_str(), handler, "handler of {v}");
+    assert_eq!(v["faults"], faults, "faults of {v}");
+    let want: Vec<(String, u64)> = expect_paths
+        .iter()
+        .map(|(p, n)| (p.to_string(), *n))
+        .collect();
+    assert_eq!(paths(v), want, "paths of {v}");
+    assert_eq!(v["latency_ns"]["samples"], faults, "every fault timed: {v}");
+    assert!(v["latency_ns"]["p50"].as_u64().unwrap() > 0);
+}
+
+/// The process's totals equal the kernel's minflt+majflt but for `unseen`.
+fn assert_kernel_agrees(t: &Traced, pid: u64, unseen: i64) {
+    let p = t.process(pid);
+    let k = &p["kernel"];
+    let kernel = k["minflt"].as_i64().unwrap() + k["majflt"].as_i64().unwrap();
+    let seen = p["faults"]["total"].as_i64().unwrap();
+    assert_eq!(p["unseen"].as_i64().unwrap(), kernel - seen);
+    assert_eq!(
+        p["unseen"].as_i64().unwrap(),
+        unseen,
+        "unseen faults of {p}"
+    );
+    assert_eq!(
+        p["faults"]["minor"].as_i64().unwrap() + p["faults"]["major"].as_i64().unwrap(),
+        seen
+    );
+}
+
+#[test]
+fn anonymous_writes_are_do_anonymous_page() {
+    let t = trace_workload("anon-write", N, &[]);
+    let pid = t.workload_pid();
+    assert_vma(
+        &t,
+        pid,
+        "anon",
+        None,
+        N as u64,
+        &[("do_anonymous_page", N as u64)],
+    );
+    assert_kernel_agrees(&t, pid, EXEC_GUP_FAULTS);
+}
+
+#[test]
+fn reads_map_the_zero_page_then_writes_copy_it() {
+    let t = trace_workload("anon-read-write", N, &[]);
+    let pid = t.workload_pid();
+    assert_vma(
+        &t,
+        pid,
+        "anon",
+        None,
+        2 * N as u64,
+        &[("do_anonymous_page", N as u64), ("do_wp_page", N as u64)],
+    );
+    assert_kernel_agrees(&t, pid, EXEC_GUP_FAULTS);
+}
+
+#[test]
+fn shared_anonymous_is_shmem() {
+    let t = trace_workload("shared-anon", N, &[]);
+    let pid = t.workload_pid();
+    assert_vma(
+        &t,
+        pid,
+        "shmem",
+        Some("shmem_fault"),
+        N as u64,
+        &[("do_shared_fault", N as u64)],
+    );
+    assert_eq!(t.vma(pid)["prot"], "rw-s");
+    assert_kernel_agrees(&t, pid, EXEC_GUP_FAULTS);
+}
+
+#[test]
+fn private_dev_zero_is_anonymous() {
+    let t = trace_workload("dev-zero-private", N, &[]);
+    let pid = t.workload_pid();
+    assert_vma(
+        &t,
+        pid,
+        "anon",
+        None,
+        N as u64,
+        &[("do_anonymous_page", N as u64)],
+    );
+    assert_eq!(t.vma(pid)["file"], "/dev/zero", "vm_file stays set");
+    assert_kernel_agrees(&t, pid, EXEC_GUP_FAULTS);
+}
+
+#[test]
+fn private_file_writes_copy_on_write() {
+    let t = trace_workload("file-private-write", N, &[]);
+    let pid = t.workload_pid();
+    assert_vma(
+        &t,
+        pid,
+        "file",
+        Some("filemap_fault"),
+        N as u64,
+        &[("do_cow_fault", N as u64)],
+    );
+    assert_kernel_agrees(&t, pid, EXEC_GUP_FAULTS);
+}
+
+#[test]
+fn shared_file_writes_are_do_shared_fault() {
+    let t = trace_workload("file-shared-write", N, &[]);
+    let pid = t.workload_pid();
+    assert_vma(
+        &t,
+        pid,
+        "file",
+        Some("filemap_fault"),
+        N as u64,
+        &[("do_shared_fault", N as u64)],
+    );
+    assert_kernel_agrees(&t, pid, EXEC_GUP_FAULTS);
+}
+
+#[test]
+fn fork_then_child_writes_copy_on_write() {
+    let t = trace_workload("fork-cow", N, &[]);
+    let parent = t.workload_pid();
+    let child = t.report["child_pid"].as_u64().unwrap();
+    assert_vma(
+        &t,
+        parent,
+        "anon",
+        None,
+        N as u64,
+        &[("do_anonymous_page", N as u64)],
+    );
+    assert_vma(
+        &t,
+        child,
+        "anon",
+        None,
+        N as u64,
+        &[("do_wp_page", N as u64)],
+    );
+    assert!(
+        t.vma(child)["origin"]
+            .as_str()
+            .unwrap_or("")
+            .contains("MAP_ANONYMOUS"),
+        "the child inherits the parent's mmap origin"
+    );
+    assert_kernel_agrees(&t, parent, EXEC_GUP_FAULTS);
+    assert_kernel_agrees(&t, child, 0);
+}
+
+#[test]
+fn kvm_vcpu_mapping_is_a_driver_fault() {
+    let t = trace_workload("kvm-vcpu", 1, &[]);
+    let pid = t.workload_pid();
+    let pages = t.report["pages"].as_u64().unwrap();
+    assert!(pages >= 1);
+    assert_vma(
+        &t,
+        pid,
+        "driver",
+        Some("kvm_vcpu_fault"),
+        pages,
+        &[("do_read_fault", pages)],
+    );
+    // "anon_inode:kvm-vcpu:0" from /proc/PID/maps, or the dentry name read at fault
+    // time when the process was gone before rmaptrace read its maps.
+    assert!(t.vma(pid)["file"].as_str().unwrap().contains("kvm-vcpu"));
+    assert_kernel_agrees(&t, pid, EXEC_GUP_FAULTS);
+}
+
+#[test]
+fn memfd_secret_faults_through_secretmem_fault() {
+    let t = trace_workload("memfd-secret", N, &[]);
+    let pid = t.workload_pid();
+    assert_vma(
+        &t,
+        pid,
+        "driver",
+        Some("secretmem_fault"),
+        N as u64,
+        &[("do_shared_fault", N as u64)],
+    );
+    assert_kernel_agrees(&t, pid, EXEC_GUP_FAULTS);
+}
+
+#[test]
+fn populated_pages_are_unseen_and_counted_as_such() {
+    let t = trace_workload("populate", N, &[]);
+    let pid = t.workload_pid();
+    let addr = t.report["addr"].as_str().unwrap();
+    let faulted = t.process(pid)["vmas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|v| v["start"] == addr);
+    assert!(
+        !faulted,
+        "MAP_POPULATE pages fault in through get_user_pages, not exceptions"
+    );
+    assert_kernel_agrees(&t, pid, EXEC_GUP_FAULTS + N as i64);
+    let limits = t.summary()["limits"].as_array().unwrap();
+    assert!(
+        limits
+            .iter()
+            .any(|l| l.as_str().unwrap().contains("MAP_POPULATE")),
+        "the blind spot is stated"
+    );
+}
+
+#[test]
+fn mmap_records_carry_flags_and_paths() {
+    let t = trace_workload("file-shared-write", 8, &[]);
+    let pid = t.workload_pid();
+    let addr = t.report["addr"].as_str().unwrap();
+    let rec = t
+        .export
+        .iter()
+        .find(|l| l["type"] == "mmap" && l["pid"] == pid && l["addr"] == addr)
+        .expect("the workload's mmap is exported");
+    assert_eq!(rec["op"], "mmap");
+    assert_eq!(rec["len"], 8 * 4096);
+    assert_eq!(rec["prot"], "rw-");
+    assert_eq!(rec["flags"], serde_json::json!(["MAP_SHARED"]));
+    let file = t.report["file"].as_str().unwrap();
+    assert!(rec["path"].as_str().unwrap().starts_with(file), "{rec}");
+    assert!(t.vma(pid)["origin"]
+        .as_str()
+        .unwrap()
+        .contains("MAP_SHARED"));
+}
+
+#[test]
+fn fault_events_match_the_aggregate() {
+    let t = trace_workload("anon-write", 64, &["--events"]);
+    let pid = t.workload_pid();
+    let addr = t.report["addr"].as_str().unwrap();
+    let events: Vec<_> = t
+        .export
+        .iter()
+        .filter(|l| l["type"] == "fault" && l["pid"] == pid && l["vma_start"] == addr)
+        .collect();
+    assert_eq!(t.summary()["events_lost"], 0);
+    assert_eq!(events.len(), 64);
+    for e in events {
+        assert_eq!(e["kind"], "anon");
+        assert_eq!(e["path"], "do_anonymous_page");
+        assert_eq!(e["write"], true);
+        assert_eq!(e["major"], false);
+        assert!(e["latency_ns"].as_u64().unwrap() > 0);
+    }
+    let all_faults = t
+        .export
+        .iter()
+        .filter(|l| l["type"] == "fault" && l["pid"] == pid)
+        .count() as u64;
+    assert_eq!(
+        all_faults,
+        t.process(pid)["faults"]["total"].as_u64().unwrap(),
+        "one event per counted fault"
+    );
+}

@@ -1,0 +1,126 @@
+//! Installs what the build and the tests need, checking first so that a machine
+//! that has everything passes through in well under a second.
+use anyhow::{Context, Result};
+use std::{path::PathBuf, process::Command};
+
+use crate::run;
+
+/// Debian packages: the bpf-linker build needs LLVM 22 (nightly's LLVM); the guest
+/// tests need QEMU and a static busybox.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "qemu-system-x86",
+    "busybox-static",
+];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+fn cargo_bin() -> PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"));
+    home.join("bin")
+}
+
+pub fn path_with_cargo_bin() -> std::ffi::OsString {
+    let mut paths = vec![cargo_bin()];
+    if let Some(p) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&p));
+    }
+    std::env::join_paths(paths).unwrap_or_default()
+}
+
+fn missing_packages() -> Vec<&'static str> {
+    APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new("dpkg-query")
+                .args(["-W", "-f", "${Status}", p])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+fn nightly_sysroot() -> Option<PathBuf> {
+    let out = Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+fn sudo(cmd: &str) -> Command {
+    let root = crate::is_root();
+    let mut c = Command::new(if root { cmd } else { "sudo" });
+    if !root {
+        c.arg(cmd);
+    }
+    c
+}
+
+pub fn install() -> Result<()> {
+    let missing = missing_packages();
+    if !missing.is_empty() {
+        eprintln!(
+            "xtask deps: installing Debian packages {}",
+            missing.join(" ")
+        );
+        run(sudo("apt-get").args(["update", "-qq"]))?;
+        run(sudo("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+
+    let sysroot = match nightly_sysroot() {
+        Some(s) => s,
+        None => {
+            eprintln!("xtask deps: installing the nightly toolchain");
+            run(Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+            ]))?;
+            nightly_sysroot().context("nightly toolchain still missing after install")?
+        }
+    };
+    if !sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
+        eprintln!("xtask deps: installing nightly's rust-src (eBPF builds build core from source)");
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+
+    if !cargo_bin().join("bpf-linker").is_file() {
+        eprintln!("xtask deps: building bpf-linker {BPF_LINKER_VERSION} against Debian's LLVM 22 (about 2 minutes)");
+        run(Command::new("cargo")
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))?;
+    }
+
+    let musl = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("x86_64-unknown-linux-musl"))
+        .unwrap_or(false);
+    if !musl {
+        eprintln!("xtask deps: adding the musl target (static rmaptrace for the guest)");
+        run(Command::new("rustup").args(["target", "add", "x86_64-unknown-linux-musl"]))?;
+    }
+    Ok(())
+}
