@@ -118,6 +118,9 @@ pub struct FaultStats {
     pub timed: u64,
     pub latency_sum_ns: u64,
     pub latency_max_ns: u64,
+    /// Calls of `vm_ops->fault` timed by the `__do_fault` probes, and their time.
+    pub handler_calls: u64,
+    pub handler_ns: u64,
     pub latency_hist: [u32; LAT_BUCKETS],
 }
 
@@ -129,6 +132,8 @@ impl Default for FaultStats {
             timed: 0,
             latency_sum_ns: 0,
             latency_max_ns: 0,
+            handler_calls: 0,
+            handler_ns: 0,
             latency_hist: [0; LAT_BUCKETS],
         }
     }

@@ -35,6 +35,7 @@ fn main() {
                 workload::run(&scenario, pages, wait).map(|_| 0)
             }
         }
+        Some(cli::Command::Probe { backend }) => session::probe(backend),
         None => session::run(cli.trace),
     };
     match result {

@@ -204,3 +204,34 @@ fn system_wide_with_duration() {
         "the table goes to stdout: {stdout}"
     );
 }
+
+#[test]
+fn probe_shows_the_plan_and_why_fentry_and_kprobe_were_rejected() {
+    require_root();
+    let out = rmaptrace(&["probe"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    // This machine: kprobes compiled out, fentry locked down (kernel-facts.md).
+    assert!(
+        text.contains("backend: tracepoint (fault paths derived)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("not fentry: the kernel refused to load an fentry program"),
+        "{text}"
+    );
+    assert!(text.contains("not kprobe: no kprobe PMU"), "{text}");
+    assert!(
+        text.contains("exceptions/page_fault_user   tp_btf"),
+        "{text}"
+    );
+}
+
+#[test]
+fn forcing_a_backend_the_kernel_lacks_is_a_clear_error() {
+    require_root();
+    one_line_error(
+        &rmaptrace(&["--no-tui", "--backend", "kprobe", "--", "true"]),
+        "use --backend auto",
+    );
+}

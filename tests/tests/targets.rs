@@ -118,7 +118,7 @@ fn without_the_probes_nothing_is_counted() {
         counted_anon_pages(&t, N).is_err(),
         "the check fails when the programs are not attached"
     );
-    let plan = &t.export[0]["backend"]["plan"];
+    let plan = &t.export[0]["backend"]["rows"];
     assert!(plan
         .to_string()
         .contains("disabled by RMAPTRACE_DISABLE_PROGRAMS"));

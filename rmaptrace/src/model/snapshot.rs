@@ -12,6 +12,8 @@ pub struct FaultTotals {
     pub timed: u64,
     pub latency_sum_ns: u64,
     pub latency_max_ns: u64,
+    pub handler_calls: u64,
+    pub handler_ns: u64,
     pub hist: Vec<u64>,
 }
 
@@ -23,6 +25,8 @@ impl Default for FaultTotals {
             timed: 0,
             latency_sum_ns: 0,
             latency_max_ns: 0,
+            handler_calls: 0,
+            handler_ns: 0,
             hist: vec![0; LAT_BUCKETS],
         }
     }
@@ -35,6 +39,8 @@ impl FaultTotals {
         self.timed += s.timed;
         self.latency_sum_ns += s.latency_sum_ns;
         self.latency_max_ns = self.latency_max_ns.max(s.latency_max_ns);
+        self.handler_calls += s.handler_calls;
+        self.handler_ns += s.handler_ns;
         for (d, v) in self.hist.iter_mut().zip(s.latency_hist.iter()) {
             *d += *v as u64;
         }
@@ -46,6 +52,8 @@ impl FaultTotals {
         self.timed += o.timed;
         self.latency_sum_ns += o.latency_sum_ns;
         self.latency_max_ns = self.latency_max_ns.max(o.latency_max_ns);
+        self.handler_calls += o.handler_calls;
+        self.handler_ns += o.handler_ns;
         for (d, v) in self.hist.iter_mut().zip(o.hist.iter()) {
             *d += v;
         }

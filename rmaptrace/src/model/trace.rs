@@ -11,7 +11,9 @@ use super::{
     kind::{char_device, classify, prot_string, Kind},
     path,
     snapshot::{FaultTotals, Snapshot},
-    summary::{FaultCounts, KernelCounts, Latency, ProcessSummary, Summary, VmaSummary},
+    summary::{
+        FaultCounts, HandlerTime, KernelCounts, Latency, ProcessSummary, Summary, VmaSummary,
+    },
     syscalls::{self, MmapRecord},
 };
 use crate::{
@@ -89,6 +91,10 @@ impl Trace {
             paths_source: "derived",
             limits: Vec::new(),
         }
+    }
+
+    pub fn set_paths_source(&mut self, source: &'static str) {
+        self.paths_source = source;
     }
 
     pub fn set_limits(&mut self, limits: Vec<String>) {
@@ -450,6 +456,11 @@ impl Trace {
                 max: (totals.timed > 0).then_some(totals.latency_max_ns),
                 samples: totals.timed,
             },
+            handler_time: (totals.handler_calls > 0).then(|| HandlerTime {
+                calls: totals.handler_calls,
+                total_ns: totals.handler_ns,
+                mean_ns: totals.handler_ns / totals.handler_calls,
+            }),
             start_addr: vm_start,
             latency_hist: totals.hist,
         }
