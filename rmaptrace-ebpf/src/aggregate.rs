@@ -15,6 +15,10 @@ pub const BPF_NOEXIST: u64 = 1;
 #[map]
 static ZERO_STATS: PerCpuArray<FaultStats> = PerCpuArray::with_max_entries(1, 0);
 
+/// Where a new VMA's description is built before it is stored.
+#[map]
+static SCRATCH_VMA: PerCpuArray<VmaInfo> = PerCpuArray::with_max_entries(1, 0);
+
 /// Everything known about one completed fault.
 pub struct Completed<'a> {
     pub key: FaultKey,
@@ -27,36 +31,52 @@ pub struct Completed<'a> {
     pub latency: u64,
     /// Time spent in `vm_ops->fault`, 0 when not measured.
     pub handler_ns: u64,
-    /// The VMA, when `key.vma_status` is FOUND.
+    /// The VMA for the fault record, when known (`--events` only).
     pub vma: Option<&'a VmaInfo>,
 }
 
-/// Counts a completed fault everywhere it is counted.
+/// What happened to the aggregate row of a fault.
+#[derive(PartialEq, Eq)]
+pub enum Row {
+    Existing,
+    /// First fault with this key: the VMA must be described.
+    New,
+    /// The table is full: counted per process instead.
+    Full,
+}
+
+/// Counts a completed fault. `describe` fills the VMA description when the row is
+/// new (the only time it is stored), so the common case touches one map.
 #[inline(always)]
-pub fn record(c: &Completed) {
-    let aggregated = add_to_aggregate(&c.key, c.major, c.latency, c.handler_ns);
-    count_process(c.key.tgid, c.major, aggregated);
-    if let Some(info) = c.vma {
-        remember_vma(c.key.tgid, info);
+pub fn record(c: &Completed, describe: impl FnOnce(&mut VmaInfo)) {
+    match add_to_aggregate(&c.key, c.major, c.latency, c.handler_ns) {
+        Row::Existing => {}
+        Row::New => {
+            if c.key.vma_status == rmaptrace_common::vma_status::FOUND {
+                remember_vma(&c.key, describe);
+            }
+        }
+        Row::Full => count_overflow(c.key.tgid, c.major),
     }
     if config().fault_events != 0 {
         send_event(c);
     }
 }
 
-/// Returns false when the aggregate map is full.
 #[inline(always)]
-fn add_to_aggregate(key: &FaultKey, major: bool, latency: u64, handler_ns: u64) -> bool {
+fn add_to_aggregate(key: &FaultKey, major: bool, latency: u64, handler_ns: u64) -> Row {
+    let mut row = Row::Existing;
     let mut stats = FAULTS.get_ptr_mut(key);
     if stats.is_none() {
         let Some(zero) = ZERO_STATS.get(0) else {
-            return false;
+            return Row::Full;
         };
         let _ = FAULTS.insert(key, zero, BPF_NOEXIST);
         stats = FAULTS.get_ptr_mut(key);
+        row = Row::New;
     }
     let Some(stats) = stats else {
-        return false;
+        return Row::Full;
     };
     let stats = unsafe { &mut *stats };
     if major {
@@ -79,11 +99,11 @@ fn add_to_aggregate(key: &FaultKey, major: bool, latency: u64, handler_ns: u64) 
             stats.latency_hist[bucket] += 1;
         }
     }
-    true
+    row
 }
 
 #[inline(always)]
-fn count_process(tgid: u32, major: bool, aggregated: bool) {
+fn count_overflow(tgid: u32, major: bool) {
     let mut stats = PROCS.get_ptr_mut(tgid);
     if stats.is_none() {
         let _ = PROCS.insert(tgid, ProcStats::default(), BPF_NOEXIST);
@@ -99,29 +119,26 @@ fn count_process(tgid: u32, major: bool, aggregated: bool) {
     } else {
         stats.minor += 1;
     }
-    if !aggregated {
-        stats.aggregate_full += 1;
-    }
 }
 
-/// Stores the VMA's description unless the stored one is already the same.
+/// Stores the description of a VMA that got its first aggregate row.
 #[inline(always)]
-fn remember_vma(tgid: u32, info: &VmaInfo) {
-    let key = VmaKey {
-        tgid,
-        _pad: 0,
-        vm_start: info.vm_start,
+fn remember_vma(key: &FaultKey, describe: impl FnOnce(&mut VmaInfo)) {
+    let vkey = VmaKey {
+        tgid: key.tgid,
+        ident: key.ident,
+        vm_start: key.vm_start,
     };
-    if let Some(known) = unsafe { VMAS.get(key) } {
-        if known.vm_end == info.vm_end
-            && known.vm_flags == info.vm_flags
-            && known.fault_fn == info.fault_fn
-            && known.ino == info.ino
-        {
-            return;
-        }
+    if unsafe { VMAS.get(vkey) }.is_some() {
+        return; // another access kind of the same VMA stored it already
     }
-    if VMAS.insert(key, info, 0).is_err() {
+    let Some(info) = SCRATCH_VMA.get_ptr_mut(0) else {
+        return;
+    };
+    let info = unsafe { &mut *info };
+    *info = VmaInfo::default();
+    describe(info);
+    if VMAS.insert(vkey, *info, 0).is_err() {
         bump(counter::VMA_TABLE_FULL);
     }
 }

@@ -14,10 +14,10 @@
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::{fentry, fexit, kprobe, kretprobe, map},
-    maps::{LruHashMap, PerCpuArray},
+    maps::{HashMap, PerCpuArray},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
-use rmaptrace_common::{access, path_id, vma_status, FaultKey, VmaInfo};
+use rmaptrace_common::{access, path_id, vma_ident, vma_status, FaultKey, VmaInfo};
 
 use crate::{
     aggregate::{self, Completed, BPF_NOEXIST},
@@ -54,8 +54,9 @@ pub struct KfuncInflight {
     pub vma: VmaInfo,
 }
 
+/// Deleted when the thread exits (see task.rs), like the tracepoint backend's.
 #[map]
-static KFUNC_INFLIGHT: LruHashMap<u32, KfuncInflight> = LruHashMap::with_max_entries(16384, 0);
+pub static KFUNC_INFLIGHT: HashMap<u32, KfuncInflight> = HashMap::with_max_entries(65536, 0);
 
 #[map]
 static ZERO_INFLIGHT: PerCpuArray<KfuncInflight> = PerCpuArray::with_max_entries(1, 0);
@@ -134,24 +135,30 @@ fn on_fault_exit(ret: u64) {
             path_id::DO_SHARED_FAULT
         };
     }
-    aggregate::record(&Completed {
-        key: FaultKey {
-            tgid,
-            access: acc,
-            path,
-            vma_status: vma_status::FOUND,
-            _pad: 0,
-            vm_start: s.vma.vm_start,
+    let info = &s.vma;
+    aggregate::record(
+        &Completed {
+            key: FaultKey {
+                tgid,
+                access: acc,
+                path,
+                vma_status: vma_status::FOUND,
+                _pad: 0,
+                vm_start: info.vm_start,
+                ident: vma_ident(info.vm_ops, info.file, info.vm_flags),
+                _pad2: 0,
+            },
+            tid,
+            now,
+            addr: s.addr,
+            ip: 0,
+            major: ret & VM_FAULT_MAJOR != 0 || flags & FAULT_FLAG_TRIED != 0,
+            latency: now.saturating_sub(s.ts_ns),
+            handler_ns: s.handler_ns,
+            vma: Some(info),
         },
-        tid,
-        now,
-        addr: s.addr,
-        ip: 0,
-        major: ret & VM_FAULT_MAJOR != 0 || flags & FAULT_FLAG_TRIED != 0,
-        latency: now.saturating_sub(s.ts_ns),
-        handler_ns: s.handler_ns,
-        vma: Some(&s.vma),
-    });
+        |out| *out = *info,
+    );
 }
 
 #[inline(always)]

@@ -13,11 +13,11 @@ use aya_ebpf::{
     macros::{btf_tracepoint, perf_event},
     programs::{BtfTracePointContext, PerfEventContext},
 };
-use rmaptrace_common::{access, counter, path_id, vma_status, FaultKey, VmaInfo};
+use rmaptrace_common::{access, counter, path_id, vma_ident, vma_status, FaultKey, VmaInfo};
 
 use crate::{
     aggregate::{self, Completed},
-    maps::{bump, traced_current, Inflight, INFLIGHT},
+    maps::{bump, config, map_gen, traced_current, Inflight, INFLIGHT},
     vma,
 };
 
@@ -46,21 +46,31 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
         return;
     };
     let error_code: u64 = ctx.arg(2);
-    let entry = Inflight {
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        page: address >> PAGE_SHIFT,
-        ip: 0,
-        access: access::from_x86_error_code(error_code, kernel_mode),
-        _pad: [0; 7],
-    };
+    let ts_ns = unsafe { bpf_ktime_get_ns() };
+    let access = access::from_x86_error_code(error_code, kernel_mode);
     match INFLIGHT.get_ptr_mut(tid) {
         Some(slot) => unsafe {
             if (*slot).ts_ns != 0 {
                 bump(counter::ENTRY_WITHOUT_COMPLETION);
             }
-            *slot = entry;
+            (*slot).ts_ns = ts_ns;
+            (*slot).page = address >> PAGE_SHIFT;
+            (*slot).access = access;
         },
         None => {
+            let entry = Inflight {
+                ts_ns,
+                page: address >> PAGE_SHIFT,
+                access,
+                cache_valid: 0,
+                _pad: [0; 2],
+                _pad3: 0,
+                cache_gen: 0,
+                cache_start: 0,
+                cache_end: 0,
+                cache_ident: 0,
+                _pad2: 0,
+            };
             if INFLIGHT.insert(tid, entry, 0).is_err() {
                 bump(counter::INFLIGHT_FULL);
             }
@@ -85,17 +95,33 @@ fn on_completion(ctx: &PerfEventContext, major: bool) {
     let Some((tgid, tid)) = traced_current() else {
         return;
     };
+    // Read before any VMA lookup: a mapping change racing with this fault then
+    // leaves the cache filled below already stale, never wrongly current.
+    let gen = map_gen(tgid);
     let now = unsafe { bpf_ktime_get_ns() };
     let (addr, ip) = unsafe { ((*ctx.ctx).addr, (*ctx.ctx).regs.rip) };
 
+    // One raw pointer to this thread's slot, used for every read and write (two
+    // live `&mut` to one map value would be undefined behaviour).
+    let slot: Option<*mut Inflight> = INFLIGHT.get_ptr_mut(tid);
     let mut acc = access::NO_ENTRY;
     let mut latency = 0u64;
-    if let Some(slot) = INFLIGHT.get_ptr_mut(tid) {
+    let mut cached = None;
+    if let Some(s) = slot {
         unsafe {
-            if (*slot).ts_ns != 0 && (*slot).page == addr >> PAGE_SHIFT {
-                acc = (*slot).access;
-                latency = now.saturating_sub((*slot).ts_ns);
-                (*slot).ts_ns = 0;
+            if (*s).ts_ns != 0 && (*s).page == addr >> PAGE_SHIFT {
+                acc = (*s).access;
+                latency = now.saturating_sub((*s).ts_ns);
+                (*s).ts_ns = 0;
+            }
+            // Fault records carry the full VMA, so --events always looks it up.
+            if (*s).cache_valid != 0
+                && (*s).cache_gen == gen
+                && (*s).cache_start <= addr
+                && addr < (*s).cache_end
+                && config().fault_events == 0
+            {
+                cached = Some(((*s).cache_start, (*s).cache_ident));
             }
         }
     }
@@ -104,30 +130,66 @@ fn on_completion(ctx: &PerfEventContext, major: bool) {
     }
 
     let mut info = VmaInfo::default();
-    let status = vma::lookup(addr, &mut info);
-    let key = FaultKey {
-        tgid,
-        access: acc,
-        path: path_id::DERIVED,
-        vma_status: status,
-        _pad: 0,
-        vm_start: if status == vma_status::FOUND {
-            info.vm_start
-        } else {
-            0
-        },
+    let (status, vm_start, ident) = match cached {
+        Some((start, ident)) => {
+            bump(counter::VMA_CACHE_HIT);
+            (vma_status::FOUND, start, ident)
+        }
+        None => {
+            bump(counter::VMA_LOOKUP);
+            let status = vma::lookup(addr, &mut info);
+            if status != vma_status::FOUND {
+                (status, 0, 0)
+            } else {
+                let ident = vma_ident(info.vm_ops, info.file, info.vm_flags);
+                if let Some(s) = slot {
+                    unsafe {
+                        (*s).cache_valid = 1;
+                        (*s).cache_gen = gen;
+                        (*s).cache_start = info.vm_start;
+                        (*s).cache_end = info.vm_end;
+                        (*s).cache_ident = ident;
+                    }
+                }
+                (status, info.vm_start, ident)
+            }
+        }
     };
-
-    let found = status == vma_status::FOUND;
-    aggregate::record(&Completed {
-        key,
-        tid,
-        now,
-        addr,
-        ip,
-        major,
-        latency,
-        handler_ns: 0,
-        vma: if found { Some(&info) } else { None },
-    });
+    let described = cached.is_none();
+    aggregate::record(
+        &Completed {
+            key: FaultKey {
+                tgid,
+                access: acc,
+                path: path_id::DERIVED,
+                vma_status: status,
+                _pad: 0,
+                vm_start,
+                ident,
+                _pad2: 0,
+            },
+            tid,
+            now,
+            addr,
+            ip,
+            major,
+            latency,
+            handler_ns: 0,
+            vma: if described && status == vma_status::FOUND {
+                Some(&info)
+            } else {
+                None
+            },
+        },
+        |out| {
+            if described {
+                *out = info;
+            } else {
+                // bpf_find_vma's context must live on the stack.
+                let mut fresh = VmaInfo::default();
+                let _ = vma::lookup(addr, &mut fresh);
+                *out = fresh;
+            }
+        },
+    );
 }

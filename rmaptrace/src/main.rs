@@ -27,7 +27,7 @@ fn main() {
             wait,
         }) => {
             if scenario == "list" {
-                for (name, what) in workload::SCENARIOS {
+                for (name, what) in workload::SCENARIOS.iter().chain(workload::bench::BENCHES) {
                     println!("{name:<20} {what}");
                 }
                 Ok(0)

@@ -118,6 +118,7 @@ fn kernel_release() -> String {
 }
 
 pub fn run(args: TraceArgs) -> Result<i32> {
+    let started = std::time::Instant::now();
     let procfs = LiveProc::default();
     preflight(&args, &procfs)?;
     // Opened before anything is attached: an unwritable path fails first.
@@ -125,7 +126,7 @@ pub fn run(args: TraceArgs) -> Result<i32> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(trace(args, json))
+    runtime.block_on(trace(args, json, started))
 }
 
 struct Outputs {
@@ -166,10 +167,16 @@ fn drain(ring: &mut RingBuf<MapData>, trace: &mut Trace, out: &mut Outputs) -> R
     Ok(())
 }
 
-async fn trace(args: TraceArgs, json: Option<JsonExport>) -> Result<i32> {
+async fn trace(
+    args: TraceArgs,
+    json: Option<JsonExport>,
+    started: std::time::Instant,
+) -> Result<i32> {
     let trace_all = args.pids.is_empty() && args.comms.is_empty() && args.command.is_empty();
     let kbtf = KernelBtf::from_file(Path::new(&btf_path()))?;
+    log::info!("kernel BTF parsed after {:?}", started.elapsed());
     let symbols = Kallsyms::load().context("reading /proc/kallsyms")?;
+    log::info!("kallsyms read after {:?}", started.elapsed());
     let mut probes = Probes::load(
         &kbtf,
         &symbols,
@@ -181,6 +188,7 @@ async fn trace(args: TraceArgs, json: Option<JsonExport>) -> Result<i32> {
             ring_bytes: args.ring_mib << 20,
         },
     )?;
+    log::info!("attached after {:?}", started.elapsed());
     if !symbols.has_addresses() {
         log::warn!("/proc/kallsyms shows no addresses (kptr_restrict): handlers will not be named");
     }

@@ -1,27 +1,14 @@
 //! Choosing what to trace: an existing process by pid, processes by name, and the
 //! proof that counts come from the probes (a run without them sees nothing).
-use rmaptrace_tests::{bin, read_export, require_root, temp_json, trace_workload};
+use rmaptrace_tests::{bin, read_export, require_root, temp_json, trace_workload, wait_for_header};
 use serde_json::Value;
 use std::{
     io::Write,
     path::Path,
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
 };
 
 const N: u64 = 300;
-
-/// Waits until rmaptrace has attached: it writes the JSON header right after.
-fn wait_for_header(json: &Path) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(30) {
-        if std::fs::read_to_string(json).is_ok_and(|t| t.contains("\"type\":\"header\"")) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("rmaptrace did not attach within 30 s");
-}
 
 fn spawn_waiting_workload(program: &Path) -> Child {
     Command::new(program)

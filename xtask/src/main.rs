@@ -6,6 +6,7 @@
 //! | `build`    | release build, leaves `target/release/rmaptrace` |
 //! | `run -- A` | build, then run rmaptrace with A (through sudo when not root) |
 //! | `test`     | every test: unit, integration (real eBPF on this kernel) |
+//! | `bench`    | cost per fault against untraced and a bpftrace one-liner, table + target/bench/bench.json |
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::{
@@ -14,6 +15,7 @@ use std::{
     time::Instant,
 };
 
+mod bench;
 mod deps;
 
 #[derive(Parser)]
@@ -36,6 +38,15 @@ enum Task {
     },
     /// Run every test.
     Test,
+    /// Cost per fault of rmaptrace against untraced runs and a bpftrace one-liner.
+    Bench {
+        /// Faults per workload run.
+        #[arg(long, default_value_t = 1 << 20)]
+        faults: u64,
+        /// Repetitions of every workload x mode.
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+    },
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -74,7 +85,7 @@ fn cargo() -> Command {
     c
 }
 
-fn build() -> Result<PathBuf> {
+pub fn build() -> Result<PathBuf> {
     run(cargo().args(["build", "--release", "-p", "rmaptrace"]))?;
     Ok(workspace_root().join("target/release/rmaptrace"))
 }
@@ -115,6 +126,10 @@ fn main() -> Result<()> {
         Task::Test => {
             deps::install()?;
             test()
+        }
+        Task::Bench { faults, reps } => {
+            deps::install()?;
+            bench::run(faults, reps)
         }
     }
 }

@@ -14,7 +14,7 @@ use rmaptrace_common::{Config, KernelOffsets, COMM_LEN};
 
 use super::plan::{
     Backend, HookPoint, KfuncPoint, Mechanism, Plan, PlanRow, Rejection, Role, ALWAYS,
-    KFUNC_POINTS, TRACEPOINT_COUNTING,
+    KFUNC_POINTS, MAP_CHANGE_SYSCALLS, TRACEPOINT_COUNTING,
 };
 use crate::kernel::{btf::KernelBtf, kallsyms::Kallsyms, tracefs};
 
@@ -250,6 +250,48 @@ impl Attacher<'_> {
         row
     }
 
+    /// One program on the exit of every mapping-changing syscall this kernel has.
+    fn map_change_row(&mut self) -> PlanRow {
+        let mut row = PlanRow {
+            point: "syscalls/sys_exit_{munmap,mprotect,brk,madvise,...}".into(),
+            purpose: "invalidate the per-thread VMA caches when mappings change",
+            chosen: None,
+            programs: vec!["sys_exit_map_change"],
+            rejected: Vec::new(),
+        };
+        let result = (|| -> Result<usize> {
+            self.check_disabled("sys_exit_map_change")?;
+            let prog = self
+                .ebpf
+                .program_mut("sys_exit_map_change")
+                .context("program sys_exit_map_change missing from the object")?;
+            let p: &mut TracePoint = prog.try_into()?;
+            p.load()?;
+            let mut attached = 0;
+            for name in MAP_CHANGE_SYSCALLS {
+                let event = format!("sys_exit_{name}");
+                if p.attach("syscalls", &event).is_ok() {
+                    attached += 1;
+                } else {
+                    log::debug!("no tracepoint syscalls/{event} on this kernel");
+                }
+            }
+            Ok(attached)
+        })();
+        match result {
+            Ok(n) if n > 0 => row.chosen = Some(Mechanism::Tracepoint),
+            Ok(_) => row.rejected.push(Rejection {
+                mechanism: Mechanism::Tracepoint,
+                reason: "none of the syscall exit tracepoints exists".into(),
+            }),
+            Err(e) => row.rejected.push(Rejection {
+                mechanism: Mechanism::Tracepoint,
+                reason: short_reason(&e),
+            }),
+        }
+        row
+    }
+
     fn hook_row(&mut self, point: &HookPoint) -> Result<PlanRow> {
         let mut row = PlanRow {
             point: point.hook.to_string(),
@@ -295,11 +337,14 @@ impl Probes {
             self_tgid: std::process::id(),
         };
         let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
+        let (fault_rows, vma_rows) = table_sizes();
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global("OFFSETS", &offsets, true)
             .override_global("CONFIG", &config, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
+            .map_max_entries("FAULTS", fault_rows)
+            .map_max_entries("VMAS", vma_rows)
             .load(super::EBPF_OBJECT)
             .context("loading the eBPF object")?;
 
@@ -379,6 +424,9 @@ impl Probes {
             }
             rows.push(a.hook_row(point)?);
         }
+        if syscalls_ok.is_ok() {
+            rows.push(a.map_change_row());
+        }
         let plan = Plan {
             backend: counting.map(Mechanism::name).unwrap_or("tracepoint"),
             paths: if counting.is_some() {
@@ -422,6 +470,17 @@ impl Probes {
     pub fn ebpf(&self) -> &Ebpf {
         &self.ebpf
     }
+}
+
+/// Sizes of the preallocated aggregate tables. The per-CPU fault table costs
+/// value size × CPUs per row, so its rows come from a fixed memory budget; the VMA
+/// table holds 128Ki VMAs (about 20 MiB of kernel memory).
+fn table_sizes() -> (u32, u32) {
+    const FAULT_TABLE_BUDGET: usize = 64 << 20;
+    let cpus = aya::util::nr_cpus().unwrap_or(1).max(1);
+    let row = std::mem::size_of::<rmaptrace_common::FaultStats>() * cpus;
+    let fault_rows = (FAULT_TABLE_BUDGET / row).clamp(4096, 131072) as u32;
+    (fault_rows, 131072)
 }
 
 /// The kernel truncates comm to 15 bytes plus NUL.

@@ -251,6 +251,29 @@ pub struct Plan {
     pub rows: Vec<PlanRow>,
 }
 
+/// Syscalls that can change a process's mappings; `sys_exit_map_change` is
+/// attached to the exit of each one the kernel has, to invalidate VMA caches
+/// (mmap's own exit program does it too).
+pub const MAP_CHANGE_SYSCALLS: &[&str] = &[
+    "munmap",
+    "mremap",
+    "mprotect",
+    "pkey_mprotect",
+    "brk",
+    "madvise",
+    "process_madvise",
+    "mlock",
+    "mlock2",
+    "munlock",
+    "mlockall",
+    "munlockall",
+    "shmat",
+    "shmdt",
+    "remap_file_pages",
+    "mseal",
+    "prctl",
+];
+
 /// What the tracepoint backend cannot see; stated in the JSON and the summary.
 pub const TRACEPOINT_LIMITS: &[&str] = &[
     "get_user_pages faults (MAP_POPULATE, mlock, MADV_POPULATE_*, O_DIRECT pinning, /proc/PID/mem, execve argument copying) raise no exception and no perf event: they are counted by the kernel but reported here as 'unseen'",

@@ -81,11 +81,11 @@ impl FaultTotals {
     }
 }
 
+/// Faults of a process counted outside the per-VMA table because it was full.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProcTotals {
     pub minor: u64,
     pub major: u64,
-    pub aggregate_full: u64,
 }
 
 /// Global counters of the probes, named for the export.
@@ -98,6 +98,10 @@ pub struct Counters {
     pub process_table_full: u64,
     pub vma_table_full: u64,
     pub traced_table_full: u64,
+    /// Tracepoint backend: completions whose VMA came from the thread's cache, and
+    /// those that needed a bpf_find_vma.
+    pub vma_cache_hits: u64,
+    pub vma_lookups: u64,
 }
 
 impl Counters {
@@ -111,6 +115,8 @@ impl Counters {
             process_table_full: at(counter::PROC_TABLE_FULL),
             vma_table_full: at(counter::VMA_TABLE_FULL),
             traced_table_full: at(counter::TRACED_TABLE_FULL),
+            vma_cache_hits: at(counter::VMA_CACHE_HIT),
+            vma_lookups: at(counter::VMA_LOOKUP),
         }
     }
 }
@@ -119,7 +125,8 @@ impl Counters {
 pub struct Snapshot {
     pub faults: Vec<(FaultKey, FaultTotals)>,
     pub vmas: Vec<(VmaKey, VmaInfo)>,
-    pub procs: Vec<(u32, ProcTotals)>,
+    /// Per process, faults that found the per-VMA table full.
+    pub overflow: Vec<(u32, ProcTotals)>,
     pub counters: Counters,
 }
 
