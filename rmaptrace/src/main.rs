@@ -12,6 +12,10 @@ mod kernel;
 mod model;
 mod session;
 mod workload;
+// Live screen and demo (issue 5).
+mod demo;
+mod live;
+mod tui;
 
 use clap::Parser;
 
@@ -35,6 +39,8 @@ fn main() {
                 workload::run(&scenario, pages, wait).map(|_| 0)
             }
         }
+        // Live screen and demo (issue 5).
+        Some(cli::Command::Demo(d)) => session::run_demo(d.trace_args(), d.opts()),
         None => session::run(cli.trace),
     };
     match result {
