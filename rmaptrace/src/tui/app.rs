@@ -4,7 +4,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use rmaptrace_common::LAT_BUCKETS;
 
 use super::{
-    history::{History, WINDOW_NS},
+    history::History,
     tree::{self, Node},
     Update,
 };
@@ -129,6 +129,8 @@ pub struct App {
 }
 
 const PAGE: isize = 10;
+/// How long an exited process stays listed after its last fault.
+const EXITED_KEEP_NS: u64 = 15_000_000_000;
 
 impl Default for App {
     fn default() -> Self {
@@ -174,8 +176,8 @@ impl App {
         self.data.as_ref()?.labels.get(&pid).map(String::as_str)
     }
 
-    /// Processes as listed: filtered, sorted; exited ones stay a minute after
-    /// their last fault, as a trace of what just ran.
+    /// Processes as listed: filtered, sorted; exited ones stay a while after
+    /// their last fault, so short-lived ones (the demo's) can be compared.
     pub fn processes(&self) -> Vec<&ProcessSummary> {
         let Some(d) = &self.data else {
             return Vec::new();
@@ -188,7 +190,7 @@ impl App {
             .filter(|p| {
                 !p.exited
                     || h.last_active.get(&p.pid).is_some_and(|t| {
-                        h.now_ns.saturating_sub(*t) <= WINDOW_NS && p.faults.total > 0
+                        h.now_ns.saturating_sub(*t) <= EXITED_KEEP_NS && p.faults.total > 0
                     })
             })
             .filter(|p| {

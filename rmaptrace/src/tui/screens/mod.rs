@@ -116,7 +116,7 @@ pub fn kind_cells(by_kind: &[(&str, u64)], width: usize) -> Vec<(&'static str, u
             (k, exact.floor() as usize, exact.fract())
         })
         .collect();
-    let mut used: usize = cells.iter().map(|c| c.1).sum();
+    let used: usize = cells.iter().map(|c| c.1).sum();
     // Kinds rounded down to nothing get a cell first, then the largest remainders.
     let mut order: Vec<usize> = (0..cells.len()).collect();
     order.sort_by(|&a, &b| {
@@ -124,12 +124,8 @@ pub fn kind_cells(by_kind: &[(&str, u64)], width: usize) -> Vec<(&'static str, u
             .cmp(&(cells[b].1 > 0))
             .then(cells[b].2.total_cmp(&cells[a].2))
     });
-    for i in order {
-        if used >= width {
-            break;
-        }
+    for &i in order.iter().take(width.saturating_sub(used)) {
         cells[i].1 += 1;
-        used += 1;
     }
     cells
         .into_iter()
