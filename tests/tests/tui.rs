@@ -291,7 +291,7 @@ fn a_panic_in_the_ui_restores_the_terminal() {
 }
 
 #[test]
-fn a_small_terminal_gets_a_message_then_resizing_redraws() {
+fn a_small_terminal_gets_a_message_then_resizing_redraws_and_ctrl_c_quits() {
     let mut pty = Pty::spawn(&["demo", "--pages", "16"], &[], 8, 40);
     pty.wait_for(&["terminal too small (40x8)"], Duration::from_secs(30));
     pty.resize(30, 130);
@@ -299,7 +299,8 @@ fn a_small_terminal_gets_a_message_then_resizing_redraws() {
         &["Processes", "backend tracepoint"],
         Duration::from_secs(10),
     );
-    pty.keys("q");
+    // Ctrl-C: in raw mode a key, not a signal.
+    pty.keys("\x03");
     assert_eq!(pty.wait_exit(Duration::from_secs(10)).code(), Some(0));
     pty.assert_restored();
 }

@@ -41,9 +41,11 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         .iter()
         .map(|p| {
             let by_kind: Vec<(&str, u64)> = p.by_kind.iter().map(|(k, n)| (*k, *n)).collect();
+            // A process that exited before its name was read has none.
+            let comm = if p.comm.is_empty() { "?" } else { &p.comm };
             let name = match app.label(p.pid) {
-                Some(l) => format!("{} [{l}]", p.comm),
-                None => p.comm.clone(),
+                Some(l) => format!("{comm} [{l}]"),
+                None => comm.to_string(),
             };
             let style = if p.exited {
                 Style::default().fg(Color::DarkGray)
@@ -122,7 +124,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             })
             .collect();
         f.render_widget(
-            Paragraph::new(lines).block(Block::default().borders(Borders::TOP).title(" demo ")),
+            Paragraph::new(lines).block(Block::default().borders(Borders::TOP).title(" notes ")),
             notes_area,
         );
     }
