@@ -367,6 +367,12 @@ pub struct KernelOffsets {
     /// `dentry.d_name.name`, both offsets added.
     pub dentry_name: u32,
     pub dentry_parent: u32,
+    /// `file.f_path.mnt`; `struct mount`'s embedded `mnt`, `mnt_parent` and
+    /// `mnt_mountpoint`, to cross mount points when naming a file.
+    pub file_vfsmount: u32,
+    pub mount_mnt: u32,
+    pub mount_parent: u32,
+    pub mount_mountpoint: u32,
     pub inode_i_mode: u32,
     pub inode_i_rdev: u32,
     pub inode_i_ino: u32,

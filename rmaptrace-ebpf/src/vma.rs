@@ -94,9 +94,25 @@ extern "C" fn file_path(_task: *mut c_void, vma: *mut c_void, _ctx: *mut c_void)
             return 0;
         }
         let mut dentry: u64 = read(file, o.file_dentry);
+        // The struct mount around the file's vfsmount, to climb out of mounts.
+        let mut mount: u64 = read::<u64>(file, o.file_vfsmount).wrapping_sub(o.mount_mnt as u64);
         for i in 0..PATH_COMPONENTS {
             if dentry == 0 {
                 return 0;
+            }
+            let mut parent: u64 = read(dentry, o.dentry_parent);
+            if parent == dentry {
+                // The root of a mount: go on from where it is mounted, if anywhere.
+                let up: u64 = read(mount, o.mount_parent);
+                if up == 0 || up == mount {
+                    ev.path[i][0] = b'/';
+                    ev.path[i][1] = 0;
+                    ev.depth = i as u32 + 1;
+                    return 0;
+                }
+                dentry = read(mount, o.mount_mountpoint);
+                mount = up;
+                parent = read(dentry, o.dentry_parent);
             }
             let name: u64 = read(dentry, o.dentry_name);
             ev.path[i][0] = 0;
@@ -104,7 +120,6 @@ extern "C" fn file_path(_task: *mut c_void, vma: *mut c_void, _ctx: *mut c_void)
                 let _ = bpf_probe_read_kernel_str_bytes(name as *const u8, &mut ev.path[i]);
             }
             ev.depth = i as u32 + 1;
-            let parent: u64 = read(dentry, o.dentry_parent);
             if parent == dentry {
                 return 0;
             }

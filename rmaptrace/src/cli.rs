@@ -35,6 +35,54 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Backend::Auto)]
         backend: Backend,
     },
+    // Live screen and demo (issue 5).
+    /// Run the workload scenarios in a loop under the live screen: every mapping
+    /// kind and its fault handler side by side. With --no-tui: one round, then the summary.
+    Demo(DemoArgs),
+}
+
+// Live screen and demo (issue 5).
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// Pages each scenario touches.
+    #[arg(long, default_value_t = 256)]
+    pub pages: usize,
+    /// Rounds of every scenario; default: until quit (live screen) or 1 (--no-tui).
+    #[arg(long)]
+    pub rounds: Option<u32>,
+    /// Pause between two scenarios, in milliseconds.
+    #[arg(long, default_value_t = 300, value_name = "MS")]
+    pub pause_ms: u64,
+    /// Write the NDJSON export to PATH, or to stdout with `-`.
+    #[arg(long, value_name = "PATH|-")]
+    pub json: Option<String>,
+    /// Stop after this many seconds.
+    #[arg(short, long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Print a summary table at the end instead of the live screen.
+    #[arg(long)]
+    pub no_tui: bool,
+}
+
+impl DemoArgs {
+    pub fn trace_args(&self) -> TraceArgs {
+        TraceArgs {
+            json: self.json.clone(),
+            duration: self.duration,
+            no_tui: self.no_tui,
+            ring_mib: 8,
+            ..TraceArgs::default()
+        }
+    }
+
+    pub fn opts(&self) -> crate::demo::DemoOpts {
+        let live = crate::live::wants_tui(&self.trace_args());
+        crate::demo::DemoOpts {
+            pages: self.pages,
+            rounds: self.rounds.or(if live { None } else { Some(1) }),
+            pause: std::time::Duration::from_millis(self.pause_ms),
+        }
+    }
 }
 
 #[derive(Args, Debug, Default, Clone)]

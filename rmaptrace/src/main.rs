@@ -12,6 +12,10 @@ mod kernel;
 mod model;
 mod session;
 mod workload;
+// Live screen and demo (issue 5).
+mod demo;
+mod live;
+mod tui;
 
 use clap::Parser;
 
@@ -36,6 +40,8 @@ fn main() {
             }
         }
         Some(cli::Command::Probe { backend }) => session::probe(backend),
+        // Live screen and demo (issue 5).
+        Some(cli::Command::Demo(d)) => session::run_demo(d.trace_args(), d.opts()),
         None => session::run(cli.trace),
     };
     match result {

@@ -27,6 +27,8 @@ use crate::{
     },
     model::trace::{Record, Trace},
 };
+// Live screen and demo (issue 5).
+use crate::{demo::DemoOpts, live::Live};
 
 /// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns.
 pub fn monotonic_ns() -> u64 {
@@ -118,6 +120,15 @@ fn kernel_release() -> String {
 }
 
 pub fn run(args: TraceArgs) -> Result<i32> {
+    run_with(args, None)
+}
+
+/// `rmaptrace demo`: the same session, tracing the demo's own children.
+pub fn run_demo(args: TraceArgs, demo: DemoOpts) -> Result<i32> {
+    run_with(args, Some(demo))
+}
+
+fn run_with(args: TraceArgs, demo: Option<DemoOpts>) -> Result<i32> {
     let started = std::time::Instant::now();
     let procfs = LiveProc::default();
     preflight(&args, &procfs)?;
@@ -126,7 +137,7 @@ pub fn run(args: TraceArgs) -> Result<i32> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(trace(args, json, started))
+    runtime.block_on(trace(args, json, demo, started))
 }
 
 struct Outputs {
@@ -170,9 +181,11 @@ fn drain(ring: &mut RingBuf<MapData>, trace: &mut Trace, out: &mut Outputs) -> R
 async fn trace(
     args: TraceArgs,
     json: Option<JsonExport>,
+    demo: Option<DemoOpts>,
     started: std::time::Instant,
 ) -> Result<i32> {
-    let trace_all = args.pids.is_empty() && args.comms.is_empty() && args.command.is_empty();
+    let trace_all =
+        args.pids.is_empty() && args.comms.is_empty() && args.command.is_empty() && demo.is_none();
     let kbtf = KernelBtf::from_file(Path::new(&btf_path()))?;
     log::info!("kernel BTF parsed after {:?}", started.elapsed());
     let symbols = Kallsyms::load().context("reading /proc/kallsyms")?;
@@ -196,7 +209,7 @@ async fn trace(
     let mut trace = Trace::new(symbols, Box::new(LiveProc::default()), start);
     let limits = probes.plan.limits();
     trace.set_limits(limits.clone());
-    trace.set_paths_source(probes.plan.paths);
+    trace.set_backend(probes.plan.backend, probes.plan.paths);
 
     for &pid in &args.pids {
         probes.trace_pid(pid, rmaptrace_common::traced::YES)?;
@@ -240,16 +253,19 @@ async fn trace(
         j.flush()?;
     }
 
+    // Live screen and demo (after the attach, so errors before it print plainly).
+    let mut live = Live::start(&args, demo, &mut probes)?;
+
     // The command is followed from its first instruction: rmaptrace marks itself
     // "children only" before the fork, so the fork hook adds the child in-kernel.
     let mut child_pid = None;
     if let Some((program, rest)) = args.command.split_first() {
         let me = std::process::id();
         probes.trace_pid(me, rmaptrace_common::traced::CHILDREN_ONLY)?;
-        let child = std::process::Command::new(program)
-            .args(rest)
-            .spawn()
-            .with_context(|| format!("starting {program}"));
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(rest);
+        live.command_stdio(&mut cmd)?;
+        let child = cmd.spawn().with_context(|| format!("starting {program}"));
         probes.untrace_pid(me)?;
         let child = child?;
         trace.add_target(child.id(), false);
@@ -284,6 +300,7 @@ async fn trace(
             }
             _ = tick.tick() => {
                 trace.set_snapshot(probes.snapshot()?);
+                live.on_tick(&mut trace);
                 if let Some(j) = &mut out.json {
                     j.flush()?;
                 }
@@ -298,6 +315,7 @@ async fn trace(
             }
             _ = sigint.recv() => { stop_child = Some(libc::SIGINT); break; }
             _ = sigterm.recv() => { stop_child = Some(libc::SIGTERM); break; }
+            _ = live.stopped() => { stop_child = Some(libc::SIGTERM); break; }
             _ = &mut sleep => { stop_child = Some(libc::SIGTERM); break; }
             code = &mut exit_rx, if child_pid.is_some() => {
                 exit_code = code.unwrap_or(1);
@@ -306,6 +324,8 @@ async fn trace(
             }
         }
     }
+    // The terminal is given back before anything else is printed.
+    let live_result = live.finish();
     // Stopping early: pass the signal on to the command and collect its status.
     if let (Some(pid), Some(sig)) = (child_pid, stop_child) {
         unsafe { libc::kill(pid as i32, sig) };
@@ -324,7 +344,21 @@ async fn trace(
         j.flush()?;
     }
     let text = table::render(&summary, 20);
-    if args.command.is_empty() && args.json.as_deref() != Some("-") {
+    if live.used_tui() {
+        let faults: u64 = summary.processes.iter().map(|p| p.faults.total).sum();
+        eprintln!(
+            "rmaptrace: {} faults in {} processes over {:.1}s{}",
+            faults,
+            summary.processes.len(),
+            summary.duration_ns as f64 / 1e9,
+            if args.json.is_some() {
+                "; the full summary is in the JSON export"
+            } else {
+                "; --no-tui prints the full table"
+            }
+        );
+        live_result?;
+    } else if args.command.is_empty() && args.json.as_deref() != Some("-") {
         print!("{text}");
     } else {
         eprint!("{text}");

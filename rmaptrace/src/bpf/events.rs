@@ -80,6 +80,26 @@ mod tests {
     }
 
     #[test]
+    fn kernel_paths_cross_mount_points() {
+        let mut ev = MmapExitEvent {
+            header: EventHeader::default(),
+            ret: 0,
+            depth: 0,
+            truncated: 0,
+            path: [[0; 32]; 8],
+        };
+        assert_eq!(kernel_path(&ev), None, "anonymous memory has no path");
+        // Leaf first: /dev/zero on a devtmpfs mounted at /dev.
+        for (i, part) in ["zero", "/", "dev", "/"].iter().enumerate() {
+            ev.path[i][..part.len()].copy_from_slice(part.as_bytes());
+        }
+        ev.depth = 4;
+        assert_eq!(kernel_path(&ev).as_deref(), Some("/dev/zero"));
+        ev.truncated = 1;
+        assert_eq!(kernel_path(&ev).as_deref(), Some(".../dev/zero"));
+    }
+
+    #[test]
     fn c_strings() {
         assert_eq!(c_str(b"cat\0\0\0"), "cat");
         assert_eq!(c_str(b"full"), "full");

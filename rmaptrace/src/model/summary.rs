@@ -80,6 +80,8 @@ pub struct Summary {
     pub kind: &'static str,
     pub duration_ns: u64,
     pub events_lost: u64,
+    /// The mechanism that counted the faults: "fentry", "kprobe" or "tracepoint".
+    pub backend: &'static str,
     /// "derived" on the tracepoint backend, "observed" where a backend sees them.
     pub paths_source: &'static str,
     pub counters: Counters,

@@ -71,6 +71,7 @@ pub struct Trace {
     /// Syscall entry records waiting for their exit, by tid.
     pending: HashMap<u32, SyscallEvent>,
     snapshot: Snapshot,
+    backend: &'static str,
     paths_source: &'static str,
     limits: Vec<String>,
 }
@@ -88,13 +89,16 @@ impl Trace {
             processes: HashMap::new(),
             pending: HashMap::new(),
             snapshot: Snapshot::default(),
+            backend: "tracepoint",
             paths_source: "derived",
             limits: Vec::new(),
         }
     }
 
-    pub fn set_paths_source(&mut self, source: &'static str) {
-        self.paths_source = source;
+    /// The counting backend and whether paths are observed or derived.
+    pub fn set_backend(&mut self, backend: &'static str, paths: &'static str) {
+        self.backend = backend;
+        self.paths_source = paths;
     }
 
     pub fn set_limits(&mut self, limits: Vec<String>) {
@@ -542,6 +546,7 @@ impl Trace {
             kind: "summary",
             duration_ns: now_ns.saturating_sub(self.start_ns),
             events_lost: self.snapshot.counters.events_lost,
+            backend: self.backend,
             paths_source: self.paths_source,
             counters: self.snapshot.counters,
             limits: self.limits.clone(),

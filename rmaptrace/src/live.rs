@@ -1,0 +1,176 @@
+//! What runs beside the trace loop of one session: the live screen and the demo
+//! driver. session.rs calls in at five points: start, the command's stdio, each
+//! tick, the stop arm of its select, and the end.
+use std::{
+    fs::File,
+    io::IsTerminal,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, Result};
+use tokio::sync::mpsc;
+
+use crate::{
+    bpf::loader::Probes,
+    cli::TraceArgs,
+    demo::{self, DemoOpts, Driver},
+    model::trace::Trace,
+    session::monotonic_ns,
+    tui::{Note, Ui, Update},
+};
+
+pub struct Live {
+    ui: Option<Ui>,
+    demo: Option<Driver>,
+    ui_quit: Option<mpsc::Receiver<()>>,
+    demo_done: Option<mpsc::Receiver<()>>,
+    title: String,
+    notes: Vec<Note>,
+    cmd_log: Option<PathBuf>,
+}
+
+/// The live screen needs a terminal to draw on and to read keys from; without one
+/// (a pipe, a file, `--json -`) rmaptrace prints the table at the end instead.
+pub fn wants_tui(args: &TraceArgs) -> bool {
+    !args.no_tui
+        && args.json.as_deref() != Some("-")
+        && std::io::stdout().is_terminal()
+        && std::io::stdin().is_terminal()
+}
+
+fn title(args: &TraceArgs, demo: bool) -> String {
+    if demo {
+        return "rmaptrace demo: every mapping kind, side by side".into();
+    }
+    if !args.command.is_empty() {
+        return format!("rmaptrace -- {}", args.command.join(" "));
+    }
+    let mut t = String::from("rmaptrace");
+    for p in &args.pids {
+        t += &format!(" --pid {p}");
+    }
+    for c in &args.comms {
+        t += &format!(" --comm {c}");
+    }
+    if args.pids.is_empty() && args.comms.is_empty() {
+        t += ": every process";
+    }
+    t
+}
+
+impl Live {
+    pub fn start(args: &TraceArgs, demo: Option<DemoOpts>, probes: &mut Probes) -> Result<Live> {
+        let mut live = Live {
+            ui: None,
+            demo: None,
+            ui_quit: None,
+            demo_done: None,
+            title: title(args, demo.is_some()),
+            notes: Vec::new(),
+            cmd_log: None,
+        };
+        if let Some(opts) = demo {
+            // Every child of rmaptrace is traced from its first instruction, as
+            // for `-- CMD`, for as long as the demo runs.
+            probes.trace_pid(std::process::id(), rmaptrace_common::traced::CHILDREN_ONLY)?;
+            let (tx, rx) = mpsc::channel(1);
+            live.demo = Some(Driver::start(opts, demo::launch_self()?, tx));
+            live.demo_done = Some(rx);
+        }
+        if wants_tui(args) {
+            let (tx, rx) = mpsc::channel(1);
+            live.ui = Some(Ui::start(tx)?);
+            live.ui_quit = Some(rx);
+        }
+        Ok(live)
+    }
+
+    pub fn used_tui(&self) -> bool {
+        self.ui.is_some()
+    }
+
+    /// Under the live screen the command cannot share the terminal: it reads
+    /// nothing and its output goes to a file, named on screen and at the end.
+    pub fn command_stdio(&mut self, cmd: &mut Command) -> Result<()> {
+        if self.ui.is_none() {
+            return Ok(());
+        }
+        let path =
+            std::env::temp_dir().join(format!("rmaptrace-{}-output.log", std::process::id()));
+        let out = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        self.notes.push(Note {
+            text: format!("the command's output goes to {}", path.display()),
+            ok: true,
+        });
+        self.cmd_log = Some(path);
+        Ok(())
+    }
+
+    pub fn on_tick(&mut self, trace: &mut Trace) {
+        if let Some(d) = &self.demo {
+            for pid in d.take_new_pids() {
+                trace.add_target(pid, false);
+            }
+        }
+        let Some(ui) = &self.ui else {
+            return;
+        };
+        let mut notes = self.notes.clone();
+        let mut labels = Default::default();
+        if let Some(d) = &self.demo {
+            notes.extend(d.notes());
+            labels = d.labels();
+        }
+        ui.publish(Update {
+            summary: trace.summary(monotonic_ns()),
+            notes,
+            labels,
+            title: self.title.clone(),
+        });
+    }
+
+    /// Resolves when the session should end on our side: the screen was closed
+    /// (q, Ctrl-C, or it failed) or the demo ran all its rounds.
+    pub async fn stopped(&mut self) {
+        let (ui, demo) = (&mut self.ui_quit, &mut self.demo_done);
+        let ui = async {
+            match ui {
+                Some(rx) => {
+                    rx.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let demo = async {
+            match demo {
+                Some(rx) => {
+                    rx.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = ui => {}
+            _ = demo => {}
+        }
+    }
+
+    /// Stops the demo's children and gives the terminal back.
+    pub fn finish(&mut self) -> Result<()> {
+        if let Some(mut d) = self.demo.take() {
+            d.stop();
+        }
+        let result = match &mut self.ui {
+            Some(ui) => ui.finish(),
+            None => Ok(()),
+        };
+        if let Some(p) = &self.cmd_log {
+            eprintln!("rmaptrace: the command's output is in {}", p.display());
+        }
+        result
+    }
+}

@@ -1,0 +1,257 @@
+//! The UI thread's loop: take the newest summary, draw, wait for keys until the
+//! next frame is due. It never waits on the trace: summaries arrive through a
+//! latest-value feed, so a flood of faults changes what is drawn, not how often.
+use std::{
+    io,
+    time::{Duration, Instant},
+};
+
+use crossterm::event::{self, Event};
+use ratatui::{backend::Backend, Terminal};
+
+use super::{app::App, feed::Feed, screens, Update};
+
+/// Where key presses and resizes come from: the terminal, or a script in tests.
+pub trait Input {
+    /// The next event, or None when `timeout` passes first.
+    fn next(&mut self, timeout: Duration) -> io::Result<Option<Event>>;
+}
+
+pub struct TerminalInput;
+
+impl Input for TerminalInput {
+    fn next(&mut self, timeout: Duration) -> io::Result<Option<Event>> {
+        if event::poll(timeout)? {
+            event::read().map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+pub struct Options {
+    /// Time between redraws when nothing is pressed.
+    pub frame: Duration,
+    /// Test hook: panic right after the first frame, to prove the terminal is restored.
+    pub panic_after_first_draw: bool,
+}
+
+/// Runs until `q`/Ctrl-C or until the feed is closed; returns the frames drawn.
+pub fn run<B: Backend>(
+    terminal: &mut Terminal<B>,
+    app: &mut App,
+    feed: &Feed<Update>,
+    input: &mut dyn Input,
+    opts: &Options,
+) -> io::Result<u64> {
+    let mut frames = 0u64;
+    loop {
+        let closed = feed.is_closed();
+        if !app.paused {
+            if let Some(u) = feed.take() {
+                app.on_update(u);
+            }
+        }
+        if closed || app.quit {
+            return Ok(frames);
+        }
+        terminal.draw(|f| screens::draw(f, app))?;
+        frames += 1;
+        if opts.panic_after_first_draw {
+            panic!("RMAPTRACE_TEST_PANIC: panicking inside the UI loop after the first draw");
+        }
+        let due = Instant::now() + opts.frame;
+        loop {
+            let left = due.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match input.next(left)? {
+                Some(Event::Key(k)) => {
+                    app.on_key(k);
+                    break; // show the effect of a key at once
+                }
+                Some(Event::Resize(..)) => break,
+                Some(_) => {}
+                None => break,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tui::fake;
+    use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+    use ratatui::backend::TestBackend;
+    use std::{
+        collections::VecDeque,
+        sync::{
+            atomic::{AtomicBool, Ordering},
+            Arc,
+        },
+    };
+
+    /// Scripted events, each after a delay; then quiet (sleeps out the timeout).
+    struct Script(VecDeque<(Duration, Event)>);
+
+    impl Input for Script {
+        fn next(&mut self, timeout: Duration) -> io::Result<Option<Event>> {
+            match self.0.front() {
+                Some((delay, _)) if *delay <= timeout => {
+                    std::thread::sleep(*delay);
+                    Ok(self.0.pop_front().map(|(_, e)| e))
+                }
+                Some((delay, _)) => {
+                    let rest = *delay - timeout;
+                    std::thread::sleep(timeout);
+                    self.0.front_mut().unwrap().0 = rest;
+                    Ok(None)
+                }
+                None => {
+                    std::thread::sleep(timeout);
+                    Ok(None)
+                }
+            }
+        }
+    }
+
+    fn key(c: KeyCode) -> Event {
+        Event::Key(KeyEvent::new(c, KeyModifiers::NONE))
+    }
+
+    #[test]
+    fn keys_drive_the_app_and_q_ends_the_loop() {
+        let feed = Feed::default();
+        feed.publish(fake::update());
+        let mut term = Terminal::new(TestBackend::new(100, 20)).unwrap();
+        let mut app = App::new();
+        let mut input = Script(
+            [
+                (Duration::from_millis(5), key(KeyCode::Down)),
+                (Duration::from_millis(5), key(KeyCode::Enter)),
+                (Duration::from_millis(5), Event::Resize(80, 15)),
+                (Duration::from_millis(5), key(KeyCode::Char('q'))),
+            ]
+            .into(),
+        );
+        let opts = Options {
+            frame: Duration::from_millis(50),
+            panic_after_first_draw: false,
+        };
+        let frames = run(&mut term, &mut app, &feed, &mut input, &opts).unwrap();
+        assert!(app.quit);
+        assert_eq!(app.focus, Some(77));
+        assert_eq!(frames, 4, "one frame, then one per event");
+        assert!(term.backend().to_string().contains("postgres"));
+    }
+
+    #[test]
+    fn a_closed_feed_ends_the_loop_after_the_last_summary() {
+        let feed = Feed::default();
+        feed.publish(fake::update());
+        feed.close();
+        let mut term = Terminal::new(TestBackend::new(100, 20)).unwrap();
+        let mut app = App::new();
+        let opts = Options {
+            frame: Duration::from_millis(10),
+            panic_after_first_draw: false,
+        };
+        run(
+            &mut term,
+            &mut app,
+            &feed,
+            &mut Script(VecDeque::new()),
+            &opts,
+        )
+        .unwrap();
+        assert!(app.data.is_some());
+    }
+
+    /// Quiet until `at`, then `q`: a run of a fixed wall-clock length.
+    struct QuitAt(Instant);
+
+    impl Input for QuitAt {
+        fn next(&mut self, timeout: Duration) -> io::Result<Option<Event>> {
+            let now = Instant::now();
+            if now + timeout >= self.0 {
+                std::thread::sleep(self.0.saturating_duration_since(now));
+                return Ok(Some(key(KeyCode::Char('q'))));
+            }
+            std::thread::sleep(timeout);
+            Ok(None)
+        }
+    }
+
+    /// A busy machine: 600 processes with three mappings each.
+    fn big_update() -> Update {
+        let mut u = fake::update();
+        let base = u.summary.processes[0].clone();
+        for pid in 10_000..10_600 {
+            let mut p = base.clone();
+            p.pid = pid;
+            u.summary.processes.push(p);
+        }
+        u
+    }
+
+    /// Frames drawn in `run_for` while a producer publishes every `every`
+    /// (None: once), and the summaries published.
+    fn frames_while_publishing(run_for: Duration, every: Option<Duration>) -> (u64, u64) {
+        let feed = Arc::new(Feed::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let producer = {
+            let (feed, stop) = (feed.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut u = big_update();
+                let mut n = 0u64;
+                loop {
+                    n += 1;
+                    u.summary.duration_ns = n * 1_000_000;
+                    u.summary.processes[0].faults.total += 1000;
+                    feed.publish(u.clone());
+                    match every {
+                        Some(d) if !stop.load(Ordering::Relaxed) => std::thread::sleep(d),
+                        _ => return n,
+                    }
+                }
+            })
+        };
+        let mut term = Terminal::new(TestBackend::new(120, 40)).unwrap();
+        let mut app = App::new();
+        let opts = Options {
+            frame: Duration::from_millis(50),
+            panic_after_first_draw: false,
+        };
+        let mut input = QuitAt(Instant::now() + run_for);
+        let frames = run(&mut term, &mut app, &feed, &mut input, &opts).unwrap();
+        stop.store(true, Ordering::Relaxed);
+        (frames, producer.join().unwrap())
+    }
+
+    /// A producer publishing far faster than the session loop ever does (every
+    /// millisecond instead of every 500 ms, with big summaries) does not slow the
+    /// redraws down: the UI draws at its own pace, always the newest summary.
+    #[test]
+    fn redraws_at_its_normal_rate_while_the_producer_floods() {
+        let run_for = Duration::from_millis(1500);
+        let (calm, _) = frames_while_publishing(run_for, None);
+        let (flooded, published) = frames_while_publishing(run_for, Some(Duration::from_millis(1)));
+        eprintln!(
+            "{calm} frames calm, {flooded} frames flooded by {published} summaries in {run_for:?}"
+        );
+        assert!(
+            published > flooded * 2,
+            "the producer did flood ({published} summaries for {flooded} frames)"
+        );
+        // Both near 1500/50 = 30 frames; a UI that waited on the producer, or
+        // worked through a backlog, would fall far behind. (Margins for a
+        // shared 2-core machine: the producer itself takes one core.)
+        assert!(
+            flooded * 10 >= calm * 6,
+            "{flooded} frames under the flood, {calm} without"
+        );
+        assert!(calm >= 10, "{calm} frames in {run_for:?}");
+    }
+}

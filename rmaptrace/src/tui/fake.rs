@@ -1,0 +1,182 @@
+//! Fake summaries for the UI tests: one process with every interesting kind of
+//! mapping, one with file faults, one that exited.
+use std::collections::BTreeMap;
+
+use rmaptrace_common::{latency_bucket, LAT_BUCKETS};
+
+use crate::model::{
+    snapshot::Counters,
+    summary::{FaultCounts, KernelCounts, Latency, ProcessSummary, Summary, VmaSummary},
+};
+
+use super::{Note, Update};
+
+fn hist(samples: &[(u64, u64)]) -> Vec<u64> {
+    let mut h = vec![0; LAT_BUCKETS];
+    for &(ns, n) in samples {
+        h[latency_bucket(ns)] += n;
+    }
+    h
+}
+
+#[allow(clippy::too_many_arguments)]
+fn vma(
+    start: u64,
+    pages: u64,
+    prot: &str,
+    kind: &'static str,
+    handler: Option<(&str, Option<&str>)>,
+    file: Option<&str>,
+    paths: &[(&'static str, u64)],
+    lat: &[(u64, u64)],
+) -> VmaSummary {
+    let faults: u64 = paths.iter().map(|(_, n)| n).sum();
+    VmaSummary {
+        start: format!("{start:#x}"),
+        end: format!("{:#x}", start + pages * 4096),
+        kind,
+        handler: handler.map(|(h, _)| h.to_string()),
+        module: handler.and_then(|(_, m)| m.map(str::to_string)),
+        file: file.map(str::to_string),
+        device: None,
+        prot: prot.into(),
+        origin: None,
+        faults,
+        minor: faults,
+        major: 0,
+        paths: paths.iter().copied().collect(),
+        handler_time: None,
+        latency_ns: Latency {
+            p50: Some(2048),
+            p99: Some(8192),
+            max: Some(9000),
+            samples: faults,
+        },
+        start_addr: start,
+        latency_hist: hist(lat),
+    }
+}
+
+pub fn summary() -> Summary {
+    let myapp = ProcessSummary {
+        pid: 4242,
+        comm: "myapp".into(),
+        faults: FaultCounts {
+            total: 1103,
+            minor: 1103,
+            major: 0,
+        },
+        by_kind: [("anon", 1000), ("driver", 3), ("shmem", 100)]
+            .into_iter()
+            .collect(),
+        kernel: Some(KernelCounts {
+            minflt: 1104,
+            majflt: 0,
+        }),
+        unseen: Some(1),
+        exited: false,
+        vmas: vec![
+            vma(
+                0x7f30_11cd_c000,
+                1000,
+                "rw-p",
+                "anon",
+                None,
+                None,
+                &[("do_anonymous_page", 800), ("do_wp_page", 200)],
+                &[(2000, 900), (5000, 100)],
+            ),
+            vma(
+                0x7f89_b03b_1000,
+                3,
+                "rw-s",
+                "driver",
+                Some(("kvm_vcpu_fault", Some("kvm"))),
+                Some("anon_inode:kvm-vcpu:0"),
+                &[("do_read_fault", 3)],
+                &[(8000, 3)],
+            ),
+            vma(
+                0x7fd8_2444_1000,
+                100,
+                "rw-s",
+                "shmem",
+                Some(("shmem_fault", None)),
+                Some("/dev/zero (deleted)"),
+                &[("do_shared_fault", 100)],
+                &[(3000, 90), (16000, 10)],
+            ),
+        ],
+    };
+    let db = ProcessSummary {
+        pid: 77,
+        comm: "postgres".into(),
+        faults: FaultCounts {
+            total: 52,
+            minor: 50,
+            major: 2,
+        },
+        by_kind: [("file", 52)].into_iter().collect(),
+        kernel: Some(KernelCounts {
+            minflt: 50,
+            majflt: 2,
+        }),
+        unseen: Some(0),
+        exited: false,
+        vmas: vec![vma(
+            0x5555_0000_0000,
+            64,
+            "r--p",
+            "file",
+            Some(("filemap_fault", None)),
+            Some("/usr/lib/postgresql/bin/postgres"),
+            &[("do_read_fault", 50), ("do_cow_fault", 2)],
+            &[(40_000, 50), (2_000_000, 2)],
+        )],
+    };
+    let gone = ProcessSummary {
+        pid: 9,
+        comm: "true".into(),
+        faults: FaultCounts {
+            total: 0,
+            minor: 0,
+            major: 0,
+        },
+        by_kind: BTreeMap::new(),
+        kernel: None,
+        unseen: None,
+        exited: true,
+        vmas: vec![],
+    };
+    Summary {
+        kind: "summary",
+        duration_ns: 2_000_000_000,
+        events_lost: 0,
+        backend: "tracepoint",
+        paths_source: "derived",
+        counters: Counters::default(),
+        limits: vec![
+            "get_user_pages faults (MAP_POPULATE, ptrace, O_DIRECT) are not seen".into(),
+            "kernel paths are derived from the mapping kind and error code".into(),
+        ],
+        processes: vec![myapp, db, gone],
+    }
+}
+
+pub fn update() -> Update {
+    Update {
+        summary: summary(),
+        notes: vec![
+            Note {
+                text: "anon-write: ok (pid 4242)".into(),
+                ok: true,
+            },
+            Note {
+                text: "kvm-vcpu: cannot run: /dev/kvm: No such file or directory".into(),
+                ok: false,
+            },
+        ],
+        labels: [(4242, "anon-write".to_string())].into_iter().collect(),
+        title: "rmaptrace".into(),
+    }
+}
