@@ -239,7 +239,10 @@ pub mod counter {
     /// Completions served from the thread's VMA cache / by a bpf_find_vma lookup.
     pub const VMA_CACHE_HIT: u32 = 7;
     pub const VMA_LOOKUP: u32 = 8;
-    pub const COUNT: u32 = 9;
+    /// The tracepoint backend's tail call into its counting program failed: the
+    /// fault is lost (never expected; shown so it cannot go unnoticed).
+    pub const TAIL_CALL_FAILED: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// Values of the `TRACED` map.
@@ -289,7 +292,10 @@ pub struct FaultEvent {
     pub path: u8,
     pub vma_status: u8,
     pub major: u8,
-    pub _pad: u32,
+    /// The VMA's identity, also when `vma` is not filled in.
+    pub ident: u32,
+    pub vm_start: u64,
+    /// All zero when the probe had no description at hand.
     pub vma: VmaInfo,
 }
 

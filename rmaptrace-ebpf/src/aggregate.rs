@@ -19,20 +19,46 @@ static ZERO_STATS: PerCpuArray<FaultStats> = PerCpuArray::with_max_entries(1, 0)
 #[map]
 static SCRATCH_VMA: PerCpuArray<VmaInfo> = PerCpuArray::with_max_entries(1, 0);
 
-/// Everything known about one completed fault.
-pub struct Completed<'a> {
+/// Everything known about one completed fault. The backends write it into the
+/// per-CPU COMPLETED slot and `record` reads it back from there: the verifier then
+/// sees unknown values rather than one constant per branch the backend took, so
+/// its states merge (Linux 6.1 gave up past a million instructions otherwise).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Completed {
     pub key: FaultKey,
     pub tid: u32,
+    pub major: u8,
+    /// The VMA_LOOKED_UP slot holds this fault's VMA.
+    pub has_vma: u8,
+    pub _pad: [u8; 2],
     pub now: u64,
     pub addr: u64,
     pub ip: u64,
-    pub major: bool,
     /// Entry to completion, meaningful unless `key.access` has NO_ENTRY.
     pub latency: u64,
     /// Time spent in `vm_ops->fault`, 0 when not measured.
     pub handler_ns: u64,
-    /// The VMA for the fault record, when known (`--events` only).
-    pub vma: Option<&'a VmaInfo>,
+}
+
+#[map]
+static COMPLETED: PerCpuArray<Completed> = PerCpuArray::with_max_entries(1, 0);
+
+/// The VMA a backend looked up for the fault in COMPLETED (see `has_vma`), kept so
+/// that `record` need not call bpf_find_vma again: a second call in one program
+/// fails with -EBUSY where interrupts are off.
+#[map]
+static VMA_LOOKED_UP: PerCpuArray<VmaInfo> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn looked_up_slot() -> Option<&'static mut VmaInfo> {
+    VMA_LOOKED_UP.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+}
+
+/// This CPU's slot for the fault being completed.
+#[inline(always)]
+pub fn completed_slot() -> Option<&'static mut Completed> {
+    COMPLETED.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
 /// What happened to the aggregate row of a fault.
@@ -45,21 +71,33 @@ pub enum Row {
     Full,
 }
 
-/// Counts a completed fault. `describe` fills the VMA description when the row is
-/// new (the only time it is stored), so the common case touches one map.
+/// Counts the fault in the COMPLETED slot. `vma` is its VMA when the backend has
+/// it in a map (the kernel-function backends); the tracepoint backend leaves it in
+/// VMA_LOOKED_UP when it looked it up (cache miss), which the first fault on any
+/// VMA always is. Nothing here calls bpf_find_vma: a second call per program fails
+/// where interrupts are off, and each call site multiplies the verifier's work.
 #[inline(always)]
-pub fn record(c: &Completed, describe: impl FnOnce(&mut VmaInfo)) {
-    match add_to_aggregate(&c.key, c.major, c.latency, c.handler_ns) {
+pub fn record(vma: Option<&VmaInfo>) {
+    let Some(c) = completed_slot() else {
+        return;
+    };
+    let vma = match vma {
+        Some(v) => Some(v),
+        None if c.has_vma != 0 => looked_up_slot().map(|v| &*v),
+        None => None,
+    };
+    let major = c.major != 0;
+    match add_to_aggregate(&c.key, major, c.latency, c.handler_ns) {
         Row::Existing => {}
         Row::New => {
             if c.key.vma_status == rmaptrace_common::vma_status::FOUND {
-                remember_vma(&c.key, describe);
+                remember_vma(&c.key, vma);
             }
         }
-        Row::Full => count_overflow(c.key.tgid, c.major),
+        Row::Full => count_overflow(c.key.tgid, major),
     }
     if config().fault_events != 0 {
-        send_event(c);
+        send_event(c, vma);
     }
 }
 
@@ -106,7 +144,9 @@ fn add_to_aggregate(key: &FaultKey, major: bool, latency: u64, handler_ns: u64) 
 fn count_overflow(tgid: u32, major: bool) {
     let mut stats = PROCS.get_ptr_mut(tgid);
     if stats.is_none() {
-        let _ = PROCS.insert(tgid, ProcStats::default(), BPF_NOEXIST);
+        let mut zero = core::mem::MaybeUninit::<ProcStats>::uninit();
+        crate::mem::zero(zero.as_mut_ptr());
+        let _ = PROCS.insert(tgid, unsafe { zero.assume_init_ref() }, BPF_NOEXIST);
         stats = PROCS.get_ptr_mut(tgid);
     }
     let Some(stats) = stats else {
@@ -123,7 +163,7 @@ fn count_overflow(tgid: u32, major: bool) {
 
 /// Stores the description of a VMA that got its first aggregate row.
 #[inline(always)]
-fn remember_vma(key: &FaultKey, describe: impl FnOnce(&mut VmaInfo)) {
+fn remember_vma(key: &FaultKey, vma: Option<&VmaInfo>) {
     let vkey = VmaKey {
         tgid: key.tgid,
         ident: key.ident,
@@ -136,15 +176,22 @@ fn remember_vma(key: &FaultKey, describe: impl FnOnce(&mut VmaInfo)) {
         return;
     };
     let info = unsafe { &mut *info };
-    *info = VmaInfo::default();
-    describe(info);
-    if VMAS.insert(vkey, *info, 0).is_err() {
+    match vma {
+        Some(v) => crate::mem::copy(info, v),
+        // A new access kind on a VMA whose description is stored already; or the
+        // VMA table was full when it was first seen.
+        None => return,
+    }
+    // By reference: by value would copy the 112 bytes through memcpy.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    let stored = VMAS.insert(vkey, &*info, 0);
+    if stored.is_err() {
         bump(counter::VMA_TABLE_FULL);
     }
 }
 
 #[inline(always)]
-fn send_event(c: &Completed) {
+fn send_event(c: &Completed, vma: Option<&VmaInfo>) {
     let Some(mut entry) = EVENTS.reserve::<FaultEvent>(0) else {
         bump(counter::EVENTS_LOST);
         return;
@@ -162,11 +209,14 @@ fn send_event(c: &Completed) {
         (*ev).access = c.key.access;
         (*ev).path = c.key.path;
         (*ev).vma_status = c.key.vma_status;
-        (*ev).major = c.major as u8;
-        (*ev)._pad = 0;
-        match c.vma {
-            Some(info) => (*ev).vma = *info,
-            None => (*ev).vma = VmaInfo::default(),
+        (*ev).major = c.major;
+        (*ev).vm_start = c.key.vm_start;
+        (*ev).ident = c.key.ident;
+        // Without it, userspace finds the VMA by (pid, ident, vm_start) among the
+        // descriptions it has seen: the first fault on a VMA always carries one.
+        match vma {
+            Some(info) => crate::mem::copy(&raw mut (*ev).vma, info),
+            None => crate::mem::zero(&raw mut (*ev).vma),
         }
     }
     entry.submit(0);

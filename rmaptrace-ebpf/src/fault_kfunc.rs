@@ -20,7 +20,7 @@ use aya_ebpf::{
 use rmaptrace_common::{access, path_id, vma_ident, vma_status, FaultKey, VmaInfo};
 
 use crate::{
-    aggregate::{self, Completed, BPF_NOEXIST},
+    aggregate::{self, BPF_NOEXIST},
     maps::{bump, traced_current},
     vma,
 };
@@ -87,10 +87,14 @@ fn on_fault_entry(vma: u64, addr: u64, flags: u64) {
     s.ts_ns = unsafe { bpf_ktime_get_ns() };
     s.addr = addr;
     s.flags = flags;
-    s.handler_start_ns = 0;
-    s.handler_ns = 0;
-    s.path = path_id::DERIVED;
-    s.did_do_fault = 0;
+    // Volatile: LLVM would merge these zero stores into a memset call (a byte
+    // loop for the verifier).
+    unsafe {
+        core::ptr::write_volatile(&raw mut s.handler_start_ns, 0);
+        core::ptr::write_volatile(&raw mut s.handler_ns, 0);
+        core::ptr::write_volatile(&raw mut s.path, path_id::DERIVED);
+        core::ptr::write_volatile(&raw mut s.did_do_fault, 0);
+    }
     s.active = 1;
     vma::describe(vma, &mut s.vma);
 }
@@ -136,29 +140,28 @@ fn on_fault_exit(ret: u64) {
         };
     }
     let info = &s.vma;
-    aggregate::record(
-        &Completed {
-            key: FaultKey {
-                tgid,
-                access: acc,
-                path,
-                vma_status: vma_status::FOUND,
-                _pad: 0,
-                vm_start: info.vm_start,
-                ident: vma_ident(info.vm_ops, info.file, info.vm_flags),
-                _pad2: 0,
-            },
-            tid,
-            now,
-            addr: s.addr,
-            ip: 0,
-            major: ret & VM_FAULT_MAJOR != 0 || flags & FAULT_FLAG_TRIED != 0,
-            latency: now.saturating_sub(s.ts_ns),
-            handler_ns: s.handler_ns,
-            vma: Some(info),
-        },
-        |out| *out = *info,
-    );
+    let Some(c) = aggregate::completed_slot() else {
+        return;
+    };
+    c.key = FaultKey {
+        tgid,
+        access: acc,
+        path,
+        vma_status: vma_status::FOUND,
+        _pad: 0,
+        vm_start: info.vm_start,
+        ident: vma_ident(info.vm_ops, info.file, info.vm_flags),
+        _pad2: 0,
+    };
+    c.tid = tid;
+    c.major = (ret & VM_FAULT_MAJOR != 0 || flags & FAULT_FLAG_TRIED != 0) as u8;
+    c.now = now;
+    c.addr = s.addr;
+    c.ip = 0;
+    c.latency = now.saturating_sub(s.ts_ns);
+    c.handler_ns = s.handler_ns;
+    c.has_vma = 0;
+    aggregate::record(Some(info));
 }
 
 #[inline(always)]
@@ -289,6 +292,38 @@ path_probe!(
     do_huge_pmd_anonymous_page_kprobe,
     path_id::DO_HUGE_PMD_ANONYMOUS_PAGE
 );
+
+/// A huge-page attempt that returns VM_FAULT_FALLBACK did not serve the fault:
+/// handle_pte_fault then does (do_anonymous_page, often inlined and unprobed).
+#[inline(always)]
+fn unmark_huge_if_fallback(ret: u64) {
+    const VM_FAULT_FALLBACK: u64 = 0x800;
+    if ret & VM_FAULT_FALLBACK == 0 {
+        return;
+    }
+    let Some((_, tid)) = traced_current() else {
+        return;
+    };
+    if let Some(s) = slot(tid, false) {
+        if s.active != 0 && s.path == path_id::DO_HUGE_PMD_ANONYMOUS_PAGE {
+            s.path = path_id::DERIVED;
+        }
+    }
+}
+
+#[fexit]
+pub fn do_huge_pmd_anonymous_page_fexit(ctx: FExitContext) -> i32 {
+    if let Ok(ret) = ctx.ret::<u64>() {
+        unmark_huge_if_fallback(ret & 0xffff_ffff);
+    }
+    0
+}
+
+#[kretprobe]
+pub fn do_huge_pmd_anonymous_page_kretprobe(ctx: RetProbeContext) -> u32 {
+    unmark_huge_if_fallback(ctx.ret::<u64>() & 0xffff_ffff);
+    0
+}
 path_probe!(
     hugetlb_fault_fentry,
     hugetlb_fault_kprobe,

@@ -23,6 +23,8 @@ mod fault_tp;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
+mod mem;
+#[cfg(target_arch = "bpf")]
 mod mmap;
 #[cfg(target_arch = "bpf")]
 mod task;

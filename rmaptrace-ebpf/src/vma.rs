@@ -25,10 +25,12 @@ extern "C" fn describe_vma(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_voi
     0
 }
 
-/// Reads what rmaptrace needs of a `struct vm_area_struct *`.
+/// Reads what rmaptrace needs of a `struct vm_area_struct *`. Every field is
+/// written: callers reuse `info` (the kernel-function backend keeps it per thread).
 #[inline(always)]
 pub fn describe(vma: u64, info: &mut VmaInfo) {
     let o = offsets();
+    crate::mem::zero(info);
     unsafe {
         info.vm_start = read(vma, o.vma_vm_start);
         info.vm_end = read(vma, o.vma_vm_end);

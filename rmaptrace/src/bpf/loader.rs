@@ -3,7 +3,7 @@
 //! backend when handle_mm_fault cannot be probed at all.
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{HashMap, MapData, RingBuf},
+    maps::{HashMap, MapData, ProgramArray, RingBuf},
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
         BtfTracePoint, FEntry, FExit, KProbe, PerfEvent, TracePoint,
@@ -250,6 +250,23 @@ impl Attacher<'_> {
         row
     }
 
+    fn load_record_tail(&mut self) -> Result<()> {
+        let prog: &mut PerfEvent = self
+            .ebpf
+            .program_mut("fault_record_tail")
+            .context("program fault_record_tail missing from the object")?
+            .try_into()?;
+        prog.load()?;
+        let fd = prog.fd()?.try_clone()?;
+        let mut tail: ProgramArray<_> = ProgramArray::try_from(
+            self.ebpf
+                .map_mut("RECORD_TAIL")
+                .context("RECORD_TAIL map")?,
+        )?;
+        tail.set(0, &fd, 0)?;
+        Ok(())
+    }
+
     /// One program on the exit of every mapping-changing syscall this kernel has.
     fn map_change_row(&mut self) -> PlanRow {
         let mut row = PlanRow {
@@ -402,6 +419,10 @@ impl Probes {
             rows.push(row);
         }
         if counting.is_none() {
+            // The completion programs tail-call into the counting one: load it and
+            // put it in their program array before they are attached.
+            a.load_record_tail()
+                .context("loading fault_record_tail, the tracepoint backend's counting program")?;
             for point in TRACEPOINT_COUNTING {
                 rows.push(a.hook_row(point)?);
             }

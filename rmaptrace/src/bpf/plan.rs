@@ -117,11 +117,16 @@ pub const KFUNC_POINTS: &[KfuncPoint] = &[
     ),
     path_point("do_wp_page", "do_wp_page_fentry", "do_wp_page_kprobe"),
     path_point("do_swap_page", "do_swap_page_fentry", "do_swap_page_kprobe"),
-    path_point(
-        "do_huge_pmd_anonymous_page",
-        "do_huge_pmd_anonymous_page_fentry",
-        "do_huge_pmd_anonymous_page_kprobe",
-    ),
+    KfuncPoint {
+        fexit: Some("do_huge_pmd_anonymous_page_fexit"),
+        kretprobe: Some("do_huge_pmd_anonymous_page_kretprobe"),
+        // The exit half un-marks attempts that fell back to small pages.
+        ..path_point(
+            "do_huge_pmd_anonymous_page",
+            "do_huge_pmd_anonymous_page_fentry",
+            "do_huge_pmd_anonymous_page_kprobe",
+        )
+    },
     path_point(
         "hugetlb_fault",
         "hugetlb_fault_fentry",

@@ -102,6 +102,8 @@ pub struct Counters {
     /// those that needed a bpf_find_vma.
     pub vma_cache_hits: u64,
     pub vma_lookups: u64,
+    /// Faults lost because the tracepoint backend's tail call failed.
+    pub tail_call_failed: u64,
 }
 
 impl Counters {
@@ -117,6 +119,7 @@ impl Counters {
             traced_table_full: at(counter::TRACED_TABLE_FULL),
             vma_cache_hits: at(counter::VMA_CACHE_HIT),
             vma_lookups: at(counter::VMA_LOOKUP),
+            tail_call_failed: at(counter::TAIL_CALL_FAILED),
         }
     }
 }

@@ -71,6 +71,8 @@ pub struct Trace {
     /// Syscall entry records waiting for their exit, by tid.
     pending: HashMap<u32, SyscallEvent>,
     snapshot: Snapshot,
+    /// VMA descriptions carried by fault records, for the records that carry none.
+    event_vmas: HashMap<VmaKey, VmaInfo>,
     backend: &'static str,
     paths_source: &'static str,
     limits: Vec<String>,
@@ -89,6 +91,7 @@ impl Trace {
             processes: HashMap::new(),
             pending: HashMap::new(),
             snapshot: Snapshot::default(),
+            event_vmas: HashMap::new(),
             backend: "tracepoint",
             paths_source: "derived",
             limits: Vec::new(),
@@ -231,21 +234,46 @@ impl Trace {
         }
     }
 
-    fn fault_record(&self, f: &FaultEvent) -> FaultRecord {
+    /// The VMA of a fault record: carried by the record when the probe had it (the
+    /// first fault on every VMA does), else remembered from an earlier record or a
+    /// snapshot of the VMA table.
+    fn vma_of_event(&mut self, f: &FaultEvent) -> Option<VmaInfo> {
+        if f.vma_status != vma_status::FOUND {
+            return None;
+        }
+        let key = VmaKey {
+            tgid: f.header.tgid,
+            ident: f.ident,
+            vm_start: f.vm_start,
+        };
+        if f.vma.vm_end != 0 {
+            self.event_vmas.insert(key, f.vma);
+            return Some(f.vma);
+        }
+        self.event_vmas.get(&key).copied().or_else(|| {
+            self.snapshot
+                .vmas
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| *v)
+        })
+    }
+
+    fn fault_record(&mut self, f: &FaultEvent) -> FaultRecord {
         use rmaptrace_common::access;
         let found = f.vma_status == vma_status::FOUND;
-        let kind = if found {
-            self.kind_of(&f.vma)
-        } else {
-            Kind::Unknown
+        let vma = self.vma_of_event(f);
+        let kind = match &vma {
+            Some(v) => self.kind_of(v),
+            None => Kind::Unknown,
         };
-        let (handler, module) = if found {
-            self.handler_of(f.vma.fault_fn)
-        } else {
-            (None, None)
+        let (handler, module) = match &vma {
+            Some(v) => self.handler_of(v.fault_fn),
+            None => (None, None),
         };
+        let vm_flags = vma.map(|v| v.vm_flags).unwrap_or(0);
         let path = path::observed_name(f.path)
-            .unwrap_or_else(|| path::derive(kind, f.vma.vm_flags, f.access, f.major != 0));
+            .unwrap_or_else(|| path::derive(kind, vm_flags, f.access, f.major != 0));
         FaultRecord {
             kind_tag: "fault",
             ts_ns: f.header.ts_ns,
@@ -261,7 +289,7 @@ impl Trace {
             path,
             major: f.major != 0,
             latency_ns: (f.access & access::NO_ENTRY == 0).then_some(f.latency_ns),
-            vma_start: found.then(|| hex(f.vma.vm_start)),
+            vma_start: found.then(|| hex(f.vm_start)),
         }
     }
 
