@@ -5,7 +5,8 @@
 //! | `deps`     | installs what is missing (nightly rust-src, bpf-linker on Debian's LLVM 22, QEMU, busybox, the musl target), idempotently |
 //! | `build`    | release build, leaves `target/release/rmaptrace` |
 //! | `run -- A` | build, then run rmaptrace with A (through sudo when not root) |
-//! | `test`     | every test: unit, integration (real eBPF on this kernel) |
+//! | `test`     | every test: unit, integration (real eBPF on this kernel), then `vm-test` |
+//! | `vm-test`  | rmaptrace and the rmapdemo driver in a QEMU guest (Debian 6.1 kernel), checked from here |
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::{
@@ -15,6 +16,8 @@ use std::{
 };
 
 mod deps;
+mod guest_check;
+mod vm;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "rmaptrace build and test tasks")]
@@ -36,6 +39,21 @@ enum Task {
     },
     /// Run every test.
     Test,
+    /// Run rmaptrace and the rmapdemo driver in a QEMU guest and check the results.
+    VmTest {
+        /// Backends to run, comma-separated (`default` runs without --backend).
+        #[arg(long, value_delimiter = ',')]
+        backends: Vec<String>,
+        /// Scenarios to run, comma-separated (default: every one the guest can run).
+        #[arg(long, value_delimiter = ',')]
+        scenarios: Vec<String>,
+        /// Give up on the guest after this many seconds.
+        #[arg(long)]
+        timeout_secs: Option<u64>,
+        /// One rmaptrace per scenario (isolated, ~15 s each under TCG) instead of one per backend.
+        #[arg(long)]
+        isolate: bool,
+    },
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -66,7 +84,7 @@ fn describe(cmd: &Command) -> String {
     s
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(workspace_root());
     // bpf-linker is installed by `deps` into cargo's bin dir, which may not be on PATH yet.
@@ -91,6 +109,8 @@ fn test() -> Result<()> {
             "rmaptrace-ebpf",
         ])
         .env("RMAPTRACE_BIN", &bin))?;
+    eprintln!("xtask: host tests passed in {:.0?}", started.elapsed());
+    vm::vm_test(&vm::Options::default())?;
     eprintln!("xtask: all tests passed in {:.0?}", started.elapsed());
     Ok(())
 }
@@ -115,6 +135,26 @@ fn main() -> Result<()> {
         Task::Test => {
             deps::install()?;
             test()
+        }
+        Task::VmTest {
+            backends,
+            scenarios,
+            timeout_secs,
+            isolate,
+        } => {
+            deps::install()?;
+            let mut opts = vm::Options::default();
+            if !backends.is_empty() {
+                opts.backends = backends;
+            }
+            if !scenarios.is_empty() {
+                opts.scenarios = scenarios;
+            }
+            opts.isolate = isolate;
+            if let Some(t) = timeout_secs {
+                opts.timeout = std::time::Duration::from_secs(t);
+            }
+            vm::vm_test(&opts)
         }
     }
 }

@@ -93,9 +93,10 @@ fn scratch_file(pages: usize) -> Result<(i32, String)> {
     Ok((fd, path))
 }
 
-const KVM_CREATE_VM: u64 = 0xAE01;
-const KVM_GET_VCPU_MMAP_SIZE: u64 = 0xAE04;
-const KVM_CREATE_VCPU: u64 = 0xAE41;
+// libc::Ioctl: the request is c_ulong on glibc but c_int on musl (the guest build).
+const KVM_CREATE_VM: libc::Ioctl = 0xAE01;
+const KVM_GET_VCPU_MMAP_SIZE: libc::Ioctl = 0xAE04;
+const KVM_CREATE_VCPU: libc::Ioctl = 0xAE41;
 const SYS_MEMFD_SECRET: i64 = 447;
 
 pub fn run(scenario: &str, pages: usize, wait: bool) -> Result<()> {
