@@ -242,9 +242,10 @@ fn trouble(line: &str) -> bool {
         "general protection fault",
         "Call Trace:",
         "WARNING: CPU:",
-        "verifier",
     ];
-    !line.starts_with("RMAPTRACE-RUN ") && MARKS.iter().any(|m| line.contains(m))
+    !line.starts_with("RMAPTRACE-RUN ")
+        && (MARKS.iter().any(|m| line.contains(m))
+            || line.to_ascii_lowercase().contains("verifier"))
 }
 
 /// Prints one line per backend x scenario and returns how many checks failed.
@@ -308,4 +309,88 @@ pub fn check(lines: &[String], opts: &Options, n: usize) -> Result<usize> {
         }
     }
     Ok(failures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const ADDR: &str = "0x7f0000000000";
+
+    /// A RUN line whose summary has pid 100 with `vmas`, and kernel counts that
+    /// make `unseen` come out as given.
+    fn run(paths_source: &str, vmas: Value, seen: i64, unseen: i64) -> Value {
+        json!({"rc": 0, "header": {"type": "header", "backend": {"name": "tracepoint"}},
+               "summary": {"type": "summary", "paths_source": paths_source, "processes": [
+                   {"pid": 100, "faults": {"total": seen, "minor": seen, "major": 0},
+                    "kernel": {"minflt": seen + unseen, "majflt": 0}, "unseen": unseen,
+                    "vmas": vmas}]}})
+    }
+
+    fn report(scenario: &str) -> Value {
+        json!({"rc": 0, "scenario": scenario, "report": {"pid": 100, "addr": ADDR}})
+    }
+
+    fn driver_vma(handler: &str, faults: u64) -> Value {
+        json!({"start": ADDR, "kind": "driver", "handler": handler, "module": "rmapdemo",
+               "faults": faults, "paths": {"do_shared_fault": faults},
+               "latency_ns": {"samples": faults}})
+    }
+
+    #[test]
+    fn driver_fault_passes_with_the_exact_answer() {
+        let r = run("derived", json!([driver_vma("rmapdemo_fault", 64)]), 90, 1);
+        check_result(&report("driver-fault"), &r, 64).unwrap();
+    }
+
+    #[test]
+    fn driver_fault_fails_on_a_wrong_handler_count_or_unseen() {
+        let r = run("derived", json!([driver_vma("other_fault", 64)]), 90, 1);
+        assert!(check_result(&report("driver-fault"), &r, 64).is_err());
+        let r = run("derived", json!([driver_vma("rmapdemo_fault", 63)]), 90, 1);
+        assert!(check_result(&report("driver-fault"), &r, 64).is_err());
+        let r = run("derived", json!([driver_vma("rmapdemo_fault", 64)]), 90, 2);
+        assert!(check_result(&report("driver-fault"), &r, 64).is_err());
+        let r = run("derived", json!([]), 90, 1);
+        assert!(check_result(&report("driver-fault"), &r, 64).is_err());
+    }
+
+    #[test]
+    fn prefilled_driver_mappings_must_not_fault() {
+        let r = run("derived", json!([]), 20, 1);
+        check_result(&report("driver-pfn"), &r, 64).unwrap();
+        let r = run("derived", json!([driver_vma("rmapdemo_fault", 0)]), 20, 1);
+        check_result(&report("driver-pages"), &r, 64).unwrap();
+        let r = run("derived", json!([driver_vma("rmapdemo_fault", 3)]), 20, 1);
+        assert!(check_result(&report("driver-pfn"), &r, 64).is_err());
+    }
+
+    #[test]
+    fn populate_is_unseen_on_exceptions_and_seen_on_kernel_functions() {
+        let r = run("derived", json!([]), 20, 65);
+        check_result(&report("populate"), &r, 64).unwrap();
+        let vma = json!({"start": ADDR, "kind": "anon", "handler": null, "faults": 64,
+                         "paths": {"do_anonymous_page": 64}, "latency_ns": {"samples": 64}});
+        let r = run("observed", json!([vma]), 84, 0);
+        check_result(&report("populate"), &r, 64).unwrap();
+    }
+
+    #[test]
+    fn failed_runs_fail() {
+        let mut r = run("derived", json!([driver_vma("rmapdemo_fault", 64)]), 90, 1);
+        r["rc"] = json!(1);
+        assert!(check_result(&report("driver-fault"), &r, 64).is_err());
+    }
+
+    #[test]
+    fn kernel_trouble_is_caught_outside_result_lines() {
+        assert!(trouble("[ 3.1] BUG: kernel NULL pointer dereference"));
+        assert!(trouble(
+            "Error: the BPF_PROG_LOAD syscall failed. Verifier output: ..."
+        ));
+        assert!(!trouble(
+            "RMAPTRACE-RUN {\"summary\":\"BUG: in a file name\"}"
+        ));
+    }
 }
