@@ -98,18 +98,27 @@ fn kernel() -> Result<PathBuf> {
     let dl = vm_dir().join("dl");
     fs::create_dir_all(&dl)?;
     let pkg = format!("linux-image-{KERNEL_ABI}");
-    // The _apt sandbox user cannot write into target/; root downloads instead.
-    run(apt_get()
-        .args(["download", "-q", "-o", "APT::Sandbox::User=root", &pkg])
-        .current_dir(&dl))?;
-    let deb = fs::read_dir(&dl)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb"))
-        })
-        .with_context(|| format!("apt-get download {pkg} left no .deb in {}", dl.display()))?;
+    let find_deb = || -> Result<Option<PathBuf>> {
+        Ok(fs::read_dir(&dl)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&format!("{pkg}_")) && n.ends_with(".deb"))
+            }))
+    };
+    if find_deb()?.is_none() {
+        // The _apt sandbox user cannot write into target/; root downloads instead.
+        run(apt_get()
+            .args(["download", "-q", "-o", "APT::Sandbox::User=root", &pkg])
+            .current_dir(&dl))?;
+    }
+    let deb = find_deb()?.with_context(|| {
+        format!(
+            "apt-get download {pkg} left no .deb in {}: check the Debian mirror in /etc/apt/sources.list",
+            dl.display()
+        )
+    })?;
     run(Command::new("dpkg-deb")
         .arg("-x")
         .arg(&deb)
@@ -365,6 +374,28 @@ fn progress(line: &str, started: Instant) {
     }
 }
 
+/// Echoes what `rmaptrace probe` found in the guest kernel: the reader sees which
+/// hooks the backends had to work with.
+fn show_probe(lines: &[String]) {
+    let Some(begin) = lines.iter().position(|l| l == "RMAPTRACE-PROBE-BEGIN") else {
+        return;
+    };
+    let Some(len) = lines[begin..]
+        .iter()
+        .position(|l| l.starts_with("RMAPTRACE-PROBE-END"))
+    else {
+        return;
+    };
+    let end = &lines[begin + len];
+    if end.ends_with("rc=0") {
+        for l in &lines[begin + 1..begin + len] {
+            eprintln!("guest probe: {l}");
+        }
+    } else {
+        eprintln!("xtask vm: `rmaptrace probe` is not available in this build ({end})");
+    }
+}
+
 pub fn vm_test(opts: &Options) -> Result<()> {
     let started = Instant::now();
     fs::create_dir_all(vm_dir())?;
@@ -375,6 +406,7 @@ pub fn vm_test(opts: &Options) -> Result<()> {
     let prepared = started.elapsed();
     let lines = boot(&kernel, &initrd, opts.timeout)?;
     let booted = started.elapsed() - prepared;
+    show_probe(&lines);
     let failures = crate::guest_check::check(&lines, opts, PAGES)?;
     eprintln!(
         "xtask vm: prepare {:.0?}, guest {:.0?}, total {:.0?}; serial log in {}",
