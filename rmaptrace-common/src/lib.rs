@@ -104,6 +104,21 @@ pub struct FaultKey {
     pub _pad: u8,
     /// `vm_start` of the VMA at fault time, 0 when `vma_status != FOUND`.
     pub vm_start: u64,
+    /// [`vma_ident`] of the VMA: a mapping replaced at the same address by one of
+    /// another kind gets rows of its own.
+    pub ident: u32,
+    pub _pad2: u32,
+}
+
+/// VM_READ|VM_WRITE|VM_EXEC|VM_SHARED|VM_PFNMAP|VM_IO|VM_HUGETLB|VM_MIXEDMAP: the
+/// vm_flags that say what a mapping is, not its passing state.
+pub const VM_IDENT_FLAGS: u64 = 0xf | 0x400 | 0x4000 | 0x40_0000 | 0x1000_0000;
+
+/// A 32-bit identity of a mapping: its ops, file and defining flags.
+#[inline(always)]
+pub fn vma_ident(vm_ops: u64, file: u64, vm_flags: u64) -> u32 {
+    let x = vm_ops ^ file.rotate_left(17) ^ (vm_flags & VM_IDENT_FLAGS).rotate_left(41);
+    (x ^ (x >> 32)) as u32
 }
 
 /// Per-CPU value of the fault aggregate. Counted at completion (the perf software
@@ -118,6 +133,9 @@ pub struct FaultStats {
     pub timed: u64,
     pub latency_sum_ns: u64,
     pub latency_max_ns: u64,
+    /// Calls of `vm_ops->fault` timed by the `__do_fault` probes, and their time.
+    pub handler_calls: u64,
+    pub handler_ns: u64,
     pub latency_hist: [u32; LAT_BUCKETS],
 }
 
@@ -129,17 +147,19 @@ impl Default for FaultStats {
             timed: 0,
             latency_sum_ns: 0,
             latency_max_ns: 0,
+            handler_calls: 0,
+            handler_ns: 0,
             latency_hist: [0; LAT_BUCKETS],
         }
     }
 }
 
-/// Key of the VMA description map.
+/// Key of the VMA description map: the same identity as [`FaultKey`]'s.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct VmaKey {
     pub tgid: u32,
-    pub _pad: u32,
+    pub ident: u32,
     pub vm_start: u64,
 }
 
@@ -190,18 +210,13 @@ impl Default for VmaInfo {
     }
 }
 
-/// Per-process counters kept alongside the per-VMA aggregate, so that totals stay
-/// exact even if the aggregate map fills up.
+/// Faults of a process that could not be added to the per-VMA aggregate because
+/// it was full: written only then, so totals stay exact off the fast path.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProcStats {
-    /// `page_fault_user` + `page_fault_kernel` (user address) entries.
-    pub exceptions: u64,
-    /// Completions counted minor / major.
     pub minor: u64,
     pub major: u64,
-    /// Completions that could not be added to the per-VMA aggregate (map full).
-    pub aggregate_full: u64,
 }
 
 /// Global counters: one per-CPU slot each, summed by userspace.
@@ -221,7 +236,10 @@ pub mod counter {
     /// An entry was replaced before its completion arrived: the fault failed
     /// (SIGSEGV, SIGBUS, EFAULT fixup) or its completion event was throttled.
     pub const ENTRY_WITHOUT_COMPLETION: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// Completions served from the thread's VMA cache / by a bpf_find_vma lookup.
+    pub const VMA_CACHE_HIT: u32 = 7;
+    pub const VMA_LOOKUP: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// Values of the `TRACED` map.

@@ -2,7 +2,9 @@
 //!
 //! | file        | hooks                                              | job |
 //! |-------------|----------------------------------------------------|-----|
-//! | `fault.rs`  | `exceptions:page_fault_{user,kernel}` (tp_btf), perf `PAGE_FAULTS_{MIN,MAJ}` | fault entry, completion, latency, per-VMA counts |
+//! | `fault_tp.rs` | `exceptions:page_fault_{user,kernel}` (tp_btf), perf `PAGE_FAULTS_{MIN,MAJ}` | the tracepoint backend: fault entry, completion, latency |
+//! | `fault_kfunc.rs` | fentry/fexit or kprobe/kretprobe on `handle_mm_fault`, `__do_fault`, `do_*` | the kernel-function backends: counts, observed paths, handler time |
+//! | `aggregate.rs` | (called by both backends) | per-VMA counts, latency histograms, per-process totals, fault records |
 //! | `vma.rs`    | `bpf_find_vma` callback                            | describe the faulting VMA from BTF offsets |
 //! | `mmap.rs`   | `syscalls:sys_{enter,exit}_{mmap,munmap,mremap}`   | where each mapping came from |
 //! | `task.rs`   | `sched_process_{fork,exec,exit}` (tp_btf)          | follow children, names, the kernel's own fault counters |
@@ -10,9 +12,14 @@
 //! Everything that can be decided in userspace is: these programs only count and copy.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(target_arch = "bpf")]
-mod fault;
+mod aggregate;
+#[cfg(target_arch = "bpf")]
+mod fault_kfunc;
+#[cfg(target_arch = "bpf")]
+mod fault_tp;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]

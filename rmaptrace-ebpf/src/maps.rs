@@ -2,7 +2,7 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use rmaptrace_common::{
     counter, Config, FaultKey, FaultStats, KernelOffsets, ProcStats, VmaInfo, VmaKey, COMM_LEN,
@@ -62,9 +62,11 @@ pub static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 #[map]
 pub static COMMS: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(64, 0);
 
-/// Fault entry time and access of each thread, consumed at completion.
+/// Fault entry time and access of each thread, consumed at completion. A plain
+/// hash, not an LRU one: LRU maps evict live entries before they are full, which
+/// lost entries under process churn. Rows are deleted when their thread exits.
 #[map]
-pub static INFLIGHT: LruHashMap<u32, Inflight> = LruHashMap::with_max_entries(16384, 0);
+pub static INFLIGHT: HashMap<u32, Inflight> = HashMap::with_max_entries(65536, 0);
 
 /// Sizes below are defaults; userspace scales them with `EbpfLoader::set_max_entries`.
 #[map]
@@ -82,15 +84,58 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
+/// Per-thread state of the tracepoint backend: the pending fault's entry, and the
+/// last VMA this thread faulted on, so a fault storm on one mapping does not pay
+/// for a bpf_find_vma (an irq_work and a self-IPI when interrupts are off) each time.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Inflight {
     pub ts_ns: u64,
     /// Page of the faulting address, to match the completion to this entry.
     pub page: u64,
-    pub ip: u64,
     pub access: u8,
-    pub _pad: [u8; 7],
+    pub cache_valid: u8,
+    pub _pad: [u8; 2],
+    pub _pad3: u32,
+    /// MAP_GEN of the process when the cache was filled.
+    pub cache_gen: u64,
+    pub cache_start: u64,
+    pub cache_end: u64,
+    pub cache_ident: u32,
+    pub _pad2: u32,
+}
+
+/// Mapping generation per process (indexed by tgid modulo the size; a collision
+/// only costs a cache miss): bumped after every syscall that can change a
+/// process's mappings, and at exec. A thread's VMA cache is valid only while the
+/// generation it was filled under is current.
+#[map]
+pub static MAP_GEN: Array<u64> = Array::with_max_entries(MAP_GEN_SLOTS, 0);
+
+pub const MAP_GEN_SLOTS: u32 = 65536;
+
+#[inline(always)]
+pub fn map_gen(tgid: u32) -> u64 {
+    MAP_GEN
+        .get(tgid % MAP_GEN_SLOTS)
+        .map(|g| unsafe { core::ptr::read_volatile(g) })
+        .unwrap_or(0)
+}
+
+#[inline(always)]
+pub fn bump_map_gen(tgid: u32) {
+    if let Some(g) = MAP_GEN.get_ptr_mut(tgid % MAP_GEN_SLOTS) {
+        // Atomic: two racing bumps must both count, or a cache filled between
+        // them could look current.
+        // (core's atomics have no fetch_add on the BPF target: BPF_XADD by hand.)
+        unsafe {
+            core::arch::asm!(
+                "lock *(u64 *)({slot} + 0) += {one}",
+                slot = in(reg) g,
+                one = in(reg) 1u64,
+            )
+        };
+    }
 }
 
 #[inline(always)]

@@ -10,7 +10,7 @@ use aya_ebpf::{
 use rmaptrace_common::{counter, event_kind, EventHeader, MmapExitEvent, SyscallEvent};
 
 use crate::{
-    maps::{bump, offsets, traced_current, EVENTS},
+    maps::{bump, bump_map_gen, offsets, traced_current, EVENTS},
     vma,
 };
 
@@ -50,6 +50,7 @@ pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
         _pad: 0,
         ts_ns: unsafe { bpf_ktime_get_ns() },
     };
+    bump_map_gen(tgid);
     ev.ret = ret;
     ev.depth = 0;
     ev.truncated = 0;
@@ -65,6 +66,16 @@ pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_enter_munmap(ctx: TracePointContext) -> u32 {
     send(&ctx, event_kind::MUNMAP, true);
+    0
+}
+
+/// Attached to the exit of every syscall that can change a process's mappings
+/// (munmap, mremap, mprotect, brk, madvise, mlock...): invalidates the VMA caches.
+#[tracepoint]
+pub fn sys_exit_map_change(_ctx: TracePointContext) -> u32 {
+    if let Some((tgid, _)) = traced_current() {
+        bump_map_gen(tgid);
+    }
     0
 }
 

@@ -92,6 +92,8 @@ pub fn sched_process_exec(_ctx: BtfTracePointContext) -> i32 {
             }
         }
     }
+    // A new mm: every cached VMA of this process is gone.
+    crate::maps::bump_map_gen(tgid);
     if traced_current().is_some() {
         send_task_event(event_kind::EXEC, tgid, pid_tgid as u32, started_here);
     }
@@ -103,6 +105,9 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
     let Some((tgid, tid)) = traced_current() else {
         return 0;
     };
+    // The thread's per-fault state dies with it.
+    let _ = crate::maps::INFLIGHT.remove(tid);
+    let _ = crate::fault_kfunc::KFUNC_INFLIGHT.remove(tid);
     let o = offsets();
     if o.ready == 0 {
         return 0;

@@ -21,11 +21,15 @@ unsafe fn read<T: Copy + Default>(base: u64, off: u32) -> T {
 
 // The callback must have static BTF linkage for the verifier, so no #[no_mangle].
 extern "C" fn describe_vma(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_void) -> i64 {
-    let out = ctx as *mut VmaInfo;
+    describe(vma as u64, unsafe { &mut *(ctx as *mut VmaInfo) });
+    0
+}
+
+/// Reads what rmaptrace needs of a `struct vm_area_struct *`.
+#[inline(always)]
+pub fn describe(vma: u64, info: &mut VmaInfo) {
     let o = offsets();
-    let vma = vma as u64;
     unsafe {
-        let info = &mut *out;
         info.vm_start = read(vma, o.vma_vm_start);
         info.vm_end = read(vma, o.vma_vm_end);
         info.vm_flags = read(vma, o.vma_vm_flags);
@@ -54,7 +58,6 @@ extern "C" fn describe_vma(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_voi
             }
         }
     }
-    0
 }
 
 /// Fills `info` for the VMA covering `addr` in the current task; returns a

@@ -1,6 +1,8 @@
 //! Command line.
 use clap::{Args, Parser, Subcommand};
 
+use crate::bpf::plan::Backend;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "rmaptrace",
@@ -27,6 +29,12 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
     },
+    /// Print the attach plan for this kernel (each attach point, the mechanism
+    /// chosen, why others were rejected) and exit.
+    Probe {
+        #[arg(long, value_enum, default_value_t = Backend::Auto)]
+        backend: Backend,
+    },
 }
 
 #[derive(Args, Debug, Default, Clone)]
@@ -49,6 +57,9 @@ pub struct TraceArgs {
     /// Print a summary table at the end instead of the live screen.
     #[arg(long)]
     pub no_tui: bool,
+    /// How to hook the fault path: fentry, kprobe, tracepoint, or the best available.
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub backend: Backend,
     /// Ring buffer size in MiB (a power of two).
     #[arg(long, default_value_t = 8, value_name = "MIB")]
     pub ring_mib: u32,

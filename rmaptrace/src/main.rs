@@ -27,7 +27,7 @@ fn main() {
             wait,
         }) => {
             if scenario == "list" {
-                for (name, what) in workload::SCENARIOS {
+                for (name, what) in workload::SCENARIOS.iter().chain(workload::bench::BENCHES) {
                     println!("{name:<20} {what}");
                 }
                 Ok(0)
@@ -35,6 +35,7 @@ fn main() {
                 workload::run(&scenario, pages, wait).map(|_| 0)
             }
         }
+        Some(cli::Command::Probe { backend }) => session::probe(backend),
         None => session::run(cli.trace),
     };
     match result {

@@ -13,11 +13,11 @@ use crate::{
     bpf::{
         events::decode,
         loader::{LoadOptions, Probes},
-        plan::TRACEPOINT_LIMITS,
+        plan::Backend,
     },
     cli::TraceArgs,
     export::{
-        json::{Backend, Header, JsonExport, FORMAT_VERSION},
+        json::{Header, JsonExport, FORMAT_VERSION},
         table,
     },
     kernel::{
@@ -38,8 +38,8 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// Checks that need nothing attached, in the order a user would fix them.
-fn preflight(args: &TraceArgs, procfs: &dyn ProcSource) -> Result<()> {
+/// Root and BTF: what every command that loads programs needs first.
+fn check_privileges_and_btf() -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("needs root to load eBPF programs: run it with sudo");
     }
@@ -47,6 +47,32 @@ fn preflight(args: &TraceArgs, procfs: &dyn ProcSource) -> Result<()> {
     if !Path::new(&btf).exists() {
         bail!("this kernel has no BTF ({btf} is missing): boot a kernel built with CONFIG_DEBUG_INFO_BTF=y");
     }
+    Ok(())
+}
+
+/// `rmaptrace probe`: build the attach plan for real (load and attach), print it.
+pub fn probe(backend: Backend) -> Result<i32> {
+    check_privileges_and_btf()?;
+    let kbtf = KernelBtf::from_file(Path::new(&btf_path()))?;
+    let symbols = Kallsyms::load().context("reading /proc/kallsyms")?;
+    let probes = Probes::load(
+        &kbtf,
+        &symbols,
+        &LoadOptions {
+            backend,
+            trace_all: false,
+            fault_events: false,
+            match_comms: false,
+            ring_bytes: 1 << 20,
+        },
+    )?;
+    print!("kernel {}\n{}", kernel_release(), probes.plan.render());
+    Ok(0)
+}
+
+/// Checks that need nothing attached, in the order a user would fix them.
+fn preflight(args: &TraceArgs, procfs: &dyn ProcSource) -> Result<()> {
+    check_privileges_and_btf()?;
     for &pid in &args.pids {
         if !procfs.exists(pid) {
             bail!("no process with pid {pid}: check it with `ps -p {pid}`");
@@ -92,6 +118,7 @@ fn kernel_release() -> String {
 }
 
 pub fn run(args: TraceArgs) -> Result<i32> {
+    let started = std::time::Instant::now();
     let procfs = LiveProc::default();
     preflight(&args, &procfs)?;
     // Opened before anything is attached: an unwritable path fails first.
@@ -99,7 +126,7 @@ pub fn run(args: TraceArgs) -> Result<i32> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(trace(args, json))
+    runtime.block_on(trace(args, json, started))
 }
 
 struct Outputs {
@@ -140,26 +167,36 @@ fn drain(ring: &mut RingBuf<MapData>, trace: &mut Trace, out: &mut Outputs) -> R
     Ok(())
 }
 
-async fn trace(args: TraceArgs, json: Option<JsonExport>) -> Result<i32> {
+async fn trace(
+    args: TraceArgs,
+    json: Option<JsonExport>,
+    started: std::time::Instant,
+) -> Result<i32> {
     let trace_all = args.pids.is_empty() && args.comms.is_empty() && args.command.is_empty();
     let kbtf = KernelBtf::from_file(Path::new(&btf_path()))?;
+    log::info!("kernel BTF parsed after {:?}", started.elapsed());
+    let symbols = Kallsyms::load().context("reading /proc/kallsyms")?;
+    log::info!("kallsyms read after {:?}", started.elapsed());
     let mut probes = Probes::load(
         &kbtf,
+        &symbols,
         &LoadOptions {
+            backend: args.backend,
             trace_all,
             fault_events: args.events,
             match_comms: !args.comms.is_empty(),
             ring_bytes: args.ring_mib << 20,
         },
     )?;
-    let symbols = Kallsyms::load().context("reading /proc/kallsyms")?;
+    log::info!("attached after {:?}", started.elapsed());
     if !symbols.has_addresses() {
         log::warn!("/proc/kallsyms shows no addresses (kptr_restrict): handlers will not be named");
     }
     let start = monotonic_ns();
     let mut trace = Trace::new(symbols, Box::new(LiveProc::default()), start);
-    let limits: Vec<String> = TRACEPOINT_LIMITS.iter().map(|s| s.to_string()).collect();
+    let limits = probes.plan.limits();
     trace.set_limits(limits.clone());
+    trace.set_paths_source(probes.plan.paths);
 
     for &pid in &args.pids {
         probes.trace_pid(pid, rmaptrace_common::traced::YES)?;
@@ -195,11 +232,7 @@ async fn trace(args: TraceArgs, json: Option<JsonExport>) -> Result<i32> {
             format: FORMAT_VERSION,
             version: env!("CARGO_PKG_VERSION"),
             kernel: kernel_release(),
-            backend: Backend {
-                name: "tracepoint",
-                paths: "derived",
-                plan: &probes.plan,
-            },
+            backend: &probes.plan,
             limits: &limits,
             start_ts_ns: start,
         })?;

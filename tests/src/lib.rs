@@ -127,6 +127,19 @@ pub fn trace_workload(scenario: &str, pages: usize, extra: &[&str]) -> Traced {
     }
 }
 
+/// Waits until rmaptrace has attached: it writes and flushes the JSON header
+/// right after. Polling this, not sleeping, keeps the tests right on a slow machine.
+pub fn wait_for_header(json: &std::path::Path) {
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_secs(60) {
+        if std::fs::read_to_string(json).is_ok_and(|t| t.contains("\"type\":\"header\"")) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("rmaptrace did not attach within 60 s");
+}
+
 /// Runs rmaptrace with arbitrary arguments.
 pub fn rmaptrace(args: &[&str]) -> Output {
     Command::new(bin())

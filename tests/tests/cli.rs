@@ -1,10 +1,7 @@
 //! Bad input gets one line naming the fix and a non-zero exit, before anything is
 //! attached; every way out leaves a complete, valid export.
-use rmaptrace_tests::{bin, read_export, require_root, rmaptrace, temp_json};
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use rmaptrace_tests::{bin, read_export, require_root, rmaptrace, temp_json, wait_for_header};
+use std::process::{Command, Stdio};
 
 fn one_line_error(out: &std::process::Output, needle: &str) {
     assert!(!out.status.success(), "must fail: {out:?}");
@@ -154,8 +151,8 @@ fn sigterm_and_ctrl_c_end_cleanly_with_a_summary() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // Give it time to attach, then stop it the way a user would.
-        std::thread::sleep(Duration::from_secs(3));
+        // Once attached, stop it the way a user would.
+        wait_for_header(&json);
         unsafe { libc::kill(child.id() as i32, sig) };
         let out = child.wait_with_output().unwrap();
         assert_eq!(
@@ -202,5 +199,36 @@ fn system_wide_with_duration() {
     assert!(
         stdout.starts_with("rmaptrace: "),
         "the table goes to stdout: {stdout}"
+    );
+}
+
+#[test]
+fn probe_shows_the_plan_and_why_fentry_and_kprobe_were_rejected() {
+    require_root();
+    let out = rmaptrace(&["probe"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    // This machine: kprobes compiled out, fentry locked down (kernel-facts.md).
+    assert!(
+        text.contains("backend: tracepoint (fault paths derived)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("not fentry: the kernel refused to load an fentry program"),
+        "{text}"
+    );
+    assert!(text.contains("not kprobe: no kprobe PMU"), "{text}");
+    assert!(
+        text.contains("exceptions/page_fault_user   tp_btf"),
+        "{text}"
+    );
+}
+
+#[test]
+fn forcing_a_backend_the_kernel_lacks_is_a_clear_error() {
+    require_root();
+    one_line_error(
+        &rmaptrace(&["--no-tui", "--backend", "kprobe", "--", "true"]),
+        "use --backend auto",
     );
 }

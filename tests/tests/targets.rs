@@ -1,27 +1,14 @@
 //! Choosing what to trace: an existing process by pid, processes by name, and the
 //! proof that counts come from the probes (a run without them sees nothing).
-use rmaptrace_tests::{bin, read_export, require_root, temp_json, trace_workload};
+use rmaptrace_tests::{bin, read_export, require_root, temp_json, trace_workload, wait_for_header};
 use serde_json::Value;
 use std::{
     io::Write,
     path::Path,
     process::{Child, Command, Stdio},
-    time::{Duration, Instant},
 };
 
 const N: u64 = 300;
-
-/// Waits until rmaptrace has attached: it writes the JSON header right after.
-fn wait_for_header(json: &Path) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(30) {
-        if std::fs::read_to_string(json).is_ok_and(|t| t.contains("\"type\":\"header\"")) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("rmaptrace did not attach within 30 s");
-}
 
 fn spawn_waiting_workload(program: &Path) -> Child {
     Command::new(program)
@@ -118,7 +105,7 @@ fn without_the_probes_nothing_is_counted() {
         counted_anon_pages(&t, N).is_err(),
         "the check fails when the programs are not attached"
     );
-    let plan = &t.export[0]["backend"]["plan"];
+    let plan = &t.export[0]["backend"]["rows"];
     assert!(plan
         .to_string()
         .contains("disabled by RMAPTRACE_DISABLE_PROGRAMS"));

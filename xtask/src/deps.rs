@@ -14,6 +14,9 @@ const APT_PACKAGES: &[&str] = &[
     "zlib1g-dev",
     "qemu-system-x86",
     "busybox-static",
+    // cargo xtask bench: the peer anchor, and the kernel's per-program BPF stats.
+    "bpftrace",
+    "bpftool",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

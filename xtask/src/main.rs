@@ -7,6 +7,7 @@
 //! | `run -- A` | build, then run rmaptrace with A (through sudo when not root) |
 //! | `test`     | every test: unit, integration (real eBPF on this kernel), then `vm-test` |
 //! | `vm-test`  | rmaptrace and the rmapdemo driver in a QEMU guest (Debian 6.1 kernel), checked from here |
+//! | `bench`    | cost per fault against untraced and a bpftrace one-liner, table + target/bench/bench.json |
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::{
@@ -15,6 +16,7 @@ use std::{
     time::Instant,
 };
 
+mod bench;
 mod deps;
 mod guest_check;
 mod vm;
@@ -54,6 +56,15 @@ enum Task {
         #[arg(long)]
         isolate: bool,
     },
+    /// Cost per fault of rmaptrace against untraced runs and a bpftrace one-liner.
+    Bench {
+        /// Faults per workload run.
+        #[arg(long, default_value_t = 1 << 20)]
+        faults: u64,
+        /// Repetitions of every workload x mode.
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
+    },
 }
 
 pub fn workspace_root() -> PathBuf {
@@ -92,7 +103,7 @@ pub fn cargo() -> Command {
     c
 }
 
-fn build() -> Result<PathBuf> {
+pub fn build() -> Result<PathBuf> {
     run(cargo().args(["build", "--release", "-p", "rmaptrace"]))?;
     Ok(workspace_root().join("target/release/rmaptrace"))
 }
@@ -155,6 +166,10 @@ fn main() -> Result<()> {
                 opts.timeout = std::time::Duration::from_secs(t);
             }
             vm::vm_test(&opts)
+        }
+        Task::Bench { faults, reps } => {
+            deps::install()?;
+            bench::run(faults, reps)
         }
     }
 }

@@ -1,19 +1,25 @@
-//! Loads the eBPF object with this kernel's offsets and attaches what the plan allows.
-use anyhow::{bail, Context, Result};
+//! Loads the eBPF object with this kernel's offsets and attaches what the plan
+//! allows: for each kernel function fentry, else kprobe, and the tracepoint
+//! backend when handle_mm_fault cannot be probed at all.
+use anyhow::{anyhow, bail, Context, Result};
 use aya::{
     maps::{HashMap, MapData, RingBuf},
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        BtfTracePoint, PerfEvent, TracePoint,
+        BtfTracePoint, FEntry, FExit, KProbe, PerfEvent, TracePoint,
     },
     Btf, Ebpf, EbpfLoader,
 };
 use rmaptrace_common::{Config, KernelOffsets, COMM_LEN};
 
-use super::plan::{Attached, HookKind, TRACEPOINT_BACKEND};
-use crate::kernel::{btf::KernelBtf, tracefs};
+use super::plan::{
+    Backend, HookPoint, KfuncPoint, Mechanism, Plan, PlanRow, Rejection, Role, ALWAYS,
+    KFUNC_POINTS, MAP_CHANGE_SYSCALLS, TRACEPOINT_COUNTING,
+};
+use crate::kernel::{btf::KernelBtf, kallsyms::Kallsyms, tracefs};
 
 pub struct LoadOptions {
+    pub backend: Backend,
     pub trace_all: bool,
     pub fault_events: bool,
     pub match_comms: bool,
@@ -22,7 +28,7 @@ pub struct LoadOptions {
 
 pub struct Probes {
     ebpf: Ebpf,
-    pub plan: Vec<Attached>,
+    pub plan: Plan,
 }
 
 /// Offsets of the syscall tracepoint records, from tracefs.
@@ -33,8 +39,291 @@ fn syscall_offsets(o: &mut KernelOffsets) -> Result<()> {
     Ok(())
 }
 
+/// Test hook: programs listed in RMAPTRACE_DISABLE_PROGRAMS are left unattached, so
+/// the integration tests can show that counts really come from the probes.
+fn disabled_programs() -> Vec<String> {
+    std::env::var("RMAPTRACE_DISABLE_PROGRAMS")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// A verifier rejection is hundreds of lines; keep the error and the verifier's
+/// last word, which is the one that says what it refused.
+fn short_reason(err: &anyhow::Error) -> String {
+    let err = format!("{err:#}");
+    let Some((head, log)) = err.split_once("Verifier output:") else {
+        return err;
+    };
+    let last = log
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("verification time"))
+        .filter(|l| !l.is_empty())
+        .last()
+        .unwrap_or("");
+    let head = head.trim().trim_end_matches('.');
+    if last.is_empty() || last.starts_with(':') {
+        return head.to_string();
+    }
+    format!("{head} verifier: {last}")
+}
+
+struct Attacher<'a> {
+    ebpf: &'a mut Ebpf,
+    btf: &'a Btf,
+    kbtf: &'a KernelBtf,
+    symbols: &'a Kallsyms,
+    cpus: Vec<u32>,
+    disabled: Vec<String>,
+}
+
+impl Attacher<'_> {
+    fn check_disabled(&self, program: &str) -> Result<()> {
+        if self.disabled.iter().any(|d| d == program) {
+            bail!("disabled by RMAPTRACE_DISABLE_PROGRAMS");
+        }
+        Ok(())
+    }
+
+    fn hook(&mut self, point: &HookPoint) -> Result<()> {
+        self.check_disabled(point.program)?;
+        let prog = self
+            .ebpf
+            .program_mut(point.program)
+            .with_context(|| format!("program {} missing from the object", point.program))?;
+        let (group, name) = point.hook.split_once('/').unwrap_or(("", point.hook));
+        match point.mechanism {
+            Mechanism::TpBtf => {
+                let p: &mut BtfTracePoint = prog.try_into()?;
+                p.load(name, self.btf)?;
+                p.attach()?;
+            }
+            Mechanism::Tracepoint => {
+                let p: &mut TracePoint = prog.try_into()?;
+                p.load()?;
+                p.attach(group, name)?;
+            }
+            Mechanism::PerfSoftware => {
+                let event = match point.hook {
+                    "page-faults-min" => SoftwareEvent::PageFaultsMin,
+                    "page-faults-maj" => SoftwareEvent::PageFaultsMaj,
+                    other => bail!("unknown perf event {other}"),
+                };
+                let p: &mut PerfEvent = prog.try_into()?;
+                p.load()?;
+                for &cpu in &self.cpus {
+                    p.attach(
+                        PerfEventConfig::Software(event),
+                        PerfEventScope::AllProcessesOneCpu { cpu },
+                        SamplePolicy::Period(1),
+                        false,
+                    )
+                    .with_context(|| format!("perf_event_open on cpu {cpu}"))?;
+                }
+            }
+            Mechanism::Fentry | Mechanism::Kprobe => bail!("not a fixed hook"),
+        }
+        Ok(())
+    }
+
+    /// Loads and attaches one program of a kernel function's entry or exit.
+    fn kfunc_program(
+        &mut self,
+        program: &str,
+        function: &str,
+        mech: Mechanism,
+        exit: bool,
+    ) -> Result<()> {
+        self.check_disabled(program)?;
+        let prog = self
+            .ebpf
+            .program_mut(program)
+            .with_context(|| format!("program {program} missing from the object"))?;
+        match (mech, exit) {
+            (Mechanism::Fentry, false) => {
+                let p: &mut FEntry = prog.try_into()?;
+                p.load(function, self.btf)?;
+                p.attach()?;
+            }
+            (Mechanism::Fentry, true) => {
+                let p: &mut FExit = prog.try_into()?;
+                p.load(function, self.btf)?;
+                p.attach()?;
+            }
+            (_, _) => {
+                let p: &mut KProbe = prog.try_into()?;
+                p.load()?;
+                p.attach(function, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Detaches and unloads an entry program whose exit half failed.
+    fn unload(&mut self, program: &str) {
+        let Some(p) = self.ebpf.program_mut(program) else {
+            return;
+        };
+        if let Ok(p) = <&mut FEntry>::try_from(&mut *p) {
+            let _ = p.unload();
+        } else if let Ok(p) = <&mut KProbe>::try_from(p) {
+            let _ = p.unload();
+        }
+    }
+
+    /// Tries one mechanism for a kernel function: the kernel must have it, then it
+    /// must load and attach (entry and, where there is one, exit).
+    fn try_kfunc(&mut self, point: &KfuncPoint, mech: Mechanism) -> Result<Vec<&'static str>> {
+        let (entry, exit) = match mech {
+            Mechanism::Fentry => {
+                if !self.kbtf.has_function(point.function) {
+                    bail!(
+                        "no BTF function {} (inlined or absent in this build)",
+                        point.function
+                    );
+                }
+                (point.fentry, point.fexit)
+            }
+            _ => {
+                match self.symbols.count(point.function) {
+                    0 => bail!(
+                        "no symbol {} in kallsyms (inlined in this build)",
+                        point.function
+                    ),
+                    1 => {}
+                    n => bail!(
+                        "{n} symbols named {} in kallsyms: ambiguous",
+                        point.function
+                    ),
+                }
+                (point.kprobe, point.kretprobe)
+            }
+        };
+        if mech == Mechanism::Kprobe
+            && !std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
+        {
+            bail!("no kprobe PMU (/sys/bus/event_source/devices/kprobe): this kernel is built without CONFIG_KPROBES");
+        }
+        self.kfunc_program(entry, point.function, mech, false)
+            .map_err(|e| {
+                let text = format!("{e:#}");
+                if mech == Mechanism::Fentry && text.contains("Operation not permitted") {
+                    anyhow!("the kernel refused to load an fentry program (EPERM): function tracing is locked down here")
+                } else {
+                    e
+                }
+            })?;
+        if let Some(exit) = exit {
+            if let Err(e) = self.kfunc_program(exit, point.function, mech, true) {
+                self.unload(entry);
+                return Err(e);
+            }
+            return Ok(vec![entry, exit]);
+        }
+        Ok(vec![entry])
+    }
+
+    fn kfunc_row(&mut self, point: &KfuncPoint, order: &[Mechanism]) -> PlanRow {
+        let mut row = PlanRow {
+            point: point.function.to_string(),
+            purpose: point.purpose,
+            chosen: None,
+            programs: Vec::new(),
+            rejected: Vec::new(),
+        };
+        for &mech in order {
+            match self.try_kfunc(point, mech) {
+                Ok(programs) => {
+                    row.chosen = Some(mech);
+                    row.programs = programs;
+                    break;
+                }
+                Err(e) => row.rejected.push(Rejection {
+                    mechanism: mech,
+                    reason: short_reason(&e),
+                }),
+            }
+        }
+        row
+    }
+
+    /// One program on the exit of every mapping-changing syscall this kernel has.
+    fn map_change_row(&mut self) -> PlanRow {
+        let mut row = PlanRow {
+            point: "syscalls/sys_exit_{munmap,mprotect,brk,madvise,...}".into(),
+            purpose: "invalidate the per-thread VMA caches when mappings change",
+            chosen: None,
+            programs: vec!["sys_exit_map_change"],
+            rejected: Vec::new(),
+        };
+        let result = (|| -> Result<usize> {
+            self.check_disabled("sys_exit_map_change")?;
+            let prog = self
+                .ebpf
+                .program_mut("sys_exit_map_change")
+                .context("program sys_exit_map_change missing from the object")?;
+            let p: &mut TracePoint = prog.try_into()?;
+            p.load()?;
+            let mut attached = 0;
+            for name in MAP_CHANGE_SYSCALLS {
+                let event = format!("sys_exit_{name}");
+                if p.attach("syscalls", &event).is_ok() {
+                    attached += 1;
+                } else {
+                    log::debug!("no tracepoint syscalls/{event} on this kernel");
+                }
+            }
+            Ok(attached)
+        })();
+        match result {
+            Ok(n) if n > 0 => row.chosen = Some(Mechanism::Tracepoint),
+            Ok(_) => row.rejected.push(Rejection {
+                mechanism: Mechanism::Tracepoint,
+                reason: "none of the syscall exit tracepoints exists".into(),
+            }),
+            Err(e) => row.rejected.push(Rejection {
+                mechanism: Mechanism::Tracepoint,
+                reason: short_reason(&e),
+            }),
+        }
+        row
+    }
+
+    fn hook_row(&mut self, point: &HookPoint) -> Result<PlanRow> {
+        let mut row = PlanRow {
+            point: point.hook.to_string(),
+            purpose: point.purpose,
+            chosen: None,
+            programs: vec![point.program],
+            rejected: Vec::new(),
+        };
+        match self.hook(point) {
+            Ok(()) => row.chosen = Some(point.mechanism),
+            Err(e) => {
+                let reason = short_reason(&e);
+                if point.required && !reason.contains("RMAPTRACE_DISABLE_PROGRAMS") {
+                    bail!(
+                        "cannot attach {} to {}: {reason}",
+                        point.program,
+                        point.hook
+                    );
+                }
+                log::warn!("{} off: {reason}", point.program);
+                row.rejected.push(Rejection {
+                    mechanism: point.mechanism,
+                    reason,
+                });
+            }
+        }
+        Ok(row)
+    }
+}
+
 impl Probes {
-    pub fn load(kbtf: &KernelBtf, opts: &LoadOptions) -> Result<Self> {
+    pub fn load(kbtf: &KernelBtf, symbols: &Kallsyms, opts: &LoadOptions) -> Result<Self> {
         if super::EBPF_OBJECT.is_empty() {
             bail!("this rmaptrace was built without its eBPF programs: run `cargo xtask deps`, then rebuild");
         }
@@ -48,65 +337,105 @@ impl Probes {
             self_tgid: std::process::id(),
         };
         let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
+        let (fault_rows, vma_rows) = table_sizes();
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global("OFFSETS", &offsets, true)
             .override_global("CONFIG", &config, true)
             .map_max_entries("EVENTS", opts.ring_bytes)
+            .map_max_entries("FAULTS", fault_rows)
+            .map_max_entries("VMAS", vma_rows)
             .load(super::EBPF_OBJECT)
             .context("loading the eBPF object")?;
 
-        let cpus = aya::util::online_cpus()
-            .map_err(|(_, e)| e)
-            .context("listing CPUs")?;
-        // Test hook: programs listed here are left unattached, so the integration
-        // tests can show that counts really come from the probes.
-        let disabled = std::env::var("RMAPTRACE_DISABLE_PROGRAMS").unwrap_or_default();
-        let disabled: Vec<&str> = disabled.split(',').filter(|s| !s.is_empty()).collect();
-        let mut plan = Vec::new();
-        for point in TRACEPOINT_BACKEND {
-            if disabled.contains(&point.program) {
-                plan.push(Attached {
-                    program: point.program,
-                    hook: point.hook,
-                    kind: point.kind,
-                    purpose: point.purpose,
-                    attached: false,
-                    reason: Some("disabled by RMAPTRACE_DISABLE_PROGRAMS".into()),
-                });
-                continue;
-            }
-            let result = if point.kind == HookKind::Tracepoint && syscalls_ok.is_err() {
-                Err(anyhow::anyhow!(
-                    "{:#}",
-                    syscalls_ok.as_ref().expect_err("checked")
-                ))
-            } else {
-                attach(
-                    &mut ebpf,
-                    &btf,
-                    point.program,
-                    point.kind,
-                    point.hook,
-                    &cpus,
-                )
-            };
-            let reason = result.err().map(|e| short_reason(&format!("{e:#}")));
-            if let (Some(r), true) = (&reason, point.required) {
-                bail!("cannot attach {} to {}: {r}", point.program, point.hook);
-            }
-            if let Some(r) = &reason {
-                log::warn!("{} off: {r}", point.program);
-            }
-            plan.push(Attached {
-                program: point.program,
-                hook: point.hook,
-                kind: point.kind,
-                purpose: point.purpose,
-                attached: reason.is_none(),
-                reason,
-            });
+        let mut a = Attacher {
+            ebpf: &mut ebpf,
+            btf: &btf,
+            kbtf,
+            symbols,
+            cpus: aya::util::online_cpus()
+                .map_err(|(_, e)| e)
+                .context("listing CPUs")?,
+            disabled: disabled_programs(),
+        };
+        let order: &[Mechanism] = match opts.backend {
+            Backend::Auto => &[Mechanism::Fentry, Mechanism::Kprobe],
+            Backend::Fentry => &[Mechanism::Fentry],
+            Backend::Kprobe => &[Mechanism::Kprobe],
+            Backend::Tracepoint => &[],
+        };
+
+        let mut rows = Vec::new();
+        let count_point = KFUNC_POINTS
+            .iter()
+            .find(|p| p.role == Role::Count)
+            .expect("a counting point");
+        let count_row = a.kfunc_row(count_point, order);
+        let counting = count_row.chosen;
+        if counting.is_none() && !order.is_empty() && opts.backend != Backend::Auto {
+            let why = count_row
+                .rejected
+                .last()
+                .map(|r| r.reason.clone())
+                .unwrap_or_default();
+            bail!(
+                "--backend {}: handle_mm_fault cannot be probed on this kernel ({why}): use --backend auto",
+                format!("{:?}", opts.backend).to_lowercase()
+            );
         }
+        rows.push(count_row);
+        // Path and handler probes only mean something next to handle_mm_fault;
+        // prefer the counting mechanism, then the other kernel-function one.
+        let sub_order: Vec<Mechanism> = match counting {
+            Some(Mechanism::Kprobe) => vec![Mechanism::Kprobe, Mechanism::Fentry],
+            Some(_) => vec![Mechanism::Fentry, Mechanism::Kprobe],
+            None => Vec::new(),
+        };
+        for point in KFUNC_POINTS.iter().filter(|p| p.role != Role::Count) {
+            let mut row = a.kfunc_row(point, &sub_order);
+            if counting.is_none() {
+                row.rejected.push(Rejection {
+                    mechanism: Mechanism::Fentry,
+                    reason: "not attached: faults are counted on tracepoints".into(),
+                });
+            }
+            rows.push(row);
+        }
+        if counting.is_none() {
+            for point in TRACEPOINT_COUNTING {
+                rows.push(a.hook_row(point)?);
+            }
+        }
+        for point in ALWAYS {
+            if point.mechanism == Mechanism::Tracepoint {
+                if let Err(e) = &syscalls_ok {
+                    rows.push(PlanRow {
+                        point: point.hook.to_string(),
+                        purpose: point.purpose,
+                        chosen: None,
+                        programs: vec![point.program],
+                        rejected: vec![Rejection {
+                            mechanism: point.mechanism,
+                            reason: short_reason(&anyhow!("{e:#}")),
+                        }],
+                    });
+                    continue;
+                }
+            }
+            rows.push(a.hook_row(point)?);
+        }
+        if syscalls_ok.is_ok() {
+            rows.push(a.map_change_row());
+        }
+        let plan = Plan {
+            backend: counting.map(Mechanism::name).unwrap_or("tracepoint"),
+            paths: if counting.is_some() {
+                "observed"
+            } else {
+                "derived"
+            },
+            rows,
+        };
         Ok(Self { ebpf, plan })
     }
 
@@ -143,20 +472,15 @@ impl Probes {
     }
 }
 
-/// A verifier rejection is hundreds of lines; keep the error and the verifier's
-/// last word, which is the one that says what it refused.
-fn short_reason(err: &str) -> String {
-    let Some((head, log)) = err.split_once("Verifier output:") else {
-        return err.to_string();
-    };
-    let last = log
-        .lines()
-        .map(str::trim)
-        .take_while(|l| !l.starts_with("verification time"))
-        .filter(|l| !l.is_empty())
-        .last()
-        .unwrap_or("");
-    format!("{} verifier: {last}", head.trim().trim_end_matches('.'))
+/// Sizes of the preallocated aggregate tables. The per-CPU fault table costs
+/// value size × CPUs per row, so its rows come from a fixed memory budget; the VMA
+/// table holds 128Ki VMAs (about 20 MiB of kernel memory).
+fn table_sizes() -> (u32, u32) {
+    const FAULT_TABLE_BUDGET: usize = 64 << 20;
+    let cpus = aya::util::nr_cpus().unwrap_or(1).max(1);
+    let row = std::mem::size_of::<rmaptrace_common::FaultStats>() * cpus;
+    let fault_rows = (FAULT_TABLE_BUDGET / row).clamp(4096, 131072) as u32;
+    (fault_rows, 131072)
 }
 
 /// The kernel truncates comm to 15 bytes plus NUL.
@@ -166,49 +490,4 @@ pub fn comm_key(name: &str) -> [u8; COMM_LEN] {
         *d = s;
     }
     key
-}
-
-fn attach(
-    ebpf: &mut Ebpf,
-    btf: &Btf,
-    program: &str,
-    kind: HookKind,
-    hook: &str,
-    cpus: &[u32],
-) -> Result<()> {
-    let prog = ebpf
-        .program_mut(program)
-        .with_context(|| format!("program {program} missing from the object"))?;
-    let (group, name) = hook.split_once('/').unwrap_or(("", hook));
-    match kind {
-        HookKind::TpBtf => {
-            let p: &mut BtfTracePoint = prog.try_into()?;
-            p.load(name, btf)?;
-            p.attach()?;
-        }
-        HookKind::Tracepoint => {
-            let p: &mut TracePoint = prog.try_into()?;
-            p.load()?;
-            p.attach(group, name)?;
-        }
-        HookKind::PerfSoftware => {
-            let event = match hook {
-                "page-faults-min" => SoftwareEvent::PageFaultsMin,
-                "page-faults-maj" => SoftwareEvent::PageFaultsMaj,
-                other => bail!("unknown perf event {other}"),
-            };
-            let p: &mut PerfEvent = prog.try_into()?;
-            p.load()?;
-            for &cpu in cpus {
-                p.attach(
-                    PerfEventConfig::Software(event),
-                    PerfEventScope::AllProcessesOneCpu { cpu },
-                    SamplePolicy::Period(1),
-                    false,
-                )
-                .with_context(|| format!("perf_event_open on cpu {cpu}"))?;
-            }
-        }
-    }
-    Ok(())
 }

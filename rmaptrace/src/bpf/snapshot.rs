@@ -36,9 +36,8 @@ impl Probes {
             for s in per_cpu.iter() {
                 t.minor += s.minor;
                 t.major += s.major;
-                t.aggregate_full += s.aggregate_full;
             }
-            snap.procs.push((tgid, t));
+            snap.overflow.push((tgid, t));
         }
         let mut raw = [0u64; rmaptrace_common::counter::COUNT as usize];
         for (i, slot) in raw.iter_mut().enumerate() {

@@ -9,16 +9,9 @@ use std::{
     path::Path,
 };
 
-use crate::bpf::plan::Attached;
+use crate::bpf::plan::Plan;
 
 pub const FORMAT_VERSION: u32 = 1;
-
-#[derive(Serialize)]
-pub struct Backend<'a> {
-    pub name: &'a str,
-    pub paths: &'a str,
-    pub plan: &'a [Attached],
-}
 
 #[derive(Serialize)]
 pub struct Header<'a> {
@@ -27,7 +20,8 @@ pub struct Header<'a> {
     pub format: u32,
     pub version: &'static str,
     pub kernel: String,
-    pub backend: Backend<'a>,
+    /// The attach plan: `backend` counts faults, `paths` says observed or derived.
+    pub backend: &'a Plan,
     pub limits: &'a [String],
     /// CLOCK_MONOTONIC at start; every ts_ns in the file is on this clock.
     pub start_ts_ns: u64,

@@ -102,6 +102,15 @@ impl KernelBtf {
         Ok(total)
     }
 
+    /// Whether the kernel's BTF has a function of that name: fentry needs it, and
+    /// a function the compiler inlined everywhere has none.
+    pub fn has_function(&self, name: &str) -> bool {
+        self.btf
+            .resolve_types_by_name(name)
+            .map(|tys| tys.iter().any(|t| matches!(t, Type::Func(_))))
+            .unwrap_or(false)
+    }
+
     /// Every offset the eBPF programs need; syscall record offsets come from tracefs.
     pub fn kernel_offsets(&self) -> Result<KernelOffsets> {
         let o = |s: &str, f: &str| {
@@ -152,5 +161,10 @@ mod tests {
         assert_eq!(o.vma_vm_end, o.vma_vm_start + 8, "vm_end follows vm_start");
         assert!(o.vma_vm_ops > o.vma_vm_end);
         assert!(btf.offset_of("vm_area_struct", "no_such_field").is_err());
+        assert!(
+            btf.has_function("handle_mm_fault"),
+            "exported, never inlined"
+        );
+        assert!(!btf.has_function("no_such_function_rmaptrace"));
     }
 }

@@ -1,6 +1,7 @@
 //! Names kernel text addresses from /proc/kallsyms, modules included, so a VMA's
 //! `vm_ops->fault` pointer becomes `shmem_fault` or `kvm_vcpu_fault [kvm]`.
 //! A handler's address is taken for the ops table, so it always has a symbol.
+use std::collections::HashMap;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Symbol {
     pub name: String,
@@ -12,6 +13,9 @@ pub struct Symbol {
 pub struct Kallsyms {
     /// Text symbols sorted by address.
     text: Vec<(u64, Symbol)>,
+    /// How often each name occurs: kallsyms has duplicates (two `do_fault` in
+    /// Debian's 6.1, one an IOMMU driver's), and a kprobe by name must be unique.
+    name_count: HashMap<String, u32>,
 }
 
 impl Kallsyms {
@@ -35,6 +39,7 @@ impl Kallsyms {
             let module = it
                 .next()
                 .map(|m| m.trim_start_matches('[').trim_end_matches(']').to_string());
+            *syms.name_count.entry(name.to_string()).or_default() += 1;
             syms.text.push((
                 addr,
                 Symbol {
@@ -60,6 +65,11 @@ impl Kallsyms {
         let i = self.text.partition_point(|(a, _)| *a < addr);
         self.text.get(i).filter(|(a, _)| *a == addr).map(|(_, s)| s)
     }
+
+    /// How many text symbols carry this name (0: absent or inlined everywhere).
+    pub fn count(&self, name: &str) -> u32 {
+        self.name_count.get(name).copied().unwrap_or(0)
+    }
 }
 
 #[cfg(test)]
@@ -84,6 +94,8 @@ ffffffffc0b00000 t do_fault\t[amd_iommu]
         assert_eq!(demo.module.as_deref(), Some("rmapdemo"));
         assert_eq!(k.exact(0xffffffff815a71c1), None, "not a function start");
         assert_eq!(k.exact(0), None);
+        assert_eq!(k.count("do_fault"), 2, "ambiguous: not attachable by name");
+        assert_eq!(k.count("not_text"), 0);
         assert!(k.has_addresses());
     }
 }

@@ -12,6 +12,8 @@ pub struct FaultTotals {
     pub timed: u64,
     pub latency_sum_ns: u64,
     pub latency_max_ns: u64,
+    pub handler_calls: u64,
+    pub handler_ns: u64,
     pub hist: Vec<u64>,
 }
 
@@ -23,6 +25,8 @@ impl Default for FaultTotals {
             timed: 0,
             latency_sum_ns: 0,
             latency_max_ns: 0,
+            handler_calls: 0,
+            handler_ns: 0,
             hist: vec![0; LAT_BUCKETS],
         }
     }
@@ -35,6 +39,8 @@ impl FaultTotals {
         self.timed += s.timed;
         self.latency_sum_ns += s.latency_sum_ns;
         self.latency_max_ns = self.latency_max_ns.max(s.latency_max_ns);
+        self.handler_calls += s.handler_calls;
+        self.handler_ns += s.handler_ns;
         for (d, v) in self.hist.iter_mut().zip(s.latency_hist.iter()) {
             *d += *v as u64;
         }
@@ -46,6 +52,8 @@ impl FaultTotals {
         self.timed += o.timed;
         self.latency_sum_ns += o.latency_sum_ns;
         self.latency_max_ns = self.latency_max_ns.max(o.latency_max_ns);
+        self.handler_calls += o.handler_calls;
+        self.handler_ns += o.handler_ns;
         for (d, v) in self.hist.iter_mut().zip(o.hist.iter()) {
             *d += v;
         }
@@ -73,11 +81,11 @@ impl FaultTotals {
     }
 }
 
+/// Faults of a process counted outside the per-VMA table because it was full.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProcTotals {
     pub minor: u64,
     pub major: u64,
-    pub aggregate_full: u64,
 }
 
 /// Global counters of the probes, named for the export.
@@ -90,6 +98,10 @@ pub struct Counters {
     pub process_table_full: u64,
     pub vma_table_full: u64,
     pub traced_table_full: u64,
+    /// Tracepoint backend: completions whose VMA came from the thread's cache, and
+    /// those that needed a bpf_find_vma.
+    pub vma_cache_hits: u64,
+    pub vma_lookups: u64,
 }
 
 impl Counters {
@@ -103,6 +115,8 @@ impl Counters {
             process_table_full: at(counter::PROC_TABLE_FULL),
             vma_table_full: at(counter::VMA_TABLE_FULL),
             traced_table_full: at(counter::TRACED_TABLE_FULL),
+            vma_cache_hits: at(counter::VMA_CACHE_HIT),
+            vma_lookups: at(counter::VMA_LOOKUP),
         }
     }
 }
@@ -111,7 +125,8 @@ impl Counters {
 pub struct Snapshot {
     pub faults: Vec<(FaultKey, FaultTotals)>,
     pub vmas: Vec<(VmaKey, VmaInfo)>,
-    pub procs: Vec<(u32, ProcTotals)>,
+    /// Per process, faults that found the per-VMA table full.
+    pub overflow: Vec<(u32, ProcTotals)>,
     pub counters: Counters,
 }
 

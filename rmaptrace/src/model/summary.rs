@@ -27,6 +27,13 @@ pub struct Latency {
     pub samples: u64,
 }
 
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct HandlerTime {
+    pub calls: u64,
+    pub total_ns: u64,
+    pub mean_ns: u64,
+}
+
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct VmaSummary {
     pub start: String,
@@ -45,6 +52,8 @@ pub struct VmaSummary {
     pub major: u64,
     pub paths: BTreeMap<&'static str, u64>,
     pub latency_ns: Latency,
+    /// Time inside `vm_ops->fault`, where the backend probes `__do_fault`.
+    pub handler_time: Option<HandlerTime>,
     #[serde(skip)]
     pub start_addr: u64,
     #[serde(skip)]

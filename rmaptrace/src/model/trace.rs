@@ -11,7 +11,9 @@ use super::{
     kind::{char_device, classify, prot_string, Kind},
     path,
     snapshot::{FaultTotals, Snapshot},
-    summary::{FaultCounts, KernelCounts, Latency, ProcessSummary, Summary, VmaSummary},
+    summary::{
+        FaultCounts, HandlerTime, KernelCounts, Latency, ProcessSummary, Summary, VmaSummary,
+    },
     syscalls::{self, MmapRecord},
 };
 use crate::{
@@ -89,6 +91,10 @@ impl Trace {
             paths_source: "derived",
             limits: Vec::new(),
         }
+    }
+
+    pub fn set_paths_source(&mut self, source: &'static str) {
+        self.paths_source = source;
     }
 
     pub fn set_limits(&mut self, limits: Vec<String>) {
@@ -385,19 +391,13 @@ impl Trace {
         })
     }
 
-    fn vma_summary(&self, pid: u32, vm_start: u64, rows: &[(u8, u8, &FaultTotals)]) -> VmaSummary {
-        let info = self
-            .snapshot
-            .vmas
-            .iter()
-            .find(|(k, _)| {
-                *k == VmaKey {
-                    tgid: pid,
-                    _pad: 0,
-                    vm_start,
-                }
-            })
-            .map(|(_, v)| *v);
+    fn vma_summary(
+        &self,
+        pid: u32,
+        vm_start: u64,
+        info: Option<VmaInfo>,
+        rows: &[(u8, u8, &FaultTotals)],
+    ) -> VmaSummary {
         let mut totals = FaultTotals::default();
         let mut paths: BTreeMap<&'static str, u64> = BTreeMap::new();
         let (kind, vm_flags) = match &info {
@@ -450,17 +450,23 @@ impl Trace {
                 max: (totals.timed > 0).then_some(totals.latency_max_ns),
                 samples: totals.timed,
             },
+            handler_time: (totals.handler_calls > 0).then(|| HandlerTime {
+                calls: totals.handler_calls,
+                total_ns: totals.handler_ns,
+                mean_ns: totals.handler_ns / totals.handler_calls,
+            }),
             start_addr: vm_start,
             latency_hist: totals.hist,
         }
     }
 
     pub fn summary(&self, now_ns: u64) -> Summary {
-        // pid → vm_start (None: no VMA found) → rows
+        // pid → (vm_start, ident) (None: no VMA found) → rows
         type Rows<'a> = Vec<(u8, u8, &'a FaultTotals)>;
-        let mut by_pid: BTreeMap<u32, BTreeMap<Option<u64>, Rows>> = BTreeMap::new();
+        let mut by_pid: BTreeMap<u32, BTreeMap<Option<(u64, u32)>, Rows>> = BTreeMap::new();
+        let descriptions: HashMap<VmaKey, VmaInfo> = self.snapshot.vmas.iter().copied().collect();
         for (key, totals) in &self.snapshot.faults {
-            let vma = (key.vma_status == vma_status::FOUND).then_some(key.vm_start);
+            let vma = (key.vma_status == vma_status::FOUND).then_some((key.vm_start, key.ident));
             by_pid
                 .entry(key.tgid)
                 .or_default()
@@ -468,9 +474,9 @@ impl Trace {
                 .or_default()
                 .push((key.access, key.path, totals));
         }
-        let proc_totals: HashMap<u32, _> = self.snapshot.procs.iter().copied().collect();
+        let overflow: HashMap<u32, _> = self.snapshot.overflow.iter().copied().collect();
         let mut pids: Vec<u32> = by_pid.keys().copied().collect();
-        pids.extend(proc_totals.keys());
+        pids.extend(overflow.keys());
         pids.extend(
             self.processes
                 .iter()
@@ -486,27 +492,36 @@ impl Trace {
             let groups = by_pid.get(&pid).unwrap_or(&empty);
             let mut vmas = Vec::new();
             let mut by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
+            let mut faults = FaultCounts::default();
             for (vma, rows) in groups {
                 let v = match vma {
-                    Some(start) => self.vma_summary(pid, *start, rows),
+                    Some((start, ident)) => {
+                        let key = VmaKey {
+                            tgid: pid,
+                            ident: *ident,
+                            vm_start: *start,
+                        };
+                        self.vma_summary(pid, *start, descriptions.get(&key).copied(), rows)
+                    }
                     None => {
-                        let mut v = self.vma_summary(pid, 0, rows);
+                        let mut v = self.vma_summary(pid, 0, None, rows);
                         v.file = Some("(no VMA found at fault time)".into());
                         v
                     }
                 };
                 *by_kind.entry(v.kind).or_default() += v.faults;
+                faults.minor += v.minor;
+                faults.major += v.major;
                 vmas.push(v);
             }
-            let t = proc_totals.get(&pid).copied().unwrap_or_default();
-            if t.aggregate_full > 0 {
-                *by_kind.entry(Kind::Unknown.as_str()).or_default() += t.aggregate_full;
+            // Faults that found the per-VMA table full: counted, kind unknown.
+            let t = overflow.get(&pid).copied().unwrap_or_default();
+            if t.minor + t.major > 0 {
+                *by_kind.entry(Kind::Unknown.as_str()).or_default() += t.minor + t.major;
+                faults.minor += t.minor;
+                faults.major += t.major;
             }
-            let faults = FaultCounts {
-                total: t.minor + t.major,
-                minor: t.minor,
-                major: t.major,
-            };
+            faults.total = faults.minor + faults.major;
             let kernel = self.kernel_counts(pid);
             let unseen = kernel
                 .as_ref()

@@ -1,6 +1,8 @@
 //! Workloads whose fault counts are known in advance: the tests run them under
 //! rmaptrace and compare, and `rmaptrace demo` shows them. Each scenario touches N
 //! pages of one fresh mapping and prints one JSON line saying where that mapping is.
+pub mod bench;
+
 use anyhow::{bail, Result};
 use serde_json::json;
 use std::{ffi::CString, ptr};
@@ -33,7 +35,7 @@ fn check(ret: libc::c_int, what: &str) -> Result<libc::c_int> {
     Ok(ret)
 }
 
-fn map(len: usize, prot: i32, flags: i32, fd: i32) -> Result<*mut u8> {
+pub(crate) fn map(len: usize, prot: i32, flags: i32, fd: i32) -> Result<*mut u8> {
     let p = unsafe { libc::mmap(ptr::null_mut(), len, prot, flags, fd, 0) };
     if p == libc::MAP_FAILED {
         bail!("mmap: {}", std::io::Error::last_os_error());
@@ -48,13 +50,13 @@ fn map(len: usize, prot: i32, flags: i32, fd: i32) -> Result<*mut u8> {
     Ok(p as *mut u8)
 }
 
-fn write_pages(p: *mut u8, pages: usize) {
+pub(crate) fn write_pages(p: *mut u8, pages: usize) {
     for i in 0..pages {
         unsafe { ptr::write_volatile(p.add(i * PAGE), 1) };
     }
 }
 
-fn read_pages(p: *mut u8, pages: usize) -> u64 {
+pub(crate) fn read_pages(p: *mut u8, pages: usize) -> u64 {
     let mut sum = 0u64;
     for i in 0..pages {
         sum += unsafe { ptr::read_volatile(p.add(i * PAGE)) } as u64;
@@ -71,7 +73,7 @@ fn report(scenario: &str, pages: usize, addr: *mut u8, extra: serde_json::Value)
 }
 
 /// A file of `pages` pages on a disk filesystem (not tmpfs, which is shmem).
-fn scratch_file(pages: usize) -> Result<(i32, String)> {
+pub(crate) fn scratch_file(pages: usize) -> Result<(i32, String)> {
     let dir = std::env::var("RMAPTRACE_SCRATCH_DIR").unwrap_or_else(|_| "/var/tmp".into());
     let path = format!("{dir}/rmaptrace-workload-{}", std::process::id());
     let c = CString::new(path.clone())?;
@@ -211,8 +213,13 @@ pub fn run(scenario: &str, pages: usize, wait: bool) -> Result<()> {
             write_pages(p, pages);
             report(scenario, pages, p, json!({"device": dev}));
         }
+        other if other.starts_with("bench-") => bench::run(other, pages)?,
         other => {
-            let names: Vec<&str> = SCENARIOS.iter().map(|(n, _)| *n).collect();
+            let names: Vec<&str> = SCENARIOS
+                .iter()
+                .chain(bench::BENCHES)
+                .map(|(n, _)| *n)
+                .collect();
             bail!(
                 "unknown scenario {other}: choose one of {}",
                 names.join(", ")

@@ -50,6 +50,8 @@ fn key(tgid: u32, vm_start: u64, access: u8) -> FaultKey {
         vma_status: vma_status::FOUND,
         _pad: 0,
         vm_start,
+        ident: 0,
+        _pad2: 0,
     }
 }
 
@@ -57,7 +59,7 @@ fn vma(tgid: u32, start: u64, info: VmaInfo) -> (VmaKey, VmaInfo) {
     (
         VmaKey {
             tgid,
-            _pad: 0,
+            ident: 0,
             vm_start: start,
         },
         VmaInfo {
@@ -135,14 +137,7 @@ fn attributes_faults_to_vmas_kinds_handlers_and_paths() {
                 },
             ),
         ],
-        procs: vec![(
-            42,
-            ProcTotals {
-                minor: 303,
-                major: 0,
-                aggregate_full: 0,
-            },
-        )],
+        overflow: vec![],
         counters: Counters::default(),
     });
     let s = t.summary(2_000);
@@ -197,12 +192,11 @@ fn exited_processes_use_the_kernel_counters_from_their_exits() {
         assert_eq!(t.on_event(Event::Exit(ev)), None);
     }
     t.set_snapshot(Snapshot {
-        procs: vec![(
+        overflow: vec![(
             7,
             ProcTotals {
                 minor: 40,
                 major: 2,
-                aggregate_full: 0,
             },
         )],
         ..Default::default()
@@ -248,11 +242,11 @@ fn a_comm_match_at_exec_sets_the_baseline() {
     };
     t.on_event(Event::Task(ev));
     t.set_snapshot(Snapshot {
-        procs: vec![(
+        overflow: vec![(
             9,
             ProcTotals {
                 minor: 100,
-                ..Default::default()
+                major: 0,
             },
         )],
         ..Default::default()

@@ -1,0 +1,102 @@
+//! Fault storms for `cargo xtask bench`: each faults a given number of fresh pages
+//! in chunks (so memory stays bounded), times itself, and prints
+//! `{"bench":…, "faults":N, "ns_per_fault":…}`.
+use anyhow::{bail, Result};
+use serde_json::json;
+use std::time::Instant;
+
+use super::{map, write_pages, PAGE};
+
+/// Pages per chunk: 64 MiB, mapped, touched, unmapped.
+const CHUNK: usize = 16384;
+
+pub const BENCHES: &[(&str, &str)] = &[
+    (
+        "bench-anon",
+        "fresh private anonymous pages, written (do_anonymous_page)",
+    ),
+    (
+        "bench-shared",
+        "fresh shared anonymous pages, written (shmem_fault)",
+    ),
+    (
+        "bench-file",
+        "a private mapping of a cached file, written (filemap_fault, do_cow_fault)",
+    ),
+    (
+        "bench-vmas",
+        "N separate one-page VMAs, kept mapped until a line on stdin",
+    ),
+];
+
+fn storm(pages: usize, mut one_chunk: impl FnMut(usize) -> Result<()>) -> Result<f64> {
+    let start = Instant::now();
+    let mut left = pages;
+    while left > 0 {
+        let n = left.min(CHUNK);
+        one_chunk(n)?;
+        left -= n;
+    }
+    Ok(start.elapsed().as_nanos() as f64 / pages as f64)
+}
+
+pub fn run(name: &str, pages: usize) -> Result<()> {
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    let ns = match name {
+        "bench-anon" | "bench-shared" => {
+            let flags = if name == "bench-anon" {
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS
+            } else {
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS
+            };
+            storm(pages, |n| {
+                let p = map(n * PAGE, rw, flags, -1)?;
+                write_pages(p, n);
+                unsafe { libc::munmap(p as *mut _, n * PAGE) };
+                Ok(())
+            })?
+        }
+        "bench-file" => {
+            let (fd, _) = super::scratch_file(CHUNK)?;
+            // Warm the page cache so the storm measures faults, not the disk.
+            let p = map(CHUNK * PAGE, rw, libc::MAP_SHARED, fd)?;
+            write_pages(p, CHUNK);
+            unsafe { libc::munmap(p as *mut _, CHUNK * PAGE) };
+            let ns = storm(pages, |n| {
+                let p = map(n * PAGE, rw, libc::MAP_PRIVATE, fd)?;
+                write_pages(p, n);
+                unsafe { libc::munmap(p as *mut _, n * PAGE) };
+                Ok(())
+            })?;
+            unsafe { libc::close(fd) };
+            ns
+        }
+        "bench-vmas" => {
+            // Alternate protections so neighbouring VMAs cannot merge.
+            let start = Instant::now();
+            for i in 0..pages {
+                let prot = if i % 2 == 0 { rw } else { libc::PROT_READ };
+                let p = map(PAGE, prot, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1)?;
+                if i % 2 == 0 {
+                    write_pages(p, 1);
+                } else {
+                    super::read_pages(p, 1);
+                }
+            }
+            let ns = start.elapsed().as_nanos() as f64 / pages as f64;
+            println!(
+                "{}",
+                json!({"bench": name, "faults": pages, "ns_per_fault": ns, "ready": true})
+            );
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            return Ok(());
+        }
+        other => bail!("unknown bench {other}"),
+    };
+    println!(
+        "{}",
+        json!({"bench": name, "faults": pages, "ns_per_fault": ns})
+    );
+    Ok(())
+}
