@@ -17,6 +17,12 @@ struct Vma {
     module: Option<&'static str>,
     faults: u64,
     paths: Vec<(&'static str, u64)>,
+    /// Exact `prot`, when the scenario is about it.
+    prot: Option<&'static str>,
+    /// Acceptable `file` values, when the scenario is about it.
+    files: &'static [&'static str],
+    /// Text the `origin` must contain, when the scenario is about it.
+    origin: Option<&'static str>,
 }
 
 /// The expected answer for one scenario on one backend.
@@ -41,6 +47,9 @@ fn vma(
         module: None,
         faults,
         paths: paths.to_vec(),
+        prot: None,
+        files: &[],
+        origin: None,
     })
 }
 
@@ -55,8 +64,14 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
         child_unseen: 0,
     };
     match scenario {
-        "anon-write" | "dev-zero-private" => {
+        "anon-write" => e.vma = vma("anon", None, n, &[("do_anonymous_page", n)]),
+        "dev-zero-private" => {
             e.vma = vma("anon", None, n, &[("do_anonymous_page", n)]);
+            // vm_file stays set. Once the process is gone the name comes from the
+            // dentry walk, which stops at devtmpfs's root (docs/json-format.md).
+            if let Some(v) = e.vma.as_mut() {
+                v.files = &["/dev/zero", "/zero"];
+            }
         }
         "anon-read-write" => {
             e.vma = vma(
@@ -66,7 +81,12 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
                 &[("do_anonymous_page", n), ("do_wp_page", n)],
             );
         }
-        "shared-anon" => e.vma = vma("shmem", Some("shmem_fault"), n, &[("do_shared_fault", n)]),
+        "shared-anon" => {
+            e.vma = vma("shmem", Some("shmem_fault"), n, &[("do_shared_fault", n)]);
+            if let Some(v) = e.vma.as_mut() {
+                v.prot = Some("rw-s");
+            }
+        }
         "file-private-write" => {
             e.vma = vma("file", Some("filemap_fault"), n, &[("do_cow_fault", n)])
         }
@@ -76,6 +96,10 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
         "fork-cow" => {
             e.vma = vma("anon", None, n, &[("do_anonymous_page", n)]);
             e.child_vma = vma("anon", None, n, &[("do_wp_page", n)]);
+            if let Some(v) = e.child_vma.as_mut() {
+                // The child inherits the parent's mmap origin.
+                v.origin = Some("MAP_ANONYMOUS");
+            }
         }
         "memfd-secret" => {
             e.vma = vma(
@@ -102,6 +126,9 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
                 module: Some("rmapdemo"),
                 faults: n,
                 paths: vec![("do_shared_fault", n)],
+                prot: Some("rw-s"),
+                files: &["/dev/rmapdemo_fault", "/rmapdemo_fault"],
+                origin: Some("MAP_SHARED"),
             });
         }
         _ => return None,
@@ -148,6 +175,17 @@ fn check_vma(proc_: &Value, addr: &Value, want: &Option<Vma>) -> Result<()> {
     }
     if want.module.is_some() && v["module"].as_str() != want.module {
         errs.push(format!("module {} != {:?}", v["module"], want.module));
+    }
+    if want.prot.is_some() && v["prot"].as_str() != want.prot {
+        errs.push(format!("prot {} != {:?}", v["prot"], want.prot));
+    }
+    if !want.files.is_empty() && !want.files.iter().any(|f| v["file"] == *f) {
+        errs.push(format!("file {} not one of {:?}", v["file"], want.files));
+    }
+    if let Some(o) = want.origin {
+        if !v["origin"].as_str().unwrap_or("").contains(o) {
+            errs.push(format!("origin {} lacks {o}", v["origin"]));
+        }
     }
     if v["faults"] != want.faults {
         errs.push(format!("faults {} != {}", v["faults"], want.faults));
@@ -334,6 +372,8 @@ mod tests {
 
     fn driver_vma(handler: &str, faults: u64) -> Value {
         json!({"start": ADDR, "kind": "driver", "handler": handler, "module": "rmapdemo",
+               "prot": "rw-s", "file": "/dev/rmapdemo_fault",
+               "origin": "mmap(MAP_SHARED, rw-) at 1 ns",
                "faults": faults, "paths": {"do_shared_fault": faults},
                "latency_ns": {"samples": faults}})
     }

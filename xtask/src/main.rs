@@ -55,6 +55,9 @@ enum Task {
         /// One rmaptrace per scenario (isolated, ~15 s each under TCG) instead of one per backend.
         #[arg(long)]
         isolate: bool,
+        /// Check target/vm/serial.log again without booting (same --backends/--scenarios).
+        #[arg(long)]
+        recheck: bool,
     },
     /// Cost per fault of rmaptrace against untraced runs and a bpftrace one-liner.
     Bench {
@@ -152,6 +155,7 @@ fn main() -> Result<()> {
             scenarios,
             timeout_secs,
             isolate,
+            recheck,
         } => {
             deps::install()?;
             let mut opts = vm::Options::default();
@@ -162,6 +166,7 @@ fn main() -> Result<()> {
                 opts.scenarios = scenarios;
             }
             opts.isolate = isolate;
+            opts.recheck = recheck;
             if let Some(t) = timeout_secs {
                 opts.timeout = std::time::Duration::from_secs(t);
             }
