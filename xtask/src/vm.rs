@@ -355,8 +355,13 @@ fn boot(kernel: &Path, initrd: &Path, timeout: Duration) -> Result<Vec<String>> 
         let _ = child.wait();
     }
     if !done {
+        let why = lines
+            .iter()
+            .find(|l| l.contains("Kernel panic") || l.contains("BUG:") || l.contains("Oops"))
+            .map(|l| format!(" ({})", l.trim()))
+            .unwrap_or_default();
         bail!(
-            "the guest stopped before RMAPTRACE-DONE (panic or crash): see {}",
+            "the guest stopped before RMAPTRACE-DONE{why}: see {}",
             log_path.display()
         );
     }
