@@ -17,6 +17,11 @@ const APT_PACKAGES: &[&str] = &[
     // cargo xtask bench: the peer anchor, and the kernel's per-program BPF stats.
     "bpftrace",
     "bpftool",
+    // cargo xtask vm-test: rmapdemo.ko and the initramfs (vm.rs installs the guest
+    // kernel's headers itself, they are tied to its version).
+    "make",
+    "gcc",
+    "binutils",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

@@ -5,7 +5,8 @@
 //! | `deps`     | installs what is missing (nightly rust-src, bpf-linker on Debian's LLVM 22, QEMU, busybox, the musl target), idempotently |
 //! | `build`    | release build, leaves `target/release/rmaptrace` |
 //! | `run -- A` | build, then run rmaptrace with A (through sudo when not root) |
-//! | `test`     | every test: unit, integration (real eBPF on this kernel) |
+//! | `test`     | every test: unit, integration (real eBPF on this kernel), then `vm-test` |
+//! | `vm-test`  | rmaptrace and the rmapdemo driver in a QEMU guest (Debian 6.1 kernel), checked from here |
 //! | `bench`    | cost per fault against untraced and a bpftrace one-liner, table + target/bench/bench.json |
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -17,6 +18,8 @@ use std::{
 
 mod bench;
 mod deps;
+mod guest_check;
+mod vm;
 
 #[derive(Parser)]
 #[command(name = "xtask", about = "rmaptrace build and test tasks")]
@@ -38,6 +41,24 @@ enum Task {
     },
     /// Run every test.
     Test,
+    /// Run rmaptrace and the rmapdemo driver in a QEMU guest and check the results.
+    VmTest {
+        /// Backends to run, comma-separated (`default` runs without --backend).
+        #[arg(long, value_delimiter = ',')]
+        backends: Vec<String>,
+        /// Scenarios to run, comma-separated (default: every one the guest can run).
+        #[arg(long, value_delimiter = ',')]
+        scenarios: Vec<String>,
+        /// Give up on the guest after this many seconds.
+        #[arg(long)]
+        timeout_secs: Option<u64>,
+        /// One rmaptrace per scenario (isolated, ~15 s each under TCG) instead of one per backend.
+        #[arg(long)]
+        isolate: bool,
+        /// Check target/vm/serial.log again without booting (same --backends/--scenarios).
+        #[arg(long)]
+        recheck: bool,
+    },
     /// Cost per fault of rmaptrace against untraced runs and a bpftrace one-liner.
     Bench {
         /// Faults per workload run.
@@ -77,7 +98,7 @@ fn describe(cmd: &Command) -> String {
     s
 }
 
-fn cargo() -> Command {
+pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(workspace_root());
     // bpf-linker is installed by `deps` into cargo's bin dir, which may not be on PATH yet.
@@ -102,6 +123,8 @@ fn test() -> Result<()> {
             "rmaptrace-ebpf",
         ])
         .env("RMAPTRACE_BIN", &bin))?;
+    eprintln!("xtask: host tests passed in {:.0?}", started.elapsed());
+    vm::vm_test(&vm::Options::default())?;
     eprintln!("xtask: all tests passed in {:.0?}", started.elapsed());
     Ok(())
 }
@@ -126,6 +149,28 @@ fn main() -> Result<()> {
         Task::Test => {
             deps::install()?;
             test()
+        }
+        Task::VmTest {
+            backends,
+            scenarios,
+            timeout_secs,
+            isolate,
+            recheck,
+        } => {
+            deps::install()?;
+            let mut opts = vm::Options::default();
+            if !backends.is_empty() {
+                opts.backends = backends;
+            }
+            if !scenarios.is_empty() {
+                opts.scenarios = scenarios;
+            }
+            opts.isolate = isolate;
+            opts.recheck = recheck;
+            if let Some(t) = timeout_secs {
+                opts.timeout = std::time::Duration::from_secs(t);
+            }
+            vm::vm_test(&opts)
         }
         Task::Bench { faults, reps } => {
             deps::install()?;

@@ -23,6 +23,9 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("kvm-vcpu", "mmap of a KVM vCPU fd, read each page: driver, kvm_vcpu_fault"),
     ("memfd-secret", "memfd_secret, write: driver-like, secretmem_fault, N x do_shared_fault"),
     ("populate", "MAP_POPULATE then write: no faults, N faults unseen (get_user_pages)"),
+    ("driver-pfn", "rmapdemo.ko, /dev/rmapdemo_pfn MAP_SHARED, write: remap_pfn_range at mmap, no faults"),
+    ("driver-pages", "rmapdemo.ko, /dev/rmapdemo_pages MAP_SHARED, write: vm_insert_pages at mmap, no faults"),
+    ("driver-fault", "rmapdemo.ko, /dev/rmapdemo_fault MAP_SHARED, write: driver, rmapdemo_fault, N x do_shared_fault"),
 ];
 
 fn check(ret: libc::c_int, what: &str) -> Result<libc::c_int> {
@@ -92,9 +95,10 @@ pub(crate) fn scratch_file(pages: usize) -> Result<(i32, String)> {
     Ok((fd, path))
 }
 
-const KVM_CREATE_VM: u64 = 0xAE01;
-const KVM_GET_VCPU_MMAP_SIZE: u64 = 0xAE04;
-const KVM_CREATE_VCPU: u64 = 0xAE41;
+// libc::Ioctl: the request is c_ulong on glibc but c_int on musl (the guest build).
+const KVM_CREATE_VM: libc::Ioctl = 0xAE01;
+const KVM_GET_VCPU_MMAP_SIZE: libc::Ioctl = 0xAE04;
+const KVM_CREATE_VCPU: libc::Ioctl = 0xAE41;
 const SYS_MEMFD_SECRET: i64 = 447;
 
 pub fn run(scenario: &str, pages: usize, wait: bool) -> Result<()> {
@@ -193,6 +197,21 @@ pub fn run(scenario: &str, pages: usize, wait: bool) -> Result<()> {
             let p = map(len, rw, private_anon | libc::MAP_POPULATE, -1)?;
             write_pages(p, pages);
             report(scenario, pages, p, json!({}));
+        }
+        "driver-pfn" | "driver-pages" | "driver-fault" => {
+            // The rmapdemo module (driver/rmapdemo) serves one buffer per mode;
+            // its size caps --pages.
+            let dev = format!("/dev/rmapdemo_{}", &scenario["driver-".len()..]);
+            let c = CString::new(dev.clone())?;
+            let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+            check(
+                fd,
+                &format!("open {dev} (load driver/rmapdemo/rmapdemo.ko first)"),
+            )?;
+            let p = map(len, rw, libc::MAP_SHARED, fd)?;
+            unsafe { libc::close(fd) };
+            write_pages(p, pages);
+            report(scenario, pages, p, json!({"device": dev}));
         }
         other if other.starts_with("bench-") => bench::run(other, pages)?,
         other => {

@@ -1,0 +1,95 @@
+#!/bin/busybox sh
+# PID 1 of the rmaptrace guest (packed by `cargo xtask vm-test`). Runs every
+# backend x scenario from /guest.conf (BACKENDS, SCENARIOS, PAGES, ISOLATE) and
+# reports over the serial console; the host parses the RMAPTRACE-* lines and
+# checks them. Lines must stay whole: the console
+# log level is lowered so kernel messages cannot split them, and dmesg is dumped
+# at the end instead.
+/bin/busybox mkdir -p /bin /sbin /usr/bin /usr/sbin
+/bin/busybox --install -s
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+
+mkdir -p /proc /sys /dev /tmp /var/tmp
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tracefs tracefs /sys/kernel/tracing
+mount -t debugfs debugfs /sys/kernel/debug
+mount -t bpf bpf /sys/fs/bpf
+# The rootfs is tmpfs (shmem); the file scenarios need a page-cache filesystem.
+mount -t ramfs ramfs /var/tmp
+dmesg -n 4
+
+. /guest.conf
+echo "RMAPTRACE-BOOT uptime=$(cut -d' ' -f1 /proc/uptime) kernel=$(uname -r)"
+
+if insmod /rmapdemo.ko; then
+    echo "RMAPTRACE-INSMOD ok"
+else
+    echo "RMAPTRACE-INSMOD failed"
+fi
+ulimit -l unlimited
+
+echo "RMAPTRACE-PROBE-BEGIN"
+/rmaptrace probe 2>&1
+echo "RMAPTRACE-PROBE-END rc=$?"
+
+# One line of a file if it is a JSON object, else null: the RESULT line must parse.
+line_or_null() {
+    l=$(sed -n "$1" "$2" 2>/dev/null)
+    case "$l" in
+        "{"*"}") echo "$l" ;;
+        *) echo null ;;
+    esac
+}
+
+# Loading and verifying the eBPF programs takes ~15 s under TCG, so by default one
+# rmaptrace per backend traces a shell that runs every scenario in turn (each is
+# its own process, checked by pid); ISOLATE=1 starts one rmaptrace per scenario.
+cat > /tmp/batch.sh <<'BATCH'
+for S in "$@"; do
+    RMAPTRACE_SCRATCH_DIR=/var/tmp /rmaptrace workload "$S" --pages "$PAGES" \
+        >/tmp/report."$S" 2>/tmp/werr."$S"
+    echo $? >/tmp/rc."$S"
+done
+BATCH
+
+# Runs backend $1 over scenarios $2..., then prints one REPORT line per scenario
+# and one RUN line with the export's header and summary.
+run_group() {
+    B=$1
+    shift
+    if [ "$B" = default ]; then FLAG=""; else FLAG="--backend $B"; fi
+    rm -f /tmp/o.json /tmp/err /tmp/report.* /tmp/werr.* /tmp/rc.*
+    t0=$(cut -d' ' -f1 /proc/uptime)
+    # shellcheck disable=SC2086 # FLAG is empty or two words
+    PAGES=$PAGES /rmaptrace $FLAG --no-tui --json /tmp/o.json -- /bin/sh /tmp/batch.sh "$@" 2>/tmp/err
+    rc=$?
+    t1=$(cut -d' ' -f1 /proc/uptime)
+    echo "RMAPTRACE-STDERR-BEGIN $B $*"
+    cat /tmp/err
+    echo "RMAPTRACE-STDERR-END $B"
+    list=""
+    for S in "$@"; do
+        echo "RMAPTRACE-WORKLOAD-STDERR $B $S: $(cat /tmp/werr."$S" 2>/dev/null)"
+        echo "RMAPTRACE-REPORT {\"backend\":\"$B\",\"scenario\":\"$S\",\"rc\":$(cat /tmp/rc."$S" 2>/dev/null || echo null),\"report\":$(line_or_null 1p /tmp/report."$S")}"
+        list="$list${list:+,}\"$S\""
+    done
+    echo "RMAPTRACE-RUN {\"backend\":\"$B\",\"scenarios\":[$list],\"rc\":$rc,\"t0\":$t0,\"t1\":$t1,\"header\":$(line_or_null 1p /tmp/o.json),\"summary\":$(line_or_null '$p' /tmp/o.json)}"
+}
+
+for B in $BACKENDS; do
+    if [ "$ISOLATE" = 1 ]; then
+        for S in $SCENARIOS; do run_group "$B" "$S"; done
+    else
+        # shellcheck disable=SC2086 # one word per scenario
+        run_group "$B" $SCENARIOS
+    fi
+done
+
+echo "RMAPTRACE-DMESG-BEGIN"
+dmesg
+echo "RMAPTRACE-DMESG-END"
+echo "RMAPTRACE-DONE uptime=$(cut -d' ' -f1 /proc/uptime)"
+sync
+poweroff -f

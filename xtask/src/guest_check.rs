@@ -1,0 +1,436 @@
+//! Checks the guest's serial log: the exact answer for each scenario's mapping on
+//! each backend, the driver's three modes, and no kernel or verifier trouble.
+//! The answers are those of tests/tests/scenarios.rs, which this host checks.
+use anyhow::{bail, Result};
+use serde_json::Value;
+
+use crate::vm::Options;
+
+/// Faults execve makes with get_user_pages to copy the workload's arguments: no
+/// exception, so unseen by backends that only see exceptions.
+const EXEC_GUP_FAULTS: i64 = 1;
+
+/// What the workload's mapping must show in the summary.
+struct Vma {
+    kind: &'static str,
+    handler: Option<&'static str>,
+    module: Option<&'static str>,
+    faults: u64,
+    paths: Vec<(&'static str, u64)>,
+    /// Exact `prot`, when the scenario is about it.
+    prot: Option<&'static str>,
+    /// Acceptable `file` values, when the scenario is about it.
+    files: &'static [&'static str],
+    /// Text the `origin` must contain, when the scenario is about it.
+    origin: Option<&'static str>,
+}
+
+/// The expected answer for one scenario on one backend.
+struct Expect {
+    /// None: the VMA must be absent from the summary or show 0 faults.
+    vma: Option<Vma>,
+    /// For fork-cow, the child's mapping.
+    child_vma: Option<Vma>,
+    unseen: i64,
+    child_unseen: i64,
+}
+
+fn vma(
+    kind: &'static str,
+    handler: Option<&'static str>,
+    faults: u64,
+    paths: &[(&'static str, u64)],
+) -> Option<Vma> {
+    Some(Vma {
+        kind,
+        handler,
+        module: None,
+        faults,
+        paths: paths.to_vec(),
+        prot: None,
+        files: &[],
+        origin: None,
+    })
+}
+
+/// `observed`: the backend sees kernel functions (fentry, kprobe), so it also sees
+/// get_user_pages faults; `derived`: exceptions only (tracepoint).
+fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
+    let gup = if observed { 0 } else { EXEC_GUP_FAULTS };
+    let mut e = Expect {
+        vma: None,
+        child_vma: None,
+        unseen: gup,
+        child_unseen: 0,
+    };
+    match scenario {
+        "anon-write" => e.vma = vma("anon", None, n, &[("do_anonymous_page", n)]),
+        "dev-zero-private" => {
+            e.vma = vma("anon", None, n, &[("do_anonymous_page", n)]);
+            // vm_file stays set. Once the process is gone the name comes from the
+            // dentry walk, which stops at devtmpfs's root (docs/json-format.md).
+            if let Some(v) = e.vma.as_mut() {
+                v.files = &["/dev/zero", "/zero"];
+            }
+        }
+        "anon-read-write" => {
+            e.vma = vma(
+                "anon",
+                None,
+                2 * n,
+                &[("do_anonymous_page", n), ("do_wp_page", n)],
+            );
+        }
+        "shared-anon" => {
+            e.vma = vma("shmem", Some("shmem_fault"), n, &[("do_shared_fault", n)]);
+            if let Some(v) = e.vma.as_mut() {
+                v.prot = Some("rw-s");
+            }
+        }
+        "file-private-write" => {
+            e.vma = vma("file", Some("filemap_fault"), n, &[("do_cow_fault", n)])
+        }
+        "file-shared-write" => {
+            e.vma = vma("file", Some("filemap_fault"), n, &[("do_shared_fault", n)])
+        }
+        "fork-cow" => {
+            e.vma = vma("anon", None, n, &[("do_anonymous_page", n)]);
+            e.child_vma = vma("anon", None, n, &[("do_wp_page", n)]);
+            if let Some(v) = e.child_vma.as_mut() {
+                // The child inherits the parent's mmap origin.
+                v.origin = Some("MAP_ANONYMOUS");
+            }
+        }
+        "memfd-secret" => {
+            e.vma = vma(
+                "driver",
+                Some("secretmem_fault"),
+                n,
+                &[("do_shared_fault", n)],
+            )
+        }
+        "populate" => {
+            if observed {
+                // MAP_POPULATE's get_user_pages goes through handle_mm_fault.
+                e.vma = vma("anon", None, n, &[("do_anonymous_page", n)]);
+            } else {
+                e.unseen = gup + n as i64;
+            }
+        }
+        // Prefilled at mmap time: the process never faults on these pages.
+        "driver-pfn" | "driver-pages" => {}
+        "driver-fault" => {
+            e.vma = Some(Vma {
+                kind: "driver",
+                handler: Some("rmapdemo_fault"),
+                module: Some("rmapdemo"),
+                faults: n,
+                paths: vec![("do_shared_fault", n)],
+                prot: Some("rw-s"),
+                files: &["/dev/rmapdemo_fault", "/rmapdemo_fault"],
+                origin: Some("MAP_SHARED"),
+            });
+        }
+        _ => return None,
+    }
+    Some(e)
+}
+
+fn process<'a>(summary: &'a Value, pid: &Value) -> Result<&'a Value> {
+    summary["processes"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| &p["pid"] == pid))
+        .ok_or_else(|| anyhow::anyhow!("pid {pid} missing from the summary"))
+}
+
+fn find_vma<'a>(proc_: &'a Value, addr: &Value) -> Option<&'a Value> {
+    proc_["vmas"]
+        .as_array()
+        .and_then(|vs| vs.iter().find(|v| &v["start"] == addr))
+}
+
+fn check_vma(proc_: &Value, addr: &Value, want: &Option<Vma>) -> Result<()> {
+    let got = find_vma(proc_, addr);
+    let Some(want) = want else {
+        if let Some(v) = got {
+            if v["faults"] != 0 {
+                bail!("VMA {addr} should have no faults: {v}");
+            }
+        }
+        return Ok(());
+    };
+    let Some(v) = got else {
+        bail!(
+            "VMA {addr} missing from pid {}: {}",
+            proc_["pid"],
+            proc_["vmas"]
+        );
+    };
+    let mut errs = Vec::new();
+    if v["kind"] != want.kind {
+        errs.push(format!("kind {} != {}", v["kind"], want.kind));
+    }
+    if v["handler"].as_str() != want.handler {
+        errs.push(format!("handler {} != {:?}", v["handler"], want.handler));
+    }
+    if want.module.is_some() && v["module"].as_str() != want.module {
+        errs.push(format!("module {} != {:?}", v["module"], want.module));
+    }
+    if want.prot.is_some() && v["prot"].as_str() != want.prot {
+        errs.push(format!("prot {} != {:?}", v["prot"], want.prot));
+    }
+    if !want.files.is_empty() && !want.files.iter().any(|f| v["file"] == *f) {
+        errs.push(format!("file {} not one of {:?}", v["file"], want.files));
+    }
+    if let Some(o) = want.origin {
+        if !v["origin"].as_str().unwrap_or("").contains(o) {
+            errs.push(format!("origin {} lacks {o}", v["origin"]));
+        }
+    }
+    if v["faults"] != want.faults {
+        errs.push(format!("faults {} != {}", v["faults"], want.faults));
+    }
+    let paths: Vec<(String, u64)> = v["paths"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let want_paths: Vec<(String, u64)> = want
+        .paths
+        .iter()
+        .map(|(p, n)| (p.to_string(), *n))
+        .collect();
+    if paths != want_paths {
+        errs.push(format!("paths {paths:?} != {want_paths:?}"));
+    }
+    if v["latency_ns"]["samples"] != want.faults {
+        errs.push(format!(
+            "latency samples {} != faults",
+            v["latency_ns"]["samples"]
+        ));
+    }
+    if !errs.is_empty() {
+        bail!("{}: {v}", errs.join(", "));
+    }
+    Ok(())
+}
+
+/// unseen is the kernel's minflt+majflt minus what was seen, and equals `want`.
+fn check_unseen(proc_: &Value, want: i64) -> Result<()> {
+    let k = &proc_["kernel"];
+    let kernel = k["minflt"].as_i64().unwrap_or(-1) + k["majflt"].as_i64().unwrap_or(-1);
+    let seen = proc_["faults"]["total"].as_i64().unwrap_or(-1);
+    let unseen = proc_["unseen"].as_i64();
+    if unseen != Some(kernel - seen) {
+        bail!("unseen {:?} is not kernel {kernel} - seen {seen}", unseen);
+    }
+    if unseen != Some(want) {
+        bail!("unseen {:?} != {want} (pid {})", unseen, proc_["pid"]);
+    }
+    Ok(())
+}
+
+/// `r`: the scenario's REPORT line; `run`: the RUN line of the rmaptrace that traced it.
+fn check_result(r: &Value, run: &Value, n: u64) -> Result<()> {
+    if run["rc"] != 0 {
+        bail!(
+            "rmaptrace exited with {} (its stderr is in the serial log)",
+            run["rc"]
+        );
+    }
+    if r["rc"] != 0 {
+        bail!(
+            "the workload exited with {} (its stderr is in the serial log)",
+            r["rc"]
+        );
+    }
+    let (report, header, summary) = (&r["report"], &run["header"], &run["summary"]);
+    if !report.is_object() {
+        bail!("the workload printed no report");
+    }
+    if header["type"] != "header" || summary["type"] != "summary" {
+        bail!("the export has no header or summary line");
+    }
+    let observed = summary["paths_source"] == "observed";
+    let scenario = r["scenario"].as_str().unwrap_or("");
+    let Some(want) = expect(scenario, n, observed) else {
+        bail!("no expectations for scenario {scenario}: add them to xtask/src/guest_check.rs");
+    };
+    let addr = &report["addr"];
+    let parent = process(summary, &report["pid"])?;
+    check_vma(parent, addr, &want.vma)?;
+    check_unseen(parent, want.unseen)?;
+    if want.child_vma.is_some() {
+        let child = process(summary, &report["child_pid"])?;
+        check_vma(child, addr, &want.child_vma)?;
+        check_unseen(child, want.child_unseen)?;
+    }
+    Ok(())
+}
+
+/// Lines that mean the kernel or the eBPF loader went wrong, whatever the results.
+fn trouble(line: &str) -> bool {
+    const MARKS: &[&str] = &[
+        "Oops",
+        "BUG:",
+        "Kernel panic",
+        "general protection fault",
+        "Call Trace:",
+        "WARNING: CPU:",
+    ];
+    !line.starts_with("RMAPTRACE-RUN ")
+        && (MARKS.iter().any(|m| line.contains(m))
+            || line.to_ascii_lowercase().contains("verifier"))
+}
+
+/// Prints one line per backend x scenario and returns how many checks failed.
+pub fn check(lines: &[String], opts: &Options, n: usize) -> Result<usize> {
+    let mut failures = 0;
+    for l in lines.iter().filter(|l| trouble(l)) {
+        eprintln!("FAIL serial log: {l}");
+        failures += 1;
+    }
+    match lines.iter().find(|l| l.starts_with("RMAPTRACE-INSMOD")) {
+        Some(l) if l.ends_with(" ok") => {}
+        _ => {
+            eprintln!("FAIL insmod rmapdemo.ko (see the serial log)");
+            failures += 1;
+        }
+    }
+    let (mut reports, mut runs) = (Vec::new(), Vec::new());
+    for l in lines {
+        let (list, json) = if let Some(j) = l.strip_prefix("RMAPTRACE-REPORT ") {
+            (&mut reports, j)
+        } else if let Some(j) = l.strip_prefix("RMAPTRACE-RUN ") {
+            (&mut runs, j)
+        } else {
+            continue;
+        };
+        match serde_json::from_str::<Value>(json) {
+            Ok(v) => list.push(v),
+            Err(e) => {
+                eprintln!("FAIL unreadable guest line ({e}): {l}");
+                failures += 1;
+            }
+        }
+    }
+    for b in &opts.backends {
+        for s in &opts.scenarios {
+            let r = reports
+                .iter()
+                .find(|r| r["backend"] == b.as_str() && r["scenario"] == s.as_str());
+            let run = runs.iter().find(|r| {
+                r["backend"] == b.as_str()
+                    && r["scenarios"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|x| x == s.as_str()))
+            });
+            // `default`: show which backend rmaptrace chose.
+            let label = match run.and_then(|r| r["header"]["backend"]["name"].as_str()) {
+                Some(name) if name != b => format!("{b}({name})"),
+                _ => b.clone(),
+            };
+            let outcome = match (r, run) {
+                (Some(r), Some(run)) => check_result(r, run, n as u64),
+                _ => Err(anyhow::anyhow!("no result from the guest")),
+            };
+            match outcome {
+                Ok(()) => eprintln!("PASS {label} {s}"),
+                Err(e) => {
+                    eprintln!("FAIL {label} {s}: {e:#}");
+                    failures += 1;
+                }
+            }
+        }
+    }
+    Ok(failures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const ADDR: &str = "0x7f0000000000";
+
+    /// A RUN line whose summary has pid 100 with `vmas`, and kernel counts that
+    /// make `unseen` come out as given.
+    fn run(paths_source: &str, vmas: Value, seen: i64, unseen: i64) -> Value {
+        json!({"rc": 0, "header": {"type": "header", "backend": {"name": "tracepoint"}},
+               "summary": {"type": "summary", "paths_source": paths_source, "processes": [
+                   {"pid": 100, "faults": {"total": seen, "minor": seen, "major": 0},
+                    "kernel": {"minflt": seen + unseen, "majflt": 0}, "unseen": unseen,
+                    "vmas": vmas}]}})
+    }
+
+    fn report(scenario: &str) -> Value {
+        json!({"rc": 0, "scenario": scenario, "report": {"pid": 100, "addr": ADDR}})
+    }
+
+    fn driver_vma(handler: &str, faults: u64) -> Value {
+        json!({"start": ADDR, "kind": "driver", "handler": handler, "module": "rmapdemo",
+               "prot": "rw-s", "file": "/dev/rmapdemo_fault",
+               "origin": "mmap(MAP_SHARED, rw-) at 1 ns",
+               "faults": faults, "paths": {"do_shared_fault": faults},
+               "latency_ns": {"samples": faults}})
+    }
+
+    #[test]
+    fn driver_fault_passes_with_the_exact_answer() {
+        let r = run("derived", json!([driver_vma("rmapdemo_fault", 64)]), 90, 1);
+        check_result(&report("driver-fault"), &r, 64).unwrap();
+    }
+
+    #[test]
+    fn driver_fault_fails_on_a_wrong_handler_count_or_unseen() {
+        let r = run("derived", json!([driver_vma("other_fault", 64)]), 90, 1);
+        assert!(check_result(&report("driver-fault"), &r, 64).is_err());
+        let r = run("derived", json!([driver_vma("rmapdemo_fault", 63)]), 90, 1);
+        assert!(check_result(&report("driver-fault"), &r, 64).is_err());
+        let r = run("derived", json!([driver_vma("rmapdemo_fault", 64)]), 90, 2);
+        assert!(check_result(&report("driver-fault"), &r, 64).is_err());
+        let r = run("derived", json!([]), 90, 1);
+        assert!(check_result(&report("driver-fault"), &r, 64).is_err());
+    }
+
+    #[test]
+    fn prefilled_driver_mappings_must_not_fault() {
+        let r = run("derived", json!([]), 20, 1);
+        check_result(&report("driver-pfn"), &r, 64).unwrap();
+        let r = run("derived", json!([driver_vma("rmapdemo_fault", 0)]), 20, 1);
+        check_result(&report("driver-pages"), &r, 64).unwrap();
+        let r = run("derived", json!([driver_vma("rmapdemo_fault", 3)]), 20, 1);
+        assert!(check_result(&report("driver-pfn"), &r, 64).is_err());
+    }
+
+    #[test]
+    fn populate_is_unseen_on_exceptions_and_seen_on_kernel_functions() {
+        let r = run("derived", json!([]), 20, 65);
+        check_result(&report("populate"), &r, 64).unwrap();
+        let vma = json!({"start": ADDR, "kind": "anon", "handler": null, "faults": 64,
+                         "paths": {"do_anonymous_page": 64}, "latency_ns": {"samples": 64}});
+        let r = run("observed", json!([vma]), 84, 0);
+        check_result(&report("populate"), &r, 64).unwrap();
+    }
+
+    #[test]
+    fn failed_runs_fail() {
+        let mut r = run("derived", json!([driver_vma("rmapdemo_fault", 64)]), 90, 1);
+        r["rc"] = json!(1);
+        assert!(check_result(&report("driver-fault"), &r, 64).is_err());
+    }
+
+    #[test]
+    fn kernel_trouble_is_caught_outside_result_lines() {
+        assert!(trouble("[ 3.1] BUG: kernel NULL pointer dereference"));
+        assert!(trouble(
+            "Error: the BPF_PROG_LOAD syscall failed. Verifier output: ..."
+        ));
+        assert!(!trouble(
+            "RMAPTRACE-RUN {\"summary\":\"BUG: in a file name\"}"
+        ));
+    }
+}
