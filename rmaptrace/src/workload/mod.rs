@@ -166,15 +166,15 @@ pub fn run(scenario: &str, pages: usize, wait: bool) -> Result<()> {
                 "open /dev/kvm",
             )?;
             let vm = check(
-                unsafe { libc::ioctl(kvm, KVM_CREATE_VM as _, 0) },
+                unsafe { libc::ioctl(kvm, KVM_CREATE_VM, 0) },
                 "KVM_CREATE_VM",
             )?;
             let vcpu = check(
-                unsafe { libc::ioctl(vm, KVM_CREATE_VCPU as _, 0) },
+                unsafe { libc::ioctl(vm, KVM_CREATE_VCPU, 0) },
                 "KVM_CREATE_VCPU",
             )?;
             let size = check(
-                unsafe { libc::ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE as _, 0) },
+                unsafe { libc::ioctl(kvm, KVM_GET_VCPU_MMAP_SIZE, 0) },
                 "KVM_GET_VCPU_MMAP_SIZE",
             )?;
             let n = size as usize / PAGE;
