@@ -300,6 +300,19 @@ pub fn check(lines: &[String], opts: &Options, n: usize) -> Result<usize> {
             failures += 1;
         }
     }
+    // `rmaptrace probe` with no flag: on this kernel every mechanism loads, so the
+    // plan must choose fentry, the preferred one.
+    let probe: Vec<&String> = lines
+        .iter()
+        .skip_while(|l| *l != "RMAPTRACE-PROBE-BEGIN")
+        .take_while(|l| !l.starts_with("RMAPTRACE-PROBE-END"))
+        .collect();
+    if probe.iter().any(|l| l.starts_with("backend: fentry (fault paths observed)")) {
+        eprintln!("PASS probe chooses fentry");
+    } else {
+        eprintln!("FAIL probe does not choose fentry: {probe:?}");
+        failures += 1;
+    }
     let (mut reports, mut runs) = (Vec::new(), Vec::new());
     for l in lines {
         let (list, json) = if let Some(j) = l.strip_prefix("RMAPTRACE-REPORT ") {
@@ -329,11 +342,16 @@ pub fn check(lines: &[String], opts: &Options, n: usize) -> Result<usize> {
                         .is_some_and(|a| a.iter().any(|x| x == s.as_str()))
             });
             // `default`: show which backend rmaptrace chose.
-            let label = match run.and_then(|r| r["header"]["backend"]["name"].as_str()) {
+            let label = match run.and_then(|r| r["header"]["backend"]["backend"].as_str()) {
                 Some(name) if name != b => format!("{b}({name})"),
                 _ => b.clone(),
             };
+            let forced = run.and_then(|r| r["header"]["backend"]["backend"].as_str());
             let outcome = match (r, run) {
+                // --backend B must run B, not fall back silently.
+                (Some(_), Some(_)) if b != "default" && forced != Some(b.as_str()) => Err(
+                    anyhow::anyhow!("asked for backend {b}, the plan chose {forced:?}"),
+                ),
                 (Some(r), Some(run)) => check_result(r, run, n as u64),
                 _ => Err(anyhow::anyhow!("no result from the guest")),
             };
