@@ -323,7 +323,8 @@ pub struct MmapExitEvent {
     pub ret: u64,
     /// Components filled; 0 for anonymous memory.
     pub depth: u32,
-    /// Non-zero when the walk stopped before the root (path longer than 8 parts).
+    /// 1 when the walk stopped before the root (path longer than 8 parts); 2 for
+    /// a pseudo file (anon inode...) whose only name is `path[0]`.
     pub truncated: u32,
     pub path: [[u8; PATH_COMPONENT_LEN]; PATH_COMPONENTS],
 }

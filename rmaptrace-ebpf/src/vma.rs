@@ -107,6 +107,19 @@ extern "C" fn file_path(_task: *mut c_void, vma: *mut c_void, _ctx: *mut c_void)
                 // The root of a mount: go on from where it is mounted, if anywhere.
                 let up: u64 = read(mount, o.mount_parent);
                 if up == 0 || up == mount {
+                    if i == 0 {
+                        // The file is the root of an internal mount: a pseudo file
+                        // (anon inode, ...). Its own name is all there is.
+                        let name: u64 = read(dentry, o.dentry_name);
+                        ev.path[0][0] = 0;
+                        if name != 0 {
+                            let _ =
+                                bpf_probe_read_kernel_str_bytes(name as *const u8, &mut ev.path[0]);
+                        }
+                        ev.depth = 1;
+                        ev.truncated = 2;
+                        return 0;
+                    }
                     ev.path[i][0] = b'/';
                     ev.path[i][1] = 0;
                     ev.depth = i as u32 + 1;

@@ -12,7 +12,7 @@ use tokio::{
 use crate::{
     bpf::{
         events::decode,
-        loader::{LoadOptions, Probes},
+        loader::{KernelFacts, LoadOptions, Probes},
         plan::Backend,
     },
     cli::TraceArgs,
@@ -21,7 +21,7 @@ use crate::{
         table,
     },
     kernel::{
-        btf::{KernelBtf, VMLINUX_BTF},
+        btf::VMLINUX_BTF,
         kallsyms::Kallsyms,
         procfs::{LiveProc, ProcSource},
     },
@@ -55,10 +55,10 @@ fn check_privileges_and_btf() -> Result<()> {
 /// `rmaptrace probe`: build the attach plan for real (load and attach), print it.
 pub fn probe(backend: Backend) -> Result<i32> {
     check_privileges_and_btf()?;
-    let kbtf = KernelBtf::from_file(Path::new(&btf_path()))?;
+    let facts = KernelFacts::read(Path::new(&btf_path()))?;
     let symbols = Kallsyms::load().context("reading /proc/kallsyms")?;
     let probes = Probes::load(
-        &kbtf,
+        &facts,
         &symbols,
         &LoadOptions {
             backend,
@@ -186,12 +186,14 @@ async fn trace(
 ) -> Result<i32> {
     let trace_all =
         args.pids.is_empty() && args.comms.is_empty() && args.command.is_empty() && demo.is_none();
-    let kbtf = KernelBtf::from_file(Path::new(&btf_path()))?;
+    let facts = KernelFacts::read(Path::new(&btf_path()))?;
+    // btf-rs's parse is freed; return it before aya parses the BTF again.
+    unsafe { libc::malloc_trim(0) };
     log::info!("kernel BTF parsed after {:?}", started.elapsed());
     let symbols = Kallsyms::load().context("reading /proc/kallsyms")?;
     log::info!("kallsyms read after {:?}", started.elapsed());
     let mut probes = Probes::load(
-        &kbtf,
+        &facts,
         &symbols,
         &LoadOptions {
             backend: args.backend,
@@ -202,6 +204,8 @@ async fn trace(
         },
     )?;
     log::info!("attached after {:?}", started.elapsed());
+    // aya's parsed BTF is freed with the load; hand that memory back too.
+    unsafe { libc::malloc_trim(0) };
     if !symbols.has_addresses() {
         log::warn!("/proc/kallsyms shows no addresses (kptr_restrict): handlers will not be named");
     }
@@ -340,7 +344,7 @@ async fn trace(
     trace.set_snapshot(probes.snapshot()?);
     let summary = trace.summary(monotonic_ns());
     if let Some(j) = &mut out.json {
-        j.write(&summary)?;
+        j.write_streamed(&summary)?;
         j.flush()?;
     }
     let text = table::render(&summary, 20);

@@ -239,27 +239,42 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// Peak RSS of rmaptrace tracing a process that holds `vmas` faulted VMAs.
+/// Peak RSS of rmaptrace tracing (by --pid, so the traced process's own memory is
+/// not in rmaptrace's rusage) a process that faults `vmas` separate VMAs.
 fn rss_with_vmas(bin: &Path, vmas: u64) -> Result<(f64, u64)> {
     let json = bench_dir().join("vmas.json");
-    let mut child = Command::new(bin)
-        .args(["--no-tui", "--json"])
-        .arg(&json)
-        .arg("--")
-        .arg(bin)
+    let _ = std::fs::remove_file(&json);
+    let mut workload = Command::new(bin)
         .args(["workload", "bench-vmas", "--pages", &vmas.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .spawn()?;
+    let tracer = Command::new(bin)
+        .args(["--no-tui", "--json"])
+        .arg(&json)
+        .args(["--pid", &workload.id().to_string()])
+        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let started = Instant::now();
+    while !std::fs::read_to_string(&json).is_ok_and(|t| t.contains("\"type\":\"header\"")) {
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("rmaptrace did not attach in 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut stdin = workload.stdin.take().expect("piped");
+    stdin.write_all(b"\n")?;
+    let mut lines = BufReader::new(workload.stdout.take().expect("piped")).lines();
     let _ready = lines.next();
-    // Let a few snapshots see all VMAs before the command ends.
+    // Let a few snapshots see all VMAs before the process ends.
     std::thread::sleep(Duration::from_secs(3));
-    child.stdin.take().expect("piped").write_all(b"\n")?;
+    stdin.write_all(b"\n")?;
+    drop(stdin);
+    workload.wait()?;
     let mut status = 0;
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    unsafe { libc::wait4(tracer.id() as i32, &mut status, 0, &mut usage) };
     let text = std::fs::read_to_string(&json)?;
     let summary: Value = serde_json::from_str(text.lines().last().unwrap_or("{}"))?;
     let tracked = summary["processes"]

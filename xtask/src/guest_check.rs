@@ -307,7 +307,10 @@ pub fn check(lines: &[String], opts: &Options, n: usize) -> Result<usize> {
         .skip_while(|l| *l != "RMAPTRACE-PROBE-BEGIN")
         .take_while(|l| !l.starts_with("RMAPTRACE-PROBE-END"))
         .collect();
-    if probe.iter().any(|l| l.starts_with("backend: fentry (fault paths observed)")) {
+    if probe
+        .iter()
+        .any(|l| l.starts_with("backend: fentry (fault paths observed)"))
+    {
         eprintln!("PASS probe chooses fentry");
     } else {
         eprintln!("FAIL probe does not choose fentry: {probe:?}");

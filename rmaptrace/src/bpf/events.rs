@@ -43,6 +43,10 @@ pub fn kernel_path(ev: &MmapExitEvent) -> Option<String> {
     if depth == 0 {
         return None;
     }
+    if ev.truncated == 2 {
+        // A pseudo file: /proc/PID/maps would show "anon_inode:" and this name.
+        return Some(c_str(&ev.path[0]));
+    }
     let mut parts: Vec<String> = ev.path[..depth]
         .iter()
         .map(|c| c_str(c))
@@ -97,6 +101,12 @@ mod tests {
         assert_eq!(kernel_path(&ev).as_deref(), Some("/dev/zero"));
         ev.truncated = 1;
         assert_eq!(kernel_path(&ev).as_deref(), Some(".../dev/zero"));
+        ev.truncated = 2;
+        assert_eq!(
+            kernel_path(&ev).as_deref(),
+            Some("zero"),
+            "a pseudo file's own name"
+        );
     }
 
     #[test]

@@ -26,6 +26,29 @@ pub struct LoadOptions {
     pub ring_bytes: u32,
 }
 
+/// What the load needs from the kernel's BTF, read by btf-rs and kept small: the
+/// parsed BTF itself is tens of MiB, and aya parses it again to load, so the two
+/// must not be alive at once.
+pub struct KernelFacts {
+    pub offsets: KernelOffsets,
+    /// The functions of KFUNC_POINTS that have a BTF FUNC (are not inlined away).
+    pub btf_functions: Vec<&'static str>,
+}
+
+impl KernelFacts {
+    pub fn read(btf_path: &std::path::Path) -> Result<Self> {
+        let kbtf = KernelBtf::from_file(btf_path)?;
+        Ok(Self {
+            offsets: kbtf.kernel_offsets()?,
+            btf_functions: KFUNC_POINTS
+                .iter()
+                .map(|p| p.function)
+                .filter(|f| kbtf.has_function(f))
+                .collect(),
+        })
+    }
+}
+
 pub struct Probes {
     ebpf: Ebpf,
     pub plan: Plan,
@@ -74,7 +97,7 @@ fn short_reason(err: &anyhow::Error) -> String {
 struct Attacher<'a> {
     ebpf: &'a mut Ebpf,
     btf: &'a Btf,
-    kbtf: &'a KernelBtf,
+    facts: &'a KernelFacts,
     symbols: &'a Kallsyms,
     cpus: Vec<u32>,
     disabled: Vec<String>,
@@ -179,7 +202,7 @@ impl Attacher<'_> {
     fn try_kfunc(&mut self, point: &KfuncPoint, mech: Mechanism) -> Result<Vec<&'static str>> {
         let (entry, exit) = match mech {
             Mechanism::Fentry => {
-                if !self.kbtf.has_function(point.function) {
+                if !self.facts.btf_functions.contains(&point.function) {
                     bail!(
                         "no BTF function {} (inlined or absent in this build)",
                         point.function
@@ -340,11 +363,11 @@ impl Attacher<'_> {
 }
 
 impl Probes {
-    pub fn load(kbtf: &KernelBtf, symbols: &Kallsyms, opts: &LoadOptions) -> Result<Self> {
+    pub fn load(facts: &KernelFacts, symbols: &Kallsyms, opts: &LoadOptions) -> Result<Self> {
         if super::EBPF_OBJECT.is_empty() {
             bail!("this rmaptrace was built without its eBPF programs: run `cargo xtask deps`, then rebuild");
         }
-        let mut offsets = kbtf.kernel_offsets()?;
+        let mut offsets = facts.offsets;
         let syscalls_ok = syscall_offsets(&mut offsets);
         let config = Config {
             trace_all: opts.trace_all as u8,
@@ -368,7 +391,7 @@ impl Probes {
         let mut a = Attacher {
             ebpf: &mut ebpf,
             btf: &btf,
-            kbtf,
+            facts,
             symbols,
             cpus: aya::util::online_cpus()
                 .map_err(|(_, e)| e)
@@ -494,10 +517,11 @@ impl Probes {
 }
 
 /// Sizes of the preallocated aggregate tables. The per-CPU fault table costs
-/// value size × CPUs per row, so its rows come from a fixed memory budget; the VMA
+/// value size × CPUs per row, so its rows come from a fixed memory budget (128 MiB:
+/// 131072 rows up to 2 CPUs, fewer beyond; overflow is counted per process); the VMA
 /// table holds 128Ki VMAs (about 20 MiB of kernel memory).
 fn table_sizes() -> (u32, u32) {
-    const FAULT_TABLE_BUDGET: usize = 64 << 20;
+    const FAULT_TABLE_BUDGET: usize = 128 << 20;
     let cpus = aya::util::nr_cpus().unwrap_or(1).max(1);
     let row = std::mem::size_of::<rmaptrace_common::FaultStats>() * cpus;
     let fault_rows = (FAULT_TABLE_BUDGET / row).clamp(4096, 131072) as u32;

@@ -53,6 +53,14 @@ impl JsonExport {
         self.out.write_all(&line).context("writing the JSON export")
     }
 
+    /// Writes a large record (the summary) straight into the output instead of
+    /// building the whole line in memory first: with 100k VMAs that line is tens of
+    /// MiB. Used on the way out, when nothing else writes.
+    pub fn write_streamed<T: Serialize>(&mut self, record: &T) -> Result<()> {
+        serde_json::to_writer(&mut self.out, record).context("writing the JSON export")?;
+        self.out.write_all(b"\n").context("writing the JSON export")
+    }
+
     pub fn flush(&mut self) -> Result<()> {
         self.out.flush().context("writing the JSON export")
     }

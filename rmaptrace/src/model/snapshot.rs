@@ -5,7 +5,60 @@ use rmaptrace_common::{
 };
 use serde::Serialize;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A latency histogram that stores only its non-empty buckets, sorted: most VMAs
+/// use a handful of the 96, and rmaptrace holds one per VMA (100k VMAs at 768
+/// bytes each were most of its memory).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hist(Vec<(u8, u64)>);
+
+impl Hist {
+    /// A histogram with the given buckets set, for tests.
+    #[cfg(test)]
+    pub fn from_buckets(buckets: &[(usize, u64)]) -> Self {
+        let mut h = Hist::default();
+        for &(i, n) in buckets {
+            h.add(i, n);
+        }
+        h
+    }
+
+    pub fn add(&mut self, bucket: usize, n: u64) {
+        if n == 0 || bucket >= LAT_BUCKETS {
+            return;
+        }
+        let b = bucket as u8;
+        match self.0.binary_search_by_key(&b, |(i, _)| *i) {
+            Ok(pos) => self.0[pos].1 += n,
+            Err(pos) => self.0.insert(pos, (b, n)),
+        }
+    }
+
+    pub fn merge(&mut self, other: &Hist) {
+        for &(i, n) in &other.0 {
+            self.add(i as usize, n);
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().map(|(_, n)| n).sum()
+    }
+
+    /// (bucket, count) of the non-empty buckets, in bucket order.
+    pub fn buckets(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        self.0.iter().map(|&(i, n)| (i as usize, n))
+    }
+
+    /// All LAT_BUCKETS counts, for display.
+    pub fn to_dense(&self) -> Vec<u64> {
+        let mut d = vec![0; LAT_BUCKETS];
+        for (i, n) in self.buckets() {
+            d[i] = n;
+        }
+        d
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FaultTotals {
     pub minor: u64,
     pub major: u64,
@@ -14,22 +67,7 @@ pub struct FaultTotals {
     pub latency_max_ns: u64,
     pub handler_calls: u64,
     pub handler_ns: u64,
-    pub hist: Vec<u64>,
-}
-
-impl Default for FaultTotals {
-    fn default() -> Self {
-        Self {
-            minor: 0,
-            major: 0,
-            timed: 0,
-            latency_sum_ns: 0,
-            latency_max_ns: 0,
-            handler_calls: 0,
-            handler_ns: 0,
-            hist: vec![0; LAT_BUCKETS],
-        }
-    }
+    pub hist: Hist,
 }
 
 impl FaultTotals {
@@ -41,8 +79,8 @@ impl FaultTotals {
         self.latency_max_ns = self.latency_max_ns.max(s.latency_max_ns);
         self.handler_calls += s.handler_calls;
         self.handler_ns += s.handler_ns;
-        for (d, v) in self.hist.iter_mut().zip(s.latency_hist.iter()) {
-            *d += *v as u64;
+        for (i, &n) in s.latency_hist.iter().enumerate() {
+            self.hist.add(i, n as u64);
         }
     }
 
@@ -54,9 +92,7 @@ impl FaultTotals {
         self.latency_max_ns = self.latency_max_ns.max(o.latency_max_ns);
         self.handler_calls += o.handler_calls;
         self.handler_ns += o.handler_ns;
-        for (d, v) in self.hist.iter_mut().zip(o.hist.iter()) {
-            *d += v;
-        }
+        self.hist.merge(&o.hist);
     }
 
     pub fn total(&self) -> u64 {
@@ -65,13 +101,13 @@ impl FaultTotals {
 
     /// Latency at quantile `q` (0..=1): the lower bound of the bucket that holds it.
     pub fn percentile(&self, q: f64) -> Option<u64> {
-        let n: u64 = self.hist.iter().sum();
+        let n: u64 = self.hist.total();
         if n == 0 {
             return None;
         }
         let rank = ((q * n as f64).ceil() as u64).clamp(1, n);
         let mut seen = 0;
-        for (i, c) in self.hist.iter().enumerate() {
+        for (i, c) in self.hist.buckets() {
             seen += c;
             if seen >= rank {
                 return Some(latency_bucket_floor(i).min(self.latency_max_ns));
@@ -141,8 +177,7 @@ mod tests {
     fn percentiles_from_histogram() {
         let mut t = FaultTotals::default();
         assert_eq!(t.percentile(0.5), None);
-        t.hist[4] = 99; // 128..160 ns
-        t.hist[20] = 1; // 2048.. ns
+        t.hist = Hist::from_buckets(&[(4, 99), (20, 1)]); // 128..160 ns, 2048.. ns
         t.latency_max_ns = 3000;
         assert_eq!(t.percentile(0.5), Some(128));
         assert_eq!(t.percentile(0.99), Some(128));

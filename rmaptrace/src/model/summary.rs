@@ -57,7 +57,7 @@ pub struct VmaSummary {
     #[serde(skip)]
     pub start_addr: u64,
     #[serde(skip)]
-    pub latency_hist: Vec<u64>,
+    pub latency_hist: crate::model::snapshot::Hist,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]

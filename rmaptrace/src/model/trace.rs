@@ -49,6 +49,16 @@ pub enum Record {
     Fault(FaultRecord),
 }
 
+/// An mmap call, as much of it as a VMA's `origin` needs (32 bytes, not a record:
+/// a process may make 100k of them).
+#[derive(Clone, Copy)]
+struct Origin {
+    len: u64,
+    flags: u64,
+    prot: u64,
+    ts_ns: u64,
+}
+
 #[derive(Default)]
 struct ProcessState {
     comm: String,
@@ -58,7 +68,8 @@ struct ProcessState {
     exit_majflt: u64,
     threads_exited: u32,
     targeted: bool,
-    mmaps: Vec<MmapRecord>,
+    /// Successful mmaps by start address: where each mapping came from.
+    origins: BTreeMap<u64, Origin>,
     /// vm_start → name from /proc/PID/maps.
     names: HashMap<u64, String>,
 }
@@ -216,16 +227,16 @@ impl Trace {
                     _ => {
                         // A forked child shares its parent's mappings, so it inherits
                         // their origins and names too.
-                        let (mmaps, names) = self
+                        let (origins, names) = self
                             .processes
                             .get(&t.header.tgid)
-                            .map(|p| (p.mmaps.clone(), p.names.clone()))
+                            .map(|p| (p.origins.clone(), p.names.clone()))
                             .unwrap_or_default();
                         let child = self.processes.entry(t.other).or_default();
                         if child.comm.is_empty() {
                             child.comm = comm;
                         }
-                        child.mmaps.extend(mmaps);
+                        child.origins.extend(origins);
                         child.names.extend(names);
                     }
                 }
@@ -306,11 +317,6 @@ impl Trace {
                 let mut rec = self.mmap_record(&enter, "mremap", s.args[0]);
                 rec.ts_ns = h.ts_ns;
                 rec.error = syscalls::syscall_error(s.args[0]);
-                self.processes
-                    .entry(h.tgid)
-                    .or_default()
-                    .mmaps
-                    .push(rec.clone());
                 Some(rec)
             }
             _ => None,
@@ -338,11 +344,16 @@ impl Trace {
                     .or_insert_with(|| p.clone());
             }
         }
-        self.processes
-            .entry(h.tgid)
-            .or_default()
-            .mmaps
-            .push(rec.clone());
+        if rec.error.is_none() {
+            let origin = Origin {
+                len: rec.len,
+                flags: rec.raw_flags,
+                prot: enter.args[2],
+                ts_ns: rec.ts_ns,
+            };
+            let st = self.processes.entry(h.tgid).or_default();
+            st.origins.insert(m.ret, origin);
+        }
         Some(rec)
     }
 
@@ -393,18 +404,23 @@ impl Trace {
             .filter(|n| !n.is_empty())
     }
 
+    /// The mmap whose range holds `vm_start`: the nearest starts below it first
+    /// (a few, as smaller mappings may have been placed inside a larger one).
     fn origin_of(&self, pid: u32, vm_start: u64) -> Option<String> {
         let p = self.processes.get(&pid)?;
-        p.mmaps
-            .iter()
+        p.origins
+            .range(..=vm_start)
             .rev()
-            .find(|m| {
-                m.op == "mmap"
-                    && m.error.is_none()
-                    && m.start <= vm_start
-                    && vm_start < m.start + m.len
+            .take(64)
+            .find(|(start, o)| vm_start < *start + o.len)
+            .map(|(_, o)| {
+                format!(
+                    "mmap({}, {}) at {} ns",
+                    syscalls::map_flag_names(o.flags).join("|"),
+                    syscalls::prot_names(o.prot),
+                    o.ts_ns
+                )
             })
-            .map(|m| format!("mmap({}, {}) at {} ns", m.flags.join("|"), m.prot, m.ts_ns))
     }
 
     fn kernel_counts(&self, pid: u32) -> Option<KernelCounts> {
@@ -525,22 +541,42 @@ impl Trace {
             let mut vmas = Vec::new();
             let mut by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
             let mut faults = FaultCounts::default();
+            // A VMA that grows down (stack growth, or an anonymous mmap merged
+            // below it) keeps its end but changes vm_start, which keys the rows:
+            // rows of one identity and one end are one VMA, named by its lowest start.
+            let mut merged: BTreeMap<(u32, u64), (u64, Option<VmaInfo>, Rows)> = BTreeMap::new();
+            let mut unknown: Rows = Vec::new();
             for (vma, rows) in groups {
-                let v = match vma {
-                    Some((start, ident)) => {
-                        let key = VmaKey {
-                            tgid: pid,
-                            ident: *ident,
-                            vm_start: *start,
-                        };
-                        self.vma_summary(pid, *start, descriptions.get(&key).copied(), rows)
-                    }
-                    None => {
-                        let mut v = self.vma_summary(pid, 0, None, rows);
-                        v.file = Some("(no VMA found at fault time)".into());
-                        v
-                    }
+                let Some((start, ident)) = vma else {
+                    unknown.extend(rows.iter().copied());
+                    continue;
                 };
+                let key = VmaKey {
+                    tgid: pid,
+                    ident: *ident,
+                    vm_start: *start,
+                };
+                let info = descriptions.get(&key).copied();
+                let end = info.map(|i| i.vm_end).unwrap_or(*start);
+                let e = merged
+                    .entry((*ident, end))
+                    .or_insert((*start, info, Vec::new()));
+                if *start < e.0 {
+                    (e.0, e.1) = (*start, info);
+                }
+                e.2.extend(rows.iter().copied());
+            }
+            let mut parts: Vec<VmaSummary> = merged
+                .values()
+                .map(|(start, info, rows)| self.vma_summary(pid, *start, *info, rows))
+                .collect();
+            if !unknown.is_empty() {
+                let mut v = self.vma_summary(pid, 0, None, &unknown);
+                v.file = Some("(no VMA found at fault time)".into());
+                parts.push(v);
+            }
+            parts.sort_by_key(|v| v.start_addr);
+            for v in parts {
                 *by_kind.entry(v.kind).or_default() += v.faults;
                 faults.minor += v.minor;
                 faults.major += v.major;

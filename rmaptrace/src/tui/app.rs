@@ -1,7 +1,6 @@
 //! The state of the live screen and what each key does to it. No terminal here:
 //! keys and summaries come in as values, so every behaviour is unit-tested.
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-use rmaptrace_common::LAT_BUCKETS;
 
 use super::{
     history::History,
@@ -344,15 +343,13 @@ impl App {
                 }
             };
             let t = &mut groups[i].totals;
-            for (d, s) in t.hist.iter_mut().zip(v.latency_hist.iter()) {
-                *d += s;
-            }
+            t.hist.merge(&v.latency_hist);
             t.timed += v.latency_ns.samples;
             t.minor += v.minor;
             t.major += v.major;
             t.latency_max_ns = t.latency_max_ns.max(v.latency_ns.max.unwrap_or(0));
         }
-        groups.retain(|g| g.totals.hist.iter().take(LAT_BUCKETS).sum::<u64>() > 0);
+        groups.retain(|g| g.totals.hist.total() > 0);
         groups.sort_by(|a, b| {
             b.totals
                 .timed

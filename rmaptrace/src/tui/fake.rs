@@ -2,19 +2,19 @@
 //! mapping, one with file faults, one that exited.
 use std::collections::BTreeMap;
 
-use rmaptrace_common::{latency_bucket, LAT_BUCKETS};
+use rmaptrace_common::latency_bucket;
 
 use crate::model::{
-    snapshot::Counters,
+    snapshot::{Counters, Hist},
     summary::{FaultCounts, KernelCounts, Latency, ProcessSummary, Summary, VmaSummary},
 };
 
 use super::{Note, Update};
 
-fn hist(samples: &[(u64, u64)]) -> Vec<u64> {
-    let mut h = vec![0; LAT_BUCKETS];
+fn hist(samples: &[(u64, u64)]) -> Hist {
+    let mut h = Hist::default();
     for &(ns, n) in samples {
-        h[latency_bucket(ns)] += n;
+        h.add(latency_bucket(ns), n);
     }
     h
 }

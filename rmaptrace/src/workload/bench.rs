@@ -25,7 +25,7 @@ pub const BENCHES: &[(&str, &str)] = &[
     ),
     (
         "bench-vmas",
-        "N separate one-page VMAs, kept mapped until a line on stdin",
+        "waits for a line on stdin, faults N separate one-page VMAs, waits for another line",
     ),
 ];
 
@@ -72,6 +72,9 @@ pub fn run(name: &str, pages: usize) -> Result<()> {
             ns
         }
         "bench-vmas" => {
+            // Lets a tracer attach with --pid before the first mapping.
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
             // Alternate protections so neighbouring VMAs cannot merge.
             let start = Instant::now();
             for i in 0..pages {

@@ -3,7 +3,7 @@ use super::*;
 use crate::{
     bpf::events::Event,
     kernel::procfs::{MapsEntry, ProcStat},
-    model::snapshot::{Counters, ProcTotals},
+    model::snapshot::{Counters, Hist, ProcTotals},
 };
 use rmaptrace_common::{access, path_id, EventHeader, ExitEvent, FaultKey, TaskEvent};
 
@@ -38,7 +38,7 @@ fn totals(minor: u64, major: u64) -> FaultTotals {
         latency_max_ns: 5000,
         ..Default::default()
     };
-    t.hist[10] = minor + major;
+    t.hist = Hist::from_buckets(&[(10, minor + major)]);
     t
 }
 
@@ -306,4 +306,43 @@ fn mmap_records_pair_entry_and_exit_and_name_the_origin() {
     // An exit without its entry (entry lost) yields nothing rather than a guess.
     exit.header.tid = 99;
     assert_eq!(t.on_event(Event::MmapExit(exit)), None);
+}
+
+#[test]
+fn a_vma_that_grew_down_is_one_row() {
+    let mut t = trace_with(FakeProc::default());
+    t.add_target(5, false);
+    // vma() sets each description's vm_start; both end where the VMA ends.
+    let anon = VmaInfo {
+        vm_end: 0x9000,
+        vm_flags: 0x3,
+        ..Default::default()
+    };
+    t.set_snapshot(Snapshot {
+        faults: vec![
+            (key(5, 0x8000, access::WRITE), totals(4, 0)),
+            (key(5, 0x6000, access::WRITE), totals(2, 0)),
+            (key(5, 0x20000, access::WRITE), totals(1, 0)),
+        ],
+        vmas: vec![
+            vma(5, 0x8000, anon),
+            vma(5, 0x6000, anon),
+            vma(
+                5,
+                0x20000,
+                VmaInfo {
+                    vm_end: 0x21000,
+                    ..Default::default()
+                },
+            ),
+        ],
+        ..Default::default()
+    });
+    let p = &t.summary(1).processes[0];
+    assert_eq!(p.vmas.len(), 2, "{:?}", p.vmas);
+    assert_eq!(p.vmas[0].start, "0x6000", "named by its lowest start");
+    assert_eq!(p.vmas[0].end, "0x9000");
+    assert_eq!(p.vmas[0].faults, 6);
+    assert_eq!(p.vmas[1].faults, 1, "another VMA stays apart");
+    assert_eq!(p.faults.total, 7);
 }

@@ -84,7 +84,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         f.render_widget(Paragraph::new(" no timed faults yet").block(block), right);
         return;
     };
-    let bins = octaves(&g.totals.hist);
+    let bins = octaves(&g.totals.hist.to_dense());
     let peak = bins.iter().map(|b| b.1).max().unwrap_or(1).max(1);
     let bar_width = right.width.saturating_sub(20) as u64;
     let lines: Vec<Line> = bins
