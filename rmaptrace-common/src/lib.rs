@@ -265,6 +265,9 @@ pub mod event_kind {
     pub const EXIT: u32 = 7;
     pub const EXEC: u32 = 8;
     pub const FORK: u32 = 9;
+    /// `do_mmap` returned (fexit): a mapping made inside the kernel when no mmap
+    /// syscall is in progress (execve's ELF loader, ...).
+    pub const KERNEL_MMAP: u32 = 10;
 }
 
 pub const COMM_LEN: usize = 16;
@@ -321,6 +324,11 @@ pub const PATH_COMPONENT_LEN: usize = 32;
 pub struct MmapExitEvent {
     pub header: EventHeader,
     pub ret: u64,
+    /// `do_mmap`'s own arguments; zero for the syscall records, whose entry
+    /// record carries them.
+    pub len: u64,
+    pub prot: u64,
+    pub flags: u64,
     /// Components filled; 0 for anonymous memory.
     pub depth: u32,
     /// 1 when the walk stopped before the root (path longer than 8 parts); 2 for

@@ -3,9 +3,9 @@
 //! paired by thread id in userspace, which keeps these programs free of state.
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
-    macros::{map, tracepoint},
+    macros::{fexit, map, tracepoint},
     maps::PerCpuArray,
-    programs::TracePointContext,
+    programs::{FExitContext, TracePointContext},
 };
 use rmaptrace_common::{counter, event_kind, EventHeader, MmapExitEvent, SyscallEvent};
 
@@ -52,6 +52,9 @@ pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
     };
     bump_map_gen(tgid);
     ev.ret = ret;
+    ev.len = 0;
+    ev.prot = 0;
+    ev.flags = 0;
     ev.depth = 0;
     ev.truncated = 0;
     if (ret as i64) >= 0 {
@@ -66,6 +69,45 @@ pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_enter_munmap(ctx: TracePointContext) -> u32 {
     send(&ctx, event_kind::MUNMAP, true);
+    0
+}
+
+/// `do_mmap(file, addr, len, prot, flags, ...)` returned: its first five
+/// arguments are the same in every signature since 5.4 (8 or 9 in all). Mappings
+/// made by mmap syscalls are reported by the syscall records instead; userspace
+/// keeps these for the ones made inside the kernel, like execve's.
+#[fexit]
+pub fn do_mmap_fexit(ctx: FExitContext) -> i32 {
+    let Some((tgid, tid)) = traced_current() else {
+        return 0;
+    };
+    let Ok(ret) = ctx.ret::<u64>() else {
+        return 0;
+    };
+    if (ret as i64) < 0 {
+        return 0;
+    }
+    let Some(ev) = MMAP_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    let ev = unsafe { &mut *ev };
+    ev.header = EventHeader {
+        kind: event_kind::KERNEL_MMAP,
+        tgid,
+        tid,
+        _pad: 0,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    ev.ret = ret;
+    ev.len = ctx.arg(2);
+    ev.prot = ctx.arg(3);
+    ev.flags = ctx.arg(4);
+    ev.depth = 0;
+    ev.truncated = 0;
+    vma::walk_file(ctx.arg(0), ev);
+    if EVENTS.output::<MmapExitEvent>(ev, 0).is_err() {
+        bump(counter::EVENTS_LOST);
+    }
     0
 }
 

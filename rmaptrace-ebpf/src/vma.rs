@@ -89,18 +89,26 @@ extern "C" fn file_path(_task: *mut c_void, vma: *mut c_void, _ctx: *mut c_void)
         return 0;
     };
     let ev: &mut MmapExitEvent = unsafe { &mut *ev };
+    let file: u64 = unsafe { read(vma as u64, offsets().vma_vm_file) };
+    walk_file(file, ev);
+    0
+}
+
+/// Names a `struct file *` into `ev.path`: dentry names up to the root, crossing
+/// mount points (leaf first).
+#[inline(always)]
+pub fn walk_file(file: u64, ev: &mut MmapExitEvent) {
     let o = offsets();
     unsafe {
-        let file: u64 = read(vma as u64, o.vma_vm_file);
         if file == 0 {
-            return 0;
+            return;
         }
         let mut dentry: u64 = read(file, o.file_dentry);
         // The struct mount around the file's vfsmount, to climb out of mounts.
         let mut mount: u64 = read::<u64>(file, o.file_vfsmount).wrapping_sub(o.mount_mnt as u64);
         for i in 0..PATH_COMPONENTS {
             if dentry == 0 {
-                return 0;
+                return;
             }
             let mut parent: u64 = read(dentry, o.dentry_parent);
             if parent == dentry {
@@ -118,12 +126,12 @@ extern "C" fn file_path(_task: *mut c_void, vma: *mut c_void, _ctx: *mut c_void)
                         }
                         ev.depth = 1;
                         ev.truncated = 2;
-                        return 0;
+                        return;
                     }
                     ev.path[i][0] = b'/';
                     ev.path[i][1] = 0;
                     ev.depth = i as u32 + 1;
-                    return 0;
+                    return;
                 }
                 dentry = read(mount, o.mount_mountpoint);
                 mount = up;
@@ -136,13 +144,12 @@ extern "C" fn file_path(_task: *mut c_void, vma: *mut c_void, _ctx: *mut c_void)
             }
             ev.depth = i as u32 + 1;
             if parent == dentry {
-                return 0;
+                return;
             }
             dentry = parent;
         }
         ev.truncated = 1;
     }
-    0
 }
 
 /// Fills the mmap scratch record with the path of the file mapped at `addr`.

@@ -188,7 +188,7 @@ async fn trace(
         args.pids.is_empty() && args.comms.is_empty() && args.command.is_empty() && demo.is_none();
     let facts = KernelFacts::read(Path::new(&btf_path()))?;
     // btf-rs's parse is freed; return it before aya parses the BTF again.
-    unsafe { libc::malloc_trim(0) };
+    release_freed_memory();
     log::info!("kernel BTF parsed after {:?}", started.elapsed());
     let symbols = Kallsyms::load().context("reading /proc/kallsyms")?;
     log::info!("kallsyms read after {:?}", started.elapsed());
@@ -205,7 +205,7 @@ async fn trace(
     )?;
     log::info!("attached after {:?}", started.elapsed());
     // aya's parsed BTF is freed with the load; hand that memory back too.
-    unsafe { libc::malloc_trim(0) };
+    release_freed_memory();
     if !symbols.has_addresses() {
         log::warn!("/proc/kallsyms shows no addresses (kptr_restrict): handlers will not be named");
     }
@@ -368,6 +368,15 @@ async fn trace(
         eprint!("{text}");
     }
     Ok(exit_code)
+}
+
+/// Hands memory freed by the BTF parsers back to the system (glibc keeps it
+/// otherwise); the static musl build for the guest has no malloc_trim.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// A zombie no longer runs code: it counts as gone.

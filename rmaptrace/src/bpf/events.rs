@@ -25,7 +25,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
     let header: EventHeader = read(bytes)?;
     match header.kind {
         event_kind::FAULT => read(bytes).map(Event::Fault),
-        event_kind::MMAP_EXIT => read(bytes).map(Event::MmapExit),
+        event_kind::MMAP_EXIT | event_kind::KERNEL_MMAP => read(bytes).map(Event::MmapExit),
         event_kind::MMAP_ENTER
         | event_kind::MUNMAP
         | event_kind::MREMAP_ENTER
@@ -88,6 +88,9 @@ mod tests {
         let mut ev = MmapExitEvent {
             header: EventHeader::default(),
             ret: 0,
+            len: 0,
+            prot: 0,
+            flags: 0,
             depth: 0,
             truncated: 0,
             path: [[0; 32]; 8],

@@ -225,10 +225,25 @@ impl Attacher<'_> {
                 (point.kprobe, point.kretprobe)
             }
         };
+        if entry.is_empty() && exit.is_none() {
+            bail!("not available with {}: fexit only", mech.name());
+        }
         if mech == Mechanism::Kprobe
             && !std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
         {
             bail!("no kprobe PMU (/sys/bus/event_source/devices/kprobe): this kernel is built without CONFIG_KPROBES");
+        }
+        if entry.is_empty() {
+            let exit = exit.expect("checked above");
+            self.kfunc_program(exit, point.function, mech, true)
+                .map_err(|e| {
+                    if format!("{e:#}").contains("os error 524") {
+                        anyhow!("the kernel's BPF trampoline cannot take {}'s arguments (more than six need Linux 6.5+)", point.function)
+                    } else {
+                        e
+                    }
+                })?;
+            return Ok(vec![exit]);
         }
         self.kfunc_program(entry, point.function, mech, false)
             .map_err(|e| {

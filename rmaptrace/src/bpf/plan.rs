@@ -60,6 +60,8 @@ pub enum Role {
     Handler,
     /// Marks the kernel path that served the fault.
     Path,
+    /// Reports mappings made inside the kernel (no mmap syscall).
+    Origin,
 }
 
 /// A kernel function the kernel-function backends probe.
@@ -116,6 +118,17 @@ pub const KFUNC_POINTS: &[KfuncPoint] = &[
         "do_anonymous_page_kprobe",
     ),
     path_point("do_wp_page", "do_wp_page_fentry", "do_wp_page_kprobe"),
+    KfuncPoint {
+        function: "do_mmap",
+        role: Role::Origin,
+        // Exit only: the arguments are needed with the result, which fexit has and
+        // a kretprobe has not.
+        fentry: "",
+        fexit: Some("do_mmap_fexit"),
+        kprobe: "",
+        kretprobe: None,
+        purpose: "origins of mappings made inside the kernel (execve's ELF loader, ...)",
+    },
     path_point("do_swap_page", "do_swap_page_fentry", "do_swap_page_kprobe"),
     KfuncPoint {
         fexit: Some("do_huge_pmd_anonymous_page_fexit"),

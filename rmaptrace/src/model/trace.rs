@@ -57,6 +57,8 @@ struct Origin {
     flags: u64,
     prot: u64,
     ts_ns: u64,
+    /// Made by the kernel's do_mmap outside any mmap syscall.
+    kernel: bool,
 }
 
 #[derive(Default)]
@@ -325,6 +327,9 @@ impl Trace {
 
     fn on_mmap_exit(&mut self, m: &MmapExitEvent) -> Option<MmapRecord> {
         let h = m.header;
+        if h.kind == event_kind::KERNEL_MMAP {
+            return self.on_kernel_mmap(m);
+        }
         let enter = self.pending.remove(&h.tid)?;
         let mut rec = self.mmap_record(&enter, "mmap", m.ret);
         rec.ts_ns = h.ts_ns;
@@ -350,11 +355,56 @@ impl Trace {
                 flags: rec.raw_flags,
                 prot: enter.args[2],
                 ts_ns: rec.ts_ns,
+                kernel: false,
             };
             let st = self.processes.entry(h.tgid).or_default();
             st.origins.insert(m.ret, origin);
         }
         Some(rec)
+    }
+
+    /// A `do_mmap` the kernel made on its own (execve's ELF loader...). One made
+    /// by an mmap syscall in progress is left to the syscall's richer record.
+    fn on_kernel_mmap(&mut self, m: &MmapExitEvent) -> Option<MmapRecord> {
+        let h = m.header;
+        if self
+            .pending
+            .get(&h.tid)
+            .is_some_and(|e| e.header.kind == event_kind::MMAP_ENTER)
+        {
+            return None;
+        }
+        let path = kernel_path(m);
+        let st = self.processes.entry(h.tgid).or_default();
+        st.origins.insert(
+            m.ret,
+            Origin {
+                len: m.len,
+                flags: m.flags,
+                prot: m.prot,
+                ts_ns: h.ts_ns,
+                kernel: true,
+            },
+        );
+        if let Some(p) = &path {
+            st.names.entry(m.ret).or_insert_with(|| p.clone());
+        }
+        Some(MmapRecord {
+            ts_ns: h.ts_ns,
+            pid: h.tgid,
+            tid: h.tid,
+            comm: self.comm_of(h.tgid),
+            op: "kernel_mmap",
+            addr: hex(m.ret),
+            len: m.len,
+            prot: syscalls::prot_names(m.prot),
+            flags: syscalls::map_flag_names(m.flags),
+            fd: -1,
+            path,
+            error: None,
+            start: m.ret,
+            raw_flags: m.flags,
+        })
     }
 
     fn mmap_record(&self, s: &SyscallEvent, op: &'static str, start: u64) -> MmapRecord {
@@ -415,7 +465,8 @@ impl Trace {
             .find(|(start, o)| vm_start < *start + o.len)
             .map(|(_, o)| {
                 format!(
-                    "mmap({}, {}) at {} ns",
+                    "{}({}, {}) at {} ns",
+                    if o.kernel { "kernel do_mmap" } else { "mmap" },
                     syscalls::map_flag_names(o.flags).join("|"),
                     syscalls::prot_names(o.prot),
                     o.ts_ns

@@ -285,6 +285,9 @@ fn mmap_records_pair_entry_and_exit_and_name_the_origin() {
             ts_ns: 11,
         },
         ret: 0x7000,
+        len: 0,
+        prot: 0,
+        flags: 0,
         depth: 0,
         truncated: 0,
         path: [[0; 32]; 8],
@@ -345,4 +348,52 @@ fn a_vma_that_grew_down_is_one_row() {
     assert_eq!(p.vmas[0].faults, 6);
     assert_eq!(p.vmas[1].faults, 1, "another VMA stays apart");
     assert_eq!(p.faults.total, 7);
+}
+
+#[test]
+fn kernel_mmaps_outside_a_syscall_are_origins() {
+    let mut t = trace_with(FakeProc::default());
+    let mut path = [[0u8; 32]; 8];
+    path[0][..4].copy_from_slice(b"true");
+    path[1][..3].copy_from_slice(b"bin");
+    path[2][0] = b'/';
+    let ev = MmapExitEvent {
+        header: EventHeader {
+            kind: event_kind::KERNEL_MMAP,
+            tgid: 8,
+            tid: 8,
+            _pad: 0,
+            ts_ns: 3,
+        },
+        ret: 0x40_0000,
+        len: 0x2000,
+        prot: 5,
+        flags: 0x2,
+        depth: 3,
+        truncated: 0,
+        path,
+    };
+    let Some(Record::Mmap(rec)) = t.on_event(Event::MmapExit(ev)) else {
+        panic!("a record for the kernel's own mapping")
+    };
+    assert_eq!(rec.op, "kernel_mmap");
+    assert_eq!(rec.path.as_deref(), Some("/bin/true"));
+    assert_eq!(rec.prot, "r-x");
+    assert_eq!(
+        t.origin_of(8, 0x40_1000).as_deref(),
+        Some("kernel do_mmap(MAP_PRIVATE, r-x) at 3 ns")
+    );
+    // Inside an mmap syscall the syscall's own record is kept instead.
+    let enter = SyscallEvent {
+        header: EventHeader {
+            kind: event_kind::MMAP_ENTER,
+            tgid: 8,
+            tid: 8,
+            _pad: 0,
+            ts_ns: 4,
+        },
+        args: [0, 0x1000, 3, 0x22, u64::MAX, 0],
+    };
+    t.on_event(Event::Syscall(enter));
+    assert_eq!(t.on_event(Event::MmapExit(ev)), None);
 }
