@@ -142,6 +142,18 @@ pub fn bump_map_gen(tgid: u32) {
     }
 }
 
+/// The header every ring buffer record starts with, stamped now.
+#[inline(always)]
+pub fn event_header(kind: u32, tgid: u32, tid: u32) -> rmaptrace_common::EventHeader {
+    rmaptrace_common::EventHeader {
+        kind,
+        tgid,
+        tid,
+        _pad: 0,
+        ts_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
+    }
+}
+
 #[inline(always)]
 pub fn bump(counter: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter) {

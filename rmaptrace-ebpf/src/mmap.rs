@@ -2,7 +2,6 @@
 //! syscall tracepoints see them. Entry and exit are sent as separate records and
 //! paired by thread id in userspace, which keeps these programs free of state.
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
     macros::{fexit, map, tracepoint},
     maps::PerCpuArray,
     programs::{FExitContext, TracePointContext},
@@ -10,7 +9,7 @@ use aya_ebpf::{
 use rmaptrace_common::{counter, event_kind, EventHeader, MmapExitEvent, SyscallEvent};
 
 use crate::{
-    maps::{bump, bump_map_gen, offsets, traced_current, EVENTS},
+    maps::{bump, bump_map_gen, event_header, offsets, traced_current, EVENTS},
     vma,
 };
 
@@ -38,25 +37,13 @@ pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
     if o.ready == 0 {
         return 0;
     }
-    let Some(ev) = MMAP_SCRATCH.get_ptr_mut(0) else {
+    let ret = unsafe { ctx.read_at::<u64>(o.syscall_ret as usize) }.unwrap_or(0);
+    bump_map_gen(tgid);
+    // The syscall's arguments came in its entry record.
+    let Some(ev) = start_record(event_header(event_kind::MMAP_EXIT, tgid, tid), ret, 0, 0, 0)
+    else {
         return 0;
     };
-    let ev = unsafe { &mut *ev };
-    let ret = unsafe { ctx.read_at::<u64>(o.syscall_ret as usize) }.unwrap_or(0);
-    ev.header = EventHeader {
-        kind: event_kind::MMAP_EXIT,
-        tgid,
-        tid,
-        _pad: 0,
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-    };
-    bump_map_gen(tgid);
-    ev.ret = ret;
-    ev.len = 0;
-    ev.prot = 0;
-    ev.flags = 0;
-    ev.depth = 0;
-    ev.truncated = 0;
     if (ret as i64) >= 0 {
         vma::mapped_file_path(ret);
     }
@@ -87,28 +74,35 @@ pub fn do_mmap_fexit(ctx: FExitContext) -> i32 {
     if (ret as i64) < 0 {
         return 0;
     }
-    let Some(ev) = MMAP_SCRATCH.get_ptr_mut(0) else {
+    let header = event_header(event_kind::KERNEL_MMAP, tgid, tid);
+    let Some(ev) = start_record(header, ret, ctx.arg(2), ctx.arg(3), ctx.arg(4)) else {
         return 0;
     };
-    let ev = unsafe { &mut *ev };
-    ev.header = EventHeader {
-        kind: event_kind::KERNEL_MMAP,
-        tgid,
-        tid,
-        _pad: 0,
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-    };
-    ev.ret = ret;
-    ev.len = ctx.arg(2);
-    ev.prot = ctx.arg(3);
-    ev.flags = ctx.arg(4);
-    ev.depth = 0;
-    ev.truncated = 0;
     vma::walk_file(ctx.arg(0), ev);
     if EVENTS.output::<MmapExitEvent>(ev, 0).is_err() {
         bump(counter::EVENTS_LOST);
     }
     0
+}
+
+/// The mmap record being built in this CPU's scratch slot, path still empty.
+#[inline(always)]
+fn start_record(
+    header: EventHeader,
+    ret: u64,
+    len: u64,
+    prot: u64,
+    flags: u64,
+) -> Option<&'static mut MmapExitEvent> {
+    let ev = unsafe { &mut *MMAP_SCRATCH.get_ptr_mut(0)? };
+    ev.header = header;
+    ev.ret = ret;
+    ev.len = len;
+    ev.prot = prot;
+    ev.flags = flags;
+    ev.depth = 0;
+    ev.truncated = 0;
+    Some(ev)
 }
 
 /// Attached to the exit of every syscall that can change a process's mappings
@@ -143,13 +137,7 @@ fn send(ctx: &TracePointContext, kind: u32, enter: bool) {
         return;
     }
     let mut ev = SyscallEvent {
-        header: EventHeader {
-            kind,
-            tgid,
-            tid,
-            _pad: 0,
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-        },
+        header: event_header(kind, tgid, tid),
         args: [0; 6],
     };
     unsafe {

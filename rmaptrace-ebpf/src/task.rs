@@ -3,25 +3,15 @@
 //! own min_flt/maj_flt so userspace can check its counts against the kernel's.
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::bpf_get_current_task_btf,
     },
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use rmaptrace_common::{counter, event_kind, traced, EventHeader, ExitEvent, TaskEvent};
+use rmaptrace_common::{counter, event_kind, traced, ExitEvent, TaskEvent};
 
-use crate::maps::{bump, config, offsets, traced_current, COMMS, EVENTS, TRACED};
-
-fn header(kind: u32, tgid: u32, tid: u32) -> EventHeader {
-    EventHeader {
-        kind,
-        tgid,
-        tid,
-        _pad: 0,
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-    }
-}
+use crate::maps::{bump, config, event_header, offsets, traced_current, COMMS, EVENTS, TRACED};
 
 /// The current thread's own fault counters.
 fn current_faults() -> (u64, u64) {
@@ -36,7 +26,7 @@ fn current_faults() -> (u64, u64) {
 fn send_task_event(kind: u32, tgid: u32, tid: u32, other: u32) {
     let (min_flt, maj_flt) = current_faults();
     let ev = TaskEvent {
-        header: header(kind, tgid, tid),
+        header: event_header(kind, tgid, tid),
         other,
         _pad: 0,
         min_flt,
@@ -115,7 +105,7 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
     // Runs in the exiting thread after exit_mm(): its counters are final.
     let (min_flt, maj_flt) = current_faults();
     let ev = ExitEvent {
-        header: header(event_kind::EXIT, tgid, tid),
+        header: event_header(event_kind::EXIT, tgid, tid),
         min_flt,
         maj_flt,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),

@@ -289,6 +289,7 @@ fn trouble(line: &str) -> bool {
 /// Prints one line per backend x scenario and returns how many checks failed.
 pub fn check(lines: &[String], opts: &Options, n: usize) -> Result<usize> {
     let mut failures = 0;
+    let mut passes = 0;
     for l in lines.iter().filter(|l| trouble(l)) {
         eprintln!("FAIL serial log: {l}");
         failures += 1;
@@ -312,6 +313,7 @@ pub fn check(lines: &[String], opts: &Options, n: usize) -> Result<usize> {
         .any(|l| l.starts_with("backend: fentry (fault paths observed)"))
     {
         eprintln!("PASS probe chooses fentry");
+        passes += 1;
     } else {
         eprintln!("FAIL probe does not choose fentry: {probe:?}");
         failures += 1;
@@ -359,7 +361,10 @@ pub fn check(lines: &[String], opts: &Options, n: usize) -> Result<usize> {
                 _ => Err(anyhow::anyhow!("no result from the guest")),
             };
             match outcome {
-                Ok(()) => eprintln!("PASS {label} {s}"),
+                Ok(()) => {
+                    eprintln!("PASS {label} {s}");
+                    passes += 1;
+                }
                 Err(e) => {
                     eprintln!("FAIL {label} {s}: {e:#}");
                     failures += 1;
@@ -367,6 +372,8 @@ pub fn check(lines: &[String], opts: &Options, n: usize) -> Result<usize> {
             }
         }
     }
+    // The plain closing line CI reads, like cargo test's own.
+    println!("guest: {passes} passed, {failures} failed");
     Ok(failures)
 }
 

@@ -592,41 +592,29 @@ impl Trace {
             let mut vmas = Vec::new();
             let mut by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
             let mut faults = FaultCounts::default();
-            // A VMA that grows down (stack growth, or an anonymous mmap merged
-            // below it) keeps its end but changes vm_start, which keys the rows:
-            // rows of one identity and one end are one VMA, named by its lowest start.
-            let mut merged: BTreeMap<(u32, u64), (u64, Option<VmaInfo>, Rows)> = BTreeMap::new();
-            let mut unknown: Rows = Vec::new();
+            // Rows are keyed by vm_start at fault time: a VMA whose start moved
+            // (stack growth, a merge below it, a split) appears once per start.
+            // Joining them by their end would also join a split's halves, so they
+            // are shown as the kernel had them.
+            let mut parts: Vec<VmaSummary> = Vec::new();
             for (vma, rows) in groups {
-                let Some((start, ident)) = vma else {
-                    unknown.extend(rows.iter().copied());
-                    continue;
+                let v = match vma {
+                    Some((start, ident)) => {
+                        let key = VmaKey {
+                            tgid: pid,
+                            ident: *ident,
+                            vm_start: *start,
+                        };
+                        self.vma_summary(pid, *start, descriptions.get(&key).copied(), rows)
+                    }
+                    None => {
+                        let mut v = self.vma_summary(pid, 0, None, rows);
+                        v.file = Some("(no VMA found at fault time)".into());
+                        v
+                    }
                 };
-                let key = VmaKey {
-                    tgid: pid,
-                    ident: *ident,
-                    vm_start: *start,
-                };
-                let info = descriptions.get(&key).copied();
-                let end = info.map(|i| i.vm_end).unwrap_or(*start);
-                let e = merged
-                    .entry((*ident, end))
-                    .or_insert((*start, info, Vec::new()));
-                if *start < e.0 {
-                    (e.0, e.1) = (*start, info);
-                }
-                e.2.extend(rows.iter().copied());
-            }
-            let mut parts: Vec<VmaSummary> = merged
-                .values()
-                .map(|(start, info, rows)| self.vma_summary(pid, *start, *info, rows))
-                .collect();
-            if !unknown.is_empty() {
-                let mut v = self.vma_summary(pid, 0, None, &unknown);
-                v.file = Some("(no VMA found at fault time)".into());
                 parts.push(v);
             }
-            parts.sort_by_key(|v| v.start_addr);
             for v in parts {
                 *by_kind.entry(v.kind).or_default() += v.faults;
                 faults.minor += v.minor;

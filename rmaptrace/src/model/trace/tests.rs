@@ -312,45 +312,6 @@ fn mmap_records_pair_entry_and_exit_and_name_the_origin() {
 }
 
 #[test]
-fn a_vma_that_grew_down_is_one_row() {
-    let mut t = trace_with(FakeProc::default());
-    t.add_target(5, false);
-    // vma() sets each description's vm_start; both end where the VMA ends.
-    let anon = VmaInfo {
-        vm_end: 0x9000,
-        vm_flags: 0x3,
-        ..Default::default()
-    };
-    t.set_snapshot(Snapshot {
-        faults: vec![
-            (key(5, 0x8000, access::WRITE), totals(4, 0)),
-            (key(5, 0x6000, access::WRITE), totals(2, 0)),
-            (key(5, 0x20000, access::WRITE), totals(1, 0)),
-        ],
-        vmas: vec![
-            vma(5, 0x8000, anon),
-            vma(5, 0x6000, anon),
-            vma(
-                5,
-                0x20000,
-                VmaInfo {
-                    vm_end: 0x21000,
-                    ..Default::default()
-                },
-            ),
-        ],
-        ..Default::default()
-    });
-    let p = &t.summary(1).processes[0];
-    assert_eq!(p.vmas.len(), 2, "{:?}", p.vmas);
-    assert_eq!(p.vmas[0].start, "0x6000", "named by its lowest start");
-    assert_eq!(p.vmas[0].end, "0x9000");
-    assert_eq!(p.vmas[0].faults, 6);
-    assert_eq!(p.vmas[1].faults, 1, "another VMA stays apart");
-    assert_eq!(p.faults.total, 7);
-}
-
-#[test]
 fn kernel_mmaps_outside_a_syscall_are_origins() {
     let mut t = trace_with(FakeProc::default());
     let mut path = [[0u8; 32]; 8];
