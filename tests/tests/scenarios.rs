@@ -57,96 +57,79 @@ fn assert_kernel_agrees(t: &Traced, pid: u64, unseen: i64) {
     );
 }
 
+/// Traces `scenario` (N pages), checks its mapping's kind, handler and paths (the
+/// fault count is their sum) and the process totals against the kernel's.
+fn expect(scenario: &str, kind: &str, handler: Option<&str>, paths: &[(&str, u64)]) -> Traced {
+    let t = trace_workload(scenario, N, &[]);
+    let pid = t.workload_pid();
+    let faults = paths.iter().map(|(_, n)| n).sum();
+    assert_vma(&t, pid, kind, handler, faults, paths);
+    assert_kernel_agrees(&t, pid, EXEC_GUP_FAULTS);
+    t
+}
+
 #[test]
 fn anonymous_writes_are_do_anonymous_page() {
-    let t = trace_workload("anon-write", N, &[]);
-    let pid = t.workload_pid();
-    assert_vma(
-        &t,
-        pid,
+    expect(
+        "anon-write",
         "anon",
         None,
-        N as u64,
         &[("do_anonymous_page", N as u64)],
     );
-    assert_kernel_agrees(&t, pid, EXEC_GUP_FAULTS);
 }
 
 #[test]
 fn reads_map_the_zero_page_then_writes_copy_it() {
-    let t = trace_workload("anon-read-write", N, &[]);
-    let pid = t.workload_pid();
-    assert_vma(
-        &t,
-        pid,
+    expect(
+        "anon-read-write",
         "anon",
         None,
-        2 * N as u64,
         &[("do_anonymous_page", N as u64), ("do_wp_page", N as u64)],
     );
-    assert_kernel_agrees(&t, pid, EXEC_GUP_FAULTS);
 }
 
 #[test]
 fn shared_anonymous_is_shmem() {
-    let t = trace_workload("shared-anon", N, &[]);
-    let pid = t.workload_pid();
-    assert_vma(
-        &t,
-        pid,
+    let t = expect(
+        "shared-anon",
         "shmem",
         Some("shmem_fault"),
-        N as u64,
         &[("do_shared_fault", N as u64)],
     );
+    let pid = t.workload_pid();
     assert_eq!(t.vma(pid)["prot"], "rw-s");
-    assert_kernel_agrees(&t, pid, EXEC_GUP_FAULTS);
 }
 
 #[test]
 fn private_dev_zero_is_anonymous() {
-    let t = trace_workload("dev-zero-private", N, &[]);
-    let pid = t.workload_pid();
-    assert_vma(
-        &t,
-        pid,
+    let t = expect(
+        "dev-zero-private",
         "anon",
         None,
-        N as u64,
         &[("do_anonymous_page", N as u64)],
     );
+    let pid = t.workload_pid();
     assert_eq!(t.vma(pid)["file"], "/dev/zero", "vm_file stays set");
-    assert_kernel_agrees(&t, pid, EXEC_GUP_FAULTS);
 }
 
 #[test]
 fn private_file_writes_copy_on_write() {
-    let t = trace_workload("file-private-write", N, &[]);
-    let pid = t.workload_pid();
-    assert_vma(
-        &t,
-        pid,
+    expect(
+        "file-private-write",
         "file",
         Some("filemap_fault"),
-        N as u64,
         &[("do_cow_fault", N as u64)],
     );
-    assert_kernel_agrees(&t, pid, EXEC_GUP_FAULTS);
 }
 
 #[test]
 fn shared_file_writes_are_do_shared_fault() {
-    let t = trace_workload("file-shared-write", N, &[]);
-    let pid = t.workload_pid();
-    assert_vma(
-        &t,
-        pid,
+    expect(
+        "file-shared-write",
         "file",
         Some("filemap_fault"),
-        N as u64,
         &[("do_shared_fault", N as u64)],
     );
-    assert_kernel_agrees(&t, pid, EXEC_GUP_FAULTS);
 }
 
 #[test]
@@ -203,17 +186,12 @@ fn kvm_vcpu_mapping_is_a_driver_fault() {
 
 #[test]
 fn memfd_secret_faults_through_secretmem_fault() {
-    let t = trace_workload("memfd-secret", N, &[]);
-    let pid = t.workload_pid();
-    assert_vma(
-        &t,
-        pid,
+    expect(
+        "memfd-secret",
         "driver",
         Some("secretmem_fault"),
-        N as u64,
         &[("do_shared_fault", N as u64)],
     );
-    assert_kernel_agrees(&t, pid, EXEC_GUP_FAULTS);
 }
 
 #[test]
