@@ -296,7 +296,7 @@ pub const MAP_CHANGE_SYSCALLS: &[&str] = &[
 pub const TRACEPOINT_LIMITS: &[&str] = &[
     "get_user_pages faults (MAP_POPULATE, mlock, MADV_POPULATE_*, O_DIRECT pinning, /proc/PID/mem, execve argument copying) raise no exception and no perf event: they are counted by the kernel but reported here as 'unseen'",
     "kernel paths (do_anonymous_page, do_wp_page, do_read_fault, ...) are derived from the VMA and the x86 error code, not observed: swap-ins are inferred from major anonymous faults, NUMA hinting and huge-page faults are not told apart",
-    "the VMA is looked up at completion with bpf_find_vma, which fails with -EBUSY while a writer holds or waits for mmap_lock; such faults are counted with kind 'unknown'",
+    "the VMA comes from the thread's cache of its last VMA (valid until the process's mappings change) or from bpf_find_vma at completion, which fails with -EBUSY while a writer holds or waits for mmap_lock; such faults are counted with kind 'unknown'",
     "a fault whose completion event is throttled by perf or that fails (SIGSEGV, SIGBUS) is counted in counters.entries_without_completion, not in fault totals, as the kernel does",
 ];
 
