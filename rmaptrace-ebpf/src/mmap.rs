@@ -2,9 +2,9 @@
 //! syscall tracepoints see them. Entry and exit are sent as separate records and
 //! paired by thread id in userspace, which keeps these programs free of state.
 use aya_ebpf::{
-    macros::{fexit, map, tracepoint},
-    maps::PerCpuArray,
-    programs::{FExitContext, TracePointContext},
+    macros::{fexit, kprobe, kretprobe, map, tracepoint},
+    maps::{HashMap, PerCpuArray},
+    programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext},
 };
 use rmaptrace_common::{counter, event_kind, EventHeader, MmapExitEvent, SyscallEvent};
 
@@ -103,6 +103,61 @@ fn start_record(
     ev.depth = 0;
     ev.truncated = 0;
     Some(ev)
+}
+
+/// do_mmap's arguments at entry, for the kretprobe flavour (a kretprobe has no
+/// arguments). Deleted at return.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DoMmapArgs {
+    file: u64,
+    len: u64,
+    prot: u64,
+    flags: u64,
+}
+
+#[map]
+static DO_MMAP_ARGS: HashMap<u32, DoMmapArgs> = HashMap::with_max_entries(16384, 0);
+
+#[kprobe]
+pub fn do_mmap_kprobe(ctx: ProbeContext) -> u32 {
+    let Some((_, tid)) = traced_current() else {
+        return 0;
+    };
+    let args = DoMmapArgs {
+        file: ctx.arg(0).unwrap_or(0),
+        len: ctx.arg(2).unwrap_or(0),
+        prot: ctx.arg(3).unwrap_or(0),
+        flags: ctx.arg(4).unwrap_or(0),
+    };
+    if DO_MMAP_ARGS.insert(tid, args, 0).is_err() {
+        bump(counter::INFLIGHT_FULL);
+    }
+    0
+}
+
+#[kretprobe]
+pub fn do_mmap_kretprobe(ctx: RetProbeContext) -> u32 {
+    let Some((tgid, tid)) = traced_current() else {
+        return 0;
+    };
+    let Some(args) = (unsafe { DO_MMAP_ARGS.get(tid) }).copied() else {
+        return 0;
+    };
+    let _ = DO_MMAP_ARGS.remove(tid);
+    let ret: u64 = ctx.ret();
+    if (ret as i64) < 0 {
+        return 0;
+    }
+    let header = event_header(event_kind::KERNEL_MMAP, tgid, tid);
+    let Some(ev) = start_record(header, ret, args.len, args.prot, args.flags) else {
+        return 0;
+    };
+    vma::walk_file(args.file, ev);
+    if EVENTS.output::<MmapExitEvent>(ev, 0).is_err() {
+        bump(counter::EVENTS_LOST);
+    }
+    0
 }
 
 /// Attached to the exit of every syscall that can change a process's mappings

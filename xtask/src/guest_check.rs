@@ -263,6 +263,20 @@ fn check_result(r: &Value, run: &Value, n: u64) -> Result<()> {
     let parent = process(summary, &report["pid"])?;
     check_vma(parent, addr, &want.vma)?;
     check_unseen(parent, want.unseen)?;
+    // Kernel-function backends see do_mmap: the workload's own executable was
+    // mapped by execve's ELF loader, which no mmap syscall reports.
+    if observed {
+        let from_exec = parent["vmas"].as_array().is_some_and(|vs| {
+            vs.iter().any(|v| {
+                v["origin"]
+                    .as_str()
+                    .is_some_and(|o| o.starts_with("kernel do_mmap("))
+            })
+        });
+        if !from_exec {
+            bail!("no VMA has an origin from the kernel's do_mmap (execve's mappings)");
+        }
+    }
     if want.child_vma.is_some() {
         let child = process(summary, &report["child_pid"])?;
         check_vma(child, addr, &want.child_vma)?;
@@ -440,8 +454,16 @@ mod tests {
         check_result(&report("populate"), &r, 64).unwrap();
         let vma = json!({"start": ADDR, "kind": "anon", "handler": null, "faults": 64,
                          "paths": {"do_anonymous_page": 64}, "latency_ns": {"samples": 64}});
-        let r = run("observed", json!([vma]), 84, 0);
+        // The executable, mapped by execve: kernel-function backends see its origin.
+        let exe = json!({"start": "0x400000", "kind": "file", "faults": 20,
+                         "origin": "kernel do_mmap(MAP_PRIVATE, r-x) at 1 ns"});
+        let r = run("observed", json!([vma, exe]), 84, 0);
         check_result(&report("populate"), &r, 64).unwrap();
+        let r = run("observed", json!([vma]), 64, 0);
+        assert!(
+            check_result(&report("populate"), &r, 64).is_err(),
+            "execve's mappings must have a do_mmap origin on kernel-function backends"
+        );
     }
 
     #[test]

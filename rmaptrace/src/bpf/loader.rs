@@ -225,9 +225,6 @@ impl Attacher<'_> {
                 (point.kprobe, point.kretprobe)
             }
         };
-        if entry.is_empty() && exit.is_none() {
-            bail!("not available with {}: fexit only", mech.name());
-        }
         if mech == Mechanism::Kprobe
             && !std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
         {

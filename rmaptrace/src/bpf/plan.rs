@@ -121,12 +121,12 @@ pub const KFUNC_POINTS: &[KfuncPoint] = &[
     KfuncPoint {
         function: "do_mmap",
         role: Role::Origin,
-        // Exit only: the arguments are needed with the result, which fexit has and
-        // a kretprobe has not.
+        // fexit has the arguments with the result; the kprobe flavour keeps them
+        // per thread until its kretprobe.
         fentry: "",
         fexit: Some("do_mmap_fexit"),
-        kprobe: "",
-        kretprobe: None,
+        kprobe: "do_mmap_kprobe",
+        kretprobe: Some("do_mmap_kretprobe"),
         purpose: "origins of mappings made inside the kernel (execve's ELF loader, ...)",
     },
     path_point("do_swap_page", "do_swap_page_fentry", "do_swap_page_kprobe"),
