@@ -57,6 +57,14 @@ pub fn read_export(path: &PathBuf) -> Vec<Value> {
         .collect()
 }
 
+/// The entry of process `pid` in a summary line, if it is there.
+pub fn find_process<'a>(summary: &'a Value, pid: &Value) -> Option<&'a Value> {
+    summary["processes"]
+        .as_array()?
+        .iter()
+        .find(|p| &p["pid"] == pid)
+}
+
 pub struct Traced {
     pub output: Output,
     /// The workload's own report (its first stdout line).
@@ -72,11 +80,7 @@ impl Traced {
     }
 
     pub fn process(&self, pid: u64) -> &Value {
-        self.summary()["processes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["pid"] == pid)
+        find_process(self.summary(), &pid.into())
             .unwrap_or_else(|| panic!("pid {pid} missing from the summary: {}", self.summary()))
     }
 

@@ -1,6 +1,8 @@
 //! Choosing what to trace: an existing process by pid, processes by name, and the
 //! proof that counts come from the probes (a run without them sees nothing).
-use rmaptrace_tests::{bin, read_export, require_root, temp_json, trace_workload, wait_for_header};
+use rmaptrace_tests::{
+    bin, find_process, read_export, require_root, temp_json, trace_workload, wait_for_header,
+};
 use serde_json::Value;
 use std::{
     io::Write,
@@ -32,13 +34,7 @@ fn release(mut child: Child) -> Value {
 }
 
 fn workload_vma<'a>(summary: &'a Value, report: &Value) -> &'a Value {
-    let pid = &report["pid"];
-    let p = summary["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| &p["pid"] == pid)
-        .expect("workload traced");
+    let p = find_process(summary, &report["pid"]).expect("workload traced");
     p["vmas"]
         .as_array()
         .unwrap()
@@ -49,13 +45,7 @@ fn workload_vma<'a>(summary: &'a Value, report: &Value) -> &'a Value {
 
 /// The check the foundation asks for: N fresh anonymous pages, N faults counted.
 fn counted_anon_pages(t: &rmaptrace_tests::Traced, n: u64) -> Result<(), String> {
-    let pid = t.workload_pid();
-    let p = t.summary()["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["pid"] == pid)
-        .ok_or("process not in summary")?;
+    let p = find_process(t.summary(), &t.workload_pid().into()).ok_or("process not in summary")?;
     let total = p["faults"]["total"].as_u64().unwrap();
     let vma = p["vmas"]
         .as_array()
@@ -139,12 +129,7 @@ fn attaches_to_a_running_pid_and_stops_when_it_exits() {
     let vma = workload_vma(summary, &report);
     assert_eq!(vma["faults"], N);
     assert_eq!(vma["paths"]["do_anonymous_page"], N);
-    let p = summary["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["pid"] == report["pid"])
-        .unwrap();
+    let p = find_process(summary, &report["pid"]).unwrap();
     // Counted from the attach on: the kernel's delta over the same window agrees.
     assert_eq!(p["unseen"], 0, "{p}");
 }
@@ -181,12 +166,7 @@ fn follows_processes_by_name_from_exec() {
     let export = read_export(&json);
     let summary = export.last().unwrap();
     assert_eq!(workload_vma(summary, &report)["faults"], N);
-    let p = summary["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["pid"] == report["pid"])
-        .unwrap();
+    let p = find_process(summary, &report["pid"]).unwrap();
     assert_eq!(p["comm"], "rmt-comm-wl");
     // Counted from the exec that matched: the kernel's counters at that exec are
     // the baseline (execve's own argument copying happened before it).

@@ -64,8 +64,6 @@ pub struct MmapRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<i64>,
     #[serde(skip)]
-    pub start: u64,
-    #[serde(skip)]
     pub raw_flags: u64,
 }
 

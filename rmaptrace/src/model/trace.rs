@@ -402,7 +402,6 @@ impl Trace {
             fd: -1,
             path,
             error: None,
-            start: m.ret,
             raw_flags: m.flags,
         })
     }
@@ -436,7 +435,6 @@ impl Trace {
             fd,
             path: None,
             error: None,
-            start,
             raw_flags: flags,
         }
     }
