@@ -47,6 +47,8 @@ pub mod vma_status {
     pub const NONE: u8 = 2;
     /// Any other error from the helper.
     pub const ERROR: u8 = 3;
+    /// Found, but the lifetime table was full.
+    pub const UNTRACKED: u8 = 4;
 }
 
 /// Kernel function that served a fault, when a backend observes it. `DERIVED` means
@@ -92,8 +94,8 @@ pub fn latency_bucket_floor(idx: usize) -> u64 {
     (1u64 << octave) + sub * (1u64 << (octave - 2))
 }
 
-/// Key of the in-kernel fault aggregate: one row per process, VMA, access kind,
-/// observed kernel path and whether a VMA was found.
+/// Key of the in-kernel fault aggregate: one row per process, mapping lifetime,
+/// access kind, observed kernel path and whether a VMA was found.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FaultKey {
@@ -102,19 +104,18 @@ pub struct FaultKey {
     pub path: u8,
     pub vma_status: u8,
     pub _pad: u8,
-    /// `vm_start` of the VMA at fault time, 0 when `vma_status != FOUND`.
-    pub vm_start: u64,
-    /// [`vma_ident`] of the VMA: a mapping replaced at the same address by one of
-    /// another kind gets rows of its own.
-    pub ident: u32,
-    pub _pad2: u32,
+    /// The mapping lifetime ([`VmaRecord`]) that served the fault, 0 when
+    /// `vma_status != FOUND`.
+    pub life: u64,
 }
 
-/// VM_READ|VM_WRITE|VM_EXEC|VM_SHARED|VM_PFNMAP|VM_IO|VM_HUGETLB|VM_MIXEDMAP: the
-/// vm_flags that say what a mapping is, not its passing state.
-pub const VM_IDENT_FLAGS: u64 = 0xf | 0x400 | 0x4000 | 0x40_0000 | 0x1000_0000;
+/// VM_SHARED|VM_PFNMAP|VM_IO|VM_HUGETLB|VM_MIXEDMAP: the vm_flags that say what a
+/// mapping is. Protection bits are left out: mprotect of a whole VMA changes them
+/// without making it another mapping.
+pub const VM_IDENT_FLAGS: u64 = 0x8 | 0x400 | 0x4000 | 0x40_0000 | 0x1000_0000;
 
-/// A 32-bit identity of a mapping: its ops, file and defining flags.
+/// A 32-bit identity of a mapping's kind: its ops, file and defining flags. A VMA
+/// struct whose identity changed was freed and reused for another mapping.
 #[inline(always)]
 pub fn vma_ident(vm_ops: u64, file: u64, vm_flags: u64) -> u32 {
     let x = vm_ops ^ file.rotate_left(17) ^ (vm_flags & VM_IDENT_FLAGS).rotate_left(41);
@@ -136,6 +137,8 @@ pub struct FaultStats {
     /// Calls of `vm_ops->fault` timed by the `__do_fault` probes, and their time.
     pub handler_calls: u64,
     pub handler_ns: u64,
+    /// Completion time of the row's latest fault on this CPU.
+    pub last_ns: u64,
     pub latency_hist: [u32; LAT_BUCKETS],
 }
 
@@ -149,18 +152,26 @@ impl Default for FaultStats {
             latency_max_ns: 0,
             handler_calls: 0,
             handler_ns: 0,
+            last_ns: 0,
             latency_hist: [0; LAT_BUCKETS],
         }
     }
 }
 
-/// Key of the VMA description map: the same identity as [`FaultKey`]'s.
+/// A mapping lifetime: one kernel VMA from the moment rmaptrace first saw it
+/// until it was unmapped. Value of the `VMAS` map, keyed by the lifetime's id.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct VmaKey {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VmaRecord {
     pub tgid: u32,
-    pub ident: u32,
-    pub vm_start: u64,
+    pub _pad: u32,
+    /// When the lifetime was first seen (its first fault, usually).
+    pub first_ns: u64,
+    /// When its VMA was found shrunk or split (another lifetime continues in
+    /// the same struct), 0 while it is not.
+    pub ended_ns: u64,
+    /// The VMA as last looked up: its range at the end of its life.
+    pub info: VmaInfo,
 }
 
 pub const VMA_NAME_LEN: usize = 32;
@@ -170,6 +181,10 @@ pub const VMA_NAME_LEN: usize = 32;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VmaInfo {
+    /// The `struct vm_area_struct *` itself: one lifetime while it lives.
+    pub vma: u64,
+    /// `vma->vm_mm`.
+    pub mm: u64,
     pub vm_start: u64,
     pub vm_end: u64,
     pub vm_flags: u64,
@@ -186,6 +201,10 @@ pub struct VmaInfo {
     pub rdev: u32,
     pub i_mode: u16,
     pub _pad: u16,
+    /// `vma->vm_lock_seq` (6.4+, per-VMA locks): changes whenever the VMA is
+    /// write-locked, which every change to it requires. 0 where absent.
+    pub lock_seq: u32,
+    pub _pad2: u32,
     /// Base name of the mapped file's dentry, NUL-padded.
     pub name: [u8; VMA_NAME_LEN],
 }
@@ -193,6 +212,8 @@ pub struct VmaInfo {
 impl Default for VmaInfo {
     fn default() -> Self {
         Self {
+            vma: 0,
+            mm: 0,
             vm_start: 0,
             vm_end: 0,
             vm_flags: 0,
@@ -205,6 +226,8 @@ impl Default for VmaInfo {
             rdev: 0,
             i_mode: 0,
             _pad: 0,
+            lock_seq: 0,
+            _pad2: 0,
             name: [0; VMA_NAME_LEN],
         }
     }
@@ -242,7 +265,13 @@ pub mod counter {
     /// The tracepoint backend's tail call into its counting program failed: the
     /// fault is lost (never expected; shown so it cannot go unnoticed).
     pub const TAIL_CALL_FAILED: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// A cached VMA that failed validation (changed or unmapped since): looked up again.
+    pub const VMA_CACHE_STALE: u32 = 10;
+    /// Mapping lifetime table full: a VMA's faults are counted with kind unknown.
+    pub const LIFE_TABLE_FULL: u32 = 11;
+    /// Per-thread table full: a thread's kernel counters are not followed.
+    pub const THREAD_TABLE_FULL: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
 
 /// Values of the `TRACED` map.
@@ -268,6 +297,8 @@ pub mod event_kind {
     /// `do_mmap` returned (fexit): a mapping made inside the kernel when no mmap
     /// syscall is in progress (execve's ELF loader, ...).
     pub const KERNEL_MMAP: u32 = 10;
+    /// munmap returned (its result in `args[0]`).
+    pub const MUNMAP_EXIT: u32 = 11;
 }
 
 pub const COMM_LEN: usize = 16;
@@ -295,9 +326,9 @@ pub struct FaultEvent {
     pub path: u8,
     pub vma_status: u8,
     pub major: u8,
-    /// The VMA's identity, also when `vma` is not filled in.
-    pub ident: u32,
-    pub vm_start: u64,
+    pub _pad: u32,
+    /// The mapping lifetime, also when `vma` is not filled in; 0 for none.
+    pub life: u64,
     /// All zero when the probe had no description at hand.
     pub vma: VmaInfo,
 }
@@ -344,7 +375,29 @@ pub struct ExitEvent {
     pub header: EventHeader,
     pub min_flt: u64,
     pub maj_flt: u64,
+    /// The thread's counters when rmaptrace started following it (see
+    /// [`ThreadAcct`]); meaningful when `has_base` is 1.
+    pub base_min: u64,
+    pub base_maj: u64,
+    pub has_base: u32,
+    pub _pad: u32,
     pub comm: [u8; COMM_LEN],
+}
+
+/// The kernel's own fault counters of one traced thread, value of the `THREADS`
+/// map: `base` when rmaptrace started following it (0 for a thread born during
+/// the trace; its counters just before its first counted fault otherwise),
+/// `last` at its latest counted fault. `last - base` is what the kernel counted
+/// over the same span as rmaptrace's own counts, read at the same instants.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadAcct {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub base_min: u64,
+    pub base_maj: u64,
+    pub last_min: u64,
+    pub last_maj: u64,
 }
 
 /// exec or fork of a traced process.
@@ -374,6 +427,10 @@ pub struct KernelOffsets {
     pub vma_vm_ops: u32,
     pub vma_vm_file: u32,
     pub vma_vm_pgoff: u32,
+    pub vma_vm_mm: u32,
+    /// `vm_area_struct.vm_lock_seq`; meaningful when `has_vm_lock_seq` is 1.
+    pub vma_vm_lock_seq: u32,
+    pub has_vm_lock_seq: u32,
     pub vm_ops_fault: u32,
     pub vm_ops_huge_fault: u32,
     pub file_f_inode: u32,
@@ -394,10 +451,22 @@ pub struct KernelOffsets {
     pub task_tgid: u32,
     pub task_min_flt: u32,
     pub task_maj_flt: u32,
+    pub task_pid: u32,
+    pub task_mm: u32,
+    /// `task_struct.thread_info.status`: TS_COMPAT marks a 32-bit syscall (x86).
+    pub task_ti_status: u32,
     /// Offset of the first syscall argument in a `syscalls:sys_enter_*` record and of
     /// `ret` in `sys_exit_*`, from the tracepoints' format files.
     pub syscall_args: u32,
     pub syscall_ret: u32,
+    /// `mmap_lock:mmap_lock_{acquire_returned,released}` record fields.
+    pub mmap_lock_mm: u32,
+    pub mmap_lock_write: u32,
+    /// `raw_syscalls:sys_enter` (id, args) and `sys_exit` (id, ret) record fields.
+    pub raw_enter_id: u32,
+    pub raw_enter_args: u32,
+    pub raw_exit_id: u32,
+    pub raw_exit_ret: u32,
     /// Non-zero once userspace filled the struct; programs do nothing before that.
     pub ready: u32,
 }
@@ -423,7 +492,8 @@ mod pod {
     // SAFETY: all of these are repr(C) plain data with explicit padding.
     unsafe impl aya::Pod for FaultKey {}
     unsafe impl aya::Pod for FaultStats {}
-    unsafe impl aya::Pod for VmaKey {}
+    unsafe impl aya::Pod for VmaRecord {}
+    unsafe impl aya::Pod for ThreadAcct {}
     unsafe impl aya::Pod for VmaInfo {}
     unsafe impl aya::Pod for ProcStats {}
     unsafe impl aya::Pod for KernelOffsets {}

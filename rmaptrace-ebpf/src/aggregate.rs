@@ -3,21 +3,17 @@
 //! when it changed, and the optional per-fault ring buffer record.
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 use rmaptrace_common::{
-    access, counter, latency_bucket, FaultEvent, FaultKey, FaultStats, ProcStats, VmaInfo, VmaKey,
-    LAT_BUCKETS,
+    access, counter, latency_bucket, vma_status, FaultEvent, FaultKey, FaultStats, ProcStats,
+    VmaInfo, LAT_BUCKETS,
 };
 
-use crate::maps::{bump, config, EVENTS, FAULTS, PROCS, VMAS};
+use crate::maps::{bump, config, EVENTS, FAULTS, PROCS};
 
 pub const BPF_NOEXIST: u64 = 1;
 
 /// A zeroed FaultStats to insert from: it is too large for the 512-byte BPF stack.
 #[map]
 static ZERO_STATS: PerCpuArray<FaultStats> = PerCpuArray::with_max_entries(1, 0);
-
-/// Where a new VMA's description is built before it is stored.
-#[map]
-static SCRATCH_VMA: PerCpuArray<VmaInfo> = PerCpuArray::with_max_entries(1, 0);
 
 /// Everything known about one completed fault. The backends write it into the
 /// per-CPU COMPLETED slot and `record` reads it back from there: the verifier then
@@ -61,21 +57,11 @@ pub fn completed_slot() -> Option<&'static mut Completed> {
     COMPLETED.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
-/// What happened to the aggregate row of a fault.
-#[derive(PartialEq, Eq)]
-pub enum Row {
-    Existing,
-    /// First fault with this key: the VMA must be described.
-    New,
-    /// The table is full: counted per process instead.
-    Full,
-}
-
 /// Counts the fault in the COMPLETED slot. `vma` is its VMA when the backend has
 /// it in a map (the kernel-function backends); the tracepoint backend leaves it in
-/// VMA_LOOKED_UP when it looked it up (cache miss), which the first fault on any
-/// VMA always is. Nothing here calls bpf_find_vma: a second call per program fails
-/// where interrupts are off, and each call site multiplies the verifier's work.
+/// VMA_LOOKED_UP when it looked it up (cache miss; a hit comes with its lifetime
+/// already in the key). Nothing here calls bpf_find_vma: a second call per program
+/// fails where interrupts are off, and each call site multiplies the verifier's work.
 #[inline(always)]
 pub fn record(vma: Option<&VmaInfo>) {
     let Some(c) = completed_slot() else {
@@ -86,37 +72,47 @@ pub fn record(vma: Option<&VmaInfo>) {
         None if c.has_vma != 0 => looked_up_slot().map(|v| &*v),
         None => None,
     };
-    let major = c.major != 0;
-    match add_to_aggregate(&c.key, major, c.latency, c.handler_ns) {
-        Row::Existing => {}
-        Row::New => {
-            if c.key.vma_status == rmaptrace_common::vma_status::FOUND {
-                remember_vma(&c.key, vma);
+    if c.key.vma_status == vma_status::FOUND && c.key.life == 0 {
+        match vma {
+            Some(v) => {
+                c.key.life = crate::life::life_of(v, c.key.tgid, c.now);
+                if c.key.life == 0 {
+                    c.key.vma_status = vma_status::UNTRACKED;
+                }
+                if c.has_vma != 0 {
+                    crate::maps::set_cached_life(c.tid, c.key.life);
+                }
             }
+            None => c.key.vma_status = vma_status::ERROR,
         }
-        Row::Full => count_overflow(c.key.tgid, major),
     }
+    let major = c.major != 0;
+    if !add_to_aggregate(&c.key, major, c.now, c.latency, c.handler_ns) {
+        count_overflow(c.key.tgid, major);
+    }
+    crate::task::account_fault(c.tid, c.key.tgid, major);
     if config().fault_events != 0 {
         send_event(c, vma);
     }
 }
 
+/// Adds the fault to its row; false when the table is full.
 #[inline(always)]
-fn add_to_aggregate(key: &FaultKey, major: bool, latency: u64, handler_ns: u64) -> Row {
-    let mut row = Row::Existing;
+fn add_to_aggregate(key: &FaultKey, major: bool, now: u64, latency: u64, handler_ns: u64) -> bool {
     let mut stats = FAULTS.get_ptr_mut(key);
     if stats.is_none() {
         let Some(zero) = ZERO_STATS.get(0) else {
-            return Row::Full;
+            return false;
         };
         let _ = FAULTS.insert(key, zero, BPF_NOEXIST);
         stats = FAULTS.get_ptr_mut(key);
-        row = Row::New;
     }
     let Some(stats) = stats else {
-        return Row::Full;
+        return false;
     };
+    // SAFETY: this CPU's value of the row, reached through this one reference.
     let stats = unsafe { &mut *stats };
+    stats.last_ns = now;
     if major {
         stats.major += 1;
     } else {
@@ -137,7 +133,7 @@ fn add_to_aggregate(key: &FaultKey, major: bool, latency: u64, handler_ns: u64) 
             stats.latency_hist[bucket] += 1;
         }
     }
-    row
+    true
 }
 
 #[inline(always)]
@@ -161,35 +157,6 @@ fn count_overflow(tgid: u32, major: bool) {
     }
 }
 
-/// Stores the description of a VMA that got its first aggregate row.
-#[inline(always)]
-fn remember_vma(key: &FaultKey, vma: Option<&VmaInfo>) {
-    let vkey = VmaKey {
-        tgid: key.tgid,
-        ident: key.ident,
-        vm_start: key.vm_start,
-    };
-    if unsafe { VMAS.get(vkey) }.is_some() {
-        return; // another access kind of the same VMA stored it already
-    }
-    let Some(info) = SCRATCH_VMA.get_ptr_mut(0) else {
-        return;
-    };
-    let info = unsafe { &mut *info };
-    match vma {
-        Some(v) => crate::mem::copy(info, v),
-        // A new access kind on a VMA whose description is stored already; or the
-        // VMA table was full when it was first seen.
-        None => return,
-    }
-    // By reference: by value would copy the 112 bytes through memcpy.
-    #[allow(clippy::needless_borrows_for_generic_args)]
-    let stored = VMAS.insert(vkey, &*info, 0);
-    if stored.is_err() {
-        bump(counter::VMA_TABLE_FULL);
-    }
-}
-
 #[inline(always)]
 fn send_event(c: &Completed, vma: Option<&VmaInfo>) {
     let Some(mut entry) = EVENTS.reserve::<FaultEvent>(0) else {
@@ -210,10 +177,10 @@ fn send_event(c: &Completed, vma: Option<&VmaInfo>) {
         (*ev).path = c.key.path;
         (*ev).vma_status = c.key.vma_status;
         (*ev).major = c.major;
-        (*ev).vm_start = c.key.vm_start;
-        (*ev).ident = c.key.ident;
-        // Without it, userspace finds the VMA by (pid, ident, vm_start) among the
-        // descriptions it has seen: the first fault on a VMA always carries one.
+        (*ev)._pad = 0;
+        (*ev).life = c.key.life;
+        // Without it, userspace finds the VMA by its lifetime among the
+        // descriptions it has seen.
         match vma {
             Some(info) => crate::mem::copy(&raw mut (*ev).vma, info),
             None => crate::mem::zero(&raw mut (*ev).vma),

@@ -17,7 +17,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
-use rmaptrace_common::{access, path_id, vma_ident, vma_status, FaultKey, VmaInfo};
+use rmaptrace_common::{access, path_id, vma_status, FaultKey, VmaInfo};
 
 use crate::{
     aggregate::{self, BPF_NOEXIST},
@@ -149,9 +149,8 @@ fn on_fault_exit(ret: u64) {
         path,
         vma_status: vma_status::FOUND,
         _pad: 0,
-        vm_start: info.vm_start,
-        ident: vma_ident(info.vm_ops, info.file, info.vm_flags),
-        _pad2: 0,
+        // Numbered by `record` from the VMA read at entry.
+        life: 0,
     };
     c.tid = tid;
     c.major = (ret & VM_FAULT_MAJOR != 0 || flags & FAULT_FLAG_TRIED != 0) as u8;

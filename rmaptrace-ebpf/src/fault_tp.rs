@@ -7,18 +7,19 @@
 //! PAGE_FAULTS_MAJ exactly when it adds to the task's min_flt/maj_flt (and regs is
 //! set, i.e. not get_user_pages). Counting there makes our totals the kernel's own
 //! definition of a fault. The VMA is looked up here, once per fault, when it is
-//! sure to exist (stack growth has happened by then).
+//! sure to exist (stack growth has happened by then), unless the thread's cached
+//! VMA is provably unchanged since it was looked up.
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
-    macros::{btf_tracepoint, map, perf_event},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_get_current_task_btf},
+    macros::{btf_tracepoint, map, perf_event, tracepoint},
     maps::ProgramArray,
-    programs::{BtfTracePointContext, PerfEventContext},
+    programs::{BtfTracePointContext, PerfEventContext, TracePointContext},
 };
-use rmaptrace_common::{access, counter, path_id, vma_ident, vma_status, FaultKey, VmaInfo};
+use rmaptrace_common::{access, counter, path_id, vma_status, FaultKey, VmaInfo};
 
 use crate::{
     aggregate,
-    maps::{bump, map_gen, traced_current, Inflight, INFLIGHT},
+    maps::{bump, bump_mm_gen, mm_gen, offsets, traced_current, Inflight, INFLIGHT},
     vma,
 };
 
@@ -65,12 +66,13 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
                 access,
                 cache_valid: 0,
                 _pad: [0; 2],
-                _pad3: 0,
+                cache_lock_seq: 0,
                 cache_gen: 0,
+                cache_vma: 0,
+                cache_mm: 0,
                 cache_start: 0,
                 cache_end: 0,
-                cache_ident: 0,
-                _pad2: 0,
+                cache_life: 0,
             };
             if INFLIGHT.insert(tid, entry, 0).is_err() {
                 bump(counter::INFLIGHT_FULL);
@@ -91,15 +93,39 @@ pub fn fault_done_major(ctx: PerfEventContext) -> u32 {
     0
 }
 
+/// Whether this thread's cached VMA is still what the kernel has.
+#[inline(always)]
+fn cache_current(s: &Inflight) -> bool {
+    if offsets().has_vm_lock_seq != 0 {
+        vma::unchanged(
+            s.cache_vma,
+            s.cache_mm,
+            s.cache_start,
+            s.cache_end,
+            s.cache_lock_seq,
+        )
+    } else {
+        mm_gen(s.cache_mm) == s.cache_gen
+    }
+}
+
+/// The current task's mm.
+#[inline(always)]
+fn current_mm() -> u64 {
+    // SAFETY: bpf_probe_read_kernel checks the read.
+    unsafe {
+        let task = bpf_get_current_task_btf() as u64;
+        bpf_probe_read_kernel((task + offsets().task_mm as u64) as *const u64).unwrap_or(0)
+    }
+}
+
 #[inline(always)]
 fn on_completion(ctx: &PerfEventContext, major: bool) {
     let Some((tgid, tid)) = traced_current() else {
         return;
     };
-    // Read before any VMA lookup: a mapping change racing with this fault then
-    // leaves the cache filled below already stale, never wrongly current.
-    let gen = map_gen(tgid);
     let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the perf event context the kernel passed in.
     let (addr, ip) = unsafe { ((*ctx.ctx).addr, (*ctx.ctx).regs.rip) };
 
     // One raw pointer to this thread's slot, used for every read and write (two
@@ -107,8 +133,9 @@ fn on_completion(ctx: &PerfEventContext, major: bool) {
     let slot: Option<*mut Inflight> = INFLIGHT.get_ptr_mut(tid);
     let mut acc = access::NO_ENTRY;
     let mut latency = 0u64;
-    let mut cached = None;
+    let mut cached_life = 0u64;
     if let Some(s) = slot {
+        // SAFETY: `s` is this thread's map value; no other reference to it lives.
         unsafe {
             if (*s).ts_ns != 0 && (*s).page == addr >> PAGE_SHIFT {
                 acc = (*s).access;
@@ -116,11 +143,16 @@ fn on_completion(ctx: &PerfEventContext, major: bool) {
                 (*s).ts_ns = 0;
             }
             if (*s).cache_valid != 0
-                && (*s).cache_gen == gen
+                && (*s).cache_life != 0
                 && (*s).cache_start <= addr
                 && addr < (*s).cache_end
             {
-                cached = Some(((*s).cache_start, (*s).cache_ident));
+                if cache_current(&*s) {
+                    cached_life = (*s).cache_life;
+                } else {
+                    (*s).cache_valid = 0;
+                    bump(counter::VMA_CACHE_STALE);
+                }
             }
         }
     }
@@ -132,31 +164,37 @@ fn on_completion(ctx: &PerfEventContext, major: bool) {
     // -EBUSY where interrupts are off (its mmap_lock release is still queued).
     let mut info = core::mem::MaybeUninit::<VmaInfo>::uninit();
     crate::mem::zero(info.as_mut_ptr());
+    // SAFETY: zeroed above; VmaInfo is plain data.
     let info = unsafe { info.assume_init_mut() };
-    let (status, vm_start, ident) = match cached {
-        Some((start, ident)) => {
-            bump(counter::VMA_CACHE_HIT);
-            (vma_status::FOUND, start, ident)
-        }
-        None => {
-            bump(counter::VMA_LOOKUP);
-            let status = vma::lookup(addr, info);
-            if status != vma_status::FOUND {
-                (status, 0, 0)
-            } else {
-                let ident = vma_ident(info.vm_ops, info.file, info.vm_flags);
-                if let Some(s) = slot {
-                    unsafe {
-                        (*s).cache_valid = 1;
-                        (*s).cache_gen = gen;
-                        (*s).cache_start = info.vm_start;
-                        (*s).cache_end = info.vm_end;
-                        (*s).cache_ident = ident;
-                    }
+    let status = if cached_life != 0 {
+        bump(counter::VMA_CACHE_HIT);
+        vma_status::FOUND
+    } else {
+        bump(counter::VMA_LOOKUP);
+        // Read before the lookup: a writer that changes the tree after it
+        // leaves the cache filled below already stale, never wrongly current.
+        let gen = if offsets().has_vm_lock_seq == 0 {
+            mm_gen(current_mm())
+        } else {
+            0
+        };
+        let status = vma::lookup(addr, info);
+        if status == vma_status::FOUND {
+            if let Some(s) = slot {
+                // SAFETY: as above; the lifetime is filled in by the counting program.
+                unsafe {
+                    (*s).cache_valid = 1;
+                    (*s).cache_gen = gen;
+                    (*s).cache_vma = info.vma;
+                    (*s).cache_mm = info.mm;
+                    (*s).cache_lock_seq = info.lock_seq;
+                    (*s).cache_start = info.vm_start;
+                    (*s).cache_end = info.vm_end;
+                    (*s).cache_life = 0;
                 }
-                (status, info.vm_start, ident)
             }
         }
+        status
     };
     let Some(c) = aggregate::completed_slot() else {
         return;
@@ -167,9 +205,7 @@ fn on_completion(ctx: &PerfEventContext, major: bool) {
         path: path_id::DERIVED,
         vma_status: status,
         _pad: 0,
-        vm_start,
-        ident,
-        _pad2: 0,
+        life: cached_life,
     };
     c.tid = tid;
     c.major = major as u8;
@@ -179,7 +215,7 @@ fn on_completion(ctx: &PerfEventContext, major: bool) {
     c.latency = latency;
     c.handler_ns = 0;
     c.has_vma = 0;
-    if cached.is_none() && status == vma_status::FOUND {
+    if cached_life == 0 && status == vma_status::FOUND {
         if let Some(slot) = aggregate::looked_up_slot() {
             crate::mem::copy(slot, info);
             c.has_vma = 1;
@@ -189,6 +225,24 @@ fn on_completion(ctx: &PerfEventContext, major: bool) {
     // within older verifiers' limits (6.1 refused the two together).
     unsafe { RECORD_TAIL.tail_call(ctx, 0) };
     bump(counter::TAIL_CALL_FAILED);
+}
+
+/// `mmap_lock:mmap_lock_acquire_returned` and `mmap_lock_released`: a write
+/// acquire or release changes the mm's generation (see MM_GEN). Attached only
+/// where VMAs carry no vm_lock_seq, which validates cached VMAs more finely.
+#[tracepoint]
+pub fn mmap_lock_write(ctx: TracePointContext) -> u32 {
+    let o = offsets();
+    // SAFETY: offsets of this tracepoint's record, from its tracefs format.
+    unsafe {
+        if ctx.read_at::<u8>(o.mmap_lock_write as usize).unwrap_or(0) == 0 {
+            return 0;
+        }
+        if let Ok(mm) = ctx.read_at::<u64>(o.mmap_lock_mm as usize) {
+            bump_mm_gen(mm);
+        }
+    }
+    0
 }
 
 /// Holds `fault_record_tail` at index 0, set by userspace after load.

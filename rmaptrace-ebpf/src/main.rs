@@ -2,11 +2,12 @@
 //!
 //! | file        | hooks                                              | job |
 //! |-------------|----------------------------------------------------|-----|
-//! | `fault_tp.rs` | `exceptions:page_fault_{user,kernel}` (tp_btf), perf `PAGE_FAULTS_{MIN,MAJ}` | the tracepoint backend: fault entry, completion, latency |
+//! | `fault_tp.rs` | `exceptions:page_fault_{user,kernel}` (tp_btf), perf `PAGE_FAULTS_{MIN,MAJ}`, `mmap_lock` writes | the tracepoint backend: fault entry, completion, latency, VMA cache |
 //! | `fault_kfunc.rs` | fentry/fexit or kprobe/kretprobe on `handle_mm_fault`, `__do_fault`, `do_*` | the kernel-function backends: counts, observed paths, handler time |
 //! | `aggregate.rs` | (called by both backends) | per-VMA counts, latency histograms, per-process totals, fault records |
 //! | `vma.rs`    | `bpf_find_vma` callback                            | describe the faulting VMA from BTF offsets |
-//! | `mmap.rs`   | `syscalls:sys_{enter,exit}_{mmap,munmap,mremap}`   | where each mapping came from |
+//! | `life.rs`   | (called when a VMA is looked up)                   | number mapping lifetimes |
+//! | `mmap.rs`   | `syscalls:sys_{enter,exit}_{mmap,munmap,mremap}`, `raw_syscalls` (32-bit) | where each mapping came from |
 //! | `task.rs`   | `sched_process_{fork,exec,exit}` (tp_btf)          | follow children, names, the kernel's own fault counters |
 //!
 //! Everything that can be decided in userspace is: these programs only count and copy.
@@ -20,6 +21,8 @@ mod aggregate;
 mod fault_kfunc;
 #[cfg(target_arch = "bpf")]
 mod fault_tp;
+#[cfg(target_arch = "bpf")]
+mod life;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]

@@ -5,7 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use rmaptrace_common::{
-    counter, Config, FaultKey, FaultStats, KernelOffsets, ProcStats, VmaInfo, VmaKey, COMM_LEN,
+    counter, Config, FaultKey, FaultStats, KernelOffsets, ProcStats, ThreadAcct, VmaRecord,
+    COMM_LEN,
 };
 
 /// Written by userspace before load (`EbpfLoader::set_global`).
@@ -17,6 +18,9 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     vma_vm_ops: 0,
     vma_vm_file: 0,
     vma_vm_pgoff: 0,
+    vma_vm_mm: 0,
+    vma_vm_lock_seq: 0,
+    has_vm_lock_seq: 0,
     vm_ops_fault: 0,
     vm_ops_huge_fault: 0,
     file_f_inode: 0,
@@ -33,8 +37,17 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     task_tgid: 0,
     task_min_flt: 0,
     task_maj_flt: 0,
+    task_pid: 0,
+    task_mm: 0,
+    task_ti_status: 0,
     syscall_args: 0,
     syscall_ret: 0,
+    mmap_lock_mm: 0,
+    mmap_lock_write: 0,
+    raw_enter_id: 0,
+    raw_enter_args: 0,
+    raw_exit_id: 0,
+    raw_exit_ret: 0,
     ready: 0,
 };
 
@@ -76,8 +89,13 @@ pub static INFLIGHT: HashMap<u32, Inflight> = HashMap::with_max_entries(65536, 0
 #[map]
 pub static FAULTS: PerCpuHashMap<FaultKey, FaultStats> = PerCpuHashMap::with_max_entries(16384, 0);
 
+/// Mapping lifetimes by id: the VMA as last looked up, and when it was first seen.
 #[map]
-pub static VMAS: HashMap<VmaKey, VmaInfo> = HashMap::with_max_entries(65536, 0);
+pub static VMAS: HashMap<u64, VmaRecord> = HashMap::with_max_entries(65536, 0);
+
+/// The kernel's fault counters of each traced thread (see `ThreadAcct`).
+#[map]
+pub static THREADS: HashMap<u32, ThreadAcct> = HashMap::with_max_entries(65536, 0);
 
 #[map]
 pub static PROCS: PerCpuHashMap<u32, ProcStats> = PerCpuHashMap::with_max_entries(16384, 0);
@@ -90,7 +108,8 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
 /// Per-thread state of the tracepoint backend: the pending fault's entry, and the
 /// last VMA this thread faulted on, so a fault storm on one mapping does not pay
-/// for a bpf_find_vma (an irq_work and a self-IPI when interrupts are off) each time.
+/// for a bpf_find_vma (an mmap_lock trylock that fails under any writer, and an
+/// irq_work self-IPI when interrupts are off) each time.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Inflight {
@@ -100,38 +119,52 @@ pub struct Inflight {
     pub access: u8,
     pub cache_valid: u8,
     pub _pad: [u8; 2],
-    pub _pad3: u32,
-    /// MAP_GEN of the process when the cache was filled.
+    /// `vm_lock_seq` of the cached VMA when it was looked up.
+    pub cache_lock_seq: u32,
+    /// MM_GEN of the process's mm when the cache was filled (kernels without
+    /// per-VMA lock sequence numbers).
     pub cache_gen: u64,
+    pub cache_vma: u64,
+    pub cache_mm: u64,
     pub cache_start: u64,
     pub cache_end: u64,
-    pub cache_ident: u32,
-    pub _pad2: u32,
+    pub cache_life: u64,
 }
 
-/// Mapping generation per process (indexed by tgid modulo the size; a collision
-/// only costs a cache miss): bumped after every syscall that can change a
-/// process's mappings, and at exec. A thread's VMA cache is valid only while the
-/// generation it was filled under is current.
+/// Write-lock generation of each mm (indexed by a hash of the mm pointer; a
+/// collision only costs a cache miss): odd while a writer holds mmap_lock, bumped
+/// at every write acquire and release. Every change to a process's VMA tree
+/// happens under the write lock, whoever makes it (any syscall ABI, khugepaged,
+/// the kernel itself), so a VMA cached at generation G is still what the kernel
+/// has while the generation is G. Used where VMAs have no vm_lock_seq (< 6.4).
 #[map]
-pub static MAP_GEN: Array<u64> = Array::with_max_entries(MAP_GEN_SLOTS, 0);
+pub static MM_GEN: Array<u64> = Array::with_max_entries(MM_GEN_SLOTS, 0);
 
-pub const MAP_GEN_SLOTS: u32 = 65536;
+pub const MM_GEN_SLOTS: u32 = 65536;
 
 #[inline(always)]
-pub fn map_gen(tgid: u32) -> u64 {
-    MAP_GEN
-        .get(tgid % MAP_GEN_SLOTS)
+fn mm_slot(mm: u64) -> u32 {
+    // mm_structs are cache-line aligned slab objects: mix the bits above that.
+    let x = (mm >> 6).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    ((x >> 40) as u32) % MM_GEN_SLOTS
+}
+
+#[inline(always)]
+pub fn mm_gen(mm: u64) -> u64 {
+    MM_GEN
+        .get(mm_slot(mm))
+        // SAFETY: a map value pointer, valid for the program's run.
         .map(|g| unsafe { core::ptr::read_volatile(g) })
         .unwrap_or(0)
 }
 
 #[inline(always)]
-pub fn bump_map_gen(tgid: u32) {
-    if let Some(g) = MAP_GEN.get_ptr_mut(tgid % MAP_GEN_SLOTS) {
+pub fn bump_mm_gen(mm: u64) {
+    if let Some(g) = MM_GEN.get_ptr_mut(mm_slot(mm)) {
         // Atomic: two racing bumps must both count, or a cache filled between
         // them could look current.
         // (core's atomics have no fetch_add on the BPF target: BPF_XADD by hand.)
+        // SAFETY: `g` points into the map value for this program's run.
         unsafe {
             core::arch::asm!(
                 "lock *(u64 *)({slot} + 0) += {one}",
@@ -177,5 +210,20 @@ pub fn traced_current() -> Option<(u32, u32)> {
     match unsafe { TRACED.get(tgid) } {
         Some(&v) if v == rmaptrace_common::traced::YES => Some((tgid, tid)),
         _ => None,
+    }
+}
+
+/// Stores the lifetime of the VMA a thread just cached (looked up by the
+/// tracepoint backend's completion, numbered by its counting program).
+#[inline(always)]
+pub fn set_cached_life(tid: u32, life: u64) {
+    if let Some(s) = INFLIGHT.get_ptr_mut(tid) {
+        // SAFETY: a map value pointer, valid for this run.
+        unsafe {
+            if life == 0 {
+                (*s).cache_valid = 0;
+            }
+            (*s).cache_life = life;
+        }
     }
 }

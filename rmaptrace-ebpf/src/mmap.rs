@@ -1,7 +1,9 @@
 //! Where mappings come from: mmap, munmap and mremap of traced processes, as the
-//! syscall tracepoints see them. Entry and exit are sent as separate records and
-//! paired by thread id in userspace, which keeps these programs free of state.
+//! syscall tracepoints see them (and `raw_syscalls` for 32-bit callers, which
+//! the per-syscall tracepoints skip). Entry and exit are sent as separate records
+//! and paired by thread id in userspace, which keeps these programs free of state.
 use aya_ebpf::{
+    helpers::{bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_get_current_task_btf},
     macros::{fexit, kprobe, kretprobe, map, tracepoint},
     maps::{HashMap, PerCpuArray},
     programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext},
@@ -9,7 +11,7 @@ use aya_ebpf::{
 use rmaptrace_common::{counter, event_kind, EventHeader, MmapExitEvent, SyscallEvent};
 
 use crate::{
-    maps::{bump, bump_map_gen, event_header, offsets, traced_current, EVENTS},
+    maps::{bump, event_header, offsets, traced_current, EVENTS},
     vma,
 };
 
@@ -37,18 +39,131 @@ pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
     if o.ready == 0 {
         return 0;
     }
+    // SAFETY: the offset of `ret` in this tracepoint's record, from tracefs.
     let ret = unsafe { ctx.read_at::<u64>(o.syscall_ret as usize) }.unwrap_or(0);
-    bump_map_gen(tgid);
-    // The syscall's arguments came in its entry record.
+    mmap_returned(tgid, tid, ret);
+    0
+}
+
+/// An mmap returned `ret`: the record of its result and the mapped file's path.
+/// The syscall's arguments came in its entry record.
+#[inline(always)]
+fn mmap_returned(tgid: u32, tid: u32, ret: u64) {
     let Some(ev) = start_record(event_header(event_kind::MMAP_EXIT, tgid, tid), ret, 0, 0, 0)
     else {
-        return 0;
+        return;
     };
     if (ret as i64) >= 0 {
         vma::mapped_file_path(ret);
     }
     if EVENTS.output::<MmapExitEvent>(ev, 0).is_err() {
         bump(counter::EVENTS_LOST);
+    }
+}
+
+// i386 syscall numbers (arch/x86/entry/syscalls/syscall_32.tbl), used by 32-bit
+// processes and by `int $0x80` from 64-bit ones.
+const NR32_OLD_MMAP: i64 = 90;
+const NR32_MUNMAP: i64 = 91;
+const NR32_MREMAP: i64 = 163;
+const NR32_MMAP2: i64 = 192;
+/// x86 `thread_info.status` bit: the syscall in progress is a 32-bit one.
+const TS_COMPAT: u32 = 0x0002;
+
+#[inline(always)]
+fn in_compat_syscall() -> bool {
+    // SAFETY: bpf_probe_read_kernel checks the read.
+    let status: u32 = unsafe {
+        let task = bpf_get_current_task_btf() as u64;
+        bpf_probe_read_kernel((task + offsets().task_ti_status as u64) as *const u32).unwrap_or(0)
+    };
+    status & TS_COMPAT != 0
+}
+
+/// `raw_syscalls:sys_enter`, for 32-bit mmap, mmap2, munmap and mremap: sent as
+/// the records of their 64-bit equivalents.
+#[tracepoint]
+pub fn raw_sys_enter(ctx: TracePointContext) -> u32 {
+    let o = offsets();
+    // SAFETY: offsets of this tracepoint's record, from its tracefs format.
+    let id = unsafe { ctx.read_at::<i64>(o.raw_enter_id as usize) }.unwrap_or(-1);
+    if id != NR32_OLD_MMAP && id != NR32_MUNMAP && id != NR32_MREMAP && id != NR32_MMAP2 {
+        return 0;
+    }
+    if o.ready == 0 || !in_compat_syscall() {
+        return 0;
+    }
+    let Some((tgid, tid)) = traced_current() else {
+        return 0;
+    };
+    let mut args = [0u64; 6];
+    for (i, a) in args.iter_mut().enumerate() {
+        // SAFETY: as above; 32-bit arguments are the low halves.
+        *a = unsafe { ctx.read_at::<u64>(o.raw_enter_args as usize + i * 8) }.unwrap_or(0)
+            & 0xffff_ffff;
+    }
+    let kind = match id {
+        NR32_OLD_MMAP => {
+            // old_mmap(struct mmap_arg_struct __user *): six u32s in user memory.
+            // SAFETY: bpf_probe_read_user checks the read.
+            let Ok(user) = (unsafe { bpf_probe_read_user(args[0] as *const [u32; 6]) }) else {
+                return 0;
+            };
+            for (a, u) in args.iter_mut().zip(user.iter()) {
+                *a = *u as u64;
+            }
+            event_kind::MMAP_ENTER
+        }
+        NR32_MMAP2 => {
+            args[5] <<= 12; // mmap2 takes its offset in pages
+            event_kind::MMAP_ENTER
+        }
+        NR32_MUNMAP => event_kind::MUNMAP,
+        _ => event_kind::MREMAP_ENTER,
+    };
+    let ev = SyscallEvent {
+        header: event_header(kind, tgid, tid),
+        args,
+    };
+    if EVENTS.output::<SyscallEvent>(&ev, 0).is_err() {
+        bump(counter::EVENTS_LOST);
+    }
+    0
+}
+
+/// `raw_syscalls:sys_exit`, for the 32-bit calls `raw_sys_enter` reported.
+#[tracepoint]
+pub fn raw_sys_exit(ctx: TracePointContext) -> u32 {
+    let o = offsets();
+    // SAFETY: offsets of this tracepoint's record, from its tracefs format.
+    let id = unsafe { ctx.read_at::<i64>(o.raw_exit_id as usize) }.unwrap_or(-1);
+    if id != NR32_OLD_MMAP && id != NR32_MUNMAP && id != NR32_MREMAP && id != NR32_MMAP2 {
+        return 0;
+    }
+    if o.ready == 0 || !in_compat_syscall() {
+        return 0;
+    }
+    let Some((tgid, tid)) = traced_current() else {
+        return 0;
+    };
+    // SAFETY: as above.
+    let ret = unsafe { ctx.read_at::<u64>(o.raw_exit_ret as usize) }.unwrap_or(0);
+    if id == NR32_MREMAP || id == NR32_MUNMAP {
+        let kind = if id == NR32_MUNMAP {
+            event_kind::MUNMAP_EXIT
+        } else {
+            event_kind::MREMAP_EXIT
+        };
+        let mut ev = SyscallEvent {
+            header: event_header(kind, tgid, tid),
+            args: [0; 6],
+        };
+        ev.args[0] = ret;
+        if EVENTS.output::<SyscallEvent>(&ev, 0).is_err() {
+            bump(counter::EVENTS_LOST);
+        }
+    } else {
+        mmap_returned(tgid, tid, ret);
     }
     0
 }
@@ -160,13 +275,9 @@ pub fn do_mmap_kretprobe(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// Attached to the exit of every syscall that can change a process's mappings
-/// (munmap, mremap, mprotect, brk, madvise, mlock...): invalidates the VMA caches.
 #[tracepoint]
-pub fn sys_exit_map_change(_ctx: TracePointContext) -> u32 {
-    if let Some((tgid, _)) = traced_current() {
-        bump_map_gen(tgid);
-    }
+pub fn sys_exit_munmap(ctx: TracePointContext) -> u32 {
+    send(&ctx, event_kind::MUNMAP_EXIT, false);
     0
 }
 

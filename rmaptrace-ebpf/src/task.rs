@@ -9,9 +9,11 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use rmaptrace_common::{counter, event_kind, traced, ExitEvent, TaskEvent};
+use rmaptrace_common::{counter, event_kind, traced, ExitEvent, TaskEvent, ThreadAcct};
 
-use crate::maps::{bump, config, event_header, offsets, traced_current, COMMS, EVENTS, TRACED};
+use crate::maps::{
+    bump, config, event_header, offsets, traced_current, COMMS, EVENTS, THREADS, TRACED,
+};
 
 /// The current thread's own fault counters.
 fn current_faults() -> (u64, u64) {
@@ -21,6 +23,57 @@ fn current_faults() -> (u64, u64) {
         unsafe { bpf_probe_read_kernel((task + off as u64) as *const u64) }.unwrap_or(0)
     };
     (read(o.task_min_flt), read(o.task_maj_flt))
+}
+
+/// Follows the kernel's counters of thread `tid`, whose counters are now
+/// (`min_flt`, `maj_flt`), from here on.
+#[inline(always)]
+fn follow_thread(tid: u32, tgid: u32, min_flt: u64, maj_flt: u64) {
+    let acct = ThreadAcct {
+        tgid,
+        _pad: 0,
+        base_min: min_flt,
+        base_maj: maj_flt,
+        last_min: min_flt,
+        last_maj: maj_flt,
+    };
+    if THREADS.insert(tid, acct, 0).is_err() {
+        bump(counter::THREAD_TABLE_FULL);
+    }
+}
+
+/// A counted fault of the current thread: its counters include it already
+/// (mm_account_fault raised them before the perf event and before
+/// handle_mm_fault returned). A thread seen for the first time is followed from
+/// just before this fault.
+#[inline(always)]
+pub fn account_fault(tid: u32, tgid: u32, major: bool) {
+    let (min_flt, maj_flt) = current_faults();
+    match THREADS.get_ptr_mut(tid) {
+        // SAFETY: a map value pointer, valid for this run; the only reference.
+        Some(t) => unsafe {
+            (*t).last_min = min_flt;
+            (*t).last_maj = maj_flt;
+        },
+        None => {
+            let (bm, bj) = if major {
+                (min_flt, maj_flt.saturating_sub(1))
+            } else {
+                (min_flt.saturating_sub(1), maj_flt)
+            };
+            let acct = ThreadAcct {
+                tgid,
+                _pad: 0,
+                base_min: bm,
+                base_maj: bj,
+                last_min: min_flt,
+                last_maj: maj_flt,
+            };
+            if THREADS.insert(tid, acct, 0).is_err() {
+                bump(counter::THREAD_TABLE_FULL);
+            }
+        }
+    }
 }
 
 fn send_task_event(kind: u32, tgid: u32, tid: u32, other: u32) {
@@ -44,17 +97,40 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let parent_tgid = (pid_tgid >> 32) as u32;
     let o = offsets();
-    if o.ready == 0 || config().trace_all != 0 {
+    if o.ready == 0 {
         return 0;
     }
-    let Some(&mode) = (unsafe { TRACED.get(parent_tgid) }) else {
-        return 0;
+    let trace_all = config().trace_all != 0;
+    let mode = if trace_all {
+        if traced_current().is_none() {
+            return 0;
+        }
+        traced::YES
+    } else {
+        // SAFETY: read once, copied out.
+        match unsafe { TRACED.get(parent_tgid) } {
+            Some(&m) => m,
+            None => return 0,
+        }
     };
     let child: u64 = ctx.arg(1);
-    let child_tgid: u32 =
-        unsafe { bpf_probe_read_kernel((child + o.task_tgid as u64) as *const u32) }.unwrap_or(0);
-    if child_tgid == 0 || child_tgid == parent_tgid {
-        return 0; // a new thread of a process we already trace
+    // SAFETY: bpf_probe_read_kernel checks the reads.
+    let (child_tgid, child_tid): (u32, u32) = unsafe {
+        (
+            bpf_probe_read_kernel((child + o.task_tgid as u64) as *const u32).unwrap_or(0),
+            bpf_probe_read_kernel((child + o.task_pid as u64) as *const u32).unwrap_or(0),
+        )
+    };
+    if child_tgid == 0 || child_tid == 0 {
+        return 0;
+    }
+    // A new task's counters start at zero (copy_mm clears them): everything it
+    // faults is followed.
+    if mode == traced::YES || child_tgid != parent_tgid {
+        follow_thread(child_tid, child_tgid, 0, 0);
+    }
+    if child_tgid == parent_tgid || trace_all {
+        return 0; // a new thread of a process already traced
     }
     if TRACED.insert(child_tgid, traced::YES, 0).is_err() {
         bump(counter::TRACED_TABLE_FULL);
@@ -82,8 +158,16 @@ pub fn sched_process_exec(_ctx: BtfTracePointContext) -> i32 {
             }
         }
     }
-    // A new mm: every cached VMA of this process is gone.
-    crate::maps::bump_map_gen(tgid);
+    // A new mm: the thread's cached VMA is gone.
+    if let Some(s) = crate::maps::INFLIGHT.get_ptr_mut(pid_tgid as u32) {
+        // SAFETY: a map value pointer, valid for this run.
+        unsafe { (*s).cache_valid = 0 };
+    }
+    if started_here != 0 {
+        // Traced from this exec on: its counters so far are not the trace's.
+        let (min_flt, maj_flt) = current_faults();
+        follow_thread(pid_tgid as u32, tgid, min_flt, maj_flt);
+    }
     if traced_current().is_some() {
         send_task_event(event_kind::EXEC, tgid, pid_tgid as u32, started_here);
     }
@@ -104,10 +188,17 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
     }
     // Runs in the exiting thread after exit_mm(): its counters are final.
     let (min_flt, maj_flt) = current_faults();
+    // SAFETY: read once, copied out.
+    let acct = unsafe { THREADS.get(tid) }.copied();
+    let _ = THREADS.remove(tid);
     let ev = ExitEvent {
         header: event_header(event_kind::EXIT, tgid, tid),
         min_flt,
         maj_flt,
+        base_min: acct.map(|a| a.base_min).unwrap_or(0),
+        base_maj: acct.map(|a| a.base_maj).unwrap_or(0),
+        has_base: acct.is_some() as u32,
+        _pad: 0,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
     if EVENTS.output::<ExitEvent>(&ev, 0).is_err() {

@@ -31,7 +31,13 @@ extern "C" fn describe_vma(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_voi
 pub fn describe(vma: u64, info: &mut VmaInfo) {
     let o = offsets();
     crate::mem::zero(info);
+    // SAFETY: bpf_probe_read_kernel checks every read; `vma` is the kernel's.
     unsafe {
+        info.vma = vma;
+        info.mm = read(vma, o.vma_vm_mm);
+        if o.has_vm_lock_seq != 0 {
+            info.lock_seq = read(vma, o.vma_vm_lock_seq);
+        }
         info.vm_start = read(vma, o.vma_vm_start);
         info.vm_end = read(vma, o.vma_vm_end);
         info.vm_flags = read(vma, o.vma_vm_flags);
@@ -62,6 +68,23 @@ pub fn describe(vma: u64, info: &mut VmaInfo) {
     }
 }
 
+/// Whether the VMA at `vma` is still the one cached as (`mm`, `start`, `end`,
+/// `lock_seq`): every change to a VMA (resize, split, protection, unmap) first
+/// write-locks it, which stores a new `vm_lock_seq`; a freed and reused struct
+/// was write-locked again too, or belongs to another mm. Read without any lock:
+/// the struct is type-stable (SLAB_TYPESAFE_BY_RCU) and probe reads cannot fault.
+#[inline(always)]
+pub fn unchanged(vma: u64, mm: u64, start: u64, end: u64, lock_seq: u32) -> bool {
+    let o = offsets();
+    // SAFETY: bpf_probe_read_kernel checks every read.
+    unsafe {
+        read::<u32>(vma, o.vma_vm_lock_seq) == lock_seq
+            && read::<u64>(vma, o.vma_vm_start) == start
+            && read::<u64>(vma, o.vma_vm_end) == end
+            && read::<u64>(vma, o.vma_vm_mm) == mm
+    }
+}
+
 /// Fills `info` for the VMA covering `addr` in the current task; returns a
 /// `vma_status` value.
 #[inline(always)]
@@ -88,8 +111,21 @@ extern "C" fn file_path(_task: *mut c_void, vma: *mut c_void, _ctx: *mut c_void)
     let Some(ev) = crate::mmap::scratch() else {
         return 0;
     };
+    // SAFETY: this CPU's scratch slot, reached through this one reference.
     let ev: &mut MmapExitEvent = unsafe { &mut *ev };
-    let file: u64 = unsafe { read(vma as u64, offsets().vma_vm_file) };
+    let o = offsets();
+    let vma = vma as u64;
+    // SAFETY: bpf_probe_read_kernel checks every read.
+    let (file, start, end): (u64, u64, u64) = unsafe {
+        (
+            read(vma, o.vma_vm_file),
+            read(vma, o.vma_vm_start),
+            read(vma, o.vma_vm_end),
+        )
+    };
+    if start == ev.ret {
+        crate::life::reborn(vma, start, end);
+    }
     walk_file(file, ev);
     0
 }

@@ -113,7 +113,7 @@ impl Live {
     pub fn on_tick(&mut self, trace: &mut Trace) {
         if let Some(d) = &self.demo {
             for pid in d.take_new_pids() {
-                trace.add_target(pid, false);
+                trace.add_target(pid);
             }
         }
         let Some(ui) = &self.ui else {

@@ -217,7 +217,7 @@ async fn trace(
 
     for &pid in &args.pids {
         probes.trace_pid(pid, rmaptrace_common::traced::YES)?;
-        trace.add_target(pid, true);
+        trace.add_target(pid);
     }
     if !args.comms.is_empty() {
         let procfs = LiveProc::default();
@@ -234,13 +234,11 @@ async fn trace(
                 .any(|c| c.get(..15.min(c.len())) == Some(stat.comm.as_str()))
             {
                 probes.trace_pid(pid, rmaptrace_common::traced::YES)?;
-                trace.add_target(pid, true);
+                trace.add_target(pid);
             }
         }
     }
-    if trace_all {
-        trace.baseline_all();
-    }
+    trace.set_swap_in_use(swap_in_use());
 
     let mut out = Outputs { json };
     if let Some(j) = &mut out.json {
@@ -272,7 +270,7 @@ async fn trace(
         let child = cmd.spawn().with_context(|| format!("starting {program}"));
         probes.untrace_pid(me)?;
         let child = child?;
-        trace.add_target(child.id(), false);
+        trace.add_target(child.id());
         child_pid = Some(child.id());
         // std's Child is dropped without waiting; we reap it with wait4 below.
     }
@@ -340,8 +338,15 @@ async fn trace(
             .unwrap_or(128 + sig);
     }
 
+    // Everything the programs sent so far, then the programs stopped: the final
+    // snapshot's counts and kernel counters are then of one instant.
+    drain(ring.get_mut(), &mut trace, &mut out)?;
+    probes.stop();
     drain(ring.get_mut(), &mut trace, &mut out)?;
     trace.set_snapshot(probes.snapshot()?);
+    if swap_in_use() {
+        trace.set_swap_in_use(true);
+    }
     let summary = trace.summary(monotonic_ns());
     if let Some(j) = &mut out.json {
         j.write_streamed(&summary)?;
@@ -377,6 +382,14 @@ fn release_freed_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
+}
+
+/// Whether any swap device or file is active (/proc/swaps lists more than its
+/// header): derived paths of anonymous faults depend on it.
+fn swap_in_use() -> bool {
+    std::fs::read("/proc/swaps")
+        .map(|b| b.split(|&c| c == b'\n').filter(|l| !l.is_empty()).count() > 1)
+        .unwrap_or(false)
 }
 
 /// A zombie no longer runs code: it counts as gone.

@@ -29,7 +29,8 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
         event_kind::MMAP_ENTER
         | event_kind::MUNMAP
         | event_kind::MREMAP_ENTER
-        | event_kind::MREMAP_EXIT => read(bytes).map(Event::Syscall),
+        | event_kind::MREMAP_EXIT
+        | event_kind::MUNMAP_EXIT => read(bytes).map(Event::Syscall),
         event_kind::EXIT => read(bytes).map(Event::Exit),
         event_kind::EXEC | event_kind::FORK => read(bytes).map(Event::Task),
         _ => None,

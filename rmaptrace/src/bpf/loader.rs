@@ -14,7 +14,7 @@ use rmaptrace_common::{Config, KernelOffsets, COMM_LEN};
 
 use super::plan::{
     Backend, HookPoint, KfuncPoint, Mechanism, Plan, PlanRow, Rejection, Role, ALWAYS,
-    KFUNC_POINTS, MAP_CHANGE_SYSCALLS, TRACEPOINT_COUNTING,
+    KFUNC_POINTS, TRACEPOINT_COUNTING,
 };
 use crate::kernel::{btf::KernelBtf, kallsyms::Kallsyms, tracefs};
 
@@ -59,6 +59,29 @@ fn syscall_offsets(o: &mut KernelOffsets) -> Result<()> {
     tracefs::ensure_mounted()?;
     o.syscall_args = tracefs::tracepoint_field_offset("syscalls", "sys_enter_mmap", "addr")?;
     o.syscall_ret = tracefs::tracepoint_field_offset("syscalls", "sys_exit_mmap", "ret")?;
+    Ok(())
+}
+
+/// Offsets of the `raw_syscalls` records, for 32-bit callers' mapping calls.
+fn raw_syscall_offsets(o: &mut KernelOffsets) -> Result<()> {
+    if o.task_ti_status == 0 {
+        bail!(
+            "this kernel keeps no thread_info in task_struct: 32-bit syscalls cannot be told apart"
+        );
+    }
+    let f = |event, field| tracefs::tracepoint_field_offset("raw_syscalls", event, field);
+    o.raw_enter_id = f("sys_enter", "id")?;
+    o.raw_enter_args = f("sys_enter", "args")?;
+    o.raw_exit_id = f("sys_exit", "id")?;
+    o.raw_exit_ret = f("sys_exit", "ret")?;
+    Ok(())
+}
+
+/// Offsets of the `mmap_lock` records (the same in all three events).
+fn mmap_lock_offsets(o: &mut KernelOffsets) -> Result<()> {
+    let f = |field| tracefs::tracepoint_field_offset("mmap_lock", "mmap_lock_released", field);
+    o.mmap_lock_mm = f("mm")?;
+    o.mmap_lock_write = f("write")?;
     Ok(())
 }
 
@@ -302,46 +325,40 @@ impl Attacher<'_> {
         Ok(())
     }
 
-    /// One program on the exit of every mapping-changing syscall this kernel has.
-    fn map_change_row(&mut self) -> PlanRow {
+    /// `mmap_lock_write` on every write acquire and release of mmap_lock: where
+    /// VMAs have no vm_lock_seq, the VMA cache is valid only while no write
+    /// happened, and it cannot work without this hook.
+    fn mmap_lock_row(&mut self, offsets_ok: &Result<()>) -> Result<PlanRow> {
         let mut row = PlanRow {
-            point: "syscalls/sys_exit_{munmap,mprotect,brk,madvise,...}".into(),
-            purpose: "invalidate the per-thread VMA caches when mappings change",
+            point: "mmap_lock/mmap_lock_{acquire_returned,released}".into(),
+            purpose: "invalidate the per-thread VMA caches on every change of a process's VMAs",
             chosen: None,
-            programs: vec!["sys_exit_map_change"],
+            programs: vec!["mmap_lock_write"],
             rejected: Vec::new(),
         };
-        let result = (|| -> Result<usize> {
-            self.check_disabled("sys_exit_map_change")?;
+        let result = (|| -> Result<()> {
+            if let Err(e) = offsets_ok {
+                bail!("{e:#}");
+            }
             let prog = self
                 .ebpf
-                .program_mut("sys_exit_map_change")
-                .context("program sys_exit_map_change missing from the object")?;
+                .program_mut("mmap_lock_write")
+                .context("program mmap_lock_write missing from the object")?;
             let p: &mut TracePoint = prog.try_into()?;
             p.load()?;
-            let mut attached = 0;
-            for name in MAP_CHANGE_SYSCALLS {
-                let event = format!("sys_exit_{name}");
-                if p.attach("syscalls", &event).is_ok() {
-                    attached += 1;
-                } else {
-                    log::debug!("no tracepoint syscalls/{event} on this kernel");
-                }
+            for event in ["mmap_lock_acquire_returned", "mmap_lock_released"] {
+                p.attach("mmap_lock", event)?;
             }
-            Ok(attached)
+            Ok(())
         })();
         match result {
-            Ok(n) if n > 0 => row.chosen = Some(Mechanism::Tracepoint),
-            Ok(_) => row.rejected.push(Rejection {
-                mechanism: Mechanism::Tracepoint,
-                reason: "none of the syscall exit tracepoints exists".into(),
-            }),
-            Err(e) => row.rejected.push(Rejection {
-                mechanism: Mechanism::Tracepoint,
-                reason: short_reason(&e),
-            }),
+            Ok(()) => row.chosen = Some(Mechanism::Tracepoint),
+            Err(e) => bail!(
+                "cannot attach mmap_lock_write to the mmap_lock tracepoints ({}): without them (or vm_lock_seq, Linux 6.4+) faults cannot be attributed to their mapping",
+                short_reason(&e)
+            ),
         }
-        row
+        Ok(row)
     }
 
     fn hook_row(&mut self, point: &HookPoint) -> Result<PlanRow> {
@@ -381,6 +398,8 @@ impl Probes {
         }
         let mut offsets = facts.offsets;
         let syscalls_ok = syscall_offsets(&mut offsets);
+        let raw_ok = raw_syscall_offsets(&mut offsets);
+        let mmap_lock_ok = mmap_lock_offsets(&mut offsets);
         let config = Config {
             trace_all: opts.trace_all as u8,
             fault_events: opts.fault_events as u8,
@@ -461,10 +480,18 @@ impl Probes {
             for point in TRACEPOINT_COUNTING {
                 rows.push(a.hook_row(point)?);
             }
+            if offsets.has_vm_lock_seq == 0 {
+                rows.push(a.mmap_lock_row(&mmap_lock_ok)?);
+            }
         }
         for point in ALWAYS {
+            let offsets_ok = if point.hook.starts_with("raw_syscalls/") {
+                &raw_ok
+            } else {
+                &syscalls_ok
+            };
             if point.mechanism == Mechanism::Tracepoint {
-                if let Err(e) = &syscalls_ok {
+                if let Err(e) = offsets_ok {
                     rows.push(PlanRow {
                         point: point.hook.to_string(),
                         purpose: point.purpose,
@@ -479,9 +506,6 @@ impl Probes {
                 }
             }
             rows.push(a.hook_row(point)?);
-        }
-        if syscalls_ok.is_ok() {
-            rows.push(a.map_change_row());
         }
         let plan = Plan {
             backend: counting.map(Mechanism::name).unwrap_or("tracepoint"),
@@ -525,6 +549,24 @@ impl Probes {
 
     pub fn ebpf(&self) -> &Ebpf {
         &self.ebpf
+    }
+
+    /// Detaches and unloads every program, keeping the maps: the counts and the
+    /// per-thread kernel counters then stay as they were at one instant, so the
+    /// final snapshot compares like with like.
+    pub fn stop(&mut self) {
+        use aya::programs::Program;
+        for (_, prog) in self.ebpf.programs_mut() {
+            let _ = match prog {
+                Program::TracePoint(p) => p.unload(),
+                Program::BtfTracePoint(p) => p.unload(),
+                Program::PerfEvent(p) => p.unload(),
+                Program::FEntry(p) => p.unload(),
+                Program::FExit(p) => p.unload(),
+                Program::KProbe(p) => p.unload(),
+                _ => Ok(()),
+            };
+        }
     }
 }
 

@@ -224,6 +224,13 @@ pub const ALWAYS: &[HookPoint] = &[
         purpose: "unmaps",
     },
     HookPoint {
+        program: "sys_exit_munmap",
+        mechanism: Mechanism::Tracepoint,
+        hook: "syscalls/sys_exit_munmap",
+        required: false,
+        purpose: "unmaps: when the range was gone",
+    },
+    HookPoint {
         program: "sys_enter_mremap",
         mechanism: Mechanism::Tracepoint,
         hook: "syscalls/sys_enter_mremap",
@@ -236,6 +243,20 @@ pub const ALWAYS: &[HookPoint] = &[
         hook: "syscalls/sys_exit_mremap",
         required: false,
         purpose: "mremap result",
+    },
+    HookPoint {
+        program: "raw_sys_enter",
+        mechanism: Mechanism::Tracepoint,
+        hook: "raw_syscalls/sys_enter",
+        required: false,
+        purpose: "32-bit mmap/mmap2/munmap/mremap arguments (the syscalls:* events skip them)",
+    },
+    HookPoint {
+        program: "raw_sys_exit",
+        mechanism: Mechanism::Tracepoint,
+        hook: "raw_syscalls/sys_exit",
+        required: false,
+        purpose: "32-bit mmap/mmap2/mremap results",
     },
 ];
 
@@ -269,34 +290,11 @@ pub struct Plan {
     pub rows: Vec<PlanRow>,
 }
 
-/// Syscalls that can change a process's mappings; `sys_exit_map_change` is
-/// attached to the exit of each one the kernel has, to invalidate VMA caches
-/// (mmap's own exit program does it too).
-pub const MAP_CHANGE_SYSCALLS: &[&str] = &[
-    "munmap",
-    "mremap",
-    "mprotect",
-    "pkey_mprotect",
-    "brk",
-    "madvise",
-    "process_madvise",
-    "mlock",
-    "mlock2",
-    "munlock",
-    "mlockall",
-    "munlockall",
-    "shmat",
-    "shmdt",
-    "remap_file_pages",
-    "mseal",
-    "prctl",
-];
-
 /// What the tracepoint backend cannot see; stated in the JSON and the summary.
 pub const TRACEPOINT_LIMITS: &[&str] = &[
     "get_user_pages faults (MAP_POPULATE, mlock, MADV_POPULATE_*, O_DIRECT pinning, /proc/PID/mem, execve argument copying) raise no exception and no perf event: they are counted by the kernel but reported here as 'unseen'",
-    "kernel paths (do_anonymous_page, do_wp_page, do_read_fault, ...) are derived from the VMA and the x86 error code, not observed: swap-ins are inferred from major anonymous faults, NUMA hinting and huge-page faults are not told apart",
-    "the VMA comes from the thread's cache of its last VMA (valid until the process's mappings change) or from bpf_find_vma at completion, which fails with -EBUSY while a writer holds or waits for mmap_lock; such faults are counted with kind 'unknown'",
+    "kernel paths (do_anonymous_page, do_wp_page, do_read_fault, ...) are derived from the VMA and the x86 error code, not observed: a major anonymous fault is a swap-in (do_swap_page); a minor not-present one on anonymous memory is do_anonymous_page only where no swap was in use, otherwise it is labelled 'do_anonymous_page|do_swap_page' (a swap-cache hit looks the same); NUMA hinting and huge-page faults are not told apart",
+    "the VMA comes from the thread's cache of its last VMA (used only while the kernel provably has not changed it: its vm_lock_seq on 6.4+, else no mmap_lock write since) or from bpf_find_vma at completion, which fails with -EBUSY while a writer holds or waits for mmap_lock; such faults are counted with kind 'unknown'",
     "a fault whose completion event is throttled by perf or that fails (SIGSEGV, SIGBUS) is counted in counters.entries_without_completion, not in fault totals, as the kernel does",
 ];
 

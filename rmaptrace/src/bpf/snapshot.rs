@@ -1,7 +1,7 @@
 //! Reads the in-kernel aggregates into a plain [`Snapshot`], summing per-CPU values.
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap};
-use rmaptrace_common::{FaultKey, FaultStats, ProcStats, VmaInfo, VmaKey};
+use rmaptrace_common::{FaultKey, FaultStats, ProcStats, ThreadAcct, VmaRecord};
 
 use super::loader::Probes;
 use crate::model::snapshot::{Counters, FaultTotals, ProcTotals, Snapshot};
@@ -11,8 +11,10 @@ impl Probes {
         let ebpf = self.ebpf();
         let faults: PerCpuHashMap<&MapData, FaultKey, FaultStats> =
             PerCpuHashMap::try_from(ebpf.map("FAULTS").context("FAULTS map")?)?;
-        let vmas: HashMap<&MapData, VmaKey, VmaInfo> =
+        let vmas: HashMap<&MapData, u64, VmaRecord> =
             HashMap::try_from(ebpf.map("VMAS").context("VMAS map")?)?;
+        let threads: HashMap<&MapData, u32, ThreadAcct> =
+            HashMap::try_from(ebpf.map("THREADS").context("THREADS map")?)?;
         let procs: PerCpuHashMap<&MapData, u32, ProcStats> =
             PerCpuHashMap::try_from(ebpf.map("PROCS").context("PROCS map")?)?;
         let counters: PerCpuArray<&MapData, u64> =
@@ -29,6 +31,9 @@ impl Probes {
         }
         for item in vmas.iter() {
             snap.vmas.push(item?);
+        }
+        for item in threads.iter() {
+            snap.threads.push(item?);
         }
         for item in procs.iter() {
             let (tgid, per_cpu) = item?;

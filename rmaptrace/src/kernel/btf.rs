@@ -117,7 +117,25 @@ impl KernelBtf {
             self.offset_of(s, f)
                 .with_context(|| format!("reading {s}.{f} from the kernel's BTF"))
         };
+        // Per-VMA locks (6.4+) give each VMA a write-lock sequence number.
+        let lock_seq = self.offset_of("vm_area_struct", "vm_lock_seq").ok();
         Ok(KernelOffsets {
+            vma_vm_mm: o("vm_area_struct", "vm_mm")?,
+            vma_vm_lock_seq: lock_seq.unwrap_or(0),
+            has_vm_lock_seq: lock_seq.is_some() as u32,
+            task_pid: o("task_struct", "pid")?,
+            task_mm: o("task_struct", "mm")?,
+            // x86 keeps thread_info inside task_struct; without it, no 32-bit
+            // syscall is recognised (the raw_syscalls hooks stay off).
+            task_ti_status: self
+                .offset_of("task_struct", "thread_info.status")
+                .unwrap_or(0),
+            mmap_lock_mm: 0,
+            mmap_lock_write: 0,
+            raw_enter_id: 0,
+            raw_enter_args: 0,
+            raw_exit_id: 0,
+            raw_exit_ret: 0,
             vma_vm_start: o("vm_area_struct", "vm_start")?,
             vma_vm_end: o("vm_area_struct", "vm_end")?,
             vma_vm_flags: o("vm_area_struct", "vm_flags")?,

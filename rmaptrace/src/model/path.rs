@@ -19,8 +19,10 @@ pub fn observed_name(id: u8) -> Option<&'static str> {
     })
 }
 
-/// Derives the path of a fault that completed.
-pub fn derive(kind: Kind, vm_flags: u64, acc: u8, major: bool) -> &'static str {
+/// Derives the path of a fault that completed. `swap_in_use`: with swap, a minor
+/// not-present fault on anonymous memory may be a swap-cache hit in
+/// `do_swap_page` as well as a first touch, and nothing here tells them apart.
+pub fn derive(kind: Kind, vm_flags: u64, acc: u8, major: bool, swap_in_use: bool) -> &'static str {
     if kind == Kind::Hugetlb {
         return "hugetlb_fault";
     }
@@ -38,6 +40,7 @@ pub fn derive(kind: Kind, vm_flags: u64, acc: u8, major: bool) -> &'static str {
         (_, true, false) => "handle_pte_fault",
         // Not present, anonymous: a major one had to read the page back from swap.
         (Kind::Anon, false, _) if major => "do_swap_page",
+        (Kind::Anon, false, _) if swap_in_use => "do_anonymous_page|do_swap_page",
         (Kind::Anon, false, _) => "do_anonymous_page",
         (_, false, false) => "do_read_fault",
         (_, false, true) if vm_flags & VM_SHARED != 0 => "do_shared_fault",
@@ -52,28 +55,53 @@ mod tests {
 
     #[test]
     fn anonymous_first_touch_then_cow() {
-        assert_eq!(derive(Kind::Anon, 0, WRITE, false), "do_anonymous_page");
-        assert_eq!(derive(Kind::Anon, 0, 0, false), "do_anonymous_page");
-        assert_eq!(derive(Kind::Anon, 0, WRITE | PRESENT, false), "do_wp_page");
-        assert_eq!(derive(Kind::Anon, 0, 0, true), "do_swap_page");
+        assert_eq!(
+            derive(Kind::Anon, 0, WRITE, false, false),
+            "do_anonymous_page"
+        );
+        assert_eq!(derive(Kind::Anon, 0, 0, false, false), "do_anonymous_page");
+        assert_eq!(
+            derive(Kind::Anon, 0, WRITE | PRESENT, false, false),
+            "do_wp_page"
+        );
+        assert_eq!(derive(Kind::Anon, 0, 0, true, false), "do_swap_page");
     }
 
     #[test]
     fn file_backed_paths_follow_do_fault() {
         assert_eq!(
-            derive(Kind::Shmem, VM_SHARED, WRITE, false),
+            derive(Kind::Shmem, VM_SHARED, WRITE, false, false),
             "do_shared_fault"
         );
-        assert_eq!(derive(Kind::File, 0, WRITE, false), "do_cow_fault");
-        assert_eq!(derive(Kind::File, 0, 0, true), "do_read_fault");
-        assert_eq!(derive(Kind::Driver, VM_SHARED, 0, false), "do_read_fault");
+        assert_eq!(derive(Kind::File, 0, WRITE, false, false), "do_cow_fault");
+        assert_eq!(derive(Kind::File, 0, 0, true, false), "do_read_fault");
         assert_eq!(
-            derive(Kind::File, VM_SHARED, WRITE | PRESENT, false),
+            derive(Kind::Driver, VM_SHARED, 0, false, false),
+            "do_read_fault"
+        );
+        assert_eq!(
+            derive(Kind::File, VM_SHARED, WRITE | PRESENT, false, false),
             "do_wp_page"
         );
-        assert_eq!(derive(Kind::Hugetlb, 0, NO_ENTRY, false), "hugetlb_fault");
-        assert_eq!(derive(Kind::File, 0, NO_ENTRY, false), "unknown");
-        assert_eq!(derive(Kind::Unknown, 0, WRITE, false), "unknown");
+        assert_eq!(
+            derive(Kind::Hugetlb, 0, NO_ENTRY, false, false),
+            "hugetlb_fault"
+        );
+        assert_eq!(derive(Kind::File, 0, NO_ENTRY, false, false), "unknown");
+        assert_eq!(derive(Kind::Unknown, 0, WRITE, false, false), "unknown");
+    }
+
+    #[test]
+    fn with_swap_a_minor_anonymous_fault_is_ambiguous() {
+        assert_eq!(
+            derive(Kind::Anon, 0, 0, false, true),
+            "do_anonymous_page|do_swap_page"
+        );
+        assert_eq!(derive(Kind::Anon, 0, 0, true, true), "do_swap_page");
+        assert_eq!(
+            derive(Kind::Anon, 0, WRITE | PRESENT, false, true),
+            "do_wp_page"
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! A point-in-time copy of the in-kernel aggregates, as plain data. The kernel maps
 //! are cumulative, so each snapshot replaces the previous one.
 use rmaptrace_common::{
-    counter, latency_bucket_floor, FaultKey, FaultStats, VmaInfo, VmaKey, LAT_BUCKETS,
+    counter, latency_bucket_floor, FaultKey, FaultStats, ThreadAcct, VmaRecord, LAT_BUCKETS,
 };
 use serde::Serialize;
 
@@ -67,6 +67,8 @@ pub struct FaultTotals {
     pub latency_max_ns: u64,
     pub handler_calls: u64,
     pub handler_ns: u64,
+    /// Completion time of the latest fault.
+    pub last_ns: u64,
     pub hist: Hist,
 }
 
@@ -79,6 +81,7 @@ impl FaultTotals {
         self.latency_max_ns = self.latency_max_ns.max(s.latency_max_ns);
         self.handler_calls += s.handler_calls;
         self.handler_ns += s.handler_ns;
+        self.last_ns = self.last_ns.max(s.last_ns);
         for (i, &n) in s.latency_hist.iter().enumerate() {
             self.hist.add(i, n as u64);
         }
@@ -92,6 +95,7 @@ impl FaultTotals {
         self.latency_max_ns = self.latency_max_ns.max(o.latency_max_ns);
         self.handler_calls += o.handler_calls;
         self.handler_ns += o.handler_ns;
+        self.last_ns = self.last_ns.max(o.last_ns);
         self.hist.merge(&o.hist);
     }
 
@@ -138,6 +142,12 @@ pub struct Counters {
     /// those that needed a bpf_find_vma.
     pub vma_cache_hits: u64,
     pub vma_lookups: u64,
+    /// Cached VMAs found changed or unmapped since they were cached.
+    pub vma_cache_stale: u64,
+    /// Mapping lifetimes that could not be stored: their faults are 'unknown'.
+    pub life_table_full: u64,
+    /// Threads whose kernel counters could not be followed.
+    pub thread_table_full: u64,
     /// Faults lost because the tracepoint backend's tail call failed.
     pub tail_call_failed: u64,
 }
@@ -156,6 +166,9 @@ impl Counters {
             vma_cache_hits: at(counter::VMA_CACHE_HIT),
             vma_lookups: at(counter::VMA_LOOKUP),
             tail_call_failed: at(counter::TAIL_CALL_FAILED),
+            vma_cache_stale: at(counter::VMA_CACHE_STALE),
+            life_table_full: at(counter::LIFE_TABLE_FULL),
+            thread_table_full: at(counter::THREAD_TABLE_FULL),
         }
     }
 }
@@ -163,7 +176,10 @@ impl Counters {
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub faults: Vec<(FaultKey, FaultTotals)>,
-    pub vmas: Vec<(VmaKey, VmaInfo)>,
+    /// Mapping lifetimes by id.
+    pub vmas: Vec<(u64, VmaRecord)>,
+    /// The kernel's counters of each followed thread, by tid.
+    pub threads: Vec<(u32, ThreadAcct)>,
     /// Per process, faults that found the per-VMA table full.
     pub overflow: Vec<(u32, ProcTotals)>,
     pub counters: Counters,

@@ -47,6 +47,15 @@ pub struct VmaSummary {
     pub prot: String,
     /// The mmap call that created the mapping, when it was seen.
     pub origin: Option<String>,
+    /// The mapping lifetime: one kernel VMA from its creation to its unmap.
+    pub life: Option<u64>,
+    /// When rmaptrace first saw the lifetime (its first fault, usually).
+    pub first_seen_ns: Option<u64>,
+    /// When the call that created it was entered, when that call was seen.
+    pub mapped_ns: Option<u64>,
+    /// When the call that removed it returned (or the process ended); None
+    /// while it is mapped.
+    pub unmapped_ns: Option<u64>,
     pub faults: u64,
     pub minor: u64,
     pub major: u64,
@@ -56,6 +65,9 @@ pub struct VmaSummary {
     pub handler_time: Option<HandlerTime>,
     #[serde(skip)]
     pub start_addr: u64,
+    /// Identity of the row for the live screen's rates (the lifetime, 0 for none).
+    #[serde(skip)]
+    pub key: u64,
     #[serde(skip)]
     pub latency_hist: crate::model::snapshot::Hist,
 }

@@ -20,6 +20,7 @@ const MAP_FLAGS: &[(u64, &str)] = &[
 ];
 
 pub const MAP_SHARED: u64 = 0x1;
+pub const MAP_FIXED: u64 = 0x10;
 pub const MAP_ANONYMOUS: u64 = 0x20;
 
 pub fn map_flag_names(flags: u64) -> Vec<&'static str> {

@@ -2,8 +2,10 @@
 //! the latest snapshot of the in-kernel counts, and the attribution that joins them.
 use std::collections::{BTreeMap, HashMap};
 
+use std::sync::Arc;
+
 use rmaptrace_common::{
-    event_kind, vma_status, FaultEvent, MmapExitEvent, SyscallEvent, VmaInfo, VmaKey,
+    event_kind, vma_status, FaultEvent, MmapExitEvent, SyscallEvent, VmaInfo, VmaRecord,
 };
 use serde::Serialize;
 
@@ -40,6 +42,8 @@ pub struct FaultRecord {
     pub major: bool,
     pub latency_ns: Option<u64>,
     pub vma_start: Option<String>,
+    /// The mapping lifetime (the `life` of a summary row), None without a VMA.
+    pub life: Option<u64>,
 }
 
 /// A record to stream to the export as it happens.
@@ -49,30 +53,45 @@ pub enum Record {
     Fault(FaultRecord),
 }
 
-/// An mmap call, as much of it as a VMA's `origin` needs (32 bytes, not a record:
-/// a process may make 100k of them).
-#[derive(Clone, Copy)]
+/// An mmap call, as much of it as a lifetime's `origin` needs (not a record: a
+/// process may make 100k of them).
+#[derive(Clone)]
 struct Origin {
     len: u64,
     flags: u64,
     prot: u64,
+    /// When the call was entered (do_mmap's return for kernel mappings).
     ts_ns: u64,
     /// Made by the kernel's do_mmap outside any mmap syscall.
     kernel: bool,
+    path: Option<Arc<str>>,
+}
+
+/// A range that stopped being mapped: munmap, an mmap with MAP_FIXED over it, an
+/// mremap that moved it away, an exec (everything) or the process's end.
+#[derive(Clone, Copy)]
+struct Unmap {
+    start: u64,
+    end: u64,
+    /// Mappings that existed when the call was entered are the ones it removed.
+    enter_ns: u64,
+    /// When the call returned: the mapping was gone by then.
+    exit_ns: u64,
 }
 
 #[derive(Default)]
 struct ProcessState {
     comm: String,
-    /// minflt/majflt when tracing started, for processes that existed before.
-    baseline: (u64, u64),
-    exit_minflt: u64,
-    exit_majflt: u64,
+    /// The kernel's counts (final - base) of its exited threads.
+    exited_threads: (u64, u64),
     threads_exited: u32,
+    /// When its main thread exited.
+    exit_ns: Option<u64>,
     targeted: bool,
-    /// Successful mmaps by start address: where each mapping came from.
-    origins: BTreeMap<u64, Origin>,
-    /// vm_start → name from /proc/PID/maps.
+    /// Successful mmaps by (start address, time): where each mapping came from.
+    origins: BTreeMap<(u64, u64), Origin>,
+    unmaps: Vec<Unmap>,
+    /// Lifetime → name from /proc/PID/maps ("" when it had none or was gone).
     names: HashMap<u64, String>,
 }
 
@@ -85,10 +104,12 @@ pub struct Trace {
     pending: HashMap<u32, SyscallEvent>,
     snapshot: Snapshot,
     /// VMA descriptions carried by fault records, for the records that carry none.
-    event_vmas: HashMap<VmaKey, VmaInfo>,
+    event_vmas: HashMap<u64, VmaInfo>,
     backend: &'static str,
     paths_source: &'static str,
     limits: Vec<String>,
+    /// Swap was in use: a minor anonymous not-present fault may be a swap-cache hit.
+    swap_in_use: bool,
 }
 
 fn hex(v: u64) -> String {
@@ -108,7 +129,13 @@ impl Trace {
             backend: "tracepoint",
             paths_source: "derived",
             limits: Vec::new(),
+            swap_in_use: false,
         }
+    }
+
+    /// Whether swap was in use during the trace (derived paths depend on it).
+    pub fn set_swap_in_use(&mut self, on: bool) {
+        self.swap_in_use = on;
     }
 
     /// The counting backend and whether paths are observed or derived.
@@ -121,30 +148,15 @@ impl Trace {
         self.limits = limits;
     }
 
-    /// A process rmaptrace was asked to trace; `baseline` says whether it existed
-    /// before tracing started (its counters are then taken relative to now).
-    pub fn add_target(&mut self, pid: u32, baseline: bool) {
-        let stat = if baseline {
-            self.procfs.stat(pid)
-        } else {
-            None
-        };
+    /// A process rmaptrace was asked to trace. Its kernel counters are followed
+    /// per thread in the kernel from the moment each is first seen, so no
+    /// baseline is read here.
+    pub fn add_target(&mut self, pid: u32) {
+        let comm = self.procfs.stat(pid).map(|s| s.comm);
         let st = self.processes.entry(pid).or_default();
         st.targeted = true;
-        if let Some(s) = stat {
-            st.baseline = (s.minflt, s.majflt);
-            st.comm = s.comm;
-        }
-    }
-
-    /// Records the counters of every process now, for system-wide traces.
-    pub fn baseline_all(&mut self) {
-        for pid in self.procfs.pids() {
-            if let Some(s) = self.procfs.stat(pid) {
-                let st = self.processes.entry(pid).or_default();
-                st.baseline = (s.minflt, s.majflt);
-                st.comm = s.comm;
-            }
+        if let Some(c) = comm {
+            st.comm = c;
         }
     }
 
@@ -153,28 +165,41 @@ impl Trace {
         self.refresh_names();
     }
 
-    /// Names VMAs from /proc/PID/maps while their process is alive; one read per
-    /// process that has an unnamed VMA.
+    /// Names the file-backed lifetimes that have no origin path from
+    /// /proc/PID/maps while their process is alive: one read per process that has
+    /// such a lifetime, once per lifetime.
     fn refresh_names(&mut self) {
-        let mut wanted: HashMap<u32, Vec<u64>> = HashMap::new();
-        for (key, _) in &self.snapshot.vmas {
+        let mut wanted: HashMap<u32, Vec<(u64, u64, u64)>> = HashMap::new();
+        for (life, rec) in &self.snapshot.vmas {
+            if rec.info.file == 0 {
+                continue;
+            }
             let named = self
                 .processes
-                .get(&key.tgid)
-                .is_some_and(|p| p.names.contains_key(&key.vm_start));
+                .get(&rec.tgid)
+                .is_some_and(|p| p.names.contains_key(life));
             if !named {
-                wanted.entry(key.tgid).or_default().push(key.vm_start);
+                wanted
+                    .entry(rec.tgid)
+                    .or_default()
+                    .push((*life, rec.info.vm_start, rec.info.ino));
             }
         }
-        for (pid, starts) in wanted {
-            let Some(maps) = self.procfs.maps(pid) else {
-                continue;
-            };
+        for (pid, lives) in wanted {
+            let by_start: HashMap<u64, (u64, String)> = self
+                .procfs
+                .maps(pid)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|m| (m.start, (m.inode, m.name)))
+                .collect();
             let st = self.processes.entry(pid).or_default();
-            for start in starts {
-                if let Some(m) = maps.iter().find(|m| m.start == start) {
-                    st.names.insert(start, m.name.clone());
-                }
+            for (life, start, ino) in lives {
+                let name = match by_start.get(&start) {
+                    Some((i, n)) if *i == ino || ino == 0 => n.clone(),
+                    _ => String::new(),
+                };
+                st.names.insert(life, name);
             }
         }
     }
@@ -206,9 +231,14 @@ impl Trace {
             Event::MmapExit(m) => self.on_mmap_exit(&m).map(Record::Mmap),
             Event::Exit(e) => {
                 let st = self.processes.entry(e.header.tgid).or_default();
-                st.exit_minflt += e.min_flt;
-                st.exit_majflt += e.maj_flt;
+                if e.has_base != 0 {
+                    st.exited_threads.0 += e.min_flt.saturating_sub(e.base_min);
+                    st.exited_threads.1 += e.maj_flt.saturating_sub(e.base_maj);
+                }
                 st.threads_exited += 1;
+                if e.header.tid == e.header.tgid {
+                    st.exit_ns = Some(e.header.ts_ns);
+                }
                 if e.header.tid == e.header.tgid || st.comm.is_empty() {
                     st.comm = c_str(&e.comm);
                 }
@@ -221,25 +251,29 @@ impl Trace {
                         let st = self.processes.entry(t.header.tgid).or_default();
                         st.comm = comm;
                         if t.other == 1 {
-                            // Traced from this exec on (a --comm match): count from here.
-                            st.baseline = (t.min_flt, t.maj_flt);
                             st.targeted = true;
                         }
+                        // A new mm: every mapping of the old one is gone.
+                        st.unmaps.push(Unmap {
+                            start: 0,
+                            end: u64::MAX,
+                            enter_ns: t.header.ts_ns,
+                            exit_ns: t.header.ts_ns,
+                        });
                     }
                     _ => {
-                        // A forked child shares its parent's mappings, so it inherits
-                        // their origins and names too.
-                        let (origins, names) = self
+                        // A forked child has copies of its parent's mappings, so
+                        // it inherits their origins too.
+                        let origins = self
                             .processes
                             .get(&t.header.tgid)
-                            .map(|p| (p.origins.clone(), p.names.clone()))
+                            .map(|p| p.origins.clone())
                             .unwrap_or_default();
                         let child = self.processes.entry(t.other).or_default();
                         if child.comm.is_empty() {
                             child.comm = comm;
                         }
                         child.origins.extend(origins);
-                        child.names.extend(names);
                     }
                 }
                 None
@@ -254,21 +288,16 @@ impl Trace {
         if f.vma_status != vma_status::FOUND {
             return None;
         }
-        let key = VmaKey {
-            tgid: f.header.tgid,
-            ident: f.ident,
-            vm_start: f.vm_start,
-        };
         if f.vma.vm_end != 0 {
-            self.event_vmas.insert(key, f.vma);
+            self.event_vmas.insert(f.life, f.vma);
             return Some(f.vma);
         }
-        self.event_vmas.get(&key).copied().or_else(|| {
+        self.event_vmas.get(&f.life).copied().or_else(|| {
             self.snapshot
                 .vmas
                 .iter()
-                .find(|(k, _)| *k == key)
-                .map(|(_, v)| *v)
+                .find(|(k, _)| *k == f.life)
+                .map(|(_, v)| v.info)
         })
     }
 
@@ -285,8 +314,9 @@ impl Trace {
             None => (None, None),
         };
         let vm_flags = vma.map(|v| v.vm_flags).unwrap_or(0);
-        let path = path::observed_name(f.path)
-            .unwrap_or_else(|| path::derive(kind, vm_flags, f.access, f.major != 0));
+        let path = path::observed_name(f.path).unwrap_or_else(|| {
+            path::derive(kind, vm_flags, f.access, f.major != 0, self.swap_in_use)
+        });
         FaultRecord {
             kind_tag: "fault",
             ts_ns: f.header.ts_ns,
@@ -302,23 +332,44 @@ impl Trace {
             path,
             major: f.major != 0,
             latency_ns: (f.access & access::NO_ENTRY == 0).then_some(f.latency_ns),
-            vma_start: found.then(|| hex(f.vm_start)),
+            vma_start: vma.filter(|_| found).map(|v| hex(v.vm_start)),
+            life: found.then_some(f.life),
         }
     }
 
     fn on_syscall(&mut self, s: SyscallEvent) -> Option<MmapRecord> {
         let h = s.header;
         match h.kind {
-            event_kind::MMAP_ENTER | event_kind::MREMAP_ENTER => {
+            event_kind::MMAP_ENTER | event_kind::MREMAP_ENTER | event_kind::MUNMAP => {
                 self.pending.insert(h.tid, s);
                 None
             }
-            event_kind::MUNMAP => Some(self.mmap_record(&s, "munmap", s.args[0])),
+            event_kind::MUNMAP_EXIT => {
+                let enter = self.pending.remove(&h.tid)?;
+                if enter.header.kind != event_kind::MUNMAP {
+                    return None;
+                }
+                let mut rec = self.mmap_record(&enter, "munmap", enter.args[0]);
+                rec.ts_ns = h.ts_ns;
+                rec.error = syscalls::syscall_error(s.args[0]);
+                if rec.error.is_none() {
+                    self.unmapped(&enter, enter.args[0], enter.args[1], h.ts_ns);
+                }
+                Some(rec)
+            }
             event_kind::MREMAP_EXIT => {
                 let enter = self.pending.remove(&h.tid)?;
+                if enter.header.kind != event_kind::MREMAP_ENTER {
+                    return None;
+                }
                 let mut rec = self.mmap_record(&enter, "mremap", s.args[0]);
                 rec.ts_ns = h.ts_ns;
                 rec.error = syscalls::syscall_error(s.args[0]);
+                // mremap(old, old_len, new_len, flags, new): moved away, the old
+                // range is unmapped.
+                if rec.error.is_none() && s.args[0] != enter.args[0] {
+                    self.unmapped(&enter, enter.args[0], enter.args[1], h.ts_ns);
+                }
                 Some(rec)
             }
             _ => None,
@@ -331,6 +382,9 @@ impl Trace {
             return self.on_kernel_mmap(m);
         }
         let enter = self.pending.remove(&h.tid)?;
+        if enter.header.kind != event_kind::MMAP_ENTER {
+            return None;
+        }
         let mut rec = self.mmap_record(&enter, "mmap", m.ret);
         rec.ts_ns = h.ts_ns;
         rec.error = syscalls::syscall_error(m.ret);
@@ -340,25 +394,21 @@ impl Trace {
             rec.path = self
                 .mapped_path(h.tgid, m.ret, rec.raw_flags)
                 .or_else(|| kernel_path(m));
-            if let Some(p) = &rec.path {
-                self.processes
-                    .entry(h.tgid)
-                    .or_default()
-                    .names
-                    .entry(m.ret)
-                    .or_insert_with(|| p.clone());
+            // Whatever was mapped in the new range before is gone (MAP_FIXED);
+            // without MAP_FIXED the range was free.
+            if rec.raw_flags & syscalls::MAP_FIXED != 0 {
+                self.unmapped(&enter, m.ret, rec.len, h.ts_ns);
             }
-        }
-        if rec.error.is_none() {
             let origin = Origin {
                 len: rec.len,
                 flags: rec.raw_flags,
                 prot: enter.args[2],
-                ts_ns: rec.ts_ns,
+                ts_ns: enter.header.ts_ns,
                 kernel: false,
+                path: rec.path.as_deref().map(Arc::from),
             };
             let st = self.processes.entry(h.tgid).or_default();
-            st.origins.insert(m.ret, origin);
+            st.origins.insert((m.ret, origin.ts_ns), origin);
         }
         Some(rec)
     }
@@ -377,18 +427,16 @@ impl Trace {
         let path = kernel_path(m);
         let st = self.processes.entry(h.tgid).or_default();
         st.origins.insert(
-            m.ret,
+            (m.ret, h.ts_ns),
             Origin {
                 len: m.len,
                 flags: m.flags,
                 prot: m.prot,
                 ts_ns: h.ts_ns,
                 kernel: true,
+                path: path.as_deref().map(Arc::from),
             },
         );
-        if let Some(p) = &path {
-            st.names.entry(m.ret).or_insert_with(|| p.clone());
-        }
         Some(MmapRecord {
             ts_ns: h.ts_ns,
             pid: h.tgid,
@@ -439,6 +487,18 @@ impl Trace {
         }
     }
 
+    /// Notes that `[start, start + len)` of the caller's process stopped being
+    /// mapped by the call `enter` began, returning at `exit_ns`.
+    fn unmapped(&mut self, enter: &SyscallEvent, start: u64, len: u64, exit_ns: u64) {
+        let st = self.processes.entry(enter.header.tgid).or_default();
+        st.unmaps.push(Unmap {
+            start,
+            end: start.saturating_add(len.next_multiple_of(4096)),
+            enter_ns: enter.header.ts_ns,
+            exit_ns,
+        });
+    }
+
     /// The file behind a new mapping, read while the process is surely alive.
     fn mapped_path(&mut self, pid: u32, start: u64, flags: u64) -> Option<String> {
         if flags & syscalls::MAP_ANONYMOUS != 0 && flags & syscalls::MAP_SHARED == 0 {
@@ -452,51 +512,80 @@ impl Trace {
             .filter(|n| !n.is_empty())
     }
 
-    /// The mmap whose range holds `vm_start`: the nearest starts below it first
-    /// (a few, as smaller mappings may have been placed inside a larger one).
-    fn origin_of(&self, pid: u32, vm_start: u64) -> Option<String> {
+    /// The latest mmap, made before the lifetime was first seen, whose range
+    /// holds `vm_start` (the nearest starts below it first: smaller mappings may
+    /// have been placed inside a larger one).
+    fn origin_of(&self, pid: u32, vm_start: u64, first_ns: u64) -> Option<&Origin> {
         let p = self.processes.get(&pid)?;
         p.origins
-            .range(..=vm_start)
+            .range(..=(vm_start, u64::MAX))
             .rev()
             .take(64)
-            .find(|(start, o)| vm_start < *start + o.len)
-            .map(|(_, o)| {
-                format!(
-                    "{}({}, {}) at {} ns",
-                    if o.kernel { "kernel do_mmap" } else { "mmap" },
-                    syscalls::map_flag_names(o.flags).join("|"),
-                    syscalls::prot_names(o.prot),
-                    o.ts_ns
-                )
-            })
+            .filter(|((start, _), o)| vm_start < *start + o.len && o.ts_ns <= first_ns)
+            .max_by_key(|(_, o)| o.ts_ns)
+            .map(|(_, o)| o)
     }
 
+    fn describe_origin(o: &Origin) -> String {
+        format!(
+            "{}({}, {}) at {} ns",
+            if o.kernel { "kernel do_mmap" } else { "mmap" },
+            syscalls::map_flag_names(o.flags).join("|"),
+            syscalls::prot_names(o.prot),
+            o.ts_ns
+        )
+    }
+
+    /// When a lifetime last seen as [start, end), with its last fault at
+    /// `last_ns`, stopped being mapped: the first call that unmapped its whole
+    /// range, entered after the lifetime was first seen and returning after its
+    /// last fault; else the process's end.
+    fn unmapped_ns(&self, pid: u32, rec: &VmaRecord, last_ns: u64) -> Option<u64> {
+        let p = self.processes.get(&pid)?;
+        let (start, end) = (rec.info.vm_start, rec.info.vm_end);
+        if rec.ended_ns != 0 {
+            return Some(rec.ended_ns);
+        }
+        p.unmaps
+            .iter()
+            .filter(|u| {
+                u.start <= start
+                    && end <= u.end
+                    && u.enter_ns > rec.first_ns
+                    && u.exit_ns >= last_ns
+            })
+            .map(|u| u.exit_ns)
+            .min()
+            .or(p.exit_ns)
+    }
+
+    /// What the kernel counted for `pid` over the same span as rmaptrace: per
+    /// thread, its counters at exit (or at its latest counted fault, if alive)
+    /// minus those when rmaptrace started following it.
     fn kernel_counts(&self, pid: u32) -> Option<KernelCounts> {
         let p = self.processes.get(&pid);
-        let (b_min, b_maj) = p.map(|p| p.baseline).unwrap_or((0, 0));
-        let (min, maj) = match self.procfs.stat(pid) {
-            Some(s) => (s.minflt, s.majflt),
-            None => {
-                let p = p.filter(|p| p.threads_exited > 0)?;
-                (p.exit_minflt, p.exit_majflt)
-            }
-        };
-        Some(KernelCounts {
-            minflt: min.saturating_sub(b_min),
-            majflt: maj.saturating_sub(b_maj),
+        let (mut min, mut maj) = p.map(|p| p.exited_threads).unwrap_or((0, 0));
+        let mut known = p.is_some_and(|p| p.threads_exited > 0);
+        for (_, t) in self.snapshot.threads.iter().filter(|(_, t)| t.tgid == pid) {
+            min += t.last_min.saturating_sub(t.base_min);
+            maj += t.last_maj.saturating_sub(t.base_maj);
+            known = true;
+        }
+        known.then_some(KernelCounts {
+            minflt: min,
+            majflt: maj,
         })
     }
 
     fn vma_summary(
         &self,
         pid: u32,
-        vm_start: u64,
-        info: Option<VmaInfo>,
+        life: Option<(u64, &VmaRecord)>,
         rows: &[(u8, u8, &FaultTotals)],
     ) -> VmaSummary {
         let mut totals = FaultTotals::default();
         let mut paths: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let info = life.map(|(_, r)| r.info);
         let (kind, vm_flags) = match &info {
             Some(i) => (self.kind_of(i), i.vm_flags),
             None => (Kind::Unknown, 0),
@@ -505,7 +594,7 @@ impl Trace {
             totals.merge(t);
             let name = |major| {
                 path::observed_name(*path_id)
-                    .unwrap_or_else(|| path::derive(kind, vm_flags, *acc, major))
+                    .unwrap_or_else(|| path::derive(kind, vm_flags, *acc, major, self.swap_in_use))
             };
             if t.minor > 0 {
                 *paths.entry(name(false)).or_default() += t.minor;
@@ -517,11 +606,23 @@ impl Trace {
         let (handler, module) = info
             .map(|i| self.handler_of(i.fault_fn))
             .unwrap_or((None, None));
-        let file = self
-            .processes
-            .get(&pid)
-            .and_then(|p| p.names.get(&vm_start).cloned())
-            .filter(|n| !n.is_empty())
+        let vm_start = info.map(|i| i.vm_start).unwrap_or(0);
+        let first_ns = life.map(|(_, r)| r.first_ns).unwrap_or(0);
+        let origin = self
+            .origin_of(pid, vm_start, first_ns.max(1))
+            .filter(|_| life.is_some());
+        let has_file = info.is_some_and(|i| i.file != 0);
+        let file = origin
+            .and_then(|o| o.path.as_deref())
+            .filter(|_| has_file)
+            .map(str::to_string)
+            .or_else(|| {
+                let (id, _) = life?;
+                self.processes
+                    .get(&pid)
+                    .and_then(|p| p.names.get(&id).cloned())
+                    .filter(|n| !n.is_empty())
+            })
             .or_else(|| {
                 info.filter(|i| i.file != 0)
                     .map(|i| c_str(&i.name))
@@ -536,7 +637,11 @@ impl Trace {
             file,
             device: info.as_ref().and_then(char_device),
             prot: info.map(|i| prot_string(i.vm_flags)).unwrap_or_default(),
-            origin: self.origin_of(pid, vm_start),
+            origin: origin.map(Self::describe_origin),
+            life: life.map(|(id, _)| id),
+            first_seen_ns: life.map(|(_, r)| r.first_ns),
+            mapped_ns: origin.map(|o| o.ts_ns),
+            unmapped_ns: life.and_then(|(_, r)| self.unmapped_ns(pid, r, totals.last_ns)),
             faults: totals.total(),
             minor: totals.minor,
             major: totals.major,
@@ -553,21 +658,23 @@ impl Trace {
                 mean_ns: totals.handler_ns / totals.handler_calls,
             }),
             start_addr: vm_start,
+            key: life.map(|(id, _)| id).unwrap_or(0),
             latency_hist: totals.hist,
         }
     }
 
     pub fn summary(&self, now_ns: u64) -> Summary {
-        // pid → (vm_start, ident) (None: no VMA found) → rows
+        // pid → lifetime (None: no VMA found) → rows
         type Rows<'a> = Vec<(u8, u8, &'a FaultTotals)>;
-        let mut by_pid: BTreeMap<u32, BTreeMap<Option<(u64, u32)>, Rows>> = BTreeMap::new();
-        let descriptions: HashMap<VmaKey, VmaInfo> = self.snapshot.vmas.iter().copied().collect();
+        let mut by_pid: BTreeMap<u32, BTreeMap<Option<u64>, Rows>> = BTreeMap::new();
+        let records: HashMap<u64, &VmaRecord> =
+            self.snapshot.vmas.iter().map(|(k, v)| (*k, v)).collect();
         for (key, totals) in &self.snapshot.faults {
-            let vma = (key.vma_status == vma_status::FOUND).then_some((key.vm_start, key.ident));
+            let life = (key.vma_status == vma_status::FOUND && key.life != 0).then_some(key.life);
             by_pid
                 .entry(key.tgid)
                 .or_default()
-                .entry(vma)
+                .entry(life)
                 .or_default()
                 .push((key.access, key.path, totals));
         }
@@ -590,35 +697,25 @@ impl Trace {
             let mut vmas = Vec::new();
             let mut by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
             let mut faults = FaultCounts::default();
-            // Rows are keyed by vm_start at fault time: a VMA whose start moved
-            // (stack growth, a merge below it, a split) appears once per start.
-            // Joining them by their end would also join a split's halves, so they
-            // are shown as the kernel had them.
-            let mut parts: Vec<VmaSummary> = Vec::new();
-            for (vma, rows) in groups {
-                let v = match vma {
-                    Some((start, ident)) => {
-                        let key = VmaKey {
-                            tgid: pid,
-                            ident: *ident,
-                            vm_start: *start,
-                        };
-                        self.vma_summary(pid, *start, descriptions.get(&key).copied(), rows)
-                    }
+            // One row per mapping lifetime: a VMA that grew, shrank or had part
+            // of it split off keeps its row; a new VMA (the split-off part, a
+            // mapping replaced at the same address) gets its own.
+            for (life, rows) in groups {
+                let v = match life.and_then(|l| records.get(&l).map(|r| (l, *r))) {
+                    Some(l) => self.vma_summary(pid, Some(l), rows),
                     None => {
-                        let mut v = self.vma_summary(pid, 0, None, rows);
+                        let mut v = self.vma_summary(pid, None, rows);
                         v.file = Some("(no VMA found at fault time)".into());
                         v
                     }
                 };
-                parts.push(v);
-            }
-            for v in parts {
                 *by_kind.entry(v.kind).or_default() += v.faults;
                 faults.minor += v.minor;
                 faults.major += v.major;
                 vmas.push(v);
             }
+            vmas.sort_by_key(|v| (v.start_addr, v.first_seen_ns));
+            end_superseded(&mut vmas);
             // Faults that found the per-VMA table full: counted, kind unknown.
             let t = overflow.get(&pid).copied().unwrap_or_default();
             if t.minor + t.major > 0 {
@@ -631,6 +728,11 @@ impl Trace {
             let unseen = kernel
                 .as_ref()
                 .map(|k| (k.minflt + k.majflt) as i64 - faults.total as i64);
+            let exited = self
+                .processes
+                .get(&pid)
+                .is_some_and(|p| p.exit_ns.is_some())
+                || !self.procfs.exists(pid);
             processes.push(ProcessSummary {
                 pid,
                 comm: self.comm_of(pid),
@@ -638,7 +740,7 @@ impl Trace {
                 by_kind,
                 kernel,
                 unseen,
-                exited: !self.procfs.exists(pid),
+                exited,
                 vmas,
             });
         }
@@ -652,6 +754,37 @@ impl Trace {
             counters: self.snapshot.counters,
             limits: self.limits.clone(),
             processes,
+        }
+    }
+}
+
+/// Two VMAs of one process never overlap at one instant: a lifetime still
+/// marked mapped whose last known range overlaps a lifetime first seen later had
+/// changed (split, or unmapped unseen) before that one appeared, so it ended by
+/// then at the latest.
+fn end_superseded(vmas: &mut [VmaSummary]) {
+    let range = |v: &VmaSummary| {
+        (
+            v.start_addr,
+            u64::from_str_radix(v.end.trim_start_matches("0x"), 16).unwrap_or(0),
+        )
+    };
+    for i in 0..vmas.len() {
+        let (Some(first), None) = (vmas[i].first_seen_ns, vmas[i].unmapped_ns) else {
+            continue;
+        };
+        let (s, e) = range(&vmas[i]);
+        let superseded = vmas
+            .iter()
+            .filter(|o| o.life.is_some() && o.first_seen_ns.is_some_and(|f| f > first))
+            .filter(|o| {
+                let (os, oe) = range(o);
+                os < e && s < oe
+            })
+            .filter_map(|o| o.first_seen_ns)
+            .min();
+        if superseded.is_some() {
+            vmas[i].unmapped_ns = superseded;
         }
     }
 }

@@ -263,18 +263,8 @@ impl App {
                 ])
             })
             .collect();
-        let rate = |v: &VmaSummary| {
-            h.vma_rate
-                .get(&(p.pid, v.start_addr))
-                .copied()
-                .unwrap_or(0.0)
-        };
-        let seen = |v: &VmaSummary| {
-            h.first_seen
-                .get(&(p.pid, v.start_addr))
-                .copied()
-                .unwrap_or(0)
-        };
+        let rate = |v: &VmaSummary| h.vma_rate.get(&(p.pid, v.key)).copied().unwrap_or(0.0);
+        let seen = |v: &VmaSummary| h.first_seen.get(&(p.pid, v.key)).copied().unwrap_or(0);
         match self.vma_sort {
             VmaSort::Rate => rows.sort_by(|a, b| {
                 rate(b)

@@ -41,6 +41,10 @@ fn vma(
         device: None,
         prot: prot.into(),
         origin: None,
+        life: Some(start),
+        first_seen_ns: Some(1),
+        mapped_ns: None,
+        unmapped_ns: None,
         faults,
         minor: faults,
         major: 0,
@@ -53,6 +57,7 @@ fn vma(
             samples: faults,
         },
         start_addr: start,
+        key: start,
         latency_hist: hist(lat),
     }
 }

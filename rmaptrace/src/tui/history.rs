@@ -61,10 +61,10 @@ impl History {
                 spark.pop_front();
             }
             for v in &p.vmas {
-                let id = (p.pid, v.start_addr);
+                let id = (p.pid, v.key);
                 let mut vma_rate = 0.0;
                 for (&path, &n) in &v.paths {
-                    let key = (p.pid, v.start_addr, path);
+                    let key = (p.pid, v.key, path);
                     let before = self.prev_path.get(&key).copied().unwrap_or(0);
                     let r = n.saturating_sub(before) as f64 / dt;
                     vma_rate += r;

@@ -77,11 +77,7 @@ pub fn build<'a>(vmas: impl IntoIterator<Item = (u32, &'a VmaSummary)>, h: &Hist
     };
     for (pid, v) in vmas {
         for (&path, &n) in &v.paths {
-            let rate = h
-                .path_rate
-                .get(&(pid, v.start_addr, path))
-                .copied()
-                .unwrap_or(0.0);
+            let rate = h.path_rate.get(&(pid, v.key, path)).copied().unwrap_or(0.0);
             add(&mut root, &chain(path, v), n, rate);
         }
     }

@@ -5,7 +5,7 @@ use crate::{
     kernel::procfs::{MapsEntry, ProcStat},
     model::snapshot::{Counters, Hist, ProcTotals},
 };
-use rmaptrace_common::{access, path_id, EventHeader, ExitEvent, FaultKey, TaskEvent};
+use rmaptrace_common::{access, path_id, EventHeader, ExitEvent, FaultKey, TaskEvent, ThreadAcct};
 
 #[derive(Default)]
 struct FakeProc {
@@ -42,31 +42,67 @@ fn totals(minor: u64, major: u64) -> FaultTotals {
     t
 }
 
-fn key(tgid: u32, vm_start: u64, access: u8) -> FaultKey {
+fn key(tgid: u32, life: u64, access: u8) -> FaultKey {
     FaultKey {
         tgid,
         access,
         path: path_id::DERIVED,
         vma_status: vma_status::FOUND,
         _pad: 0,
-        vm_start,
-        ident: 0,
-        _pad2: 0,
+        life,
     }
 }
 
-fn vma(tgid: u32, start: u64, info: VmaInfo) -> (VmaKey, VmaInfo) {
+/// Lifetime `life` of process `tgid`, first seen at `first_ns`, starting at `start`.
+fn life(tgid: u32, life: u64, first_ns: u64, start: u64, info: VmaInfo) -> (u64, VmaRecord) {
     (
-        VmaKey {
+        life,
+        VmaRecord {
             tgid,
-            ident: 0,
-            vm_start: start,
-        },
-        VmaInfo {
-            vm_start: start,
-            ..info
+            _pad: 0,
+            first_ns,
+            ended_ns: 0,
+            info: VmaInfo {
+                vm_start: start,
+                ..info
+            },
         },
     )
+}
+
+/// A thread followed by the kernel side, `min` faults counted over the trace.
+fn thread(tgid: u32, min: u64) -> ThreadAcct {
+    ThreadAcct {
+        tgid,
+        _pad: 0,
+        base_min: 1000,
+        base_maj: 0,
+        last_min: 1000 + min,
+        last_maj: 0,
+    }
+}
+
+fn header(kind: u32, tgid: u32, ts_ns: u64) -> EventHeader {
+    EventHeader {
+        kind,
+        tgid,
+        tid: tgid,
+        _pad: 0,
+        ts_ns,
+    }
+}
+
+fn mmap_exit(tgid: u32, ts_ns: u64, ret: u64) -> MmapExitEvent {
+    MmapExitEvent {
+        header: header(event_kind::MMAP_EXIT, tgid, ts_ns),
+        ret,
+        len: 0,
+        prot: 0,
+        flags: 0,
+        depth: 0,
+        truncated: 0,
+        path: [[0; 32]; 8],
+    }
 }
 
 fn trace_with(proc_: FakeProc) -> Trace {
@@ -96,27 +132,25 @@ fn attributes_faults_to_vmas_kinds_handlers_and_paths() {
         }],
     );
     let mut t = trace_with(fake);
-    t.add_target(42, false);
+    t.add_target(42);
     t.set_snapshot(Snapshot {
         faults: vec![
-            (key(42, 0x1000, access::WRITE), totals(100, 0)),
-            (
-                key(42, 0x1000, access::WRITE | access::PRESENT),
-                totals(100, 0),
-            ),
-            (key(42, 0x2000, access::WRITE), totals(100, 0)),
+            (key(42, 1, access::WRITE), totals(100, 0)),
+            (key(42, 1, access::WRITE | access::PRESENT), totals(100, 0)),
+            (key(42, 2, access::WRITE), totals(100, 0)),
             (
                 FaultKey {
                     vma_status: vma_status::BUSY,
-                    vm_start: 0,
                     ..key(42, 0, access::WRITE)
                 },
                 totals(3, 0),
             ),
         ],
         vmas: vec![
-            vma(
+            life(
                 42,
+                1,
+                5,
                 0x1000,
                 VmaInfo {
                     vm_end: 0x11000,
@@ -124,10 +158,13 @@ fn attributes_faults_to_vmas_kinds_handlers_and_paths() {
                     ..Default::default()
                 },
             ),
-            vma(
+            life(
                 42,
+                2,
+                5,
                 0x2000,
                 VmaInfo {
+                    ino: 7,
                     vm_end: 0x3000,
                     vm_flags: 0xb,
                     vm_ops: 1,
@@ -137,6 +174,7 @@ fn attributes_faults_to_vmas_kinds_handlers_and_paths() {
                 },
             ),
         ],
+        threads: vec![(42, thread(42, 310))],
         overflow: vec![],
         counters: Counters::default(),
     });
@@ -175,7 +213,7 @@ fn attributes_faults_to_vmas_kinds_handlers_and_paths() {
 #[test]
 fn exited_processes_use_the_kernel_counters_from_their_exits() {
     let mut t = trace_with(FakeProc::default());
-    t.add_target(7, false);
+    t.add_target(7);
     for (tid, min) in [(7u32, 40u64), (8, 2)] {
         let ev = ExitEvent {
             header: EventHeader {
@@ -185,8 +223,13 @@ fn exited_processes_use_the_kernel_counters_from_their_exits() {
                 _pad: 0,
                 ts_ns: 5,
             },
-            min_flt: min,
+            // Counters from before the thread was followed are not the trace's.
+            min_flt: min + 500,
             maj_flt: 1,
+            base_min: 500,
+            base_maj: 0,
+            has_base: 1,
+            _pad: 0,
             comm: *b"worker\0\0\0\0\0\0\0\0\0\0",
         };
         assert_eq!(t.on_event(Event::Exit(ev)), None);
@@ -215,40 +258,22 @@ fn exited_processes_use_the_kernel_counters_from_their_exits() {
 }
 
 #[test]
-fn a_comm_match_at_exec_sets_the_baseline() {
+fn live_threads_count_from_their_kernel_counters_not_proc() {
     let mut fake = FakeProc::default();
+    // /proc counts dead threads from before the trace: never used.
     fake.stats.insert(
         9,
         ProcStat {
             comm: "x".into(),
-            minflt: 150,
+            minflt: 5_000,
             majflt: 0,
         },
     );
     let mut t = trace_with(fake);
-    let ev = TaskEvent {
-        header: EventHeader {
-            kind: event_kind::EXEC,
-            tgid: 9,
-            tid: 9,
-            _pad: 0,
-            ts_ns: 1,
-        },
-        other: 1,
-        _pad: 0,
-        min_flt: 50,
-        maj_flt: 0,
-        comm: *b"x\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
-    };
-    t.on_event(Event::Task(ev));
+    t.add_target(9);
     t.set_snapshot(Snapshot {
-        overflow: vec![(
-            9,
-            ProcTotals {
-                minor: 100,
-                major: 0,
-            },
-        )],
+        faults: vec![(key(9, 0, access::WRITE), totals(100, 0))],
+        threads: vec![(9, thread(9, 60)), (10, thread(9, 40)), (11, thread(12, 7))],
         ..Default::default()
     });
     let p = &t.summary(2).processes[0];
@@ -260,6 +285,110 @@ fn a_comm_match_at_exec_sets_the_baseline() {
         })
     );
     assert_eq!(p.unseen, Some(0));
+}
+
+#[test]
+fn a_mapping_replaced_at_the_same_address_is_a_new_row() {
+    let mut t = trace_with(FakeProc::default());
+    let file = |name: &str| {
+        let mut p = [[0u8; 32]; 8];
+        p[0][..name.len()].copy_from_slice(name.as_bytes());
+        p[1][0] = b'/';
+        p
+    };
+    // mmap(A) at 0x7000, munmap, mmap(B) at 0x7000 with MAP_FIXED.
+    t.on_event(Event::Syscall(SyscallEvent {
+        header: header(event_kind::MMAP_ENTER, 3, 10),
+        args: [0, 0x4000, 3, 0x1, 5, 0],
+    }));
+    t.on_event(Event::MmapExit(MmapExitEvent {
+        path: file("a"),
+        depth: 2,
+        ..mmap_exit(3, 11, 0x7000)
+    }));
+    t.on_event(Event::Syscall(SyscallEvent {
+        header: header(event_kind::MUNMAP, 3, 20),
+        args: [0x7000, 0x4000, 0, 0, 0, 0],
+    }));
+    t.on_event(Event::Syscall(SyscallEvent {
+        header: header(event_kind::MUNMAP_EXIT, 3, 21),
+        args: [0; 6],
+    }));
+    t.on_event(Event::Syscall(SyscallEvent {
+        header: header(event_kind::MMAP_ENTER, 3, 30),
+        args: [0x7000, 0x4000, 3, 0x11, 6, 0],
+    }));
+    t.on_event(Event::MmapExit(MmapExitEvent {
+        path: file("b"),
+        depth: 2,
+        ..mmap_exit(3, 31, 0x7000)
+    }));
+    let file_vma = VmaInfo {
+        vm_end: 0xb000,
+        vm_flags: 0xb,
+        vm_ops: 1,
+        file: 1,
+        ..Default::default()
+    };
+    let mut a = totals(4, 0);
+    a.last_ns = 15;
+    let mut b = totals(4, 0);
+    b.last_ns = 35;
+    t.set_snapshot(Snapshot {
+        faults: vec![(key(3, 1, access::WRITE), a), (key(3, 2, access::WRITE), b)],
+        vmas: vec![
+            life(3, 1, 12, 0x7000, file_vma),
+            life(3, 2, 32, 0x7000, file_vma),
+        ],
+        ..Default::default()
+    });
+    let s = t.summary(40);
+    let rows = &s.processes[0].vmas;
+    assert_eq!(rows.len(), 2, "two lifetimes at one address: {rows:?}");
+    let (ra, rb) = (&rows[0], &rows[1]);
+    assert_eq!((ra.start.as_str(), rb.start.as_str()), ("0x7000", "0x7000"));
+    assert_eq!(ra.file.as_deref(), Some("/a"));
+    assert_eq!(rb.file.as_deref(), Some("/b"));
+    assert_eq!((ra.life, rb.life), (Some(1), Some(2)));
+    assert_eq!((ra.mapped_ns, ra.unmapped_ns), (Some(10), Some(21)));
+    assert_eq!((rb.mapped_ns, rb.unmapped_ns), (Some(30), None));
+    assert!(ra.origin.as_deref().unwrap().ends_with("at 10 ns"));
+}
+
+#[test]
+fn a_lifetime_overlapped_by_a_later_one_has_ended() {
+    let mut t = trace_with(FakeProc::default());
+    let anon = VmaInfo {
+        vm_end: 0x2_1000,
+        vm_flags: 0x3,
+        ..Default::default()
+    };
+    t.set_snapshot(Snapshot {
+        faults: vec![
+            (key(5, 1, access::WRITE), totals(33, 0)),
+            (key(5, 2, access::WRITE), totals(1, 0)),
+        ],
+        vmas: vec![
+            // Split after its faults: the struct's new lifetime covers one page.
+            life(5, 1, 10, 0x1000, anon),
+            life(
+                5,
+                2,
+                50,
+                0x1000,
+                VmaInfo {
+                    vm_end: 0x2000,
+                    ..anon
+                },
+            ),
+        ],
+        ..Default::default()
+    });
+    let s = t.summary(60);
+    let rows = &s.processes[0].vmas;
+    assert_eq!(rows[0].life, Some(1));
+    assert_eq!(rows[0].unmapped_ns, Some(50));
+    assert_eq!(rows[1].unmapped_ns, None);
 }
 
 #[test]
@@ -301,11 +430,16 @@ fn mmap_records_pair_entry_and_exit_and_name_the_origin() {
     assert_eq!(rec.prot, "rw-");
     assert_eq!(rec.flags, vec!["MAP_SHARED", "MAP_ANONYMOUS"]);
     assert_eq!(rec.fd, -1);
+    let origin = |t: &Trace, addr| t.origin_of(3, addr, 100).map(Trace::describe_origin);
     assert_eq!(
-        t.origin_of(3, 0x7000).as_deref(),
-        Some("mmap(MAP_SHARED|MAP_ANONYMOUS, rw-) at 11 ns")
+        origin(&t, 0x7000).as_deref(),
+        Some("mmap(MAP_SHARED|MAP_ANONYMOUS, rw-) at 10 ns")
     );
-    assert_eq!(t.origin_of(3, 0xb000), None, "outside the mapping");
+    assert_eq!(origin(&t, 0xb000), None, "outside the mapping");
+    assert!(
+        t.origin_of(3, 0x7000, 5).is_none(),
+        "a lifetime seen before the mmap is not its"
+    );
     // An exit without its entry (entry lost) yields nothing rather than a guess.
     exit.header.tid = 99;
     assert_eq!(t.on_event(Event::MmapExit(exit)), None);
@@ -341,7 +475,9 @@ fn kernel_mmaps_outside_a_syscall_are_origins() {
     assert_eq!(rec.path.as_deref(), Some("/bin/true"));
     assert_eq!(rec.prot, "r-x");
     assert_eq!(
-        t.origin_of(8, 0x40_1000).as_deref(),
+        t.origin_of(8, 0x40_1000, 10)
+            .map(Trace::describe_origin)
+            .as_deref(),
         Some("kernel do_mmap(MAP_PRIVATE, r-x) at 3 ns")
     );
     // Inside an mmap syscall the syscall's own record is kept instead.

@@ -66,7 +66,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             let rate = app
                 .history
                 .vma_rate
-                .get(&(p.pid, v.start_addr))
+                .get(&(p.pid, v.key))
                 .copied()
                 .unwrap_or(0.0);
             let file = match (&v.file, &v.device) {

@@ -1,0 +1,142 @@
+//! Mapping lifetimes: which mapping a VMA is, over time. A `struct
+//! vm_area_struct` lives from the mmap that creates it until the unmap that frees
+//! it, and keeps its address while it grows (stack, heap, a merge), so its
+//! pointer is its identity while it grows. When it shrinks (a split: mprotect,
+//! mbind, madvise, a partial munmap) the faults counted so far were served by a
+//! VMA that no longer exists in that shape, so the struct starts a new lifetime
+//! and the old one ends. After a struct is freed the slab may hand the same
+//! pointer to a new mapping: that is told apart by its mm, file, kind or page
+//! offset changing, or, for a new mapping at the very same address and of the
+//! same kind, by the mmap that made it (`reborn`).
+use aya_ebpf::{
+    helpers::bpf_get_smp_processor_id,
+    macros::map,
+    maps::{HashMap, PerCpuArray},
+};
+use rmaptrace_common::{counter, vma_ident, VmaInfo, VmaRecord};
+
+use crate::maps::{bump, VMAS};
+
+/// What a lifetime's VMA looked like when last seen, to tell a continuing VMA
+/// from a reused struct.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Life {
+    pub life: u64,
+    pub mm: u64,
+    pub file: u64,
+    /// `vm_pgoff - vm_start / PAGE_SIZE`: unchanged by growth and splits.
+    pub pgoff_base: u64,
+    pub start: u64,
+    pub end: u64,
+    pub flags: u64,
+    pub ident: u32,
+    pub _pad: u32,
+}
+
+/// Live lifetimes by `struct vm_area_struct *`.
+#[map]
+static LIVES: HashMap<u64, Life> = HashMap::with_max_entries(131072, 0);
+
+/// Per-CPU lifetime counter: ids are (cpu << 40) | n, unique without atomics.
+#[map]
+static NEXT_LIFE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// A new lifetime's record is built here: too large for the BPF stack.
+#[map]
+static SCRATCH_RECORD: PerCpuArray<VmaRecord> = PerCpuArray::with_max_entries(1, 0);
+
+const BPF_ANY: u64 = 0;
+
+/// The lifetime of the VMA `info` describes (just looked up), starting one if it
+/// is new; 0 when the tables are full. Keeps the lifetime's description current
+/// (range, protection) for userspace.
+#[inline(always)]
+pub fn life_of(info: &VmaInfo, tgid: u32, now: u64) -> u64 {
+    let base = info.vm_pgoff.wrapping_sub(info.vm_start >> 12);
+    let ident = vma_ident(info.vm_ops, info.file, info.vm_flags);
+    if let Some(e) = LIVES.get_ptr_mut(info.vma) {
+        // SAFETY: a map value pointer, valid for this run; only this raw pointer
+        // is used to reach it.
+        unsafe {
+            let same = (*e).mm == info.mm
+                && (*e).file == info.file
+                && (*e).pgoff_base == base
+                && (*e).ident == ident;
+            let grown_or_same = info.vm_start <= (*e).start && (*e).end <= info.vm_end;
+            if same && !grown_or_same {
+                if let Some(r) = VMAS.get_ptr_mut((*e).life) {
+                    (*r).ended_ns = now;
+                }
+            }
+            if same && grown_or_same {
+                let life = (*e).life;
+                if (*e).start != info.vm_start
+                    || (*e).end != info.vm_end
+                    || (*e).flags != info.vm_flags
+                {
+                    (*e).start = info.vm_start;
+                    (*e).end = info.vm_end;
+                    (*e).flags = info.vm_flags;
+                    if let Some(r) = VMAS.get_ptr_mut(life) {
+                        crate::mem::copy(&raw mut (*r).info, info);
+                    }
+                }
+                return life;
+            }
+        }
+    }
+    let Some(n) = NEXT_LIFE.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's slot; BPF programs do not nest on one CPU here.
+    let life = unsafe {
+        *n += 1;
+        ((bpf_get_smp_processor_id() as u64) << 40) | *n
+    };
+    let Some(rec) = SCRATCH_RECORD.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch slot, written through this one pointer.
+    unsafe {
+        (*rec).tgid = tgid;
+        (*rec)._pad = 0;
+        (*rec).first_ns = now;
+        (*rec).ended_ns = 0;
+        crate::mem::copy(&raw mut (*rec).info, info);
+        if VMAS.insert(life, &*rec, BPF_ANY).is_err() {
+            bump(counter::LIFE_TABLE_FULL);
+            return 0;
+        }
+    }
+    let entry = Life {
+        life,
+        mm: info.mm,
+        file: info.file,
+        pgoff_base: base,
+        start: info.vm_start,
+        end: info.vm_end,
+        flags: info.vm_flags,
+        ident,
+        _pad: 0,
+    };
+    if LIVES.insert(info.vma, entry, BPF_ANY).is_err() {
+        bump(counter::LIFE_TABLE_FULL);
+    }
+    life
+}
+
+/// An mmap just returned `start` and `vma` covers it, starting there: the
+/// mapping there is new, unless `vma` is an older mapping above that grew down
+/// over the new range (a merge keeps the older VMA and its lifetime).
+#[inline(always)]
+pub fn reborn(vma: u64, start: u64, end: u64) {
+    // SAFETY: read once, copied out.
+    let merged = match unsafe { LIVES.get(vma) } {
+        Some(e) => e.start > start && e.end == end,
+        None => return,
+    };
+    if !merged {
+        let _ = LIVES.remove(vma);
+    }
+}
