@@ -202,7 +202,8 @@ pub struct VmaInfo {
     pub i_mode: u16,
     pub _pad: u16,
     /// `vma->vm_lock_seq` (6.4+, per-VMA locks): changes whenever the VMA is
-    /// write-locked, which every change to it requires. 0 where absent.
+    /// write-locked, which every change to it requires. Meaningless where the
+    /// kernel has none (`KernelOffsets::has_vm_lock_seq` 0).
     pub lock_seq: u32,
     pub _pad2: u32,
     /// Base name of the mapped file's dentry, NUL-padded.
@@ -265,13 +266,11 @@ pub mod counter {
     /// The tracepoint backend's tail call into its counting program failed: the
     /// fault is lost (never expected; shown so it cannot go unnoticed).
     pub const TAIL_CALL_FAILED: u32 = 9;
-    /// A cached VMA that failed validation (changed or unmapped since): looked up again.
-    pub const VMA_CACHE_STALE: u32 = 10;
     /// Mapping lifetime table full: a VMA's faults are counted with kind unknown.
-    pub const LIFE_TABLE_FULL: u32 = 11;
+    pub const LIFE_TABLE_FULL: u32 = 10;
     /// Per-thread table full: a thread's kernel counters are not followed.
-    pub const THREAD_TABLE_FULL: u32 = 12;
-    pub const COUNT: u32 = 13;
+    pub const THREAD_TABLE_FULL: u32 = 11;
+    pub const COUNT: u32 = 12;
 }
 
 /// Values of the `TRACED` map.

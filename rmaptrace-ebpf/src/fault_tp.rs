@@ -18,7 +18,7 @@ use aya_ebpf::{
 use rmaptrace_common::{access, counter, path_id, vma_status, FaultKey, VmaInfo};
 
 use crate::{
-    aggregate,
+    aggregate::{self, Completed},
     maps::{bump, bump_mm_gen, mm_gen, offsets, traced_current, Inflight, INFLIGHT},
     vma,
 };
@@ -81,22 +81,37 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
     }
 }
 
+// Two flavours of the completion, picked by userspace: with per-VMA lock
+// sequence numbers (6.4+) or with mmap_lock write generations. Each holds only
+// its own validation, which keeps it within older verifiers' limits.
 #[perf_event]
 pub fn fault_done_minor(ctx: PerfEventContext) -> u32 {
-    on_completion(&ctx, false);
+    on_completion::<false>(&ctx, false);
     0
 }
 
 #[perf_event]
 pub fn fault_done_major(ctx: PerfEventContext) -> u32 {
-    on_completion(&ctx, true);
+    on_completion::<false>(&ctx, true);
+    0
+}
+
+#[perf_event]
+pub fn fault_done_minor_vls(ctx: PerfEventContext) -> u32 {
+    on_completion::<true>(&ctx, false);
+    0
+}
+
+#[perf_event]
+pub fn fault_done_major_vls(ctx: PerfEventContext) -> u32 {
+    on_completion::<true>(&ctx, true);
     0
 }
 
 /// Whether this thread's cached VMA is still what the kernel has.
 #[inline(always)]
-fn cache_current(s: &Inflight) -> bool {
-    if offsets().has_vm_lock_seq != 0 {
+fn cache_current<const LOCK_SEQ: bool>(s: &Inflight) -> bool {
+    if LOCK_SEQ {
         vma::unchanged(
             s.cache_vma,
             s.cache_mm,
@@ -120,111 +135,121 @@ fn current_mm() -> u64 {
 }
 
 #[inline(always)]
-fn on_completion(ctx: &PerfEventContext, major: bool) {
+fn on_completion<const LOCK_SEQ: bool>(ctx: &PerfEventContext, major: bool) {
     let Some((tgid, tid)) = traced_current() else {
         return;
-    };
-    let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: the perf event context the kernel passed in.
-    let (addr, ip) = unsafe { ((*ctx.ctx).addr, (*ctx.ctx).regs.rip) };
-
-    // One raw pointer to this thread's slot, used for every read and write (two
-    // live `&mut` to one map value would be undefined behaviour).
-    let slot: Option<*mut Inflight> = INFLIGHT.get_ptr_mut(tid);
-    let mut acc = access::NO_ENTRY;
-    let mut latency = 0u64;
-    let mut cached_life = 0u64;
-    if let Some(s) = slot {
-        // SAFETY: `s` is this thread's map value; no other reference to it lives.
-        unsafe {
-            if (*s).ts_ns != 0 && (*s).page == addr >> PAGE_SHIFT {
-                acc = (*s).access;
-                latency = now.saturating_sub((*s).ts_ns);
-                (*s).ts_ns = 0;
-            }
-            if (*s).cache_valid != 0
-                && (*s).cache_life != 0
-                && (*s).cache_start <= addr
-                && addr < (*s).cache_end
-            {
-                if cache_current(&*s) {
-                    cached_life = (*s).cache_life;
-                } else {
-                    (*s).cache_valid = 0;
-                    bump(counter::VMA_CACHE_STALE);
-                }
-            }
-        }
-    }
-    if acc == access::NO_ENTRY {
-        bump(counter::UNMATCHED_COMPLETION);
-    }
-
-    // Kept for `record`: a second bpf_find_vma in this program would fail with
-    // -EBUSY where interrupts are off (its mmap_lock release is still queued).
-    let mut info = core::mem::MaybeUninit::<VmaInfo>::uninit();
-    crate::mem::zero(info.as_mut_ptr());
-    // SAFETY: zeroed above; VmaInfo is plain data.
-    let info = unsafe { info.assume_init_mut() };
-    let status = if cached_life != 0 {
-        bump(counter::VMA_CACHE_HIT);
-        vma_status::FOUND
-    } else {
-        bump(counter::VMA_LOOKUP);
-        // Read before the lookup: a writer that changes the tree after it
-        // leaves the cache filled below already stale, never wrongly current.
-        let gen = if offsets().has_vm_lock_seq == 0 {
-            mm_gen(current_mm())
-        } else {
-            0
-        };
-        let status = vma::lookup(addr, info);
-        if status == vma_status::FOUND {
-            if let Some(s) = slot {
-                // SAFETY: as above; the lifetime is filled in by the counting program.
-                unsafe {
-                    (*s).cache_valid = 1;
-                    (*s).cache_gen = gen;
-                    (*s).cache_vma = info.vma;
-                    (*s).cache_mm = info.mm;
-                    (*s).cache_lock_seq = info.lock_seq;
-                    (*s).cache_start = info.vm_start;
-                    (*s).cache_end = info.vm_end;
-                    (*s).cache_life = 0;
-                }
-            }
-        }
-        status
     };
     let Some(c) = aggregate::completed_slot() else {
         return;
     };
+    // Everything known about the fault goes straight into the per-CPU COMPLETED
+    // slot, not into locals: read back from map memory they are unknown values
+    // to the verifier, so the paths below merge into one state before the VMA
+    // lookup instead of multiplying (Linux 6.1 gives up past a million
+    // instructions otherwise).
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: the perf event context the kernel passed in.
+    let (addr, ip) = unsafe { ((*ctx.ctx).addr, (*ctx.ctx).regs.rip) };
     c.key = FaultKey {
         tgid,
-        access: acc,
+        access: access::NO_ENTRY,
         path: path_id::DERIVED,
-        vma_status: status,
+        vma_status: vma_status::FOUND,
         _pad: 0,
-        life: cached_life,
+        life: 0,
     };
     c.tid = tid;
     c.major = major as u8;
     c.now = now;
     c.addr = addr;
     c.ip = ip;
-    c.latency = latency;
+    c.latency = 0;
     c.handler_ns = 0;
     c.has_vma = 0;
-    if cached_life == 0 && status == vma_status::FOUND {
-        if let Some(slot) = aggregate::looked_up_slot() {
-            crate::mem::copy(slot, info);
-            c.has_vma = 1;
+
+    // One raw pointer to this thread's slot, used for every read and write (two
+    // live `&mut` to one map value would be undefined behaviour).
+    let slot: Option<*mut Inflight> = INFLIGHT.get_ptr_mut(tid);
+    if let Some(s) = slot {
+        // SAFETY: `s` is this thread's map value; no other reference to it lives.
+        unsafe {
+            if (*s).ts_ns != 0 && (*s).page == addr >> PAGE_SHIFT {
+                c.key.access = (*s).access;
+                c.latency = now.saturating_sub((*s).ts_ns);
+                (*s).ts_ns = 0;
+            }
+            if (*s).cache_valid != 0 && (*s).cache_start <= addr && addr < (*s).cache_end {
+                if cache_current::<LOCK_SEQ>(&*s) {
+                    c.key.life = (*s).cache_life;
+                } else {
+                    (*s).cache_valid = 0;
+                }
+            }
         }
     }
-    // Counting continues in its own program: verified apart, it keeps this one
-    // within older verifiers' limits (6.1 refused the two together).
-    unsafe { RECORD_TAIL.tail_call(ctx, 0) };
+    if c.key.access == access::NO_ENTRY {
+        bump(counter::UNMATCHED_COMPLETION);
+    }
+    // Counting continues in programs of their own, verified apart: the VMA
+    // lookup (on a cache miss) and then the counting. Each stays within older
+    // verifiers' limits; together they did not (Linux 6.1).
+    if c.key.life != 0 {
+        bump(counter::VMA_CACHE_HIT);
+        unsafe { TAILS.tail_call(ctx, TAIL_RECORD) };
+    } else {
+        unsafe { TAILS.tail_call(ctx, TAIL_LOOKUP) };
+    }
     bump(counter::TAIL_CALL_FAILED);
+}
+
+/// The VMA lookup of a completion whose thread's cache missed: finds the VMA of
+/// the fault in the COMPLETED slot, caches it for the thread and leaves it in
+/// VMA_LOOKED_UP for the counting program, which numbers its lifetime. Never
+/// attached; reached by tail call only.
+#[perf_event]
+pub fn fault_lookup_tail(ctx: PerfEventContext) -> u32 {
+    if let Some(c) = aggregate::completed_slot() {
+        lookup(c);
+        unsafe { TAILS.tail_call(&ctx, TAIL_RECORD) };
+        bump(counter::TAIL_CALL_FAILED);
+    }
+    0
+}
+
+#[inline(always)]
+fn lookup(c: &mut Completed) {
+    bump(counter::VMA_LOOKUP);
+    // Read before the lookup: a writer that changes the tree after it leaves the
+    // cache filled below already stale, never wrongly current. (Unused where
+    // VMAs carry vm_lock_seq.)
+    let gen = mm_gen(current_mm());
+    // On the stack: bpf_find_vma's callback context must be.
+    let mut info = core::mem::MaybeUninit::<VmaInfo>::uninit();
+    crate::mem::zero(info.as_mut_ptr());
+    // SAFETY: zeroed above; VmaInfo is plain data.
+    let info = unsafe { info.assume_init_mut() };
+    let status = vma::lookup(c.addr, info);
+    c.key.vma_status = status;
+    if status != vma_status::FOUND {
+        return;
+    }
+    if let Some(s) = INFLIGHT.get_ptr_mut(c.tid) {
+        // SAFETY: this thread's map value, reached through this one pointer.
+        unsafe {
+            (*s).cache_valid = 1;
+            (*s).cache_gen = gen;
+            (*s).cache_vma = info.vma;
+            (*s).cache_mm = info.mm;
+            (*s).cache_lock_seq = info.lock_seq;
+            (*s).cache_start = info.vm_start;
+            (*s).cache_end = info.vm_end;
+            (*s).cache_life = 0;
+        }
+    }
+    if let Some(looked_up) = aggregate::looked_up_slot() {
+        crate::mem::copy(looked_up, info);
+        c.has_vma = 1;
+    }
 }
 
 /// `mmap_lock:mmap_lock_acquire_returned` and `mmap_lock_released`: a write
@@ -245,9 +270,11 @@ pub fn mmap_lock_write(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Holds `fault_record_tail` at index 0, set by userspace after load.
+/// The completion's second and third programs, set by userspace after load.
 #[map]
-static RECORD_TAIL: ProgramArray = ProgramArray::with_max_entries(1, 0);
+static TAILS: ProgramArray = ProgramArray::with_max_entries(2, 0);
+const TAIL_RECORD: u32 = 0;
+const TAIL_LOOKUP: u32 = 1;
 
 /// The second half of a completion: counts the fault that `on_completion` left
 /// in the COMPLETED slot. Never attached; reached by tail call only.

@@ -35,9 +35,9 @@ pub fn describe(vma: u64, info: &mut VmaInfo) {
     unsafe {
         info.vma = vma;
         info.mm = read(vma, o.vma_vm_mm);
-        if o.has_vm_lock_seq != 0 {
-            info.lock_seq = read(vma, o.vma_vm_lock_seq);
-        }
+        // Unconditional (no branch for the verifier): where VMAs have no
+        // vm_lock_seq the offset is that of another field and the value unused.
+        info.lock_seq = read(vma, o.vma_vm_lock_seq);
         info.vm_start = read(vma, o.vma_vm_start);
         info.vm_end = read(vma, o.vma_vm_end);
         info.vm_flags = read(vma, o.vma_vm_flags);

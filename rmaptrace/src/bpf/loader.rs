@@ -308,20 +308,25 @@ impl Attacher<'_> {
         row
     }
 
-    fn load_record_tail(&mut self) -> Result<()> {
-        let prog: &mut PerfEvent = self
-            .ebpf
-            .program_mut("fault_record_tail")
-            .context("program fault_record_tail missing from the object")?
-            .try_into()?;
-        prog.load()?;
-        let fd = prog.fd()?.try_clone()?;
-        let mut tail: ProgramArray<_> = ProgramArray::try_from(
-            self.ebpf
-                .map_mut("RECORD_TAIL")
-                .context("RECORD_TAIL map")?,
-        )?;
-        tail.set(0, &fd, 0)?;
+    /// Loads the tracepoint backend's tail-called programs into the TAILS array
+    /// (index 0 counts, index 1 looks the VMA up), before the completion
+    /// programs that call them are attached.
+    fn load_tails(&mut self) -> Result<()> {
+        let mut fds = Vec::new();
+        for name in ["fault_record_tail", "fault_lookup_tail"] {
+            let prog: &mut PerfEvent = self
+                .ebpf
+                .program_mut(name)
+                .with_context(|| format!("program {name} missing from the object"))?
+                .try_into()?;
+            prog.load().with_context(|| format!("loading {name}"))?;
+            fds.push(prog.fd()?.try_clone()?);
+        }
+        let mut tails: ProgramArray<_> =
+            ProgramArray::try_from(self.ebpf.map_mut("TAILS").context("TAILS map")?)?;
+        for (i, fd) in fds.iter().enumerate() {
+            tails.set(i as u32, fd, 0)?;
+        }
         Ok(())
     }
 
@@ -397,6 +402,11 @@ impl Probes {
             bail!("this rmaptrace was built without its eBPF programs: run `cargo xtask deps`, then rebuild");
         }
         let mut offsets = facts.offsets;
+        // Test hook: validate cached VMAs as kernels before 6.4 must (by mmap_lock
+        // write generations), so this path runs on any kernel's tests.
+        if std::env::var_os("RMAPTRACE_NO_VM_LOCK_SEQ").is_some() {
+            offsets.has_vm_lock_seq = 0;
+        }
         let syscalls_ok = syscall_offsets(&mut offsets);
         let raw_ok = raw_syscall_offsets(&mut offsets);
         let mmap_lock_ok = mmap_lock_offsets(&mut offsets);
@@ -475,10 +485,17 @@ impl Probes {
         if counting.is_none() {
             // The completion programs tail-call into the counting one: load it and
             // put it in their program array before they are attached.
-            a.load_record_tail()
-                .context("loading fault_record_tail, the tracepoint backend's counting program")?;
+            a.load_tails()
+                .context("loading the tracepoint backend's lookup and counting programs")?;
             for point in TRACEPOINT_COUNTING {
-                rows.push(a.hook_row(point)?);
+                // The completion flavour that validates cached VMAs by their
+                // vm_lock_seq, where VMAs have one.
+                let program = match point.program {
+                    "fault_done_minor" if offsets.has_vm_lock_seq != 0 => "fault_done_minor_vls",
+                    "fault_done_major" if offsets.has_vm_lock_seq != 0 => "fault_done_major_vls",
+                    other => other,
+                };
+                rows.push(a.hook_row(&HookPoint { program, ..*point })?);
             }
             if offsets.has_vm_lock_seq == 0 {
                 rows.push(a.mmap_lock_row(&mmap_lock_ok)?);

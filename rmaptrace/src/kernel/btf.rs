@@ -121,7 +121,8 @@ impl KernelBtf {
         let lock_seq = self.offset_of("vm_area_struct", "vm_lock_seq").ok();
         Ok(KernelOffsets {
             vma_vm_mm: o("vm_area_struct", "vm_mm")?,
-            vma_vm_lock_seq: lock_seq.unwrap_or(0),
+            // Read either way (see VmaInfo::lock_seq): any valid offset will do.
+            vma_vm_lock_seq: lock_seq.map_or_else(|| o("vm_area_struct", "vm_start"), Ok)?,
             has_vm_lock_seq: lock_seq.is_some() as u32,
             task_pid: o("task_struct", "pid")?,
             task_mm: o("task_struct", "mm")?,

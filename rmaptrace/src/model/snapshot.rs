@@ -142,8 +142,6 @@ pub struct Counters {
     /// those that needed a bpf_find_vma.
     pub vma_cache_hits: u64,
     pub vma_lookups: u64,
-    /// Cached VMAs found changed or unmapped since they were cached.
-    pub vma_cache_stale: u64,
     /// Mapping lifetimes that could not be stored: their faults are 'unknown'.
     pub life_table_full: u64,
     /// Threads whose kernel counters could not be followed.
@@ -166,7 +164,6 @@ impl Counters {
             vma_cache_hits: at(counter::VMA_CACHE_HIT),
             vma_lookups: at(counter::VMA_LOOKUP),
             tail_call_failed: at(counter::TAIL_CALL_FAILED),
-            vma_cache_stale: at(counter::VMA_CACHE_STALE),
             life_table_full: at(counter::LIFE_TABLE_FULL),
             thread_table_full: at(counter::THREAD_TABLE_FULL),
         }

@@ -282,6 +282,8 @@ impl App {
             }),
             VmaSort::Address => rows.sort_by_key(|v| v.start_addr),
         }
+        // Mappings still there first, in the chosen order; ended ones after them.
+        rows.sort_by_key(|v| v.unmapped_ns.is_some());
         rows
     }
 

@@ -1,7 +1,7 @@
 //! The mappings of one process, like /proc/PID/maps, with what serves their faults.
 use ratatui::{
     layout::{Constraint, Layout, Rect},
-    style::Style,
+    style::{Modifier, Style},
     text::Span,
     widgets::{Block, Borders, Cell, Paragraph, Row, Table, TableState},
     Frame,
@@ -90,6 +90,12 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
                 Cell::from(handler_label(v).unwrap_or_else(|| "-".into())),
                 Cell::from(file),
             ])
+            // Unmapped (or split) mappings stay listed, dimmed, after the live ones.
+            .style(if v.unmapped_ns.is_some() {
+                Style::default().add_modifier(Modifier::DIM)
+            } else {
+                Style::default()
+            })
         })
         .collect();
     let n = rows.len();
