@@ -270,7 +270,11 @@ pub mod counter {
     pub const LIFE_TABLE_FULL: u32 = 10;
     /// Per-thread table full: a thread's kernel counters are not followed.
     pub const THREAD_TABLE_FULL: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// bpf_find_vma lookups that failed: -EBUSY (mmap_lock held or awaited by a
+    /// writer, or its irq_work still queued), and no VMA at the address.
+    pub const VMA_LOOKUP_BUSY: u32 = 12;
+    pub const VMA_LOOKUP_NONE: u32 = 13;
+    pub const COUNT: u32 = 14;
 }
 
 /// Values of the `TRACED` map.
@@ -298,6 +302,8 @@ pub mod event_kind {
     pub const KERNEL_MMAP: u32 = 10;
     /// munmap returned (its result in `args[0]`).
     pub const MUNMAP_EXIT: u32 = 11;
+    /// A fault whose VMA the kernel could not look up (see [`UnresolvedFault`]).
+    pub const UNRESOLVED_FAULT: u32 = 12;
 }
 
 pub const COMM_LEN: usize = 16;
@@ -330,6 +336,28 @@ pub struct FaultEvent {
     pub life: u64,
     /// All zero when the probe had no description at hand.
     pub vma: VmaInfo,
+}
+
+/// A fault counted without a VMA (bpf_find_vma failed: a writer held or waited
+/// for mmap_lock). Always sent, so that userspace can attribute it afterwards to
+/// the mapping that held its address at that moment, where that is certain.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UnresolvedFault {
+    /// `ts_ns` is the completion time.
+    pub header: EventHeader,
+    pub addr: u64,
+    pub latency_ns: u64,
+    /// The fault's aggregate row (its `FaultKey` fields).
+    pub access: u8,
+    pub path: u8,
+    pub vma_status: u8,
+    pub major: u8,
+    /// `mm->mm_lock_seq` at the fault, where VMAs carry `vm_lock_seq` (6.4+): a
+    /// VMA whose `vm_lock_seq` is older was unchanged since before the fault.
+    pub mm_seq: u32,
+    pub has_mm_seq: u8,
+    pub _pad: [u8; 7],
 }
 
 /// Arguments of mmap/munmap/mremap at syscall entry; the exit record carries the
@@ -430,6 +458,20 @@ pub struct KernelOffsets {
     /// `vm_area_struct.vm_lock_seq`; meaningful when `has_vm_lock_seq` is 1.
     pub vma_vm_lock_seq: u32,
     pub has_vm_lock_seq: u32,
+    /// `mm_struct.mm_lock_seq` (its `.sequence` since 6.13), with vm_lock_seq.
+    pub mm_lock_seq: u32,
+    /// The mm's VMA tree (`mm_mt.ma_root`) and the maple node layouts, to find
+    /// a VMA without mmap_lock as the kernel's own lockless fault path does
+    /// (6.4+, with vm_lock_seq).
+    pub mm_mt_root: u32,
+    pub mr64_pivot: u32,
+    pub mr64_slot: u32,
+    pub ma64_pivot: u32,
+    pub ma64_slot: u32,
+    /// `enum maple_type` values.
+    pub maple_leaf_64: u32,
+    pub maple_range_64: u32,
+    pub maple_arange_64: u32,
     pub vm_ops_fault: u32,
     pub vm_ops_huge_fault: u32,
     pub file_f_inode: u32,

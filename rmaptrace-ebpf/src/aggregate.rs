@@ -3,8 +3,8 @@
 //! when it changed, and the optional per-fault ring buffer record.
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 use rmaptrace_common::{
-    access, counter, latency_bucket, vma_status, FaultEvent, FaultKey, FaultStats, ProcStats,
-    VmaInfo, LAT_BUCKETS,
+    access, counter, event_kind, latency_bucket, vma_status, FaultEvent, FaultKey, FaultStats,
+    ProcStats, UnresolvedFault, VmaInfo, LAT_BUCKETS,
 };
 
 use crate::maps::{bump, config, EVENTS, FAULTS, PROCS};
@@ -91,8 +91,49 @@ pub fn record(vma: Option<&VmaInfo>) {
         count_overflow(c.key.tgid, major);
     }
     crate::task::account_fault(c.tid, c.key.tgid, major);
+    if c.key.vma_status != vma_status::FOUND {
+        send_unresolved(c);
+    }
     if config().fault_events != 0 {
         send_event(c, vma);
+    }
+}
+
+#[inline(always)]
+fn send_unresolved(c: &Completed) {
+    let o = crate::maps::offsets();
+    let mut mm_seq = 0u32;
+    if o.has_vm_lock_seq != 0 {
+        // SAFETY: bpf_probe_read_kernel checks the reads.
+        mm_seq = unsafe {
+            let task = aya_ebpf::helpers::generated::bpf_get_current_task_btf() as u64;
+            let mm: u64 =
+                aya_ebpf::helpers::bpf_probe_read_kernel((task + o.task_mm as u64) as *const u64)
+                    .unwrap_or(0);
+            aya_ebpf::helpers::bpf_probe_read_kernel((mm + o.mm_lock_seq as u64) as *const u32)
+                .unwrap_or(0)
+        };
+    }
+    let ev = UnresolvedFault {
+        header: rmaptrace_common::EventHeader {
+            kind: event_kind::UNRESOLVED_FAULT,
+            tgid: c.key.tgid,
+            tid: c.tid,
+            _pad: 0,
+            ts_ns: c.now,
+        },
+        addr: c.addr,
+        latency_ns: c.latency,
+        access: c.key.access,
+        path: c.key.path,
+        vma_status: c.key.vma_status,
+        major: c.major,
+        mm_seq,
+        has_mm_seq: o.has_vm_lock_seq as u8,
+        _pad: [0; 7],
+    };
+    if EVENTS.output::<UnresolvedFault>(&ev, 0).is_err() {
+        bump(counter::EVENTS_LOST);
     }
 }
 

@@ -209,7 +209,20 @@ fn on_completion<const LOCK_SEQ: bool>(ctx: &PerfEventContext, major: bool) {
 #[perf_event]
 pub fn fault_lookup_tail(ctx: PerfEventContext) -> u32 {
     if let Some(c) = aggregate::completed_slot() {
-        lookup(c);
+        lookup::<false>(c);
+        unsafe { TAILS.tail_call(&ctx, TAIL_RECORD) };
+        bump(counter::TAIL_CALL_FAILED);
+    }
+    0
+}
+
+/// The same where VMAs carry vm_lock_seq (6.4+), which validates the lockless
+/// walk of the VMA tree. Both walk it first, so that a writer elsewhere in the
+/// process does not stop the lookup.
+#[perf_event]
+pub fn fault_lookup_tail_vls(ctx: PerfEventContext) -> u32 {
+    if let Some(c) = aggregate::completed_slot() {
+        lookup::<true>(c);
         unsafe { TAILS.tail_call(&ctx, TAIL_RECORD) };
         bump(counter::TAIL_CALL_FAILED);
     }
@@ -217,20 +230,30 @@ pub fn fault_lookup_tail(ctx: PerfEventContext) -> u32 {
 }
 
 #[inline(always)]
-fn lookup(c: &mut Completed) {
+fn lookup<const LOCK_SEQ: bool>(c: &mut Completed) {
     bump(counter::VMA_LOOKUP);
     // Read before the lookup: a writer that changes the tree after it leaves the
     // cache filled below already stale, never wrongly current. (Unused where
     // VMAs carry vm_lock_seq.)
-    let gen = mm_gen(current_mm());
+    let mm = current_mm();
+    let gen = mm_gen(mm);
     // On the stack: bpf_find_vma's callback context must be.
     let mut info = core::mem::MaybeUninit::<VmaInfo>::uninit();
     crate::mem::zero(info.as_mut_ptr());
     // SAFETY: zeroed above; VmaInfo is plain data.
     let info = unsafe { info.assume_init_mut() };
-    let status = vma::lookup(c.addr, info);
+    let status = if vma::lookup_lockless::<LOCK_SEQ>(mm, c.addr, info) {
+        vma_status::FOUND
+    } else {
+        vma::lookup(c.addr, info)
+    };
     c.key.vma_status = status;
     if status != vma_status::FOUND {
+        bump(if status == vma_status::BUSY {
+            counter::VMA_LOOKUP_BUSY
+        } else {
+            counter::VMA_LOOKUP_NONE
+        });
         return;
     }
     if let Some(s) = INFLIGHT.get_ptr_mut(c.tid) {

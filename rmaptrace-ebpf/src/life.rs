@@ -71,14 +71,17 @@ pub fn life_of(info: &VmaInfo, tgid: u32, now: u64) -> u64 {
             }
             if same && grown_or_same {
                 let life = (*e).life;
-                if (*e).start != info.vm_start
-                    || (*e).end != info.vm_end
-                    || (*e).flags != info.vm_flags
-                {
-                    (*e).start = info.vm_start;
-                    (*e).end = info.vm_end;
-                    (*e).flags = info.vm_flags;
-                    if let Some(r) = VMAS.get_ptr_mut(life) {
+                (*e).start = info.vm_start;
+                (*e).end = info.vm_end;
+                (*e).flags = info.vm_flags;
+                // The latest description, vm_lock_seq included: userspace
+                // attributes faults the kernel could not look up with it.
+                if let Some(r) = VMAS.get_ptr_mut(life) {
+                    if (*r).info.lock_seq != info.lock_seq
+                        || (*r).info.vm_start != info.vm_start
+                        || (*r).info.vm_end != info.vm_end
+                        || (*r).info.vm_flags != info.vm_flags
+                    {
                         crate::mem::copy(&raw mut (*r).info, info);
                     }
                 }
@@ -104,7 +107,10 @@ pub fn life_of(info: &VmaInfo, tgid: u32, now: u64) -> u64 {
         (*rec).first_ns = now;
         (*rec).ended_ns = 0;
         crate::mem::copy(&raw mut (*rec).info, info);
-        if VMAS.insert(life, &*rec, BPF_ANY).is_err() {
+        // By reference: by value would copy the record through memcpy.
+        #[allow(clippy::needless_borrows_for_generic_args)]
+        let stored = VMAS.insert(life, &*rec, BPF_ANY);
+        if stored.is_err() {
             bump(counter::LIFE_TABLE_FULL);
             return 0;
         }

@@ -85,6 +85,105 @@ pub fn unchanged(vma: u64, mm: u64, start: u64, end: u64, lock_seq: u32) -> bool
     }
 }
 
+// include/linux/maple_tree.h and lib/maple_tree.c (#defines, not in BTF): an
+// encoded node pointer is 256-byte aligned and keeps its type in bits 3..6; the
+// root one is also marked internal (low bits 0b10). Range nodes have 16 slots
+// (15 pivots), allocation-range nodes 10 (9).
+const MAPLE_NODE_MASK: u64 = 255;
+const MAPLE_NODE_TYPE_SHIFT: u64 = 3;
+const MAPLE_NODE_TYPE_MASK: u64 = 0xf;
+const MAPLE_RANGE64_PIVOTS: u32 = 15;
+const MAPLE_ARANGE64_PIVOTS: u32 = 9;
+/// Deeper than any mm's VMA tree (each level multiplies its reach by 10 to 16).
+const MAPLE_MAX_DEPTH: usize = 7;
+
+/// The VMA covering `addr` in the tree of `mm`, walked without mmap_lock the
+/// way the kernel's lockless fault path does (`mtree_range_walk` under RCU, which
+/// the caller holds); 0 when the walk found none. Nodes may be changing under a
+/// writer: the caller validates what this returns.
+#[inline(always)]
+fn maple_find(mm: u64, addr: u64) -> u64 {
+    let o = offsets();
+    // SAFETY: bpf_probe_read_kernel checks every read.
+    let mut entry: u64 = unsafe { read(mm, o.mm_mt_root) };
+    if entry & 3 != 2 || entry < 4096 {
+        return 0; // not a node: an empty tree, or a single-entry one
+    }
+    for _ in 0..MAPLE_MAX_DEPTH {
+        let node = entry & !MAPLE_NODE_MASK;
+        if node < 4096 {
+            return 0;
+        }
+        let ty = ((entry >> MAPLE_NODE_TYPE_SHIFT) & MAPLE_NODE_TYPE_MASK) as u32;
+        let (pivots, slots, n) = if ty == o.maple_arange_64 {
+            (o.ma64_pivot, o.ma64_slot, MAPLE_ARANGE64_PIVOTS)
+        } else if ty == o.maple_range_64 || ty == o.maple_leaf_64 {
+            (o.mr64_pivot, o.mr64_slot, MAPLE_RANGE64_PIVOTS)
+        } else {
+            return 0;
+        };
+        // The first slot whose pivot (inclusive upper bound) reaches addr; past
+        // the last used pivot (0s follow) the next slot runs to the node's end.
+        let mut offset = n;
+        for i in 0..MAPLE_RANGE64_PIVOTS {
+            if i >= n {
+                break;
+            }
+            // SAFETY: as above.
+            let pivot: u64 = unsafe { read(node, pivots + i * 8) };
+            if pivot >= addr || (pivot == 0 && i > 0) {
+                offset = i;
+                break;
+            }
+        }
+        // SAFETY: as above.
+        entry = unsafe { read(node, slots + offset * 8) };
+        if ty == o.maple_leaf_64 {
+            return entry;
+        }
+    }
+    0
+}
+
+/// Fills `info` for the VMA covering `addr` in `mm` without taking mmap_lock,
+/// for a fault completing in the current task: works while a writer holds or
+/// awaits mmap_lock, which makes bpf_find_vma fail. Where VMAs carry
+/// vm_lock_seq (6.4+, faults under per-VMA locks), the VMA found must cover
+/// `addr`, belong to `mm`, not be write-locked by the window in progress (a VMA
+/// being changed or removed), and no window may have begun or ended during the
+/// walk: then it is the VMA the kernel has (the one serving the fault is
+/// read-locked and cannot change). Before that, the faulting task holds
+/// mmap_lock for read until the fault completes, so the tree cannot change.
+#[inline(always)]
+pub fn lookup_lockless<const LOCK_SEQ: bool>(mm: u64, addr: u64, info: &mut VmaInfo) -> bool {
+    let o = offsets();
+    if o.mm_mt_root == 0 || mm == 0 {
+        return false;
+    }
+    if !LOCK_SEQ {
+        let vma = maple_find(mm, addr);
+        if vma == 0 {
+            return false;
+        }
+        describe(vma, info);
+        return info.vm_start <= addr && addr < info.vm_end && info.mm == mm;
+    }
+    // SAFETY: bpf_probe_read_kernel checks every read.
+    let seq: u32 = unsafe { read(mm, o.mm_lock_seq) };
+    let vma = maple_find(mm, addr);
+    if vma == 0 {
+        return false;
+    }
+    describe(vma, info);
+    // SAFETY: as above.
+    let seq_after: u32 = unsafe { read(mm, o.mm_lock_seq) };
+    info.vm_start <= addr
+        && addr < info.vm_end
+        && info.mm == mm
+        && info.lock_seq != seq
+        && seq_after == seq
+}
+
 /// Fills `info` for the VMA covering `addr` in the current task; returns a
 /// `vma_status` value.
 #[inline(always)]

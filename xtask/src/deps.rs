@@ -22,6 +22,8 @@ const APT_PACKAGES: &[&str] = &[
     "make",
     "gcc",
     "binutils",
+    // The tests' 32-bit program (tests/programs/memfd32.c): gcc -m32 -static.
+    "gcc-multilib",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

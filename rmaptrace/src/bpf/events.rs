@@ -2,6 +2,7 @@
 //! for size before they are read: a short record is an error, never a panic.
 use rmaptrace_common::{
     event_kind, EventHeader, ExitEvent, FaultEvent, MmapExitEvent, SyscallEvent, TaskEvent,
+    UnresolvedFault,
 };
 
 #[derive(Clone, Debug)]
@@ -11,6 +12,7 @@ pub enum Event {
     MmapExit(MmapExitEvent),
     Exit(ExitEvent),
     Task(TaskEvent),
+    Unresolved(UnresolvedFault),
 }
 
 fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
@@ -33,6 +35,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
         | event_kind::MUNMAP_EXIT => read(bytes).map(Event::Syscall),
         event_kind::EXIT => read(bytes).map(Event::Exit),
         event_kind::EXEC | event_kind::FORK => read(bytes).map(Event::Task),
+        event_kind::UNRESOLVED_FAULT => read(bytes).map(Event::Unresolved),
         _ => None,
     }
 }

@@ -311,9 +311,14 @@ impl Attacher<'_> {
     /// Loads the tracepoint backend's tail-called programs into the TAILS array
     /// (index 0 counts, index 1 looks the VMA up), before the completion
     /// programs that call them are attached.
-    fn load_tails(&mut self) -> Result<()> {
+    fn load_tails(&mut self, lock_seq: bool) -> Result<()> {
+        let lookup = if lock_seq {
+            "fault_lookup_tail_vls"
+        } else {
+            "fault_lookup_tail"
+        };
         let mut fds = Vec::new();
-        for name in ["fault_record_tail", "fault_lookup_tail"] {
+        for name in ["fault_record_tail", lookup] {
             let prog: &mut PerfEvent = self
                 .ebpf
                 .program_mut(name)
@@ -406,6 +411,7 @@ impl Probes {
         // write generations), so this path runs on any kernel's tests.
         if std::env::var_os("RMAPTRACE_NO_VM_LOCK_SEQ").is_some() {
             offsets.has_vm_lock_seq = 0;
+            offsets.mm_mt_root = 0;
         }
         let syscalls_ok = syscall_offsets(&mut offsets);
         let raw_ok = raw_syscall_offsets(&mut offsets);
@@ -485,7 +491,7 @@ impl Probes {
         if counting.is_none() {
             // The completion programs tail-call into the counting one: load it and
             // put it in their program array before they are attached.
-            a.load_tails()
+            a.load_tails(offsets.has_vm_lock_seq != 0)
                 .context("loading the tracepoint backend's lookup and counting programs")?;
             for point in TRACEPOINT_COUNTING {
                 // The completion flavour that validates cached VMAs by their
@@ -525,6 +531,11 @@ impl Probes {
             rows.push(a.hook_row(point)?);
         }
         let plan = Plan {
+            vma_lookup: super::plan::vma_lookup(
+                counting.is_none(),
+                offsets.mm_mt_root != 0,
+                offsets.has_vm_lock_seq != 0,
+            ),
             backend: counting.map(Mechanism::name).unwrap_or("tracepoint"),
             paths: if counting.is_some() {
                 "observed"

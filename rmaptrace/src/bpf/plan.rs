@@ -287,14 +287,28 @@ pub struct Plan {
     pub backend: &'static str,
     /// "observed" when path probes run, "derived" on the tracepoint backend.
     pub paths: &'static str,
+    /// How the tracepoint backend finds a fault's VMA (see `VmaLookup`); the
+    /// kernel-function backends get it as handle_mm_fault's argument.
+    pub vma_lookup: &'static str,
     pub rows: Vec<PlanRow>,
+}
+
+/// How the tracepoint backend finds the VMA of a fault whose thread's cache
+/// missed: a plain function of what the kernel has, so it can be tested.
+pub fn vma_lookup(tracepoint: bool, maple_tree: bool, vm_lock_seq: bool) -> &'static str {
+    match (tracepoint, maple_tree, vm_lock_seq) {
+        (false, _, _) => "argument",
+        (true, true, true) => "tree walk validated by vm_lock_seq, else bpf_find_vma",
+        (true, true, false) => "tree walk under the fault's mmap_lock, else bpf_find_vma",
+        (true, false, _) => "bpf_find_vma",
+    }
 }
 
 /// What the tracepoint backend cannot see; stated in the JSON and the summary.
 pub const TRACEPOINT_LIMITS: &[&str] = &[
     "get_user_pages faults (MAP_POPULATE, mlock, MADV_POPULATE_*, O_DIRECT pinning, /proc/PID/mem, execve argument copying) raise no exception and no perf event: they are counted by the kernel but reported here as 'unseen'",
     "kernel paths (do_anonymous_page, do_wp_page, do_read_fault, ...) are derived from the VMA and the x86 error code, not observed: a major anonymous fault is a swap-in (do_swap_page); a minor not-present one on anonymous memory is do_anonymous_page only where no swap was in use, otherwise it is labelled 'do_anonymous_page|do_swap_page' (a swap-cache hit looks the same); NUMA hinting and huge-page faults are not told apart",
-    "the VMA comes from the thread's cache of its last VMA (used only while the kernel provably has not changed it: its vm_lock_seq on 6.4+, else no mmap_lock write since) or from bpf_find_vma at completion, which fails with -EBUSY while a writer holds or waits for mmap_lock; such faults are counted with kind 'unknown'",
+    "the VMA comes from the thread's cache of its last VMA (used only while the kernel provably has not changed it: its vm_lock_seq on 6.4+, else no mmap_lock write since), else from a walk of the VMA tree without mmap_lock (Linux 6.1+), else from bpf_find_vma, which fails with -EBUSY while a writer holds or waits for mmap_lock; faults whose VMA no lookup found are counted with kind 'unknown' unless the mapping timeline names their mapping for certain afterwards (resolved_later)",
     "a fault whose completion event is throttled by perf or that fails (SIGSEGV, SIGBUS) is counted in counters.entries_without_completion, not in fault totals, as the kernel does",
 ];
 
@@ -329,7 +343,10 @@ impl Plan {
 
     /// `rmaptrace probe`'s output: one line per attach point.
     pub fn render(&self) -> String {
-        let mut out = format!("backend: {} (fault paths {})\n", self.backend, self.paths);
+        let mut out = format!(
+            "backend: {} (fault paths {})\nVMA lookup: {}\n",
+            self.backend, self.paths, self.vma_lookup
+        );
         for row in &self.rows {
             let chosen = row.chosen.map(Mechanism::name).unwrap_or("off");
             out.push_str(&format!(
@@ -346,5 +363,18 @@ impl Plan {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::vma_lookup;
+
+    #[test]
+    fn the_vma_lookup_follows_what_the_kernel_has() {
+        assert_eq!(vma_lookup(false, true, true), "argument");
+        assert!(vma_lookup(true, true, true).contains("validated by vm_lock_seq"));
+        assert!(vma_lookup(true, true, false).contains("under the fault's mmap_lock"));
+        assert_eq!(vma_lookup(true, false, false), "bpf_find_vma");
     }
 }

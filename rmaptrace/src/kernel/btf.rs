@@ -102,6 +102,24 @@ impl KernelBtf {
         Ok(total)
     }
 
+    /// Value of `member` of `enum name`.
+    pub fn enum_value(&self, name: &str, member: &str) -> Result<u32> {
+        for ty in self
+            .btf
+            .resolve_types_by_name(name)
+            .map_err(|_| anyhow!("enum {name} is not in the kernel's BTF"))?
+        {
+            if let Type::Enum(e) = ty {
+                for m in &e.members {
+                    if self.btf.resolve_name(m).ok().as_deref() == Some(member) {
+                        return Ok(m.val());
+                    }
+                }
+            }
+        }
+        bail!("enum {name} has no {member} in this kernel")
+    }
+
     /// Whether the kernel's BTF has a function of that name: fentry needs it, and
     /// a function the compiler inlined everywhere has none.
     pub fn has_function(&self, name: &str) -> bool {
@@ -119,11 +137,45 @@ impl KernelBtf {
         };
         // Per-VMA locks (6.4+) give each VMA a write-lock sequence number.
         let lock_seq = self.offset_of("vm_area_struct", "vm_lock_seq").ok();
+        // A seqcount since 6.13, a plain int from 6.4.
+        let mm_lock_seq = self
+            .offset_of("mm_struct", "mm_lock_seq.sequence")
+            .or_else(|_| self.offset_of("mm_struct", "mm_lock_seq"))
+            .ok();
+        let lock_seq = lock_seq.filter(|_| mm_lock_seq.is_some());
+        // The VMA tree (maple tree, 6.1+), walked without mmap_lock: validated by
+        // vm_lock_seq where VMAs have it, and stable anyway before 6.4, where a
+        // fault completes holding mmap_lock for read.
+        let maple = (|| -> Result<[u32; 8]> {
+            Ok([
+                self.offset_of("mm_struct", "mm_mt.ma_root")?,
+                self.offset_of("maple_range_64", "pivot")?,
+                self.offset_of("maple_range_64", "slot")?,
+                self.offset_of("maple_arange_64", "pivot")?,
+                self.offset_of("maple_arange_64", "slot")?,
+                self.enum_value("maple_type", "maple_leaf_64")?,
+                self.enum_value("maple_type", "maple_range_64")?,
+                self.enum_value("maple_type", "maple_arange_64")?,
+            ])
+        })()
+        .ok();
+        let [mm_mt_root, mr64_pivot, mr64_slot, ma64_pivot, ma64_slot, maple_leaf_64, maple_range_64, maple_arange_64] =
+            maple.unwrap_or([0; 8]);
         Ok(KernelOffsets {
             vma_vm_mm: o("vm_area_struct", "vm_mm")?,
             // Read either way (see VmaInfo::lock_seq): any valid offset will do.
             vma_vm_lock_seq: lock_seq.map_or_else(|| o("vm_area_struct", "vm_start"), Ok)?,
             has_vm_lock_seq: lock_seq.is_some() as u32,
+            mm_lock_seq: mm_lock_seq.unwrap_or(0),
+            // 0 (no walk) where the kernel has no maple tree or no vm_lock_seq.
+            mm_mt_root,
+            mr64_pivot,
+            mr64_slot,
+            ma64_pivot,
+            ma64_slot,
+            maple_leaf_64,
+            maple_range_64,
+            maple_arange_64,
             task_pid: o("task_struct", "pid")?,
             task_mm: o("task_struct", "mm")?,
             // x86 keeps thread_info inside task_struct; without it, no 32-bit

@@ -33,6 +33,17 @@ impl Hist {
         }
     }
 
+    /// Takes `n` out of `bucket` (never below zero).
+    pub fn sub(&mut self, bucket: usize, n: u64) {
+        let b = bucket as u8;
+        if let Ok(pos) = self.0.binary_search_by_key(&b, |(i, _)| *i) {
+            self.0[pos].1 = self.0[pos].1.saturating_sub(n);
+            if self.0[pos].1 == 0 {
+                self.0.remove(pos);
+            }
+        }
+    }
+
     pub fn merge(&mut self, other: &Hist) {
         for &(i, n) in &other.0 {
             self.add(i as usize, n);
@@ -103,6 +114,30 @@ impl FaultTotals {
         self.minor + self.major
     }
 
+    /// Moves one fault (major or not, with its latency if it was timed) from
+    /// `self` to `to`. The maximum latency stays where it was: it is an upper
+    /// bound either way.
+    pub fn move_one(&mut self, to: &mut FaultTotals, major: bool, latency: Option<u64>, ts: u64) {
+        if major {
+            self.major = self.major.saturating_sub(1);
+            to.major += 1;
+        } else {
+            self.minor = self.minor.saturating_sub(1);
+            to.minor += 1;
+        }
+        if let Some(ns) = latency {
+            self.timed = self.timed.saturating_sub(1);
+            self.latency_sum_ns = self.latency_sum_ns.saturating_sub(ns);
+            let b = rmaptrace_common::latency_bucket(ns);
+            self.hist.sub(b, 1);
+            to.timed += 1;
+            to.latency_sum_ns += ns;
+            to.latency_max_ns = to.latency_max_ns.max(ns);
+            to.hist.add(b, 1);
+        }
+        to.last_ns = to.last_ns.max(ts);
+    }
+
     /// Latency at quantile `q` (0..=1): the lower bound of the bucket that holds it.
     pub fn percentile(&self, q: f64) -> Option<u64> {
         let n: u64 = self.hist.total();
@@ -142,6 +177,10 @@ pub struct Counters {
     /// those that needed a bpf_find_vma.
     pub vma_cache_hits: u64,
     pub vma_lookups: u64,
+    /// Lookups that failed with -EBUSY (a writer held or awaited mmap_lock), or
+    /// found no VMA (or another error).
+    pub vma_lookups_busy: u64,
+    pub vma_lookups_failed: u64,
     /// Mapping lifetimes that could not be stored: their faults are 'unknown'.
     pub life_table_full: u64,
     /// Threads whose kernel counters could not be followed.
@@ -164,6 +203,8 @@ impl Counters {
             vma_cache_hits: at(counter::VMA_CACHE_HIT),
             vma_lookups: at(counter::VMA_LOOKUP),
             tail_call_failed: at(counter::TAIL_CALL_FAILED),
+            vma_lookups_busy: at(counter::VMA_LOOKUP_BUSY),
+            vma_lookups_failed: at(counter::VMA_LOOKUP_NONE),
             life_table_full: at(counter::LIFE_TABLE_FULL),
             thread_table_full: at(counter::THREAD_TABLE_FULL),
         }

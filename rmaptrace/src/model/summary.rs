@@ -82,6 +82,10 @@ pub struct ProcessSummary {
     pub kernel: Option<KernelCounts>,
     /// kernel total − faults seen, when the kernel counts are known.
     pub unseen: Option<i64>,
+    /// Faults whose VMA the kernel could not look up (mmap_lock held by a
+    /// writer) that were attributed afterwards from the mapping timeline; the
+    /// rest of those are in the `unknown` kind.
+    pub resolved_later: u64,
     pub exited: bool,
     pub vmas: Vec<VmaSummary>,
 }

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use rmaptrace_common::{
-    event_kind, vma_status, FaultEvent, MmapExitEvent, SyscallEvent, VmaInfo, VmaRecord,
+    access, event_kind, vma_status, FaultEvent, MmapExitEvent, SyscallEvent, UnresolvedFault,
+    VmaInfo, VmaRecord,
 };
 use serde::Serialize;
 
@@ -62,6 +63,8 @@ struct Origin {
     prot: u64,
     /// When the call was entered (do_mmap's return for kernel mappings).
     ts_ns: u64,
+    /// When it returned.
+    exit_ns: u64,
     /// Made by the kernel's do_mmap outside any mmap syscall.
     kernel: bool,
     path: Option<Arc<str>>,
@@ -110,6 +113,47 @@ pub struct Trace {
     limits: Vec<String>,
     /// Swap was in use: a minor anonymous not-present fault may be a swap-cache hit.
     swap_in_use: bool,
+    /// Faults the kernel could not find the VMA of, to attribute from the
+    /// mapping timeline where that is certain.
+    unresolved: Vec<UnresolvedFault>,
+}
+
+/// Rows of one process: lifetime (None: no VMA found) → (access, path) → counts.
+type ProcessRows = BTreeMap<Option<u64>, BTreeMap<(u8, u8), FaultTotals>>;
+
+/// A lifetime as a candidate for a fault the kernel could not look up: the range
+/// it had, and the span in which it surely held that range.
+struct Candidate {
+    life: u64,
+    start: u64,
+    end: u64,
+    from_ns: u64,
+    to_ns: u64,
+    /// Its `vm_lock_seq` when last looked up (unchanged until `to_ns`).
+    lock_seq: u32,
+    /// The range when last looked up, which `lock_seq` vouches for.
+    seen_start: u64,
+    seen_end: u64,
+}
+
+impl Candidate {
+    /// Whether it surely held `u`'s address when `u` completed.
+    fn held(&self, u: &UnresolvedFault) -> bool {
+        let ts = u.header.ts_ns;
+        if ts > self.to_ns {
+            return false;
+        }
+        if u.has_mm_seq != 0 {
+            // Per-VMA lock sequence numbers: unchanged since a write window that
+            // ended before the fault, and still so at its last counted fault.
+            // (u32::MAX: never write-locked, no age to compare.)
+            return self.lock_seq != u32::MAX
+                && (u.mm_seq.wrapping_sub(self.lock_seq) as i32) > 0
+                && self.seen_start <= u.addr
+                && u.addr < self.seen_end;
+        }
+        self.start <= u.addr && u.addr < self.end && self.from_ns <= ts
+    }
 }
 
 fn hex(v: u64) -> String {
@@ -130,6 +174,7 @@ impl Trace {
             paths_source: "derived",
             limits: Vec::new(),
             swap_in_use: false,
+            unresolved: Vec::new(),
         }
     }
 
@@ -227,6 +272,10 @@ impl Trace {
     pub fn on_event(&mut self, event: Event) -> Option<Record> {
         match event {
             Event::Fault(f) => Some(Record::Fault(self.fault_record(&f))),
+            Event::Unresolved(u) => {
+                self.unresolved.push(u);
+                None
+            }
             Event::Syscall(s) => self.on_syscall(s).map(Record::Mmap),
             Event::MmapExit(m) => self.on_mmap_exit(&m).map(Record::Mmap),
             Event::Exit(e) => {
@@ -391,9 +440,18 @@ impl Trace {
         if rec.error.is_none() {
             // /proc/PID/maps names mount points and pseudo files best; the
             // kernel's dentry walk still names files of processes already gone.
+            // /proc is read now, maybe well after the call: trusted only where
+            // it still shows the file the kernel named then.
+            let from_kernel = kernel_path(m);
+            let leaf = c_str(&m.path[0]);
             rec.path = self
                 .mapped_path(h.tgid, m.ret, rec.raw_flags)
-                .or_else(|| kernel_path(m));
+                .filter(|p| {
+                    from_kernel.is_none()
+                        || (!leaf.is_empty()
+                            && p.trim_end_matches(" (deleted)").ends_with(leaf.as_str()))
+                })
+                .or(from_kernel);
             // Whatever was mapped in the new range before is gone (MAP_FIXED);
             // without MAP_FIXED the range was free.
             if rec.raw_flags & syscalls::MAP_FIXED != 0 {
@@ -404,6 +462,7 @@ impl Trace {
                 flags: rec.raw_flags,
                 prot: enter.args[2],
                 ts_ns: enter.header.ts_ns,
+                exit_ns: h.ts_ns,
                 kernel: false,
                 path: rec.path.as_deref().map(Arc::from),
             };
@@ -433,6 +492,7 @@ impl Trace {
                 flags: m.flags,
                 prot: m.prot,
                 ts_ns: h.ts_ns,
+                exit_ns: h.ts_ns,
                 kernel: true,
                 path: path.as_deref().map(Arc::from),
             },
@@ -559,6 +619,114 @@ impl Trace {
             .or(p.exit_ns)
     }
 
+    /// The range a lifetime last looked up as [start, end) had at the end of its
+    /// life: an unmap of its first or last part after it was seen (munmap, an
+    /// mmap with MAP_FIXED over it) leaves the kernel's VMA shorter.
+    fn final_range(&self, pid: u32, rec: &VmaRecord) -> (u64, u64) {
+        let (mut start, mut end) = (rec.info.vm_start, rec.info.vm_end);
+        let Some(p) = self.processes.get(&pid) else {
+            return (start, end);
+        };
+        for u in p.unmaps.iter().filter(|u| u.enter_ns > rec.first_ns) {
+            if u.start <= start && start < u.end && u.end < end {
+                start = u.end;
+            } else if start < u.start && u.start < end && end <= u.end {
+                end = u.start;
+            }
+        }
+        (start, end)
+    }
+
+    /// Whether a mapping change of `pid` over `addr` was in progress at `ts`:
+    /// which mapping served a fault then cannot be known from the timeline.
+    fn changing_at(&self, pid: u32, addr: u64, ts: u64) -> bool {
+        let Some(p) = self.processes.get(&pid) else {
+            return false;
+        };
+        let in_unmap = p
+            .unmaps
+            .iter()
+            .any(|u| u.start <= addr && addr < u.end && u.enter_ns <= ts && ts <= u.exit_ns);
+        in_unmap
+            || p.origins.iter().any(|((start, _), o)| {
+                *start <= addr && addr < start + o.len && o.ts_ns <= ts && ts <= o.exit_ns
+            })
+    }
+
+    /// Attributes each fault the kernel could not look up to the one lifetime
+    /// that surely held its address at its time. With per-VMA lock sequence
+    /// numbers (6.4+) that is exact: a VMA whose vm_lock_seq predates the
+    /// fault's mm_lock_seq, and that was unchanged at its last counted fault
+    /// after it, held the same range throughout. Without them, from the mmap that
+    /// made it (or its first fault) to its last counted fault the VMA only grew,
+    /// so what it held at the end it held throughout, unless a mapping change
+    /// over the address was in progress. Faults with no such lifetime, or more
+    /// than one, stay unknown. Returns how many were attributed per process.
+    fn resolve(&self, by_pid: &mut BTreeMap<u32, ProcessRows>) -> HashMap<u32, u64> {
+        let mut resolved: HashMap<u32, u64> = HashMap::new();
+        if self.unresolved.is_empty() {
+            return resolved;
+        }
+        let mut candidates: HashMap<u32, Vec<Candidate>> = HashMap::new();
+        for (life, rec) in &self.snapshot.vmas {
+            let Some(rows) = by_pid.get(&rec.tgid).and_then(|g| g.get(&Some(*life))) else {
+                continue;
+            };
+            let last_ns = rows.values().map(|t| t.last_ns).max().unwrap_or(0);
+            let (start, end) = self.final_range(rec.tgid, rec);
+            let from_ns = self
+                .origin_of(rec.tgid, rec.info.vm_start, rec.first_ns)
+                .map_or(rec.first_ns, |o| o.ts_ns);
+            candidates.entry(rec.tgid).or_default().push(Candidate {
+                life: *life,
+                start,
+                end,
+                from_ns,
+                to_ns: last_ns.max(rec.first_ns),
+                lock_seq: rec.info.lock_seq,
+                seen_start: rec.info.vm_start,
+                seen_end: rec.info.vm_end,
+            });
+        }
+        for u in &self.unresolved {
+            let pid = u.header.tgid;
+            let ts = u.header.ts_ns;
+            let mut holders = candidates
+                .get(&pid)
+                .into_iter()
+                .flatten()
+                .filter(|c| c.held(u));
+            let (Some(c), None) = (holders.next(), holders.next()) else {
+                continue;
+            };
+            if u.has_mm_seq == 0 && self.changing_at(pid, u.addr, ts) {
+                continue;
+            }
+            let Some(groups) = by_pid.get_mut(&pid) else {
+                continue;
+            };
+            let row = (u.access, u.path);
+            let Some(mut from) = groups.get_mut(&None).and_then(|r| r.remove(&row)) else {
+                continue;
+            };
+            if from.total() == 0 {
+                continue;
+            }
+            let latency = (u.access & access::NO_ENTRY == 0).then_some(u.latency_ns);
+            let to = groups
+                .entry(Some(c.life))
+                .or_default()
+                .entry(row)
+                .or_default();
+            from.move_one(to, u.major != 0, latency, ts);
+            if from.total() > 0 {
+                groups.entry(None).or_default().insert(row, from);
+            }
+            *resolved.entry(pid).or_default() += 1;
+        }
+        resolved
+    }
+
     /// What the kernel counted for `pid` over the same span as rmaptrace: per
     /// thread, its counters at exit (or at its latest counted fault, if alive)
     /// minus those when rmaptrace started following it.
@@ -628,9 +796,13 @@ impl Trace {
                     .map(|i| c_str(&i.name))
                     .filter(|n| !n.is_empty())
             });
+        let (vm_start, vm_end) = match life {
+            Some((_, r)) => self.final_range(pid, r),
+            None => (0, 0),
+        };
         VmaSummary {
             start: hex(vm_start),
-            end: hex(info.map(|i| i.vm_end).unwrap_or(vm_start)),
+            end: hex(vm_end),
             kind: kind.as_str(),
             handler,
             module,
@@ -664,9 +836,7 @@ impl Trace {
     }
 
     pub fn summary(&self, now_ns: u64) -> Summary {
-        // pid → lifetime (None: no VMA found) → rows
-        type Rows<'a> = Vec<(u8, u8, &'a FaultTotals)>;
-        let mut by_pid: BTreeMap<u32, BTreeMap<Option<u64>, Rows>> = BTreeMap::new();
+        let mut by_pid: BTreeMap<u32, ProcessRows> = BTreeMap::new();
         let records: HashMap<u64, &VmaRecord> =
             self.snapshot.vmas.iter().map(|(k, v)| (*k, v)).collect();
         for (key, totals) in &self.snapshot.faults {
@@ -676,8 +846,11 @@ impl Trace {
                 .or_default()
                 .entry(life)
                 .or_default()
-                .push((key.access, key.path, totals));
+                .entry((key.access, key.path))
+                .or_default()
+                .merge(totals);
         }
+        let resolved = self.resolve(&mut by_pid);
         let overflow: HashMap<u32, _> = self.snapshot.overflow.iter().copied().collect();
         let mut pids: Vec<u32> = by_pid.keys().copied().collect();
         pids.extend(overflow.keys());
@@ -701,6 +874,12 @@ impl Trace {
             // of it split off keeps its row; a new VMA (the split-off part, a
             // mapping replaced at the same address) gets its own.
             for (life, rows) in groups {
+                let rows: Vec<(u8, u8, &FaultTotals)> =
+                    rows.iter().map(|((a, p), t)| (*a, *p, t)).collect();
+                let rows = &rows[..];
+                if rows.iter().all(|(_, _, t)| t.total() == 0) {
+                    continue;
+                }
                 let v = match life.and_then(|l| records.get(&l).map(|r| (l, *r))) {
                     Some(l) => self.vma_summary(pid, Some(l), rows),
                     None => {
@@ -736,6 +915,7 @@ impl Trace {
             processes.push(ProcessSummary {
                 pid,
                 comm: self.comm_of(pid),
+                resolved_later: resolved.get(&pid).copied().unwrap_or(0),
                 faults,
                 by_kind,
                 kernel,

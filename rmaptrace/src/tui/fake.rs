@@ -79,6 +79,7 @@ pub fn summary() -> Summary {
             majflt: 0,
         }),
         unseen: Some(1),
+        resolved_later: 0,
         exited: false,
         vmas: vec![
             vma(
@@ -127,6 +128,7 @@ pub fn summary() -> Summary {
             majflt: 2,
         }),
         unseen: Some(0),
+        resolved_later: 0,
         exited: false,
         vmas: vec![vma(
             0x5555_0000_0000,
@@ -150,6 +152,7 @@ pub fn summary() -> Summary {
         by_kind: BTreeMap::new(),
         kernel: None,
         unseen: None,
+        resolved_later: 0,
         exited: true,
         vmas: vec![],
     };

@@ -2,6 +2,7 @@
 //! rmaptrace and compare, and `rmaptrace demo` shows them. Each scenario touches N
 //! pages of one fresh mapping and prints one JSON line saying where that mapping is.
 pub mod bench;
+mod real;
 
 use anyhow::{bail, Result};
 use serde_json::json;
@@ -26,6 +27,16 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("driver-pfn", "rmapdemo.ko, /dev/rmapdemo_pfn MAP_SHARED, write: remap_pfn_range at mmap, no faults"),
     ("driver-pages", "rmapdemo.ko, /dev/rmapdemo_pages MAP_SHARED, write: vm_insert_pages at mmap, no faults"),
     ("driver-fault", "rmapdemo.ko, /dev/rmapdemo_fault MAP_SHARED, write: driver, rmapdemo_fault, N x do_shared_fault"),
+    ("threads-churn", "32 threads write N/32 pages each of one region while a thread maps/unmaps 4 pages in a loop: N faults on the region"),
+    ("threads-own-maps", "64 threads each map and write their own N pages: N faults on each of the 64 regions"),
+    ("remap-same-address", "file A MAP_SHARED written and unmapped, file B mapped at the same address and written: two rows, N faults each"),
+    ("heap-growth", "sbrk one page N times, writing each: one heap row with N faults (plus malloc's)"),
+    ("stack-growth", "recursion N deep, 4 KiB frames: one stack row with at least N faults"),
+    ("mprotect-split", "N+1 pages, mprotect the first read-only, read it, write the rest: rows of 1 and N faults"),
+    ("mbind-split", "N+1 pages, mbind the first to node 0, write all: rows of 1 and N faults"),
+    ("populate-race", "a reader faults on N shared pages while they are replaced in place by MAP_FIXED (populated private, shared in turn) 300 times"),
+    ("dead-threads", "4 threads write 250 pages and exit; reports, waits for a line on stdin, then writes N pages"),
+    ("exec-threads", "3 threads write 1000 pages, then exec of a copy named $RMAPTRACE_EXEC_NAME as anon-write N (its report)"),
 ];
 
 fn check(ret: libc::c_int, what: &str) -> Result<libc::c_int> {
@@ -213,6 +224,9 @@ pub fn run(scenario: &str, pages: usize, wait: bool) -> Result<()> {
             write_pages(p, pages);
             report(scenario, pages, p, json!({"device": dev}));
         }
+        "threads-churn" | "threads-own-maps" | "remap-same-address" | "heap-growth"
+        | "stack-growth" | "mprotect-split" | "mbind-split" | "populate-race" | "dead-threads"
+        | "exec-threads" => real::run(scenario, pages)?,
         other if other.starts_with("bench-") => bench::run(other, pages)?,
         other => {
             let names: Vec<&str> = SCENARIOS

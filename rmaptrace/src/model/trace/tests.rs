@@ -5,7 +5,7 @@ use crate::{
     kernel::procfs::{MapsEntry, ProcStat},
     model::snapshot::{Counters, Hist, ProcTotals},
 };
-use rmaptrace_common::{access, path_id, EventHeader, ExitEvent, FaultKey, TaskEvent, ThreadAcct};
+use rmaptrace_common::{access, path_id, EventHeader, ExitEvent, FaultKey, ThreadAcct};
 
 #[derive(Default)]
 struct FakeProc {
