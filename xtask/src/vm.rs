@@ -42,6 +42,13 @@ const SCENARIOS: &[&str] = &[
     "driver-pfn",
     "driver-pages",
     "driver-fault",
+    // Mapping lifetimes and VMA lookups under concurrent mapping changes.
+    "mprotect-split",
+    "mbind-split",
+    "remap-same-address",
+    "stack-growth",
+    "threads-own-maps",
+    "threads-churn",
 ];
 
 /// rmapdemo's buffer size caps the driver scenarios; every scenario uses the same N.
