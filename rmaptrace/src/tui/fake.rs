@@ -102,16 +102,20 @@ pub fn summary() -> Summary {
                 &[("do_read_fault", 3)],
                 &[(8000, 3)],
             ),
-            vma(
-                0x7fd8_2444_1000,
-                100,
-                "rw-s",
-                "shmem",
-                Some(("shmem_fault", None)),
-                Some("/dev/zero (deleted)"),
-                &[("do_shared_fault", 100)],
-                &[(3000, 90), (16000, 10)],
-            ),
+            // Unmapped before the end: listed after the live ones, dimmed.
+            VmaSummary {
+                unmapped_ns: Some(5_000_000_000),
+                ..vma(
+                    0x7fd8_2444_1000,
+                    100,
+                    "rw-s",
+                    "shmem",
+                    Some(("shmem_fault", None)),
+                    Some("/dev/zero (deleted)"),
+                    &[("do_shared_fault", 100)],
+                    &[(3000, 90), (16000, 10)],
+                )
+            },
         ],
     };
     let db = ProcessSummary {

@@ -246,6 +246,24 @@ mod tests {
     }
 
     #[test]
+    fn unmapped_mappings_are_dimmed() {
+        let mut t = Terminal::new(TestBackend::new(150, 14)).unwrap();
+        t.draw(|f| draw(f, &app_with(&[KeyCode::Enter]))).unwrap();
+        let buf = t.backend().buffer();
+        let row_of = |needle: &str| {
+            (0..buf.area.height)
+                .find(|&y| {
+                    let line: String = (0..buf.area.width).map(|x| buf[(x, y)].symbol()).collect();
+                    line.contains(needle)
+                })
+                .unwrap_or_else(|| panic!("no row with {needle}"))
+        };
+        let dim = |y: u16| buf[(0, y)].modifier.contains(ratatui::style::Modifier::DIM);
+        assert!(dim(row_of("0x7fd824441000")), "the unmapped shmem row");
+        assert!(!dim(row_of("0x7f89b03b1000")), "a live row");
+    }
+
+    #[test]
     fn paths_screen_whole_system() {
         insta::assert_snapshot!(render(&app_with(&[KeyCode::Tab, KeyCode::Tab]), 100, 24));
     }
