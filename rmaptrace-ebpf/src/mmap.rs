@@ -70,6 +70,22 @@ const NR32_MMAP2: i64 = 192;
 /// x86 `thread_info.status` bit: the syscall in progress is a 32-bit one.
 const TS_COMPAT: u32 = 0x0002;
 
+/// The 32-bit mapping call of a traced process a `raw_syscalls` record at
+/// `ctx` is about, as (syscall number, tgid, tid); the number is at `id_off`.
+#[inline(always)]
+fn compat_mapping_call(ctx: &TracePointContext, id_off: u32) -> Option<(i64, u32, u32)> {
+    // SAFETY: offsets of this tracepoint's record, from its tracefs format.
+    let id = unsafe { ctx.read_at::<i64>(id_off as usize) }.unwrap_or(-1);
+    if id != NR32_OLD_MMAP && id != NR32_MUNMAP && id != NR32_MREMAP && id != NR32_MMAP2 {
+        return None;
+    }
+    if offsets().ready == 0 || !in_compat_syscall() {
+        return None;
+    }
+    let (tgid, tid) = traced_current()?;
+    Some((id, tgid, tid))
+}
+
 #[inline(always)]
 fn in_compat_syscall() -> bool {
     // SAFETY: bpf_probe_read_kernel checks the read.
@@ -85,15 +101,7 @@ fn in_compat_syscall() -> bool {
 #[tracepoint]
 pub fn raw_sys_enter(ctx: TracePointContext) -> u32 {
     let o = offsets();
-    // SAFETY: offsets of this tracepoint's record, from its tracefs format.
-    let id = unsafe { ctx.read_at::<i64>(o.raw_enter_id as usize) }.unwrap_or(-1);
-    if id != NR32_OLD_MMAP && id != NR32_MUNMAP && id != NR32_MREMAP && id != NR32_MMAP2 {
-        return 0;
-    }
-    if o.ready == 0 || !in_compat_syscall() {
-        return 0;
-    }
-    let Some((tgid, tid)) = traced_current() else {
+    let Some((id, tgid, tid)) = compat_mapping_call(&ctx, o.raw_enter_id) else {
         return 0;
     };
     let mut args = [0u64; 6];
@@ -135,18 +143,10 @@ pub fn raw_sys_enter(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn raw_sys_exit(ctx: TracePointContext) -> u32 {
     let o = offsets();
-    // SAFETY: offsets of this tracepoint's record, from its tracefs format.
-    let id = unsafe { ctx.read_at::<i64>(o.raw_exit_id as usize) }.unwrap_or(-1);
-    if id != NR32_OLD_MMAP && id != NR32_MUNMAP && id != NR32_MREMAP && id != NR32_MMAP2 {
-        return 0;
-    }
-    if o.ready == 0 || !in_compat_syscall() {
-        return 0;
-    }
-    let Some((tgid, tid)) = traced_current() else {
+    let Some((id, tgid, tid)) = compat_mapping_call(&ctx, o.raw_exit_id) else {
         return 0;
     };
-    // SAFETY: as above.
+    // SAFETY: the offset of `ret` in this tracepoint's record, from tracefs.
     let ret = unsafe { ctx.read_at::<u64>(o.raw_exit_ret as usize) }.unwrap_or(0);
     if id == NR32_MREMAP || id == NR32_MUNMAP {
         let kind = if id == NR32_MUNMAP {

@@ -25,17 +25,17 @@ fn current_faults() -> (u64, u64) {
     (read(o.task_min_flt), read(o.task_maj_flt))
 }
 
-/// Follows the kernel's counters of thread `tid`, whose counters are now
-/// (`min_flt`, `maj_flt`), from here on.
+/// Follows the kernel's counters of thread `tid` from `base` (min_flt, maj_flt);
+/// they are `last` now.
 #[inline(always)]
-fn follow_thread(tid: u32, tgid: u32, min_flt: u64, maj_flt: u64) {
+fn follow_thread(tid: u32, tgid: u32, base: (u64, u64), last: (u64, u64)) {
     let acct = ThreadAcct {
         tgid,
         _pad: 0,
-        base_min: min_flt,
-        base_maj: maj_flt,
-        last_min: min_flt,
-        last_maj: maj_flt,
+        base_min: base.0,
+        base_maj: base.1,
+        last_min: last.0,
+        last_maj: last.1,
     };
     if THREADS.insert(tid, acct, 0).is_err() {
         bump(counter::THREAD_TABLE_FULL);
@@ -56,22 +56,12 @@ pub fn account_fault(tid: u32, tgid: u32, major: bool) {
             (*t).last_maj = maj_flt;
         },
         None => {
-            let (bm, bj) = if major {
+            let base = if major {
                 (min_flt, maj_flt.saturating_sub(1))
             } else {
                 (min_flt.saturating_sub(1), maj_flt)
             };
-            let acct = ThreadAcct {
-                tgid,
-                _pad: 0,
-                base_min: bm,
-                base_maj: bj,
-                last_min: min_flt,
-                last_maj: maj_flt,
-            };
-            if THREADS.insert(tid, acct, 0).is_err() {
-                bump(counter::THREAD_TABLE_FULL);
-            }
+            follow_thread(tid, tgid, base, (min_flt, maj_flt));
         }
     }
 }
@@ -127,7 +117,7 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     // A new task's counters start at zero (copy_mm clears them): everything it
     // faults is followed.
     if mode == traced::YES || child_tgid != parent_tgid {
-        follow_thread(child_tid, child_tgid, 0, 0);
+        follow_thread(child_tid, child_tgid, (0, 0), (0, 0));
     }
     if child_tgid == parent_tgid || trace_all {
         return 0; // a new thread of a process already traced
@@ -165,8 +155,8 @@ pub fn sched_process_exec(_ctx: BtfTracePointContext) -> i32 {
     }
     if started_here != 0 {
         // Traced from this exec on: its counters so far are not the trace's.
-        let (min_flt, maj_flt) = current_faults();
-        follow_thread(pid_tgid as u32, tgid, min_flt, maj_flt);
+        let now = current_faults();
+        follow_thread(pid_tgid as u32, tgid, now, now);
     }
     if traced_current().is_some() {
         send_task_event(event_kind::EXEC, tgid, pid_tgid as u32, started_here);
