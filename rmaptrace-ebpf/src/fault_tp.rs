@@ -112,13 +112,7 @@ pub fn fault_done_major_vls(ctx: PerfEventContext) -> u32 {
 #[inline(always)]
 fn cache_current<const LOCK_SEQ: bool>(s: &Inflight) -> bool {
     if LOCK_SEQ {
-        vma::unchanged(
-            s.cache_vma,
-            s.cache_mm,
-            s.cache_start,
-            s.cache_end,
-            s.cache_lock_seq,
-        )
+        vma::unchanged(s.cache_vma, s.cache_mm, s.cache_lock_seq)
     } else {
         mm_gen(s.cache_mm) == s.cache_gen
     }

@@ -68,20 +68,19 @@ pub fn describe(vma: u64, info: &mut VmaInfo) {
     }
 }
 
-/// Whether the VMA at `vma` is still the one cached as (`mm`, `start`, `end`,
-/// `lock_seq`): every change to a VMA (resize, split, protection, unmap) first
-/// write-locks it, which stores a new `vm_lock_seq`; a freed and reused struct
-/// was write-locked again too, or belongs to another mm. Read without any lock:
-/// the struct is type-stable (SLAB_TYPESAFE_BY_RCU) and probe reads cannot fault.
+/// Whether the VMA at `vma` is still the one cached as (`mm`, `lock_seq`): every
+/// change to a VMA (resize, split, protection, unmap) first write-locks it, which
+/// stores the mm's current lock sequence in `vm_lock_seq`; a freed struct was
+/// write-locked on its way out, and a reused one again when it was set up (in
+/// another mm, whose sequence could match by chance: hence the mm too). Read
+/// without any lock: the struct is type-stable (SLAB_TYPESAFE_BY_RCU) and probe
+/// reads cannot fault.
 #[inline(always)]
-pub fn unchanged(vma: u64, mm: u64, start: u64, end: u64, lock_seq: u32) -> bool {
+pub fn unchanged(vma: u64, mm: u64, lock_seq: u32) -> bool {
     let o = offsets();
     // SAFETY: bpf_probe_read_kernel checks every read.
     unsafe {
-        read::<u32>(vma, o.vma_vm_lock_seq) == lock_seq
-            && read::<u64>(vma, o.vma_vm_start) == start
-            && read::<u64>(vma, o.vma_vm_end) == end
-            && read::<u64>(vma, o.vma_vm_mm) == mm
+        read::<u32>(vma, o.vma_vm_lock_seq) == lock_seq && read::<u64>(vma, o.vma_vm_mm) == mm
     }
 }
 

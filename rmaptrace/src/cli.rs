@@ -35,13 +35,13 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Backend::Auto)]
         backend: Backend,
     },
-    // Live screen and demo (issue 5).
+    // Live screen and demo.
     /// Run the workload scenarios in a loop under the live screen: every mapping
     /// kind and its fault handler side by side. With --no-tui: one round, then the summary.
     Demo(DemoArgs),
 }
 
-// Live screen and demo (issue 5).
+// Live screen and demo.
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
     /// Pages each scenario touches.

@@ -12,7 +12,7 @@ mod kernel;
 mod model;
 mod session;
 mod workload;
-// Live screen and demo (issue 5).
+// Live screen and demo.
 mod demo;
 mod live;
 mod tui;
@@ -40,7 +40,7 @@ fn main() {
             }
         }
         Some(cli::Command::Probe { backend }) => session::probe(backend),
-        // Live screen and demo (issue 5).
+        // Live screen and demo.
         Some(cli::Command::Demo(d)) => session::run_demo(d.trace_args(), d.opts()),
         None => session::run(cli.trace),
     };

@@ -27,7 +27,7 @@ use crate::{
     },
     model::trace::{Record, Trace},
 };
-// Live screen and demo (issue 5).
+// Live screen and demo.
 use crate::{demo::DemoOpts, live::Live};
 
 /// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns.
