@@ -441,17 +441,19 @@ impl Trace {
             // /proc/PID/maps names mount points and pseudo files best; the
             // kernel's dentry walk still names files of processes already gone.
             // /proc is read now, maybe well after the call: trusted only where
-            // it still shows the file the kernel named then.
-            let from_kernel = kernel_path(m);
+            // it still shows the file the kernel named then, and not where it
+            // says the file was deleted since (the kernel's name is of the call's
+            // time; pseudo files, which it cannot name fully, keep /proc's).
+            let from_kernel = kernel_path(m).filter(|_| m.truncated == 0);
             let leaf = c_str(&m.path[0]);
             rec.path = self
                 .mapped_path(h.tgid, m.ret, rec.raw_flags)
                 .filter(|p| {
                     from_kernel.is_none()
-                        || (!leaf.is_empty()
-                            && p.trim_end_matches(" (deleted)").ends_with(leaf.as_str()))
+                        || (!leaf.is_empty() && !p.ends_with(" (deleted)") && p.ends_with(&leaf))
                 })
-                .or(from_kernel);
+                .or(from_kernel)
+                .or_else(|| kernel_path(m));
             // Whatever was mapped in the new range before is gone (MAP_FIXED);
             // without MAP_FIXED the range was free.
             if rec.raw_flags & syscalls::MAP_FIXED != 0 {
