@@ -407,7 +407,8 @@ pub struct ExitEvent {
     pub base_min: u64,
     pub base_maj: u64,
     pub has_base: u32,
-    pub _pad: u32,
+    /// 1 when this was the process's last thread (`signal->live` reached 0).
+    pub group_dead: u32,
     pub comm: [u8; COMM_LEN],
 }
 
@@ -496,6 +497,9 @@ pub struct KernelOffsets {
     pub task_mm: u32,
     /// `task_struct.thread_info.status`: TS_COMPAT marks a 32-bit syscall (x86).
     pub task_ti_status: u32,
+    /// `task_struct.signal` and `signal_struct.live`: threads still running.
+    pub task_signal: u32,
+    pub signal_live: u32,
     /// Offset of the first syscall argument in a `syscalls:sys_enter_*` record and of
     /// `ret` in `sys_exit_*`, from the tracepoints' format files.
     pub syscall_args: u32,

@@ -49,6 +49,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     task_pid: 0,
     task_mm: 0,
     task_ti_status: 0,
+    task_signal: 0,
+    signal_live: 0,
     syscall_args: 0,
     syscall_ret: 0,
     mmap_lock_mm: 0,

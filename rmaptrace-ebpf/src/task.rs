@@ -190,6 +190,23 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
     }
     // Runs in the exiting thread after exit_mm(): its counters are final.
     let (min_flt, maj_flt) = current_faults();
+    // do_exit decrements signal->live before this tracepoint: 0 means the whole
+    // process is gone, and its pid may be reused by a process nobody asked for.
+    // SAFETY: bpf_probe_read_kernel checks the reads.
+    let live: i32 = unsafe {
+        let task = bpf_get_current_task_btf() as u64;
+        let signal: u64 =
+            bpf_probe_read_kernel((task + o.task_signal as u64) as *const u64).unwrap_or(0);
+        if signal == 0 {
+            1
+        } else {
+            bpf_probe_read_kernel((signal + o.signal_live as u64) as *const i32).unwrap_or(1)
+        }
+    };
+    let group_dead = live == 0;
+    if group_dead && config().trace_all == 0 {
+        let _ = TRACED.remove(tgid);
+    }
     // SAFETY: read once, copied out.
     let acct = unsafe { THREADS.get(tid) }.copied();
     let _ = THREADS.remove(tid);
@@ -200,7 +217,7 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
         base_min: acct.map(|a| a.base_min).unwrap_or(0),
         base_maj: acct.map(|a| a.base_maj).unwrap_or(0),
         has_base: acct.is_some() as u32,
-        _pad: 0,
+        group_dead: group_dead as u32,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
     };
     if EVENTS.output::<ExitEvent>(&ev, 0).is_err() {

@@ -579,3 +579,53 @@ fn a_process_still_running_at_the_end_has_exact_kernel_counts() {
         assert_eq!(p["unseen"], 0, "{}: {}", json.display(), p["kernel"]);
     }
 }
+
+/// A fork storm longer than the traced-process table (made small for the test):
+/// each process leaves the table when it exits, so every child is followed.
+#[test]
+fn a_fork_storm_longer_than_the_table_is_followed_to_its_end() {
+    require_root();
+    const CHILDREN: usize = 300;
+    let json = temp_json("fork-storm");
+    let out = Command::new(bin())
+        .env("RMAPTRACE_TRACED_ENTRIES", "32")
+        .args([
+            "--no-tui",
+            "--json",
+            json.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg(format!(
+            "i=0; while [ $i -lt {CHILDREN} ]; do /bin/true; i=$((i+1)); done"
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let export = read_export(&json);
+    let summary = export.last().unwrap();
+    assert_eq!(
+        summary["counters"]["traced_table_full"], 0,
+        "{}",
+        summary["counters"]
+    );
+    let trues = summary["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["comm"] == "true")
+        .filter(|p| p["faults"]["total"].as_u64().unwrap_or(0) > 0)
+        .count();
+    assert_eq!(trues, CHILDREN, "every child followed");
+    assert!(summary["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["comm"] == "true")
+        .all(|p| p["exited"] == true && p["unseen"].as_i64().unwrap_or(-1) >= 0));
+}

@@ -432,6 +432,7 @@ impl Probes {
             .map_max_entries("EVENTS", opts.ring_bytes)
             .map_max_entries("FAULTS", fault_rows)
             .map_max_entries("VMAS", vma_rows)
+            .map_max_entries("TRACED", traced_rows())
             .load(super::EBPF_OBJECT)
             .context("loading the eBPF object")?;
 
@@ -608,6 +609,16 @@ fn table_sizes() -> (u32, u32) {
     let row = std::mem::size_of::<rmaptrace_common::FaultStats>() * cpus;
     let fault_rows = (FAULT_TABLE_BUDGET / row).clamp(4096, 131072) as u32;
     (fault_rows, 131072)
+}
+
+/// Processes followed at once. RMAPTRACE_TRACED_ENTRIES (a test hook) makes it
+/// small, so that a test can show a fork storm longer than the table is followed
+/// to its end: entries leave with their process.
+fn traced_rows() -> u32 {
+    std::env::var("RMAPTRACE_TRACED_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16384)
 }
 
 /// The kernel truncates comm to 15 bytes plus NUL.

@@ -177,6 +177,8 @@ impl KernelBtf {
             maple_range_64,
             maple_arange_64,
             task_pid: o("task_struct", "pid")?,
+            task_signal: o("task_struct", "signal")?,
+            signal_live: o("signal_struct", "live")?,
             task_mm: o("task_struct", "mm")?,
             // x86 keeps thread_info inside task_struct; without it, no 32-bit
             // syscall is recognised (the raw_syscalls hooks stay off).

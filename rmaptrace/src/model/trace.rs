@@ -285,7 +285,7 @@ impl Trace {
                     st.exited_threads.1 += e.maj_flt.saturating_sub(e.base_maj);
                 }
                 st.threads_exited += 1;
-                if e.header.tid == e.header.tgid {
+                if e.group_dead != 0 {
                     st.exit_ns = Some(e.header.ts_ns);
                 }
                 if e.header.tid == e.header.tgid || st.comm.is_empty() {

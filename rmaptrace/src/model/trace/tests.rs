@@ -229,7 +229,8 @@ fn exited_processes_use_the_kernel_counters_from_their_exits() {
             base_min: 500,
             base_maj: 0,
             has_base: 1,
-            _pad: 0,
+            // The last of the two threads to exit ends the process.
+            group_dead: (tid == 8) as u32,
             comm: *b"worker\0\0\0\0\0\0\0\0\0\0",
         };
         assert_eq!(t.on_event(Event::Exit(ev)), None);
