@@ -412,6 +412,24 @@ pub struct ExitEvent {
     pub comm: [u8; COMM_LEN],
 }
 
+/// A live mapping lifetime as the kernel side tracks it, by VMA struct pointer
+/// (value of the `LIVES` map): what the VMA looked like when last seen, to tell
+/// a continuing VMA from a reused struct.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LifeEntry {
+    pub life: u64,
+    pub mm: u64,
+    pub file: u64,
+    /// `vm_pgoff - vm_start / PAGE_SIZE`: unchanged by growth and splits.
+    pub pgoff_base: u64,
+    pub start: u64,
+    pub end: u64,
+    pub flags: u64,
+    pub ident: u32,
+    pub _pad: u32,
+}
+
 /// The kernel's own fault counters of one traced thread, value of the `THREADS`
 /// map: `base` when rmaptrace started following it (0 for a thread born during
 /// the trace; its counters just before its first counted fault otherwise),
@@ -539,6 +557,7 @@ mod pod {
     unsafe impl aya::Pod for FaultStats {}
     unsafe impl aya::Pod for VmaRecord {}
     unsafe impl aya::Pod for ThreadAcct {}
+    unsafe impl aya::Pod for LifeEntry {}
     unsafe impl aya::Pod for VmaInfo {}
     unsafe impl aya::Pod for ProcStats {}
     unsafe impl aya::Pod for KernelOffsets {}

@@ -13,30 +13,13 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray},
 };
-use rmaptrace_common::{counter, vma_ident, VmaInfo, VmaRecord};
+use rmaptrace_common::{counter, vma_ident, LifeEntry, VmaInfo, VmaRecord};
 
 use crate::maps::{bump, VMAS};
 
-/// What a lifetime's VMA looked like when last seen, to tell a continuing VMA
-/// from a reused struct.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Life {
-    pub life: u64,
-    pub mm: u64,
-    pub file: u64,
-    /// `vm_pgoff - vm_start / PAGE_SIZE`: unchanged by growth and splits.
-    pub pgoff_base: u64,
-    pub start: u64,
-    pub end: u64,
-    pub flags: u64,
-    pub ident: u32,
-    pub _pad: u32,
-}
-
 /// Live lifetimes by `struct vm_area_struct *`.
 #[map]
-static LIVES: HashMap<u64, Life> = HashMap::with_max_entries(131072, 0);
+pub static LIVES: HashMap<u64, LifeEntry> = HashMap::with_max_entries(131072, 0);
 
 /// Per-CPU lifetime counter: ids are (cpu << 40) | n, unique without atomics.
 #[map]
@@ -115,7 +98,7 @@ pub fn life_of(info: &VmaInfo, tgid: u32, now: u64) -> u64 {
             return 0;
         }
     }
-    let entry = Life {
+    let entry = LifeEntry {
         life,
         mm: info.mm,
         file: info.file,

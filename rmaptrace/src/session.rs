@@ -293,6 +293,7 @@ async fn trace(
 
     let mut exit_code = 0;
     let mut stop_child = None;
+    let mut retired_last_tick: Vec<u32> = Vec::new();
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -302,6 +303,11 @@ async fn trace(
             }
             _ = tick.tick() => {
                 trace.set_snapshot(probes.snapshot()?);
+                // Processes that ended keep their summary; their kernel rows go.
+                trace.forget_retired(&retired_last_tick);
+                let gone = trace.retire_exited();
+                probes.forget(&gone)?;
+                retired_last_tick = gone.iter().map(|g| g.pid).collect();
                 live.on_tick(&mut trace);
                 if let Some(j) = &mut out.json {
                     j.flush()?;

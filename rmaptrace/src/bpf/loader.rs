@@ -580,6 +580,10 @@ impl Probes {
         &self.ebpf
     }
 
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// Detaches and unloads every program, keeping the maps: the counts and the
     /// per-thread kernel counters then stay as they were at one instant, so the
     /// final snapshot compares like with like.
@@ -608,6 +612,12 @@ fn table_sizes() -> (u32, u32) {
     let cpus = aya::util::nr_cpus().unwrap_or(1).max(1);
     let row = std::mem::size_of::<rmaptrace_common::FaultStats>() * cpus;
     let fault_rows = (FAULT_TABLE_BUDGET / row).clamp(4096, 131072) as u32;
+    // Test hook: a small table, to show that the rows of exited processes are
+    // freed as a trace goes on.
+    let fault_rows = std::env::var("RMAPTRACE_FAULT_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(fault_rows);
     (fault_rows, 131072)
 }
 

@@ -1,12 +1,68 @@
 //! Reads the in-kernel aggregates into a plain [`Snapshot`], summing per-CPU values.
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap};
-use rmaptrace_common::{FaultKey, FaultStats, ProcStats, ThreadAcct, VmaRecord};
+use rmaptrace_common::{FaultKey, FaultStats, LifeEntry, ProcStats, ThreadAcct, VmaRecord};
 
 use super::loader::Probes;
 use crate::model::snapshot::{Counters, FaultTotals, ProcTotals, Snapshot};
 
 impl Probes {
+    /// Frees the kernel rows of processes the model retired: their aggregate
+    /// rows (those counted before their exit: a reused pid's are not theirs),
+    /// their lifetimes' descriptions and live-VMA entries, and their overflow
+    /// counts. A lifetime's entry is found by its id, the LIVES key being the
+    /// VMA struct.
+    pub fn forget(&mut self, gone: &[crate::model::trace::Retired]) -> Result<()> {
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let ebpf = &mut self.ebpf_mut();
+        {
+            let mut faults: PerCpuHashMap<&mut MapData, FaultKey, FaultStats> =
+                PerCpuHashMap::try_from(ebpf.map_mut("FAULTS").context("FAULTS map")?)?;
+            let doomed: Vec<FaultKey> = faults
+                .iter()
+                .filter_map(|r| r.ok())
+                .filter(|(k, per_cpu)| {
+                    let last = per_cpu.iter().map(|s| s.last_ns).max().unwrap_or(0);
+                    gone.iter().any(|g| g.pid == k.tgid && last <= g.exit_ns)
+                })
+                .map(|(k, _)| k)
+                .collect();
+            for k in doomed {
+                let _ = faults.remove(&k);
+            }
+        }
+        let lives: std::collections::HashSet<u64> =
+            gone.iter().flat_map(|g| g.lives.iter().copied()).collect();
+        {
+            let mut vmas: HashMap<&mut MapData, u64, VmaRecord> =
+                HashMap::try_from(ebpf.map_mut("VMAS").context("VMAS map")?)?;
+            for l in &lives {
+                let _ = vmas.remove(l);
+            }
+        }
+        {
+            let mut live: HashMap<&mut MapData, u64, LifeEntry> =
+                HashMap::try_from(ebpf.map_mut("LIVES").context("LIVES map")?)?;
+            let doomed: Vec<u64> = live
+                .iter()
+                .filter_map(|r| r.ok())
+                .filter(|(_, e)| lives.contains(&e.life))
+                .map(|(k, _)| k)
+                .collect();
+            for k in doomed {
+                let _ = live.remove(&k);
+            }
+        }
+        let mut procs: PerCpuHashMap<&mut MapData, u32, ProcStats> =
+            PerCpuHashMap::try_from(ebpf.map_mut("PROCS").context("PROCS map")?)?;
+        for g in gone {
+            let _ = procs.remove(&g.pid);
+        }
+        Ok(())
+    }
+
     pub fn snapshot(&self) -> Result<Snapshot> {
         let ebpf = self.ebpf();
         let faults: PerCpuHashMap<&MapData, FaultKey, FaultStats> =

@@ -116,6 +116,17 @@ pub struct Trace {
     /// Faults the kernel could not find the VMA of, to attribute from the
     /// mapping timeline where that is certain.
     unresolved: Vec<UnresolvedFault>,
+    /// Summaries of processes that exited and whose kernel rows were freed.
+    retired: Vec<ProcessSummary>,
+    /// Retired pids whose rows may still be in the latest snapshot.
+    retired_pids: std::collections::HashSet<u32>,
+}
+
+/// A process retired by [`Trace::retire_exited`]: the kernel rows to free.
+pub struct Retired {
+    pub pid: u32,
+    pub exit_ns: u64,
+    pub lives: Vec<u64>,
 }
 
 /// Rows of one process: lifetime (None: no VMA found) → (access, path) → counts.
@@ -175,6 +186,8 @@ impl Trace {
             limits: Vec::new(),
             swap_in_use: false,
             unresolved: Vec::new(),
+            retired: Vec::new(),
+            retired_pids: Default::default(),
         }
     }
 
@@ -837,11 +850,15 @@ impl Trace {
         }
     }
 
-    pub fn summary(&self, now_ns: u64) -> Summary {
+    /// The summaries of the processes in the latest snapshot (only those in
+    /// `only`, when given) and of the targets, retired processes left out.
+    fn process_summaries(&self, only: Option<&[u32]>) -> Vec<ProcessSummary> {
+        let wanted =
+            |pid: &u32| only.is_none_or(|o| o.contains(pid)) && !self.retired_pids.contains(pid);
         let mut by_pid: BTreeMap<u32, ProcessRows> = BTreeMap::new();
         let records: HashMap<u64, &VmaRecord> =
             self.snapshot.vmas.iter().map(|(k, v)| (*k, v)).collect();
-        for (key, totals) in &self.snapshot.faults {
+        for (key, totals) in self.snapshot.faults.iter().filter(|(k, _)| wanted(&k.tgid)) {
             let life = (key.vma_status == vma_status::FOUND && key.life != 0).then_some(key.life);
             by_pid
                 .entry(key.tgid)
@@ -862,6 +879,7 @@ impl Trace {
                 .filter(|(_, p)| p.targeted)
                 .map(|(pid, _)| *pid),
         );
+        pids.retain(wanted);
         pids.sort_unstable();
         pids.dedup();
 
@@ -926,6 +944,63 @@ impl Trace {
                 vmas,
             });
         }
+        processes
+    }
+
+    /// Processes whose last thread exited, with everything the kernel counted
+    /// for them in the latest snapshot: their summaries are kept here and their
+    /// state dropped, and the caller frees their kernel rows (the returned
+    /// lifetimes and pids), so that tables and memory do not grow with every
+    /// process a long trace sees.
+    pub fn retire_exited(&mut self) -> Vec<Retired> {
+        let exited: Vec<u32> = self
+            .processes
+            .iter()
+            .filter(|(pid, p)| p.exit_ns.is_some() && !self.retired_pids.contains(pid))
+            .map(|(pid, _)| *pid)
+            .collect();
+        if exited.is_empty() {
+            return Vec::new();
+        }
+        let summaries = self.process_summaries(Some(&exited));
+        let mut out = Vec::new();
+        for pid in exited {
+            let lives: Vec<u64> = self
+                .snapshot
+                .vmas
+                .iter()
+                .filter(|(_, r)| r.tgid == pid)
+                .map(|(l, _)| *l)
+                .collect();
+            if let Some(s) = summaries.iter().find(|s| s.pid == pid) {
+                self.retired.push(s.clone());
+            }
+            self.retired_pids.insert(pid);
+            for l in &lives {
+                self.event_vmas.remove(l);
+            }
+            let state = self.processes.remove(&pid);
+            self.unresolved.retain(|u| u.header.tgid != pid);
+            out.push(Retired {
+                pid,
+                exit_ns: state.and_then(|s| s.exit_ns).unwrap_or(0),
+                lives,
+            });
+        }
+        out
+    }
+
+    /// The kernel rows of `pids` are gone: a later process with one of those pids
+    /// is a new process.
+    pub fn forget_retired(&mut self, pids: &[u32]) {
+        for pid in pids {
+            self.retired_pids.remove(pid);
+        }
+    }
+
+    pub fn summary(&self, now_ns: u64) -> Summary {
+        let mut processes = self.process_summaries(None);
+        processes.extend(self.retired.iter().cloned());
         processes.sort_by(|a, b| b.faults.total.cmp(&a.faults.total).then(a.pid.cmp(&b.pid)));
         Summary {
             kind: "summary",

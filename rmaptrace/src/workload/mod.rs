@@ -27,6 +27,7 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("driver-pfn", "rmapdemo.ko, /dev/rmapdemo_pfn MAP_SHARED, write: remap_pfn_range at mmap, no faults"),
     ("driver-pages", "rmapdemo.ko, /dev/rmapdemo_pages MAP_SHARED, write: vm_insert_pages at mmap, no faults"),
     ("driver-fault", "rmapdemo.ko, /dev/rmapdemo_fault MAP_SHARED, write: driver, rmapdemo_fault, N x do_shared_fault"),
+    ("fork-storm", "N children forked one after another, 2 ms apart, each writing one fresh page and exiting: a long trace of short processes"),
     ("threads-churn", "32 threads write N/32 pages each of one region while a thread maps/unmaps 4 pages in a loop: N faults on the region"),
     ("threads-own-maps", "64 threads each map and write their own N pages: N faults on each of the 64 regions"),
     ("remap-same-address", "file A MAP_SHARED written and unmapped, file B mapped at the same address and written: two rows, N faults each"),
@@ -226,7 +227,7 @@ pub fn run(scenario: &str, pages: usize, wait: bool) -> Result<()> {
         }
         "threads-churn" | "threads-own-maps" | "remap-same-address" | "heap-growth"
         | "stack-growth" | "mprotect-split" | "mbind-split" | "populate-race" | "dead-threads"
-        | "exec-threads" => real::run(scenario, pages)?,
+        | "exec-threads" | "fork-storm" => real::run(scenario, pages)?,
         other if other.starts_with("bench-") => bench::run(other, pages)?,
         other => {
             let names: Vec<&str> = SCENARIOS

@@ -80,6 +80,7 @@ pub fn run(scenario: &str, pages: usize) -> Result<()> {
         "populate-race" => populate_race(scenario, pages),
         "dead-threads" => dead_threads(scenario, pages),
         "exec-threads" => exec_threads(pages),
+        "fork-storm" => fork_storm(scenario, pages),
         other => bail!("{other} is not one of the real-world scenarios"),
     }
 }
@@ -495,4 +496,37 @@ fn exec_threads(pages: usize) -> Result<()> {
     argv.push(ptr::null());
     unsafe { libc::execv(path.as_ptr(), argv.as_ptr()) };
     bail!("execv {copy}: {}", os_err())
+}
+
+/// `children` short processes, one at a time and at most one every 2 ms, so a
+/// tracer sees a bounded number exit between two of its ticks whatever the
+/// machine's speed. Each writes one fresh page and exits.
+fn fork_storm(scenario: &str, children: usize) -> Result<()> {
+    for _ in 0..children {
+        // SAFETY: the child only maps, writes and exits.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            bail!("fork: {}", std::io::Error::last_os_error());
+        }
+        if pid == 0 {
+            let code = match super::map(PAGE, RW, PRIVATE_ANON, -1) {
+                Ok(p) => {
+                    write_pages(p, 1);
+                    0
+                }
+                Err(_) => 1,
+            };
+            // SAFETY: leaves the forked child without running the parent's exit code.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child just forked.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+            bail!("a fork-storm child failed: status {status}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    report(scenario, children, std::ptr::null_mut(), json!({}));
+    Ok(())
 }

@@ -495,3 +495,49 @@ fn kernel_mmaps_outside_a_syscall_are_origins() {
     t.on_event(Event::Syscall(enter));
     assert_eq!(t.on_event(Event::MmapExit(ev)), None);
 }
+
+#[test]
+fn an_exited_process_keeps_its_summary_after_its_rows_are_freed() {
+    let mut t = trace_with(FakeProc::default());
+    let exit = ExitEvent {
+        header: header(event_kind::EXIT, 6, 50),
+        min_flt: 4,
+        maj_flt: 0,
+        base_min: 0,
+        base_maj: 0,
+        has_base: 1,
+        group_dead: 1,
+        comm: *b"short\0\0\0\0\0\0\0\0\0\0\0",
+    };
+    t.on_event(Event::Exit(exit));
+    let anon = VmaInfo {
+        vm_end: 0x5000,
+        vm_flags: 0x3,
+        ..Default::default()
+    };
+    t.set_snapshot(Snapshot {
+        faults: vec![(key(6, 9, access::WRITE), totals(4, 0))],
+        vmas: vec![life(6, 9, 10, 0x1000, anon)],
+        ..Default::default()
+    });
+    let gone = t.retire_exited();
+    assert_eq!(gone.len(), 1);
+    assert_eq!(
+        (gone[0].pid, gone[0].exit_ns, gone[0].lives.clone()),
+        (6, 50, vec![9])
+    );
+    assert!(t.retire_exited().is_empty(), "retired once");
+    // The kernel rows are gone from the next snapshot; the summary stays.
+    t.set_snapshot(Snapshot::default());
+    t.forget_retired(&[6]);
+    let s = t.summary(100);
+    let p = &s.processes[0];
+    assert_eq!((p.pid, p.comm.as_str(), p.faults.total), (6, "short", 4));
+    assert_eq!(p.unseen, Some(0));
+    assert!(p.exited);
+    assert_eq!(
+        p.vmas[0].unmapped_ns,
+        Some(50),
+        "unmapped when the process ended"
+    );
+}
