@@ -48,8 +48,12 @@ line_or_null() {
 # its own process, checked by pid); ISOLATE=1 starts one rmaptrace per scenario.
 cat > /tmp/batch.sh <<'BATCH'
 for S in "$@"; do
-    RMAPTRACE_SCRATCH_DIR=/var/tmp /rmaptrace workload "$S" --pages "$PAGES" \
-        >/tmp/report."$S" 2>/tmp/werr."$S"
+    if [ "$S" = compat32 ]; then
+        /memfd32 >/tmp/report."$S" 2>/tmp/werr."$S"
+    else
+        RMAPTRACE_SCRATCH_DIR=/var/tmp /rmaptrace workload "$S" --pages "$PAGES" \
+            >/tmp/report."$S" 2>/tmp/werr."$S"
+    fi
     echo $? >/tmp/rc."$S"
 done
 BATCH

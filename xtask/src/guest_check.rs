@@ -171,6 +171,20 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
             e.checks.push(Check::RowAt("addrs", each));
             e.checks.push(Check::FewUnknown);
         }
+        // memfd32: 16 anonymous pages, the first written, then a memfd mapped
+        // MAP_FIXED over the other 15 and written; 32-bit syscalls throughout.
+        "compat32" => {
+            e.main = false;
+            let anon = vma("anon", None, 1, &[("do_anonymous_page", 1)])?;
+            e.checks.push(Check::RowAt("addr", anon));
+            let memfd = Vma {
+                prot: Some("rw-s"),
+                // Its origin comes from the 32-bit mmap call's records.
+                origin: Some("MAP_SHARED|MAP_FIXED"),
+                ..vma("shmem", Some("shmem_fault"), 15, &[("do_shared_fault", 15)])?
+            };
+            e.checks.push(Check::RowAt("memfd_addr", memfd));
+        }
         "threads-churn" => {
             e.vma = vma("anon", None, n, &[("do_anonymous_page", n)]);
             e.checks.push(Check::FewUnknown);

@@ -49,6 +49,8 @@ const SCENARIOS: &[&str] = &[
     "stack-growth",
     "threads-own-maps",
     "threads-churn",
+    // A 32-bit process (tests/programs/memfd32.c), not an rmaptrace workload.
+    "compat32",
 ];
 
 /// rmapdemo's buffer size caps the driver scenarios; every scenario uses the same N.
@@ -183,6 +185,19 @@ fn module(kdir: &Path) -> Result<PathBuf> {
     Ok(build.join("rmapdemo.ko"))
 }
 
+/// tests/programs/memfd32.c as a static 32-bit program: a 32-bit process's
+/// mappings, made with the i386 syscalls, traced on every backend.
+fn compat32_program() -> Result<PathBuf> {
+    let src = workspace_root().join("tests/programs/memfd32.c");
+    let exe = vm_dir().join("memfd32");
+    run(Command::new("gcc")
+        .args(["-m32", "-static", "-O1", "-o"])
+        .arg(&exe)
+        .arg(&src))
+    .context("building the 32-bit test program: run `cargo xtask deps` (gcc-multilib)")?;
+    Ok(exe)
+}
+
 /// Static rmaptrace (with its eBPF object) for the guest's musl-free userland.
 fn rmaptrace_static() -> Result<PathBuf> {
     const TARGET: &str = "x86_64-unknown-linux-musl";
@@ -261,7 +276,7 @@ impl Cpio {
     }
 }
 
-fn initramfs(opts: &Options, rmaptrace: &Path, ko: &Path) -> Result<PathBuf> {
+fn initramfs(opts: &Options, rmaptrace: &Path, ko: &Path, compat32: &Path) -> Result<PathBuf> {
     let busybox = Path::new("/bin/busybox");
     if !busybox.is_file() {
         bail!("/bin/busybox is missing: run `cargo xtask deps` (it installs busybox-static)");
@@ -286,6 +301,7 @@ fn initramfs(opts: &Options, rmaptrace: &Path, ko: &Path) -> Result<PathBuf> {
     c.file("bin/busybox", 0o755, busybox)?;
     c.file("rmaptrace", 0o755, rmaptrace)?;
     c.file("rmapdemo.ko", 0o644, ko)?;
+    c.file("memfd32", 0o755, compat32)?;
     c.entry("guest.conf", 0o100644, (0, 0), conf.as_bytes());
     let path = vm_dir().join("initramfs.cpio");
     fs::write(&path, c.finish())?;
@@ -432,7 +448,8 @@ pub fn vm_test(opts: &Options) -> Result<()> {
     let kernel = kernel()?;
     let ko = module(&headers()?)?;
     let rmaptrace = rmaptrace_static()?;
-    let initrd = initramfs(opts, &rmaptrace, &ko)?;
+    let compat32 = compat32_program()?;
+    let initrd = initramfs(opts, &rmaptrace, &ko, &compat32)?;
     let prepared = started.elapsed();
     let lines = boot(&kernel, &initrd, opts.timeout)?;
     let booted = started.elapsed() - prepared;
