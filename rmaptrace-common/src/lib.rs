@@ -253,7 +253,8 @@ pub mod counter {
     pub const INFLIGHT_FULL: u32 = 2;
     /// Per-process table full: faults of that process are not counted at all.
     pub const PROC_TABLE_FULL: u32 = 3;
-    /// VMA table full: a VMA faulted but its description could not be stored.
+    /// VMA table full: a new mapping lifetime's description could not be
+    /// stored, so its faults are counted with kind unknown.
     pub const VMA_TABLE_FULL: u32 = 4;
     /// Traced-process table full: a child could not be followed.
     pub const TRACED_TABLE_FULL: u32 = 5;
@@ -266,7 +267,8 @@ pub mod counter {
     /// The tracepoint backend's tail call into its counting program failed: the
     /// fault is lost (never expected; shown so it cannot go unnoticed).
     pub const TAIL_CALL_FAILED: u32 = 9;
-    /// Mapping lifetime table full: a VMA's faults are counted with kind unknown.
+    /// Live-VMA table full: a VMA's lifetime could not be remembered by its
+    /// struct, so its next lookup starts another lifetime.
     pub const LIFE_TABLE_FULL: u32 = 10;
     /// Per-thread table full: a thread's kernel counters are not followed.
     pub const THREAD_TABLE_FULL: u32 = 11;
@@ -425,7 +427,6 @@ pub struct LifeEntry {
     pub pgoff_base: u64,
     pub start: u64,
     pub end: u64,
-    pub flags: u64,
     pub ident: u32,
     pub _pad: u32,
 }

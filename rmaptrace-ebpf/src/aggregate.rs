@@ -102,18 +102,11 @@ pub fn record(vma: Option<&VmaInfo>) {
 #[inline(always)]
 fn send_unresolved(c: &Completed) {
     let o = crate::maps::offsets();
-    let mut mm_seq = 0u32;
-    if o.has_vm_lock_seq != 0 {
-        // SAFETY: bpf_probe_read_kernel checks the reads.
-        mm_seq = unsafe {
-            let task = aya_ebpf::helpers::generated::bpf_get_current_task_btf() as u64;
-            let mm: u64 =
-                aya_ebpf::helpers::bpf_probe_read_kernel((task + o.task_mm as u64) as *const u64)
-                    .unwrap_or(0);
-            aya_ebpf::helpers::bpf_probe_read_kernel((mm + o.mm_lock_seq as u64) as *const u32)
-                .unwrap_or(0)
-        };
-    }
+    let mm_seq: u32 = if o.has_vm_lock_seq != 0 {
+        crate::maps::kernel_read(crate::maps::current_mm(), o.mm_lock_seq)
+    } else {
+        0
+    };
     let ev = UnresolvedFault {
         header: rmaptrace_common::EventHeader {
             kind: event_kind::UNRESOLVED_FAULT,

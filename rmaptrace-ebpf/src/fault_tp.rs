@@ -10,7 +10,7 @@
 //! sure to exist (stack growth has happened by then), unless the thread's cached
 //! VMA is provably unchanged since it was looked up.
 use aya_ebpf::{
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, generated::bpf_get_current_task_btf},
+    helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, map, perf_event, tracepoint},
     maps::ProgramArray,
     programs::{BtfTracePointContext, PerfEventContext, TracePointContext},
@@ -19,7 +19,7 @@ use rmaptrace_common::{access, counter, path_id, vma_status, FaultKey, VmaInfo};
 
 use crate::{
     aggregate::{self, Completed},
-    maps::{bump, bump_mm_gen, mm_gen, offsets, traced_current, Inflight, INFLIGHT},
+    maps::{bump, bump_mm_gen, current_mm, mm_gen, offsets, traced_current, Inflight, INFLIGHT},
     vma,
 };
 
@@ -118,16 +118,6 @@ fn cache_current<const LOCK_SEQ: bool>(s: &Inflight) -> bool {
     }
 }
 
-/// The current task's mm.
-#[inline(always)]
-fn current_mm() -> u64 {
-    // SAFETY: bpf_probe_read_kernel checks the read.
-    unsafe {
-        let task = bpf_get_current_task_btf() as u64;
-        bpf_probe_read_kernel((task + offsets().task_mm as u64) as *const u64).unwrap_or(0)
-    }
-}
-
 #[inline(always)]
 fn on_completion<const LOCK_SEQ: bool>(ctx: &PerfEventContext, major: bool) {
     let Some((tgid, tid)) = traced_current() else {
@@ -202,11 +192,7 @@ fn on_completion<const LOCK_SEQ: bool>(ctx: &PerfEventContext, major: bool) {
 /// attached; reached by tail call only.
 #[perf_event]
 pub fn fault_lookup_tail(ctx: PerfEventContext) -> u32 {
-    if let Some(c) = aggregate::completed_slot() {
-        lookup::<false>(c);
-        unsafe { TAILS.tail_call(&ctx, TAIL_RECORD) };
-        bump(counter::TAIL_CALL_FAILED);
-    }
+    lookup_then_count::<false>(&ctx);
     0
 }
 
@@ -215,12 +201,17 @@ pub fn fault_lookup_tail(ctx: PerfEventContext) -> u32 {
 /// process does not stop the lookup.
 #[perf_event]
 pub fn fault_lookup_tail_vls(ctx: PerfEventContext) -> u32 {
+    lookup_then_count::<true>(&ctx);
+    0
+}
+
+#[inline(always)]
+fn lookup_then_count<const LOCK_SEQ: bool>(ctx: &PerfEventContext) {
     if let Some(c) = aggregate::completed_slot() {
-        lookup::<true>(c);
-        unsafe { TAILS.tail_call(&ctx, TAIL_RECORD) };
+        lookup::<LOCK_SEQ>(c);
+        unsafe { TAILS.tail_call(ctx, TAIL_RECORD) };
         bump(counter::TAIL_CALL_FAILED);
     }
-    0
 }
 
 #[inline(always)]

@@ -56,7 +56,6 @@ pub fn life_of(info: &VmaInfo, tgid: u32, now: u64) -> u64 {
                 let life = (*e).life;
                 (*e).start = info.vm_start;
                 (*e).end = info.vm_end;
-                (*e).flags = info.vm_flags;
                 // The latest description, vm_lock_seq included: userspace
                 // attributes faults the kernel could not look up with it.
                 if let Some(r) = VMAS.get_ptr_mut(life) {
@@ -94,7 +93,7 @@ pub fn life_of(info: &VmaInfo, tgid: u32, now: u64) -> u64 {
         #[allow(clippy::needless_borrows_for_generic_args)]
         let stored = VMAS.insert(life, &*rec, BPF_ANY);
         if stored.is_err() {
-            bump(counter::LIFE_TABLE_FULL);
+            bump(counter::VMA_TABLE_FULL);
             return 0;
         }
     }
@@ -105,7 +104,6 @@ pub fn life_of(info: &VmaInfo, tgid: u32, now: u64) -> u64 {
         pgoff_base: base,
         start: info.vm_start,
         end: info.vm_end,
-        flags: info.vm_flags,
         ident,
         _pad: 0,
     };

@@ -1,6 +1,8 @@
 //! Maps and globals shared by all programs, and the few helpers every program uses.
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel, generated::bpf_get_current_task_btf,
+    },
     macros::map,
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
@@ -196,6 +198,27 @@ pub fn event_header(kind: u32, tgid: u32, tid: u32) -> rmaptrace_common::EventHe
         _pad: 0,
         ts_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
     }
+}
+
+/// What the kernel holds at `base + off` (an offset from BTF), zero where it
+/// cannot be read: a probe read checks the address and cannot fault.
+#[inline(always)]
+pub fn kernel_read<T: Copy + Default>(base: u64, off: u32) -> T {
+    // SAFETY: bpf_probe_read_kernel accepts any address and checks the read.
+    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.unwrap_or_default()
+}
+
+/// A field of the current task, at `off` in `task_struct`.
+#[inline(always)]
+pub fn current_task_field<T: Copy + Default>(off: u32) -> T {
+    // SAFETY: the helper has no preconditions; it returns the current task.
+    kernel_read(unsafe { bpf_get_current_task_btf() } as u64, off)
+}
+
+/// The current task's mm.
+#[inline(always)]
+pub fn current_mm() -> u64 {
+    current_task_field(offsets().task_mm)
 }
 
 #[inline(always)]

@@ -3,7 +3,7 @@
 //! the per-syscall tracepoints skip). Entry and exit are sent as separate records
 //! and paired by thread id in userspace, which keeps these programs free of state.
 use aya_ebpf::{
-    helpers::{bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_get_current_task_btf},
+    helpers::bpf_probe_read_user,
     macros::{fexit, kprobe, kretprobe, map, tracepoint},
     maps::{HashMap, PerCpuArray},
     programs::{FExitContext, ProbeContext, RetProbeContext, TracePointContext},
@@ -88,12 +88,7 @@ fn compat_mapping_call(ctx: &TracePointContext, id_off: u32) -> Option<(i64, u32
 
 #[inline(always)]
 fn in_compat_syscall() -> bool {
-    // SAFETY: bpf_probe_read_kernel checks the read.
-    let status: u32 = unsafe {
-        let task = bpf_get_current_task_btf() as u64;
-        bpf_probe_read_kernel((task + offsets().task_ti_status as u64) as *const u32).unwrap_or(0)
-    };
-    status & TS_COMPAT != 0
+    crate::maps::current_task_field::<u32>(offsets().task_ti_status) & TS_COMPAT != 0
 }
 
 /// `raw_syscalls:sys_enter`, for 32-bit mmap, mmap2, munmap and mremap: sent as

@@ -2,39 +2,31 @@
 //! instruction, pick up `--comm` matches at exec, and report each exiting thread's
 //! own min_flt/maj_flt so userspace can check its counts against the kernel's.
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_probe_read_kernel,
-        generated::bpf_get_current_task_btf,
-    },
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
 use rmaptrace_common::{counter, event_kind, traced, ExitEvent, TaskEvent, ThreadAcct};
 
 use crate::maps::{
-    bump, config, event_header, offsets, traced_current, COMMS, EVENTS, THREADS, TRACED,
+    bump, config, current_task_field, event_header, kernel_read, offsets, traced_current, COMMS,
+    EVENTS, THREADS, TRACED,
 };
 
 /// The current thread's own fault counters.
 #[inline(always)]
 fn current_faults() -> (u64, u64) {
     let o = offsets();
-    // SAFETY: bpf_probe_read_kernel checks the reads.
-    unsafe {
-        let task = bpf_get_current_task_btf() as u64;
-        // One read where the two are neighbours, as in every kernel seen: this
-        // runs on every counted fault.
-        if o.task_maj_flt == o.task_min_flt + 8 {
-            let both: [u64; 2] =
-                bpf_probe_read_kernel((task + o.task_min_flt as u64) as *const [u64; 2])
-                    .unwrap_or([0; 2]);
-            return (both[0], both[1]);
-        }
-        let read = |off: u32| -> u64 {
-            bpf_probe_read_kernel((task + off as u64) as *const u64).unwrap_or(0)
-        };
-        (read(o.task_min_flt), read(o.task_maj_flt))
+    // One read where the two are neighbours, as in every kernel seen: this runs
+    // on every counted fault.
+    if o.task_maj_flt == o.task_min_flt + 8 {
+        let both: [u64; 2] = current_task_field(o.task_min_flt);
+        return (both[0], both[1]);
     }
+    (
+        current_task_field(o.task_min_flt),
+        current_task_field(o.task_maj_flt),
+    )
 }
 
 /// Follows the kernel's counters of thread `tid` from `base` (min_flt, maj_flt);
@@ -116,13 +108,10 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
         }
     };
     let child: u64 = ctx.arg(1);
-    // SAFETY: bpf_probe_read_kernel checks the reads.
-    let (child_tgid, child_tid): (u32, u32) = unsafe {
-        (
-            bpf_probe_read_kernel((child + o.task_tgid as u64) as *const u32).unwrap_or(0),
-            bpf_probe_read_kernel((child + o.task_pid as u64) as *const u32).unwrap_or(0),
-        )
-    };
+    let (child_tgid, child_tid): (u32, u32) = (
+        kernel_read(child, o.task_tgid),
+        kernel_read(child, o.task_pid),
+    );
     if child_tgid == 0 || child_tid == 0 {
         return 0;
     }
@@ -192,16 +181,11 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
     let (min_flt, maj_flt) = current_faults();
     // do_exit decrements signal->live before this tracepoint: 0 means the whole
     // process is gone, and its pid may be reused by a process nobody asked for.
-    // SAFETY: bpf_probe_read_kernel checks the reads.
-    let live: i32 = unsafe {
-        let task = bpf_get_current_task_btf() as u64;
-        let signal: u64 =
-            bpf_probe_read_kernel((task + o.task_signal as u64) as *const u64).unwrap_or(0);
-        if signal == 0 {
-            1
-        } else {
-            bpf_probe_read_kernel((signal + o.signal_live as u64) as *const i32).unwrap_or(1)
-        }
+    let signal: u64 = current_task_field(o.task_signal);
+    let live: i32 = if signal == 0 {
+        1
+    } else {
+        kernel_read(signal, o.signal_live)
     };
     let group_dead = live == 0;
     if group_dead && config().trace_all == 0 {

@@ -3,21 +3,15 @@
 //! The helper takes `mmap_read_trylock`, so it can fail with -EBUSY under a writer:
 //! the caller records that as such instead of guessing a VMA.
 use aya_ebpf::helpers::{
-    bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, generated::bpf_find_vma,
-    generated::bpf_get_current_task_btf,
+    bpf_probe_read_kernel_str_bytes, generated::bpf_find_vma, generated::bpf_get_current_task_btf,
 };
 use core::ffi::c_void;
 use rmaptrace_common::{vma_status, MmapExitEvent, VmaInfo, PATH_COMPONENTS};
 
-use crate::maps::offsets;
+use crate::maps::{kernel_read as read, offsets};
 
 const EBUSY: i64 = 16;
 const ENOENT: i64 = 2;
-
-#[inline(always)]
-unsafe fn read<T: Copy + Default>(base: u64, off: u32) -> T {
-    unsafe { bpf_probe_read_kernel((base + off as u64) as *const T).unwrap_or_default() }
-}
 
 // The callback must have static BTF linkage for the verifier, so no #[no_mangle].
 extern "C" fn describe_vma(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_void) -> i64 {
@@ -78,10 +72,7 @@ pub fn describe(vma: u64, info: &mut VmaInfo) {
 #[inline(always)]
 pub fn unchanged(vma: u64, mm: u64, lock_seq: u32) -> bool {
     let o = offsets();
-    // SAFETY: bpf_probe_read_kernel checks every read.
-    unsafe {
-        read::<u32>(vma, o.vma_vm_lock_seq) == lock_seq && read::<u64>(vma, o.vma_vm_mm) == mm
-    }
+    read::<u32>(vma, o.vma_vm_lock_seq) == lock_seq && read::<u64>(vma, o.vma_vm_mm) == mm
 }
 
 // include/linux/maple_tree.h and lib/maple_tree.c (#defines, not in BTF): an
@@ -103,8 +94,7 @@ const MAPLE_MAX_DEPTH: usize = 7;
 #[inline(always)]
 fn maple_find(mm: u64, addr: u64) -> u64 {
     let o = offsets();
-    // SAFETY: bpf_probe_read_kernel checks every read.
-    let mut entry: u64 = unsafe { read(mm, o.mm_mt_root) };
+    let mut entry: u64 = read(mm, o.mm_mt_root);
     if entry & 3 != 2 || entry < 4096 {
         return 0; // not a node: an empty tree, or a single-entry one
     }
@@ -128,15 +118,13 @@ fn maple_find(mm: u64, addr: u64) -> u64 {
             if i >= n {
                 break;
             }
-            // SAFETY: as above.
-            let pivot: u64 = unsafe { read(node, pivots + i * 8) };
+            let pivot: u64 = read(node, pivots + i * 8);
             if pivot >= addr || (pivot == 0 && i > 0) {
                 offset = i;
                 break;
             }
         }
-        // SAFETY: as above.
-        entry = unsafe { read(node, slots + offset * 8) };
+        entry = read(node, slots + offset * 8);
         if ty == o.maple_leaf_64 {
             return entry;
         }
@@ -159,28 +147,18 @@ pub fn lookup_lockless<const LOCK_SEQ: bool>(mm: u64, addr: u64, info: &mut VmaI
     if o.mm_mt_root == 0 || mm == 0 {
         return false;
     }
-    if !LOCK_SEQ {
-        let vma = maple_find(mm, addr);
-        if vma == 0 {
-            return false;
-        }
-        describe(vma, info);
-        return info.vm_start <= addr && addr < info.vm_end && info.mm == mm;
-    }
-    // SAFETY: bpf_probe_read_kernel checks every read.
-    let seq: u32 = unsafe { read(mm, o.mm_lock_seq) };
+    let seq: u32 = if LOCK_SEQ { read(mm, o.mm_lock_seq) } else { 0 };
     let vma = maple_find(mm, addr);
     if vma == 0 {
         return false;
     }
     describe(vma, info);
-    // SAFETY: as above.
-    let seq_after: u32 = unsafe { read(mm, o.mm_lock_seq) };
-    info.vm_start <= addr
-        && addr < info.vm_end
-        && info.mm == mm
-        && info.lock_seq != seq
-        && seq_after == seq
+    let covers = info.vm_start <= addr && addr < info.vm_end && info.mm == mm;
+    if !LOCK_SEQ {
+        return covers;
+    }
+    let seq_after: u32 = read(mm, o.mm_lock_seq);
+    covers && info.lock_seq != seq && seq_after == seq
 }
 
 /// Fills `info` for the VMA covering `addr` in the current task; returns a
@@ -213,14 +191,11 @@ extern "C" fn file_path(_task: *mut c_void, vma: *mut c_void, _ctx: *mut c_void)
     let ev: &mut MmapExitEvent = unsafe { &mut *ev };
     let o = offsets();
     let vma = vma as u64;
-    // SAFETY: bpf_probe_read_kernel checks every read.
-    let (file, start, end): (u64, u64, u64) = unsafe {
-        (
-            read(vma, o.vma_vm_file),
-            read(vma, o.vma_vm_start),
-            read(vma, o.vma_vm_end),
-        )
-    };
+    let (file, start, end): (u64, u64, u64) = (
+        read(vma, o.vma_vm_file),
+        read(vma, o.vma_vm_start),
+        read(vma, o.vma_vm_end),
+    );
     if start == ev.ret {
         crate::life::reborn(vma, start, end);
     }

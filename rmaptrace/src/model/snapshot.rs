@@ -181,7 +181,8 @@ pub struct Counters {
     /// found no VMA (or another error).
     pub vma_lookups_busy: u64,
     pub vma_lookups_failed: u64,
-    /// Mapping lifetimes that could not be stored: their faults are 'unknown'.
+    /// VMAs whose lifetime could not be remembered by their struct: their next
+    /// lookup starts another lifetime (row).
     pub life_table_full: u64,
     /// Threads whose kernel counters could not be followed.
     pub thread_table_full: u64,
