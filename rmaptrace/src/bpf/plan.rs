@@ -287,7 +287,7 @@ pub struct Plan {
     pub backend: &'static str,
     /// "observed" when path probes run, "derived" on the tracepoint backend.
     pub paths: &'static str,
-    /// How the tracepoint backend finds a fault's VMA (see `VmaLookup`); the
+    /// How the tracepoint backend finds a fault's VMA (see [`vma_lookup`]); the
     /// kernel-function backends get it as handle_mm_fault's argument.
     pub vma_lookup: &'static str,
     pub rows: Vec<PlanRow>,

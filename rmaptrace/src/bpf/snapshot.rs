@@ -16,7 +16,7 @@ impl Probes {
         if gone.is_empty() {
             return Ok(());
         }
-        let ebpf = &mut self.ebpf_mut();
+        let ebpf = self.ebpf_mut();
         {
             let mut faults: PerCpuHashMap<&mut MapData, FaultKey, FaultStats> =
                 PerCpuHashMap::try_from(ebpf.map_mut("FAULTS").context("FAULTS map")?)?;

@@ -65,6 +65,8 @@ pub struct VmaSummary {
     pub handler_time: Option<HandlerTime>,
     #[serde(skip)]
     pub start_addr: u64,
+    #[serde(skip)]
+    pub end_addr: u64,
     /// Identity of the row for the live screen's rates (the lifetime, 0 for none).
     #[serde(skip)]
     pub key: u64,

@@ -457,16 +457,15 @@ impl Trace {
             // it still shows the file the kernel named then, and not where it
             // says the file was deleted since (the kernel's name is of the call's
             // time; pseudo files, which it cannot name fully, keep /proc's).
-            let from_kernel = kernel_path(m).filter(|_| m.truncated == 0);
+            let from_kernel = kernel_path(m);
+            let whole = from_kernel.is_some() && m.truncated == 0;
             let leaf = c_str(&m.path[0]);
             rec.path = self
                 .mapped_path(h.tgid, m.ret, rec.raw_flags)
                 .filter(|p| {
-                    from_kernel.is_none()
-                        || (!leaf.is_empty() && !p.ends_with(" (deleted)") && p.ends_with(&leaf))
+                    !whole || (!leaf.is_empty() && !p.ends_with(" (deleted)") && p.ends_with(&leaf))
                 })
-                .or(from_kernel)
-                .or_else(|| kernel_path(m));
+                .or(from_kernel);
             // Whatever was mapped in the new range before is gone (MAP_FIXED);
             // without MAP_FIXED the range was free.
             if rec.raw_flags & syscalls::MAP_FIXED != 0 {
@@ -743,21 +742,33 @@ impl Trace {
     }
 
     /// What the kernel counted for `pid` over the same span as rmaptrace: per
-    /// thread, its counters at exit (or at its latest counted fault, if alive)
-    /// minus those when rmaptrace started following it.
-    fn kernel_counts(&self, pid: u32) -> Option<KernelCounts> {
+    /// thread, its counters at exit (or at its latest counted fault, if alive:
+    /// `live`, summed per process by `live_thread_counts`) minus those when
+    /// rmaptrace started following it.
+    fn kernel_counts(&self, pid: u32, live: Option<&(u64, u64)>) -> Option<KernelCounts> {
         let p = self.processes.get(&pid);
         let (mut min, mut maj) = p.map(|p| p.exited_threads).unwrap_or((0, 0));
-        let mut known = p.is_some_and(|p| p.threads_exited > 0);
-        for (_, t) in self.snapshot.threads.iter().filter(|(_, t)| t.tgid == pid) {
-            min += t.last_min.saturating_sub(t.base_min);
-            maj += t.last_maj.saturating_sub(t.base_maj);
-            known = true;
+        if let Some((lmin, lmaj)) = live {
+            min += lmin;
+            maj += lmaj;
         }
+        let known = live.is_some() || p.is_some_and(|p| p.threads_exited > 0);
         known.then_some(KernelCounts {
             minflt: min,
             majflt: maj,
         })
+    }
+
+    /// The kernel's counts of each process's live threads since followed, in one
+    /// pass over the snapshot's thread table.
+    fn live_thread_counts(&self) -> HashMap<u32, (u64, u64)> {
+        let mut by_pid: HashMap<u32, (u64, u64)> = HashMap::new();
+        for (_, t) in &self.snapshot.threads {
+            let e = by_pid.entry(t.tgid).or_default();
+            e.0 += t.last_min.saturating_sub(t.base_min);
+            e.1 += t.last_maj.saturating_sub(t.base_maj);
+        }
+        by_pid
     }
 
     fn vma_summary(
@@ -789,10 +800,12 @@ impl Trace {
         let (handler, module) = info
             .map(|i| self.handler_of(i.fault_fn))
             .unwrap_or((None, None));
-        let vm_start = info.map(|i| i.vm_start).unwrap_or(0);
+        // The origin is found by the start the VMA had when last looked up; the
+        // row shows the range it had at the end of its life.
+        let seen_start = info.map(|i| i.vm_start).unwrap_or(0);
         let first_ns = life.map(|(_, r)| r.first_ns).unwrap_or(0);
         let origin = self
-            .origin_of(pid, vm_start, first_ns.max(1))
+            .origin_of(pid, seen_start, first_ns.max(1))
             .filter(|_| life.is_some());
         let has_file = info.is_some_and(|i| i.file != 0);
         let file = origin
@@ -845,6 +858,7 @@ impl Trace {
                 mean_ns: totals.handler_ns / totals.handler_calls,
             }),
             start_addr: vm_start,
+            end_addr: vm_end,
             key: life.map(|(id, _)| id).unwrap_or(0),
             latency_hist: totals.hist,
         }
@@ -870,6 +884,7 @@ impl Trace {
                 .merge(totals);
         }
         let resolved = self.resolve(&mut by_pid);
+        let live_threads = self.live_thread_counts();
         let overflow: HashMap<u32, _> = self.snapshot.overflow.iter().copied().collect();
         let mut pids: Vec<u32> = by_pid.keys().copied().collect();
         pids.extend(overflow.keys());
@@ -923,7 +938,7 @@ impl Trace {
                 faults.major += t.major;
             }
             faults.total = faults.minor + faults.major;
-            let kernel = self.kernel_counts(pid);
+            let kernel = self.kernel_counts(pid, live_threads.get(&pid));
             let unseen = kernel
                 .as_ref()
                 .map(|k| (k.minflt + k.majflt) as i64 - faults.total as i64);
@@ -963,15 +978,15 @@ impl Trace {
             return Vec::new();
         }
         let summaries = self.process_summaries(Some(&exited));
+        let mut lives_of: HashMap<u32, Vec<u64>> = HashMap::new();
+        for (life, r) in &self.snapshot.vmas {
+            if exited.contains(&r.tgid) {
+                lives_of.entry(r.tgid).or_default().push(*life);
+            }
+        }
         let mut out = Vec::new();
         for pid in exited {
-            let lives: Vec<u64> = self
-                .snapshot
-                .vmas
-                .iter()
-                .filter(|(_, r)| r.tgid == pid)
-                .map(|(l, _)| *l)
-                .collect();
+            let lives = lives_of.remove(&pid).unwrap_or_default();
             if let Some(s) = summaries.iter().find(|s| s.pid == pid) {
                 self.retired.push(s.clone());
             }
@@ -1020,12 +1035,7 @@ impl Trace {
 /// changed (split, or unmapped unseen) before that one appeared, so it ended by
 /// then at the latest.
 fn end_superseded(vmas: &mut [VmaSummary]) {
-    let range = |v: &VmaSummary| {
-        (
-            v.start_addr,
-            u64::from_str_radix(v.end.trim_start_matches("0x"), 16).unwrap_or(0),
-        )
-    };
+    let range = |v: &VmaSummary| (v.start_addr, v.end_addr);
     for i in 0..vmas.len() {
         let (Some(first), None) = (vmas[i].first_seen_ns, vmas[i].unmapped_ns) else {
             continue;

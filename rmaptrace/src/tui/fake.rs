@@ -57,6 +57,7 @@ fn vma(
             samples: faults,
         },
         start_addr: start,
+        end_addr: start + pages * 4096,
         key: start,
         latency_hist: hist(lat),
     }
