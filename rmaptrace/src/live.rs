@@ -28,6 +28,7 @@ pub struct Live {
     title: String,
     notes: Vec<Note>,
     cmd_log: Option<PathBuf>,
+    stop_reason: &'static str,
 }
 
 /// The live screen needs a terminal to draw on and to read keys from; without one
@@ -69,6 +70,7 @@ impl Live {
             title: title(args, demo.is_some()),
             notes: Vec::new(),
             cmd_log: None,
+            stop_reason: "",
         };
         if let Some(opts) = demo {
             // Every child of rmaptrace is traced from its first instruction, as
@@ -84,6 +86,11 @@ impl Live {
             live.ui_quit = Some(rx);
         }
         Ok(live)
+    }
+
+    /// Whether something shows the trace while it runs (the screen, the demo).
+    pub fn shows_data(&self) -> bool {
+        self.ui.is_some() || self.demo.is_some()
     }
 
     pub fn used_tui(&self) -> bool {
@@ -153,10 +160,15 @@ impl Live {
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            _ = ui => {}
-            _ = demo => {}
-        }
+        self.stop_reason = tokio::select! {
+            _ = ui => "the live screen was closed",
+            _ = demo => "the demo ran all its rounds",
+        };
+    }
+
+    /// Why [`Live::stopped`] resolved.
+    pub fn stop_reason(&self) -> &'static str {
+        self.stop_reason
     }
 
     /// Stops the demo's children and gives the terminal back.

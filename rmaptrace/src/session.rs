@@ -25,7 +25,10 @@ use crate::{
         kallsyms::Kallsyms,
         procfs::{LiveProc, ProcSource},
     },
-    model::trace::{Record, Trace},
+    model::{
+        summary::ProcessSummary,
+        trace::{Record, Trace},
+    },
 };
 // Live screen and demo.
 use crate::{demo::DemoOpts, live::Live};
@@ -76,8 +79,8 @@ pub fn probe(backend: Backend) -> Result<i32> {
 fn preflight(args: &TraceArgs, procfs: &dyn ProcSource) -> Result<()> {
     check_privileges_and_btf()?;
     for &pid in &args.pids {
-        if !procfs.exists(pid) {
-            bail!("no process with pid {pid}: check it with `ps -p {pid}`");
+        if !procfs.alive(pid) {
+            bail!("no running process with pid {pid}: check it with `ps -p {pid}`");
         }
     }
     if let Some(cmd) = args.command.first() {
@@ -145,6 +148,18 @@ struct Outputs {
 }
 
 impl Outputs {
+    /// A process's whole summary, once final (it exited, or the trace ends).
+    fn process(&mut self, p: &ProcessSummary) -> Result<()> {
+        let Some(json) = &mut self.json else {
+            return Ok(());
+        };
+        // Streamed: a process with 100k mappings makes a line of tens of MiB.
+        json.write_streamed(&ProcessLine {
+            kind: "process",
+            rec: p,
+        })
+    }
+
     fn record(&mut self, r: &Record) -> Result<()> {
         let Some(json) = &mut self.json else {
             return Ok(());
@@ -157,6 +172,14 @@ impl Outputs {
             Record::Fault(f) => json.write(f),
         }
     }
+}
+
+#[derive(serde::Serialize)]
+struct ProcessLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    rec: &'a ProcessSummary,
 }
 
 #[derive(serde::Serialize)]
@@ -291,47 +314,82 @@ async fn trace(
     }
     let mut tick = tokio::time::interval(Duration::from_millis(500));
 
+    // `--pid` and `-- CMD` follow the whole tree: the trace ends when the last
+    // process of it exits, children that outlive the command (daemons) included.
+    let follows_tree = args.comms.is_empty() && (!args.pids.is_empty() || child_pid.is_some());
     let mut exit_code = 0;
     let mut stop_child = None;
     let mut retired_last_tick: Vec<u32> = Vec::new();
-    loop {
+    let mut pacer = Pacer::new();
+    let mut group_exits = 0;
+    let end_reason: String = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 drain(guard.get_inner_mut(), &mut trace, &mut out)?;
                 guard.clear_ready();
+                // The tree's last exit ends the trace now, not at the next tick.
+                if follows_tree && child_pid.is_none() && trace.group_exits() != group_exits {
+                    group_exits = trace.group_exits();
+                    if probes.followed()? == 0 {
+                        break "all traced processes exited".into();
+                    }
+                }
             }
             _ = tick.tick() => {
-                trace.set_snapshot(probes.snapshot()?);
-                // Processes that ended keep their summary; their kernel rows go.
-                trace.forget_retired(&retired_last_tick);
-                let gone = trace.retire_exited();
-                probes.forget(&gone)?;
-                retired_last_tick = gone.iter().map(|g| g.pid).collect();
-                live.on_tick(&mut trace);
+                // The kernel tables are read to retire processes that exited
+                // (every tick: that keeps the tables small) and for the screen
+                // (paced); nothing else needs them while the trace runs.
+                if trace.has_exited() || (live.shows_data() && pacer.due()) {
+                    let started = std::time::Instant::now();
+                    let snap = probes.snapshot()?;
+                    let rows = (snap.faults.len(), snap.vmas.len());
+                    trace.set_snapshot(snap);
+                    let read = started.elapsed();
+                    // Processes that ended go to the export; their kernel rows are freed.
+                    trace.forget_retired(&retired_last_tick);
+                    let gone = trace.retire_exited();
+                    let retired = started.elapsed();
+                    for g in &gone {
+                        if let Some(p) = &g.summary {
+                            out.process(p)?;
+                        }
+                    }
+                    let written = started.elapsed();
+                    probes.forget(&gone)?;
+                    // Each tick's tables come and go in sizes that vary: give
+                    // the freed memory back so that a long trace's RSS stays flat.
+                    release_freed_memory();
+                    log::debug!(
+                        "tick: read {} fault rows, {} lifetimes in {read:?}; retired {} by {retired:?}, written by {written:?}, freed by {:?}",
+                        rows.0, rows.1, gone.len(), started.elapsed()
+                    );
+                    retired_last_tick = gone.iter().map(|g| g.pid).collect();
+                    live.on_tick(&mut trace);
+                    pacer.took(started.elapsed());
+                    log::debug!("model: {}", trace.held());
+                }
                 if let Some(j) = &mut out.json {
                     j.flush()?;
                 }
-                // Like `perf record -p`: done when every --pid target is gone.
-                if !args.pids.is_empty()
-                    && args.comms.is_empty()
-                    && args.command.is_empty()
-                    && args.pids.iter().all(|&p| !pid_alive(p))
-                {
-                    break;
+                if follows_tree && child_pid.is_none() && probes.followed()? == 0 {
+                    break "all traced processes exited".into();
                 }
             }
-            _ = sigint.recv() => { stop_child = Some(libc::SIGINT); break; }
-            _ = sigterm.recv() => { stop_child = Some(libc::SIGTERM); break; }
-            _ = live.stopped() => { stop_child = Some(libc::SIGTERM); break; }
-            _ = &mut sleep => { stop_child = Some(libc::SIGTERM); break; }
+            _ = sigint.recv() => { stop_child = Some(libc::SIGINT); break "interrupted (SIGINT)".into(); }
+            _ = sigterm.recv() => { stop_child = Some(libc::SIGTERM); break "terminated (SIGTERM)".into(); }
+            _ = live.stopped() => { stop_child = Some(libc::SIGTERM); break live.stop_reason().into(); }
+            _ = &mut sleep => { stop_child = Some(libc::SIGTERM); break "--duration reached".into(); }
             code = &mut exit_rx, if child_pid.is_some() => {
                 exit_code = code.unwrap_or(1);
                 child_pid = None;
-                break;
+                // Children it left behind are followed until they exit too.
+                if probes.followed()? == 0 {
+                    break "all traced processes exited".into();
+                }
             }
         }
-    }
+    };
     // The terminal is given back before anything else is printed.
     let live_result = live.finish();
     // Stopping early: pass the signal on to the command and collect its status.
@@ -353,18 +411,21 @@ async fn trace(
     if swap_in_use() {
         trace.set_swap_in_use(true);
     }
-    let summary = trace.summary(monotonic_ns());
+    let mut summary = trace.summary(monotonic_ns());
+    summary.end_reason = Some(end_reason.clone());
+    for p in summary.processes.iter().filter(|p| !p.written) {
+        out.process(p)?;
+    }
     if let Some(j) = &mut out.json {
         j.write_streamed(&summary)?;
         j.flush()?;
     }
-    let text = table::render(&summary, 20);
+    let text = table::render(&summary, 20, 20);
     if live.used_tui() {
-        let faults: u64 = summary.processes.iter().map(|p| p.faults.total).sum();
         eprintln!(
-            "rmaptrace: {} faults in {} processes over {:.1}s{}",
-            faults,
-            summary.processes.len(),
+            "rmaptrace: {end_reason}: {} faults in {} processes over {:.1}s{}",
+            summary.totals.faults.total,
+            summary.totals.processes,
             summary.duration_ns as f64 / 1e9,
             if args.json.is_some() {
                 "; the full summary is in the JSON export"
@@ -398,16 +459,28 @@ fn swap_in_use() -> bool {
         .unwrap_or(false)
 }
 
-/// A zombie no longer runs code: it counts as gone.
-fn pid_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .map(|zombie| !zombie)
-        .unwrap_or(false)
+/// Reading the kernel tables and building the screen's summary take time in
+/// proportion to the rows (a process with 200k mappings: half a second): a
+/// refresh that took long is repeated less often, so that the screen takes at
+/// most a tenth of a core and the ring buffer, read on the same thread, keeps up.
+struct Pacer {
+    next: std::time::Instant,
+}
+
+impl Pacer {
+    fn new() -> Self {
+        Self {
+            next: std::time::Instant::now(),
+        }
+    }
+
+    fn due(&self) -> bool {
+        std::time::Instant::now() >= self.next
+    }
+
+    fn took(&mut self, read: Duration) {
+        self.next = std::time::Instant::now() + read * 9;
+    }
 }
 
 /// Reaps the command and returns a shell-style exit code (128+N for signal N).

@@ -79,7 +79,8 @@ run_group() {
         echo "RMAPTRACE-REPORT {\"backend\":\"$B\",\"scenario\":\"$S\",\"rc\":$(cat /tmp/rc."$S" 2>/dev/null || echo null),\"report\":$(line_or_null 1p /tmp/report."$S")}"
         list="$list${list:+,}\"$S\""
     done
-    echo "RMAPTRACE-RUN {\"backend\":\"$B\",\"scenarios\":[$list],\"rc\":$rc,\"t0\":$t0,\"t1\":$t1,\"header\":$(line_or_null 1p /tmp/o.json),\"summary\":$(line_or_null '$p' /tmp/o.json)}"
+    procs=$(grep '"type":"process"' /tmp/o.json | sed '$!s/$/,/' | tr -d '\n')
+    echo "RMAPTRACE-RUN {\"backend\":\"$B\",\"scenarios\":[$list],\"rc\":$rc,\"t0\":$t0,\"t1\":$t1,\"header\":$(line_or_null 1p /tmp/o.json),\"summary\":$(line_or_null '$p' /tmp/o.json),\"processes\":[$procs]}"
 }
 
 for B in $BACKENDS; do

@@ -57,12 +57,19 @@ pub fn read_export(path: &PathBuf) -> Vec<Value> {
         .collect()
 }
 
-/// The entry of process `pid` in a summary line, if it is there.
-pub fn find_process<'a>(summary: &'a Value, pid: &Value) -> Option<&'a Value> {
-    summary["processes"]
-        .as_array()?
+/// Every `process` record of an export: one per traced process, written when
+/// it exited or when the trace ended.
+pub fn processes(export: &[Value]) -> Vec<&Value> {
+    export.iter().filter(|l| l["type"] == "process").collect()
+}
+
+/// The `process` record of `pid`, if it is there (the last one: a pid reused
+/// within the trace has one record per process).
+pub fn find_process<'a>(export: &'a [Value], pid: &Value) -> Option<&'a Value> {
+    export
         .iter()
-        .find(|p| &p["pid"] == pid)
+        .rev()
+        .find(|l| l["type"] == "process" && &l["pid"] == pid)
 }
 
 pub struct Traced {
@@ -80,8 +87,8 @@ impl Traced {
     }
 
     pub fn process(&self, pid: u64) -> &Value {
-        find_process(self.summary(), &pid.into())
-            .unwrap_or_else(|| panic!("pid {pid} missing from the summary: {}", self.summary()))
+        find_process(&self.export, &pid.into())
+            .unwrap_or_else(|| panic!("pid {pid} has no process record: {:?}", self.export))
     }
 
     /// The VMA of the workload's mapping in process `pid`.

@@ -1,6 +1,8 @@
 //! Bad input gets one line naming the fix and a non-zero exit, before anything is
 //! attached; every way out leaves a complete, valid export.
-use rmaptrace_tests::{bin, read_export, require_root, rmaptrace, temp_json, wait_for_header};
+use rmaptrace_tests::{
+    bin, processes, read_export, require_root, rmaptrace, temp_json, wait_for_header,
+};
 use std::process::{Command, Stdio};
 
 fn one_line_error(out: &std::process::Output, needle: &str) {
@@ -37,7 +39,7 @@ fn unknown_pid() {
     require_root();
     one_line_error(
         &rmaptrace(&["--no-tui", "--pid", "999999999"]),
-        "no process with pid 999999999",
+        "no running process with pid 999999999",
     );
 }
 
@@ -162,13 +164,8 @@ fn sigterm_and_ctrl_c_end_cleanly_with_a_summary() {
         );
         let lines = read_export(&json);
         assert_eq!(lines.last().unwrap()["type"], "summary", "signal {sig}");
-        let sleep = lines.last().unwrap()["processes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["comm"] == "sleep")
-            .cloned();
-        assert!(sleep.is_some(), "the command's process is in the summary");
+        let sleep = processes(&lines).into_iter().find(|p| p["comm"] == "sleep");
+        assert!(sleep.is_some(), "the command's process has its record");
     }
 }
 
@@ -188,12 +185,19 @@ fn system_wide_with_duration() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let summary = read_export(&json).pop().unwrap();
+    let export = read_export(&json);
+    let summary = export.last().unwrap();
     let d = summary["duration_ns"].as_u64().unwrap();
     assert!(d >= 1_000_000_000, "ran for the duration: {d}");
     assert!(
-        !summary["processes"].as_array().unwrap().is_empty(),
+        !processes(&export).is_empty(),
         "something faulted in a second"
+    );
+    assert_eq!(summary["end_reason"], "--duration reached");
+    assert_eq!(
+        summary["totals"]["processes"].as_u64(),
+        Some(processes(&export).len() as u64),
+        "one record per process: {summary}"
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -4,8 +4,8 @@
 //! process, a 32-bit process. Each checks the exact row (one mapping lifetime) that
 //! rmaptrace gives every mapping the workload reports.
 use rmaptrace_tests::{
-    bin, find_process, read_export, require_root, temp_json, trace_workload, wait_for_header,
-    Traced,
+    bin, find_process, processes, read_export, require_root, temp_json, trace_workload,
+    wait_for_header, Traced,
 };
 use serde_json::Value;
 use std::{
@@ -389,7 +389,7 @@ fn attaching_after_threads_died_counts_from_the_attach() {
     let export = read_export(&json);
     let summary = export.last().unwrap();
     assert_eq!(summary["type"], "summary");
-    let p = find_process(summary, &report["pid"]).expect("workload traced");
+    let p = find_process(&export, &report["pid"]).expect("workload traced");
     let v = row_at(p, addr(&report["addr"]));
     assert_eq!(faults(v), N, "{v}");
     // The kernel's counters include the dead threads' faults; the baseline taken at
@@ -453,7 +453,7 @@ fn exec_from_a_threaded_process_is_followed_by_name() {
         "rmaptrace ({}) ends with the summary",
         traced.status
     );
-    let p = find_process(summary, &report["pid"]).expect("the exec'd process is traced");
+    let p = find_process(&export, &report["pid"]).expect("the exec'd process is traced");
     assert_eq!(p["comm"], name.as_str());
     let v = row_at(p, addr(&report["addr"]));
     assert_eq!(faults(v), N, "{v}");
@@ -508,7 +508,7 @@ fn a_32_bit_process_is_traced_like_any_other() {
     let export = read_export(&json);
     let summary = export.last().unwrap();
     assert_eq!(summary["type"], "summary");
-    let p = find_process(summary, &report["pid"]).expect("memfd32 traced");
+    let p = find_process(&export, &report["pid"]).expect("memfd32 traced");
     let (start, memfd) = (addr(&report["addr"]), addr(&report["memfd_addr"]));
     let anon = row_at(p, start);
     assert_eq!(anon["kind"], "anon", "{anon}");
@@ -571,8 +571,8 @@ fn a_process_still_running_at_the_end_has_exact_kernel_counts() {
     storm.wait().unwrap();
     for json in [&by_pid, &system] {
         let export = read_export(json);
-        let summary = export.last().unwrap();
-        let p = find_process(summary, &storm.id().into()).expect("the storm traced");
+        assert_eq!(export.last().unwrap()["type"], "summary");
+        let p = find_process(&export, &storm.id().into()).expect("the storm traced");
         let total = p["faults"]["total"].as_u64().unwrap();
         assert!(total > 1000, "it faulted throughout: {p}");
         assert_eq!(p["exited"], false, "{}", json.display());
@@ -609,9 +609,8 @@ fn a_fork_storm_longer_than_the_tables_is_followed_to_its_end() {
     let summary = export.last().unwrap();
     let counters = &summary["counters"];
     assert_eq!(counters["traced_table_full"], 0, "{counters}");
-    let procs = summary["processes"].as_array().unwrap();
-    let children: Vec<&Value> = procs
-        .iter()
+    let children: Vec<&Value> = processes(&export)
+        .into_iter()
         .filter(|p| p["pid"] != report["pid"] && p["faults"]["total"].as_u64().unwrap_or(0) > 0)
         .collect();
     assert_eq!(children.len(), CHILDREN, "every child followed");

@@ -33,8 +33,8 @@ fn release(mut child: Child) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn workload_vma<'a>(summary: &'a Value, report: &Value) -> &'a Value {
-    let p = find_process(summary, &report["pid"]).expect("workload traced");
+fn workload_vma<'a>(export: &'a [Value], report: &Value) -> &'a Value {
+    let p = find_process(export, &report["pid"]).expect("workload traced");
     p["vmas"]
         .as_array()
         .unwrap()
@@ -45,7 +45,7 @@ fn workload_vma<'a>(summary: &'a Value, report: &Value) -> &'a Value {
 
 /// The check the foundation asks for: N fresh anonymous pages, N faults counted.
 fn counted_anon_pages(t: &rmaptrace_tests::Traced, n: u64) -> Result<(), String> {
-    let p = find_process(t.summary(), &t.workload_pid().into()).ok_or("process not in summary")?;
+    let p = find_process(&t.export, &t.workload_pid().into()).ok_or("no process record")?;
     let total = p["faults"]["total"].as_u64().unwrap();
     let vma = p["vmas"]
         .as_array()
@@ -125,11 +125,11 @@ fn attaches_to_a_running_pid_and_stops_when_it_exits() {
         "rmaptrace ends by itself once the pid is gone"
     );
     let export = read_export(&json);
-    let summary = export.last().unwrap();
-    let vma = workload_vma(summary, &report);
+    assert_eq!(export.last().unwrap()["type"], "summary");
+    let vma = workload_vma(&export, &report);
     assert_eq!(vma["faults"], N);
     assert_eq!(vma["paths"]["do_anonymous_page"], N);
-    let p = find_process(summary, &report["pid"]).unwrap();
+    let p = find_process(&export, &report["pid"]).unwrap();
     // Counted from the attach on: the kernel's delta over the same window agrees.
     assert_eq!(p["unseen"], 0, "{p}");
 }
@@ -164,9 +164,9 @@ fn follows_processes_by_name_from_exec() {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(tracer.wait_with_output().unwrap().status.success());
     let export = read_export(&json);
-    let summary = export.last().unwrap();
-    assert_eq!(workload_vma(summary, &report)["faults"], N);
-    let p = find_process(summary, &report["pid"]).unwrap();
+    assert_eq!(export.last().unwrap()["type"], "summary");
+    assert_eq!(workload_vma(&export, &report)["faults"], N);
+    let p = find_process(&export, &report["pid"]).unwrap();
     assert_eq!(p["comm"], "rmt-comm-wl");
     // Counted from the exec that matched: the kernel's counters at that exec are
     // the baseline (execve's own argument copying happened before it).

@@ -334,7 +334,7 @@ fn demo_without_a_terminal_gives_the_summary() {
     assert_eq!(summary["type"], "summary");
     let mut handlers = Vec::new();
     let mut kinds = Vec::new();
-    for p in summary["processes"].as_array().unwrap() {
+    for p in rmaptrace_tests::processes(&export) {
         for v in p["vmas"].as_array().unwrap() {
             kinds.push(v["kind"].as_str().unwrap().to_string());
             if let Some(h) = v["handler"].as_str() {

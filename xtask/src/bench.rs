@@ -276,26 +276,34 @@ fn rss_with_vmas(bin: &Path, vmas: u64) -> Result<(f64, u64)> {
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::wait4(tracer.id() as i32, &mut status, 0, &mut usage) };
     let text = std::fs::read_to_string(&json)?;
-    let summary: Value = serde_json::from_str(text.lines().last().unwrap_or("{}"))?;
-    let tracked = summary["processes"]
-        .as_array()
-        .map(|ps| {
-            ps.iter()
-                .map(|p| p["vmas"].as_array().map_or(0, |v| v.len() as u64))
-                .sum()
-        })
-        .unwrap_or(0);
+    let tracked = text
+        .lines()
+        .filter(|l| l.starts_with("{\"type\":\"process\""))
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|p| p["vmas"].as_array().map_or(0, |v| v.len() as u64))
+        .sum();
     Ok((usage.ru_maxrss as f64 / 1024.0, tracked))
 }
 
-pub fn run(faults: u64, reps: usize) -> Result<()> {
+pub fn run(faults: u64, reps: usize, sections: &[String]) -> Result<()> {
     let bin = crate::build()?;
     std::fs::create_dir_all(bench_dir())?;
     let old_stats = sysctl_get("kernel.bpf_stats_enabled");
     let old_maps = sysctl_get("vm.max_map_count");
     sysctl_set("kernel.bpf_stats_enabled", "1")?;
     sysctl_set("vm.max_map_count", "262144")?;
-    let result = run_all(&bin, faults, reps);
+    let result = (|| {
+        if sections.iter().any(|s| s == "faults") {
+            run_all(&bin, faults, reps)?;
+        }
+        if sections.iter().any(|s| s == "long") {
+            let report = crate::bench_long::run(&bin)?;
+            let path = bench_dir().join("long.json");
+            std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+            eprintln!("bench: wrote {}", path.display());
+        }
+        Ok(())
+    })();
     if let Some(v) = old_stats {
         let _ = sysctl_set("kernel.bpf_stats_enabled", &v);
     }

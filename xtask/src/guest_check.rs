@@ -264,11 +264,12 @@ fn check_more(proc_: &Value, report: &Value, check: &Check) -> Result<()> {
     Ok(())
 }
 
-fn process<'a>(summary: &'a Value, pid: &Value) -> Result<&'a Value> {
-    summary["processes"]
+/// The `process` record of `pid` among a run's (the guest collects them).
+fn process<'a>(run: &'a Value, pid: &Value) -> Result<&'a Value> {
+    run["processes"]
         .as_array()
-        .and_then(|ps| ps.iter().find(|p| &p["pid"] == pid))
-        .ok_or_else(|| anyhow::anyhow!("pid {pid} missing from the summary"))
+        .and_then(|ps| ps.iter().rev().find(|p| &p["pid"] == pid))
+        .ok_or_else(|| anyhow::anyhow!("pid {pid} has no process record"))
 }
 
 fn find_vma<'a>(proc_: &'a Value, addr: &Value) -> Option<&'a Value> {
@@ -388,7 +389,7 @@ fn check_result(r: &Value, run: &Value, n: u64) -> Result<()> {
         bail!("no expectations for scenario {scenario}: add them to xtask/src/guest_check.rs");
     };
     let addr = &report["addr"];
-    let parent = process(summary, &report["pid"])?;
+    let parent = process(run, &report["pid"])?;
     if want.main {
         check_vma(parent, addr, &want.vma)?;
     }
@@ -411,7 +412,7 @@ fn check_result(r: &Value, run: &Value, n: u64) -> Result<()> {
         }
     }
     if want.child_vma.is_some() {
-        let child = process(summary, &report["child_pid"])?;
+        let child = process(run, &report["child_pid"])?;
         check_vma(child, addr, &want.child_vma)?;
         check_unseen(child, want.child_unseen)?;
     }
@@ -535,10 +536,12 @@ mod tests {
     /// make `unseen` come out as given.
     fn run(paths_source: &str, vmas: Value, seen: i64, unseen: i64) -> Value {
         json!({"rc": 0, "header": {"type": "header", "backend": {"name": "tracepoint"}},
-               "summary": {"type": "summary", "paths_source": paths_source, "processes": [
-                   {"pid": 100, "faults": {"total": seen, "minor": seen, "major": 0},
+               "summary": {"type": "summary", "paths_source": paths_source},
+               "processes": [
+                   {"type": "process", "pid": 100,
+                    "faults": {"total": seen, "minor": seen, "major": 0},
                     "kernel": {"minflt": seen + unseen, "majflt": 0}, "unseen": unseen,
-                    "vmas": vmas}]}})
+                    "vmas": vmas}]})
     }
 
     fn report(scenario: &str) -> Value {

@@ -7,7 +7,7 @@
 //! | `run -- A` | build, then run rmaptrace with A (through sudo when not root) |
 //! | `test`     | every test: unit, integration (real eBPF on this kernel), then `vm-test` |
 //! | `vm-test`  | rmaptrace and the rmapdemo driver in a QEMU guest (Debian 6.1 kernel), checked from here |
-//! | `bench`    | cost per fault against untraced and a bpftrace one-liner, table + target/bench/bench.json |
+//! | `bench`    | cost per fault against untraced and a bpftrace one-liner; long traces, 200k VMAs, 200 forks (`--sections`); target/bench/*.json |
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::{
@@ -17,6 +17,7 @@ use std::{
 };
 
 mod bench;
+mod bench_long;
 mod deps;
 mod guest_check;
 mod vm;
@@ -67,6 +68,10 @@ enum Task {
         /// Repetitions of every workload x mode.
         #[arg(long, default_value_t = 5)]
         reps: usize,
+        /// Sections to run: `faults` (cost per fault), `long` (a 60 s process
+        /// churn, 200k VMAs, 200 forks); all by default.
+        #[arg(long, value_delimiter = ',', default_values_t = vec!["faults".to_string(), "long".to_string()])]
+        sections: Vec<String>,
     },
 }
 
@@ -172,9 +177,13 @@ fn main() -> Result<()> {
             }
             vm::vm_test(&opts)
         }
-        Task::Bench { faults, reps } => {
+        Task::Bench {
+            faults,
+            reps,
+            sections,
+        } => {
             deps::install()?;
-            bench::run(faults, reps)
+            bench::run(faults, reps, &sections)
         }
     }
 }

@@ -563,6 +563,18 @@ impl Probes {
         Ok(())
     }
 
+    /// How many processes the programs follow: entries leave the table in the
+    /// kernel when a process's last thread exits, so none are missed.
+    pub fn followed(&self) -> Result<usize> {
+        let traced: HashMap<_, u32, u8> =
+            HashMap::try_from(self.ebpf.map("TRACED").context("TRACED map")?)?;
+        Ok(traced
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(_, mode)| *mode == rmaptrace_common::traced::YES)
+            .count())
+    }
+
     pub fn add_comm(&mut self, name: &str) -> Result<()> {
         let mut comms: HashMap<_, [u8; COMM_LEN], u8> =
             HashMap::try_from(self.ebpf.map_mut("COMMS").context("COMMS map")?)?;

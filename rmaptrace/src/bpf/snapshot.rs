@@ -7,11 +7,11 @@ use super::loader::Probes;
 use crate::model::snapshot::{Counters, FaultTotals, ProcTotals, Snapshot};
 
 impl Probes {
-    /// Frees the kernel rows of processes the model retired: their aggregate
-    /// rows (those counted before their exit: a reused pid's are not theirs),
-    /// their lifetimes' descriptions and live-VMA entries, and their overflow
-    /// counts. A lifetime's entry is found by its id, the LIVES key being the
-    /// VMA struct.
+    /// Frees the kernel rows of processes the model retired, as found in the
+    /// snapshot they were retired from: their aggregate rows, their lifetimes'
+    /// descriptions and live-VMA entries (the LIVES key is the VMA struct; one
+    /// that already names another lifetime, the struct reused, stays), and their
+    /// overflow counts. No table is walked: the cost is that of the rows freed.
     pub fn forget(&mut self, gone: &[crate::model::trace::Retired]) -> Result<()> {
         if gone.is_empty() {
             return Ok(());
@@ -20,39 +20,24 @@ impl Probes {
         {
             let mut faults: PerCpuHashMap<&mut MapData, FaultKey, FaultStats> =
                 PerCpuHashMap::try_from(ebpf.map_mut("FAULTS").context("FAULTS map")?)?;
-            let doomed: Vec<FaultKey> = faults
-                .iter()
-                .filter_map(|r| r.ok())
-                .filter(|(k, per_cpu)| {
-                    let last = per_cpu.iter().map(|s| s.last_ns).max().unwrap_or(0);
-                    gone.iter().any(|g| g.pid == k.tgid && last <= g.exit_ns)
-                })
-                .map(|(k, _)| k)
-                .collect();
-            for k in doomed {
-                let _ = faults.remove(&k);
+            for k in gone.iter().flat_map(|g| &g.rows) {
+                let _ = faults.remove(k);
             }
         }
-        let lives: std::collections::HashSet<u64> =
-            gone.iter().flat_map(|g| g.lives.iter().copied()).collect();
         {
             let mut vmas: HashMap<&mut MapData, u64, VmaRecord> =
                 HashMap::try_from(ebpf.map_mut("VMAS").context("VMAS map")?)?;
-            for l in &lives {
-                let _ = vmas.remove(l);
+            for (life, _) in gone.iter().flat_map(|g| &g.lives) {
+                let _ = vmas.remove(life);
             }
         }
         {
             let mut live: HashMap<&mut MapData, u64, LifeEntry> =
                 HashMap::try_from(ebpf.map_mut("LIVES").context("LIVES map")?)?;
-            let doomed: Vec<u64> = live
-                .iter()
-                .filter_map(|r| r.ok())
-                .filter(|(_, e)| lives.contains(&e.life))
-                .map(|(k, _)| k)
-                .collect();
-            for k in doomed {
-                let _ = live.remove(&k);
+            for (life, vma) in gone.iter().flat_map(|g| &g.lives) {
+                if live.get(vma, 0).is_ok_and(|e| e.life == *life) {
+                    let _ = live.remove(vma);
+                }
             }
         }
         let mut procs: PerCpuHashMap<&mut MapData, u32, ProcStats> =

@@ -11,7 +11,7 @@ use std::{
 
 use crate::bpf::plan::Plan;
 
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Serialize)]
 pub struct Header<'a> {

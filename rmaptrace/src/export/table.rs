@@ -12,18 +12,35 @@ fn ns(v: Option<u64>) -> String {
     }
 }
 
-/// Renders the summary; `max_vmas` rows per process, the busiest first.
-pub fn render(s: &Summary, max_vmas: usize) -> String {
+/// Renders the summary: the first line says what may be missing (events lost,
+/// full tables) and why the trace ended; then the `max_procs` busiest processes
+/// with `max_vmas` rows each, the busiest first.
+pub fn render(s: &Summary, max_procs: usize, max_vmas: usize) -> String {
     let mut out = String::new();
+    let t = &s.totals;
+    let full: Vec<String> = s
+        .tables_full
+        .iter()
+        .map(|(name, n)| format!("{name} {n}"))
+        .collect();
     let _ = writeln!(
         out,
-        "rmaptrace: {:.2}s, {} process(es), paths {}, events lost {}",
+        "rmaptrace: {:.2}s, {} process(es) ({} exited), {} faults, paths {}, events lost {}, tables full: {}{}",
         s.duration_ns as f64 / 1e9,
-        s.processes.len(),
+        t.processes,
+        t.exited,
+        t.faults.total,
         s.paths_source,
-        s.events_lost
+        s.events_lost,
+        if full.is_empty() { "none".into() } else { full.join(", ") },
+        s.end_reason
+            .as_deref()
+            .map(|r| format!("; ended: {r}"))
+            .unwrap_or_default()
     );
-    for p in &s.processes {
+    let mut procs: Vec<_> = s.processes.iter().collect();
+    procs.sort_by(|a, b| b.faults.total.cmp(&a.faults.total).then(a.pid.cmp(&b.pid)));
+    for p in procs.iter().take(max_procs) {
         let kernel = match &p.kernel {
             Some(k) => format!("kernel minflt {} majflt {}", k.minflt, k.majflt),
             None => "kernel counts unknown".into(),
@@ -72,13 +89,21 @@ pub fn render(s: &Summary, max_vmas: usize) -> String {
                 paths.join(", ")
             );
         }
-        if vmas.len() > max_vmas {
-            let _ = writeln!(
-                out,
-                "  ... {} more VMAs in the JSON export",
-                vmas.len() - max_vmas
-            );
+        let more = vmas.len().saturating_sub(max_vmas) + p.vmas_dropped;
+        if more > 0 {
+            let _ = writeln!(out, "  ... {more} more VMAs in the JSON export");
         }
+    }
+    let shown: u64 = procs.iter().take(max_procs).map(|p| p.faults.total).sum();
+    let hidden = t
+        .processes
+        .saturating_sub(procs.len().min(max_procs) as u64);
+    if hidden > 0 {
+        let _ = writeln!(
+            out,
+            "\n... {hidden} more process(es) with {} faults: every process is a `process` record of the JSON export (--json)",
+            t.faults.total.saturating_sub(shown)
+        );
     }
     if !s.limits.is_empty() {
         let _ = writeln!(out, "\nlimits of this backend:");

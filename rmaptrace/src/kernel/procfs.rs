@@ -4,6 +4,8 @@ use std::path::PathBuf;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcStat {
     pub comm: String,
+    /// `R`, `S`, ... `Z` for a zombie (exited, not yet reaped).
+    pub state: char,
     pub minflt: u64,
     pub majflt: u64,
 }
@@ -23,8 +25,10 @@ pub struct MapsEntry {
 pub trait ProcSource: Send {
     fn stat(&self, pid: u32) -> Option<ProcStat>;
     fn maps(&self, pid: u32) -> Option<Vec<MapsEntry>>;
-    fn exists(&self, pid: u32) -> bool {
-        self.stat(pid).is_some()
+    /// Whether the process still runs code: a zombie has exited.
+    fn alive(&self, pid: u32) -> bool {
+        self.stat(pid)
+            .is_some_and(|s| !matches!(s.state, 'Z' | 'X'))
     }
     /// Every pid in the system.
     fn pids(&self) -> Vec<u32>;
@@ -72,6 +76,7 @@ pub fn parse_stat(text: &str) -> Option<ProcStat> {
     // rest[0] is field 3 (state); minflt is field 10, majflt field 12.
     Some(ProcStat {
         comm,
+        state: rest.first()?.chars().next()?,
         minflt: rest.get(7)?.parse().ok()?,
         majflt: rest.get(9)?.parse().ok()?,
     })
@@ -105,6 +110,7 @@ mod tests {
         let s = "42 (a) b (c)) S 1 42 42 0 -1 4194560 123 7 4 0 5 6 7 8 20 0 1 0 9 1000 10";
         let st = parse_stat(s).unwrap();
         assert_eq!(st.comm, "a) b (c)");
+        assert_eq!(st.state, 'S');
         assert_eq!(st.minflt, 123);
         assert_eq!(st.majflt, 4);
         assert_eq!(parse_stat("garbage"), None);

@@ -2,6 +2,7 @@
 //! fault handlers and kernel paths. No kernel access here: every input is handed in,
 //! so all of it runs in unit tests.
 pub mod kind;
+pub mod origins;
 pub mod path;
 pub mod snapshot;
 pub mod summary;

@@ -210,6 +210,22 @@ impl Counters {
             thread_table_full: at(counter::THREAD_TABLE_FULL),
         }
     }
+
+    /// Every kernel table that was full at least once, by map name, with how
+    /// many times something could not be stored in it.
+    pub fn tables_full(&self) -> Vec<(&'static str, u64)> {
+        [
+            ("INFLIGHT", self.inflight_table_full),
+            ("PROCS", self.process_table_full),
+            ("VMAS", self.vma_table_full),
+            ("TRACED", self.traced_table_full),
+            ("LIVES", self.life_table_full),
+            ("THREADS", self.thread_table_full),
+        ]
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .collect()
+    }
 }
 
 #[derive(Clone, Debug, Default)]

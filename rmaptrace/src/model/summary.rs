@@ -90,6 +90,45 @@ pub struct ProcessSummary {
     pub resolved_later: u64,
     pub exited: bool,
     pub vmas: Vec<VmaSummary>,
+    /// Rows left out of `vmas` when an exited process's summary was kept in
+    /// memory for the screen (its whole summary went to the export).
+    #[serde(skip)]
+    pub vmas_dropped: usize,
+    /// Already written to the export as a `process` record.
+    #[serde(skip)]
+    pub written: bool,
+}
+
+/// Sums over every process of the trace, those already exported included.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Totals {
+    pub processes: u64,
+    pub exited: u64,
+    pub faults: FaultCounts,
+    pub by_kind: BTreeMap<&'static str, u64>,
+    /// Sums over the processes whose kernel counts are known.
+    pub kernel: KernelCounts,
+    pub unseen: i64,
+    pub resolved_later: u64,
+}
+
+impl Totals {
+    pub fn add(&mut self, p: &ProcessSummary) {
+        self.processes += 1;
+        self.exited += u64::from(p.exited);
+        self.faults.total += p.faults.total;
+        self.faults.minor += p.faults.minor;
+        self.faults.major += p.faults.major;
+        for (k, n) in &p.by_kind {
+            *self.by_kind.entry(k).or_default() += n;
+        }
+        if let Some(k) = &p.kernel {
+            self.kernel.minflt += k.minflt;
+            self.kernel.majflt += k.majflt;
+        }
+        self.unseen += p.unseen.unwrap_or(0);
+        self.resolved_later += p.resolved_later;
+    }
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -103,6 +142,16 @@ pub struct Summary {
     /// "derived" on the tracepoint backend, "observed" where a backend sees them.
     pub paths_source: &'static str,
     pub counters: Counters,
+    /// Kernel tables that were full at least once (map name -> times), from
+    /// `counters`: what could not be stored is counted, never dropped silently.
+    pub tables_full: BTreeMap<&'static str, u64>,
     pub limits: Vec<String>,
+    /// Why the trace ended ("all traced processes exited", "--duration
+    /// reached", ...); None while it runs.
+    pub end_reason: Option<String>,
+    pub totals: Totals,
+    /// Processes still traced, and the busiest and latest of those that exited
+    /// (every process is in the export as its own `process` record).
+    #[serde(skip)]
     pub processes: Vec<ProcessSummary>,
 }

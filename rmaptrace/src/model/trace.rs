@@ -12,10 +12,12 @@ use serde::Serialize;
 
 use super::{
     kind::{char_device, classify, prot_string, Kind},
+    origins::{Origin, Origins},
     path,
     snapshot::{FaultTotals, Snapshot},
     summary::{
-        FaultCounts, HandlerTime, KernelCounts, Latency, ProcessSummary, Summary, VmaSummary,
+        FaultCounts, HandlerTime, KernelCounts, Latency, ProcessSummary, Summary, Totals,
+        VmaSummary,
     },
     syscalls::{self, MmapRecord},
 };
@@ -54,22 +56,6 @@ pub enum Record {
     Fault(FaultRecord),
 }
 
-/// An mmap call, as much of it as a lifetime's `origin` needs (not a record: a
-/// process may make 100k of them).
-#[derive(Clone)]
-struct Origin {
-    len: u64,
-    flags: u64,
-    prot: u64,
-    /// When the call was entered (do_mmap's return for kernel mappings).
-    ts_ns: u64,
-    /// When it returned.
-    exit_ns: u64,
-    /// Made by the kernel's do_mmap outside any mmap syscall.
-    kernel: bool,
-    path: Option<Arc<str>>,
-}
-
 /// A range that stopped being mapped: munmap, an mmap with MAP_FIXED over it, an
 /// mremap that moved it away, an exec (everything) or the process's end.
 #[derive(Clone, Copy)]
@@ -91,8 +77,8 @@ struct ProcessState {
     /// When its main thread exited.
     exit_ns: Option<u64>,
     targeted: bool,
-    /// Successful mmaps by (start address, time): where each mapping came from.
-    origins: BTreeMap<(u64, u64), Origin>,
+    /// Successful mmaps: where each mapping came from.
+    origins: Origins,
     unmaps: Vec<Unmap>,
     /// Lifetime → name from /proc/PID/maps ("" when it had none or was gone).
     names: HashMap<u64, String>,
@@ -116,18 +102,38 @@ pub struct Trace {
     /// Faults the kernel could not find the VMA of, to attribute from the
     /// mapping timeline where that is certain.
     unresolved: Vec<UnresolvedFault>,
-    /// Summaries of processes that exited and whose kernel rows were freed.
-    retired: Vec<ProcessSummary>,
-    /// Retired pids whose rows may still be in the latest snapshot.
-    retired_pids: std::collections::HashSet<u32>,
+    /// Sums over the processes that exited and whose kernel rows were freed
+    /// (their whole summaries went to the caller, for the export).
+    exited_totals: Totals,
+    /// A few of those summaries, trimmed, for the screen and the text table.
+    kept: Vec<ProcessSummary>,
+    /// Retired pids, with their exit time, whose rows (those first seen by
+    /// then) may still be in the latest snapshot.
+    retired_until: HashMap<u32, u64>,
+    /// Processes that got the pid of one that exited and is not retired yet:
+    /// a new process, kept apart until the old one's rows are freed.
+    newborn: HashMap<u32, ProcessState>,
+    /// Processes whose last thread was seen exiting.
+    group_exits: u64,
 }
 
-/// A process retired by [`Trace::retire_exited`]: the kernel rows to free.
+/// A process retired by [`Trace::retire_exited`]: its summary, final, and the
+/// kernel rows to free.
 pub struct Retired {
     pub pid: u32,
-    pub exit_ns: u64,
-    pub lives: Vec<u64>,
+    /// Its aggregate rows.
+    pub rows: Vec<rmaptrace_common::FaultKey>,
+    /// Its lifetimes, with their VMA structs.
+    pub lives: Vec<(u64, u64)>,
+    pub summary: Option<ProcessSummary>,
 }
+
+/// Exited processes whose summaries stay in memory (for the live screen and the
+/// text table; the export has them all): the busiest, and the latest to exit,
+/// each with its busiest rows. Memory stays flat however many processes exit.
+const KEEP_BUSIEST: usize = 32;
+const KEEP_LATEST: usize = 32;
+const KEEP_VMAS: usize = 64;
 
 /// Rows of one process: lifetime (None: no VMA found) → (access, path) → counts.
 type ProcessRows = BTreeMap<Option<u64>, BTreeMap<(u8, u8), FaultTotals>>;
@@ -186,8 +192,11 @@ impl Trace {
             limits: Vec::new(),
             swap_in_use: false,
             unresolved: Vec::new(),
-            retired: Vec::new(),
-            retired_pids: Default::default(),
+            exited_totals: Totals::default(),
+            kept: Vec::new(),
+            retired_until: HashMap::new(),
+            newborn: HashMap::new(),
+            group_exits: 0,
         }
     }
 
@@ -262,6 +271,21 @@ impl Trace {
         }
     }
 
+    /// The state of the process that has `pid` at `ts`: a process whose pid
+    /// belonged to one that exited before is another process.
+    fn state_mut(&mut self, pid: u32, ts: u64) -> &mut ProcessState {
+        let reused = !self.newborn.contains_key(&pid)
+            && self
+                .processes
+                .get(&pid)
+                .and_then(|p| p.exit_ns)
+                .is_some_and(|exit| ts > exit);
+        if reused || self.newborn.contains_key(&pid) {
+            return self.newborn.entry(pid).or_default();
+        }
+        self.processes.entry(pid).or_default()
+    }
+
     fn comm_of(&self, pid: u32) -> String {
         match self.processes.get(&pid) {
             Some(p) if !p.comm.is_empty() => p.comm.clone(),
@@ -292,7 +316,7 @@ impl Trace {
             Event::Syscall(s) => self.on_syscall(s).map(Record::Mmap),
             Event::MmapExit(m) => self.on_mmap_exit(&m).map(Record::Mmap),
             Event::Exit(e) => {
-                let st = self.processes.entry(e.header.tgid).or_default();
+                let st = self.state_mut(e.header.tgid, e.header.ts_ns);
                 if e.has_base != 0 {
                     st.exited_threads.0 += e.min_flt.saturating_sub(e.base_min);
                     st.exited_threads.1 += e.maj_flt.saturating_sub(e.base_maj);
@@ -304,13 +328,16 @@ impl Trace {
                 if e.header.tid == e.header.tgid || st.comm.is_empty() {
                     st.comm = c_str(&e.comm);
                 }
+                if e.group_dead != 0 {
+                    self.group_exits += 1;
+                }
                 None
             }
             Event::Task(t) => {
                 let comm = c_str(&t.comm);
                 match t.header.kind {
                     event_kind::EXEC => {
-                        let st = self.processes.entry(t.header.tgid).or_default();
+                        let st = self.state_mut(t.header.tgid, t.header.ts_ns);
                         st.comm = comm;
                         if t.other == 1 {
                             st.targeted = true;
@@ -326,16 +353,20 @@ impl Trace {
                     _ => {
                         // A forked child has copies of its parent's mappings, so
                         // it inherits their origins too.
-                        let origins = self
-                            .processes
-                            .get(&t.header.tgid)
-                            .map(|p| p.origins.clone())
-                            .unwrap_or_default();
-                        let child = self.processes.entry(t.other).or_default();
+                        let parent = t.header.tgid;
+                        let origins = match self.newborn.get_mut(&parent) {
+                            Some(p) => p.origins.fork(),
+                            None => self
+                                .processes
+                                .get_mut(&parent)
+                                .map(|p| p.origins.fork())
+                                .unwrap_or_default(),
+                        };
+                        let child = self.state_mut(t.other, t.header.ts_ns);
                         if child.comm.is_empty() {
                             child.comm = comm;
                         }
-                        child.origins.extend(origins);
+                        child.origins.adopt(origins);
                     }
                 }
                 None
@@ -480,8 +511,8 @@ impl Trace {
                 kernel: false,
                 path: rec.path.as_deref().map(Arc::from),
             };
-            let st = self.processes.entry(h.tgid).or_default();
-            st.origins.insert((m.ret, origin.ts_ns), origin);
+            let st = self.state_mut(h.tgid, h.ts_ns);
+            st.origins.insert(m.ret, origin);
         }
         Some(rec)
     }
@@ -498,9 +529,9 @@ impl Trace {
             return None;
         }
         let path = kernel_path(m);
-        let st = self.processes.entry(h.tgid).or_default();
+        let st = self.state_mut(h.tgid, h.ts_ns);
         st.origins.insert(
-            (m.ret, h.ts_ns),
+            m.ret,
             Origin {
                 len: m.len,
                 flags: m.flags,
@@ -564,7 +595,7 @@ impl Trace {
     /// Notes that `[start, start + len)` of the caller's process stopped being
     /// mapped by the call `enter` began, returning at `exit_ns`.
     fn unmapped(&mut self, enter: &SyscallEvent, start: u64, len: u64, exit_ns: u64) {
-        let st = self.processes.entry(enter.header.tgid).or_default();
+        let st = self.state_mut(enter.header.tgid, exit_ns);
         st.unmaps.push(Unmap {
             start,
             end: start.saturating_add(len.next_multiple_of(4096)),
@@ -590,14 +621,10 @@ impl Trace {
     /// holds `vm_start` (the nearest starts below it first: smaller mappings may
     /// have been placed inside a larger one).
     fn origin_of(&self, pid: u32, vm_start: u64, first_ns: u64) -> Option<&Origin> {
-        let p = self.processes.get(&pid)?;
-        p.origins
-            .range(..=(vm_start, u64::MAX))
-            .rev()
-            .take(64)
-            .filter(|((start, _), o)| vm_start < *start + o.len && o.ts_ns <= first_ns)
-            .max_by_key(|(_, o)| o.ts_ns)
-            .map(|(_, o)| o)
+        self.processes
+            .get(&pid)?
+            .origins
+            .covering(vm_start, first_ns)
     }
 
     fn describe_origin(o: &Origin) -> String {
@@ -661,10 +688,7 @@ impl Trace {
             .unmaps
             .iter()
             .any(|u| u.start <= addr && addr < u.end && u.enter_ns <= ts && ts <= u.exit_ns);
-        in_unmap
-            || p.origins.iter().any(|((start, _), o)| {
-                *start <= addr && addr < start + o.len && o.ts_ns <= ts && ts <= o.exit_ns
-            })
+        in_unmap || p.origins.in_progress_at(addr, ts)
     }
 
     /// Attributes each fault the kernel could not look up to the one lifetime
@@ -748,6 +772,9 @@ impl Trace {
     fn kernel_counts(&self, pid: u32, live: Option<&(u64, u64)>) -> Option<KernelCounts> {
         let p = self.processes.get(&pid);
         let (mut min, mut maj) = p.map(|p| p.exited_threads).unwrap_or((0, 0));
+        // Threads alive after the process exited are a new process's (its pid
+        // reused).
+        let live = live.filter(|_| p.is_none_or(|p| p.exit_ns.is_none()));
         if let Some((lmin, lmaj)) = live {
             min += lmin;
             maj += lmaj;
@@ -864,16 +891,45 @@ impl Trace {
         }
     }
 
+    /// Whether a row of `pid` belongs to the process that has the pid now. A pid
+    /// is reused only after its process exited: a row first seen (its lifetime)
+    /// or last counted (rows without one) by then is the exited process's, and
+    /// is left out once that process was retired and until its rows are freed.
+    fn row_is_current(
+        &self,
+        pid: u32,
+        life: Option<u64>,
+        totals: &FaultTotals,
+        records: &HashMap<u64, &VmaRecord>,
+    ) -> bool {
+        let at = match life.and_then(|l| records.get(&l)) {
+            Some(r) => r.first_ns,
+            None => totals.last_ns,
+        };
+        if let Some(&exit) = self.retired_until.get(&pid) {
+            return at > exit;
+        }
+        // Not retired yet: its rows only, a new process's wait for it.
+        match self.processes.get(&pid).and_then(|p| p.exit_ns) {
+            Some(exit) => at <= exit,
+            None => true,
+        }
+    }
+
     /// The summaries of the processes in the latest snapshot (only those in
     /// `only`, when given) and of the targets, retired processes left out.
     fn process_summaries(&self, only: Option<&[u32]>) -> Vec<ProcessSummary> {
-        let wanted =
-            |pid: &u32| only.is_none_or(|o| o.contains(pid)) && !self.retired_pids.contains(pid);
+        let only: Option<std::collections::HashSet<u32>> =
+            only.map(|o| o.iter().copied().collect());
+        let wanted = |pid: &u32| only.as_ref().is_none_or(|o| o.contains(pid));
         let mut by_pid: BTreeMap<u32, ProcessRows> = BTreeMap::new();
         let records: HashMap<u64, &VmaRecord> =
             self.snapshot.vmas.iter().map(|(k, v)| (*k, v)).collect();
         for (key, totals) in self.snapshot.faults.iter().filter(|(k, _)| wanted(&k.tgid)) {
             let life = (key.vma_status == vma_status::FOUND && key.life != 0).then_some(key.life);
+            if !self.row_is_current(key.tgid, life, totals, &records) {
+                continue;
+            }
             by_pid
                 .entry(key.tgid)
                 .or_default()
@@ -894,7 +950,10 @@ impl Trace {
                 .filter(|(_, p)| p.targeted)
                 .map(|(pid, _)| *pid),
         );
-        pids.retain(wanted);
+        // A retired pid is listed again only for a new process that got it.
+        pids.retain(|p| {
+            wanted(p) && (!self.retired_until.contains_key(p) || self.processes.contains_key(p))
+        });
         pids.sort_unstable();
         pids.dedup();
 
@@ -946,7 +1005,7 @@ impl Trace {
                 .processes
                 .get(&pid)
                 .is_some_and(|p| p.exit_ns.is_some())
-                || !self.procfs.exists(pid);
+                || !self.procfs.alive(pid);
             processes.push(ProcessSummary {
                 pid,
                 comm: self.comm_of(pid),
@@ -957,6 +1016,8 @@ impl Trace {
                 unseen,
                 exited,
                 vmas,
+                vmas_dropped: 0,
+                written: false,
             });
         }
         processes
@@ -971,60 +1032,138 @@ impl Trace {
         let exited: Vec<u32> = self
             .processes
             .iter()
-            .filter(|(pid, p)| p.exit_ns.is_some() && !self.retired_pids.contains(pid))
+            .filter(|(_, p)| p.exit_ns.is_some())
             .map(|(pid, _)| *pid)
             .collect();
         if exited.is_empty() {
             return Vec::new();
         }
         let summaries = self.process_summaries(Some(&exited));
-        let mut lives_of: HashMap<u32, Vec<u64>> = HashMap::new();
+        let exit_of = |pid: u32| self.processes.get(&pid).and_then(|p| p.exit_ns);
+        let mut lives_of: HashMap<u32, Vec<(u64, u64)>> = HashMap::new();
         for (life, r) in &self.snapshot.vmas {
-            if exited.contains(&r.tgid) {
-                lives_of.entry(r.tgid).or_default().push(*life);
+            if exit_of(r.tgid).is_some_and(|e| r.first_ns <= e) {
+                lives_of
+                    .entry(r.tgid)
+                    .or_default()
+                    .push((*life, r.info.vma));
             }
         }
+        // Rows counted before the exit (a reused pid's later rows are not its).
+        let mut rows_of: HashMap<u32, Vec<rmaptrace_common::FaultKey>> = HashMap::new();
+        for (key, t) in &self.snapshot.faults {
+            if exit_of(key.tgid).is_some_and(|e| t.last_ns <= e) {
+                rows_of.entry(key.tgid).or_default().push(*key);
+            }
+        }
+        let mut summaries: HashMap<u32, ProcessSummary> =
+            summaries.into_iter().map(|s| (s.pid, s)).collect();
         let mut out = Vec::new();
         for pid in exited {
             let lives = lives_of.remove(&pid).unwrap_or_default();
-            if let Some(s) = summaries.iter().find(|s| s.pid == pid) {
-                self.retired.push(s.clone());
+            let summary = summaries.remove(&pid);
+            if let Some(s) = &summary {
+                self.exited_totals.add(s);
+                self.keep(s);
             }
-            self.retired_pids.insert(pid);
-            for l in &lives {
+            for (l, _) in &lives {
                 self.event_vmas.remove(l);
             }
             let state = self.processes.remove(&pid);
-            self.unresolved.retain(|u| u.header.tgid != pid);
+            let exit_ns = state.as_ref().and_then(|s| s.exit_ns).unwrap_or(0);
+            self.retired_until.insert(pid, exit_ns);
+            self.unresolved
+                .retain(|u| u.header.tgid != pid || u.header.ts_ns > exit_ns);
+            // A process that got the pid since is the pid's process now.
+            if let Some(next) = self.newborn.remove(&pid) {
+                self.processes.insert(pid, next);
+            }
             out.push(Retired {
                 pid,
-                exit_ns: state.and_then(|s| s.exit_ns).unwrap_or(0),
+                rows: rows_of.remove(&pid).unwrap_or_default(),
                 lives,
+                summary,
             });
         }
         out
+    }
+
+    /// What the model holds, for the debug log of a long trace.
+    pub fn held(&self) -> String {
+        let origins: usize = self.processes.values().map(|p| p.unmaps.len()).sum();
+        format!(
+            "{} processes ({} newborn, {} unmaps), {} syscalls pending, {} unresolved, {} kept, {} event VMAs",
+            self.processes.len(),
+            self.newborn.len(),
+            origins,
+            self.pending.len(),
+            self.unresolved.len(),
+            self.kept.len(),
+            self.event_vmas.len()
+        )
+    }
+
+    /// How many processes were seen exiting so far.
+    pub fn group_exits(&self) -> u64 {
+        self.group_exits
+    }
+
+    /// Whether a process exited and waits to be retired.
+    pub fn has_exited(&self) -> bool {
+        self.processes.values().any(|p| p.exit_ns.is_some())
+    }
+
+    /// Keeps a trimmed copy of an exited process's summary if it is among the
+    /// busiest or the latest, dropping one that no longer is.
+    fn keep(&mut self, s: &ProcessSummary) {
+        let mut p = s.clone();
+        p.written = true;
+        if p.vmas.len() > KEEP_VMAS {
+            p.vmas.sort_by_key(|v| std::cmp::Reverse(v.faults));
+            p.vmas_dropped += p.vmas.len() - KEEP_VMAS;
+            p.vmas.truncate(KEEP_VMAS);
+            p.vmas.sort_by_key(|v| (v.start_addr, v.first_seen_ns));
+        }
+        self.kept.push(p);
+        if self.kept.len() > KEEP_BUSIEST + KEEP_LATEST {
+            // Not among the latest: the least busy of the older ones goes.
+            let older = self.kept.len() - KEEP_LATEST;
+            if let Some(i) = (0..older).min_by_key(|&i| self.kept[i].faults.total) {
+                self.kept.remove(i);
+            }
+        }
     }
 
     /// The kernel rows of `pids` are gone: a later process with one of those pids
     /// is a new process.
     pub fn forget_retired(&mut self, pids: &[u32]) {
         for pid in pids {
-            self.retired_pids.remove(pid);
+            self.retired_until.remove(pid);
         }
     }
 
+    /// The trace so far: every process still traced, the exited ones kept in
+    /// memory, and totals over all of them.
     pub fn summary(&self, now_ns: u64) -> Summary {
         let mut processes = self.process_summaries(None);
-        processes.extend(self.retired.iter().cloned());
+        let mut totals = self.exited_totals.clone();
+        for p in &processes {
+            totals.add(p);
+        }
+        processes.extend(self.kept.iter().cloned());
         processes.sort_by(|a, b| b.faults.total.cmp(&a.faults.total).then(a.pid.cmp(&b.pid)));
+        let counters = self.snapshot.counters;
         Summary {
             kind: "summary",
             duration_ns: now_ns.saturating_sub(self.start_ns),
-            events_lost: self.snapshot.counters.events_lost,
+            events_lost: counters.events_lost,
             backend: self.backend,
             paths_source: self.paths_source,
-            counters: self.snapshot.counters,
+            counters,
+            tables_full: counters.tables_full().into_iter().collect(),
             limits: self.limits.clone(),
+            end_reason: None,
+            totals,
             processes,
         }
     }

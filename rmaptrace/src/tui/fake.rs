@@ -6,7 +6,7 @@ use rmaptrace_common::latency_bucket;
 
 use crate::model::{
     snapshot::{Counters, Hist},
-    summary::{FaultCounts, KernelCounts, Latency, ProcessSummary, Summary, VmaSummary},
+    summary::{FaultCounts, KernelCounts, Latency, ProcessSummary, Summary, Totals, VmaSummary},
 };
 
 use super::{Note, Update};
@@ -82,6 +82,8 @@ pub fn summary() -> Summary {
         unseen: Some(1),
         resolved_later: 0,
         exited: false,
+        vmas_dropped: 0,
+        written: false,
         vmas: vec![
             vma(
                 0x7f30_11cd_c000,
@@ -135,6 +137,8 @@ pub fn summary() -> Summary {
         unseen: Some(0),
         resolved_later: 0,
         exited: false,
+        vmas_dropped: 0,
+        written: false,
         vmas: vec![vma(
             0x5555_0000_0000,
             64,
@@ -159,6 +163,8 @@ pub fn summary() -> Summary {
         unseen: None,
         resolved_later: 0,
         exited: true,
+        vmas_dropped: 0,
+        written: false,
         vmas: vec![],
     };
     Summary {
@@ -172,6 +178,15 @@ pub fn summary() -> Summary {
             "get_user_pages faults (MAP_POPULATE, ptrace, O_DIRECT) are not seen".into(),
             "kernel paths are derived from the mapping kind and error code".into(),
         ],
+        tables_full: Default::default(),
+        end_reason: None,
+        totals: {
+            let mut t = Totals::default();
+            for p in [&myapp, &db, &gone] {
+                t.add(p);
+            }
+            t
+        },
         processes: vec![myapp, db, gone],
     }
 }

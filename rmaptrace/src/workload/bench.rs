@@ -27,7 +27,14 @@ pub const BENCHES: &[(&str, &str)] = &[
         "bench-vmas",
         "waits for a line on stdin, faults N separate one-page VMAs, waits for another line",
     ),
+    (
+        "bench-forks",
+        "waits for a line on stdin, makes N one-page mappings, forks 200 children that each fault one page and exit",
+    ),
 ];
+
+/// Children of bench-forks.
+const FORKS: usize = 200;
 
 fn storm(pages: usize, mut one_chunk: impl FnMut(usize) -> Result<()>) -> Result<f64> {
     let start = Instant::now();
@@ -90,6 +97,41 @@ pub fn run(name: &str, pages: usize) -> Result<()> {
             println!(
                 "{}",
                 json!({"bench": name, "faults": pages, "ns_per_fault": ns, "ready": true})
+            );
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            return Ok(());
+        }
+        "bench-forks" => {
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            let mut first = std::ptr::null_mut();
+            for i in 0..pages {
+                let prot = if i % 2 == 0 { rw } else { libc::PROT_READ };
+                let p = map(PAGE, prot, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1)?;
+                if i == 0 {
+                    first = p;
+                }
+            }
+            let start = Instant::now();
+            for _ in 0..FORKS {
+                // SAFETY: the child only writes a page and exits.
+                match unsafe { libc::fork() } {
+                    0 => {
+                        write_pages(first, 1);
+                        unsafe { libc::_exit(0) };
+                    }
+                    -1 => bail!("fork: {}", std::io::Error::last_os_error()),
+                    child => {
+                        let mut status = 0;
+                        unsafe { libc::waitpid(child, &mut status, 0) };
+                    }
+                }
+            }
+            let ns = start.elapsed().as_nanos() as f64 / FORKS as f64;
+            println!(
+                "{}",
+                json!({"bench": name, "mappings": pages, "forks": FORKS, "ns_per_fork": ns, "ready": true})
             );
             let mut line = String::new();
             let _ = std::io::stdin().read_line(&mut line);

@@ -116,6 +116,7 @@ fn attributes_faults_to_vmas_kinds_handlers_and_paths() {
         42,
         ProcStat {
             comm: "app".into(),
+            state: 'S',
             minflt: 310,
             majflt: 0,
         },
@@ -266,6 +267,7 @@ fn live_threads_count_from_their_kernel_counters_not_proc() {
         9,
         ProcStat {
             comm: "x".into(),
+            state: 'S',
             minflt: 5_000,
             majflt: 0,
         },
@@ -523,9 +525,11 @@ fn an_exited_process_keeps_its_summary_after_its_rows_are_freed() {
     let gone = t.retire_exited();
     assert_eq!(gone.len(), 1);
     assert_eq!(
-        (gone[0].pid, gone[0].exit_ns, gone[0].lives.clone()),
-        (6, 50, vec![9])
+        (gone[0].pid, gone[0].rows.clone(), gone[0].lives.clone()),
+        (6, vec![key(6, 9, access::WRITE)], vec![(9, 0)])
     );
+    let record = gone[0].summary.as_ref().expect("its summary, for the export");
+    assert_eq!(record.faults.total, 4);
     assert!(t.retire_exited().is_empty(), "retired once");
     // The kernel rows are gone from the next snapshot; the summary stays.
     t.set_snapshot(Snapshot::default());
@@ -533,6 +537,8 @@ fn an_exited_process_keeps_its_summary_after_its_rows_are_freed() {
     let s = t.summary(100);
     let p = &s.processes[0];
     assert_eq!((p.pid, p.comm.as_str(), p.faults.total), (6, "short", 4));
+    assert!(p.written, "already exported: not written again at the end");
+    assert_eq!((s.totals.processes, s.totals.faults.total), (1, 4));
     assert_eq!(p.unseen, Some(0));
     assert!(p.exited);
     assert_eq!(

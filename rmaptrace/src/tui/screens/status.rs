@@ -24,12 +24,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         None => " attaching…".to_string(),
         Some(d) => {
             let s = &d.summary;
-            let unseen: i64 = s
-                .processes
-                .iter()
-                .filter_map(|p| p.unseen)
-                .filter(|&u| u > 0)
-                .sum();
+            let unseen = s.totals.unseen;
             let c = &s.counters;
             let mut parts = vec![
                 format!(" backend {}, paths {}", s.backend, s.paths_source),
@@ -40,14 +35,18 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
             for (name, v) in [
                 ("no-entry", c.completions_without_entry),
                 ("no-completion", c.entries_without_completion),
-                ("inflight-full", c.inflight_table_full),
-                ("proc-table-full", c.process_table_full),
-                ("vma-table-full", c.vma_table_full),
-                ("traced-table-full", c.traced_table_full),
             ] {
                 if v > 0 {
                     parts.push(format!("{name} {v}"));
                 }
+            }
+            if !s.tables_full.is_empty() {
+                let full: Vec<String> = s
+                    .tables_full
+                    .iter()
+                    .map(|(t, n)| format!("{t} {n}"))
+                    .collect();
+                parts.push(format!("TABLE FULL: {}", full.join(", ")));
             }
             parts.push(format!("{} limits: see ?", s.limits.len()));
             parts.join(" │ ")

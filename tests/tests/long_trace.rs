@@ -1,0 +1,236 @@
+//! Traces that outlive their command or their processes: daemons followed to
+//! their end, pids reused by unrelated processes, every process exported once.
+use rmaptrace_tests::{
+    bin, find_process, processes, read_export, require_root, temp_json, wait_for_header,
+};
+use serde_json::Value;
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+fn read_report(path: &std::path::Path) -> Option<Value> {
+    let text = std::fs::read_to_string(path).ok()?;
+    serde_json::from_str(text.lines().next()?).ok()
+}
+
+fn wait_for_report(path: &std::path::Path) -> Value {
+    let start = Instant::now();
+    loop {
+        if let Some(r) = read_report(path) {
+            return r;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no report in {}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The row of `p` that starts at the report's address.
+fn row<'a>(p: &'a Value, report: &Value) -> &'a Value {
+    p["vmas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["start"] == report["addr"])
+        .unwrap_or_else(|| panic!("no row at {} in {p}", report["addr"]))
+}
+
+fn gone(pid: u64) -> bool {
+    !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn a_daemon_is_followed_until_it_exits() {
+    require_root();
+    let json = temp_json("daemon");
+    let report = json.with_extension("report");
+    // The command returns at once; its grandchild, in a session of its own and
+    // reparented to init, maps and faults a second later.
+    let script = format!(
+        "(setsid sh -c 'sleep 1; exec {} workload anon-write --pages 300 > {}' &); exit 0",
+        bin().display(),
+        report.display()
+    );
+    let started = Instant::now();
+    let out = Command::new(bin())
+        .args(["--no-tui", "--json"])
+        .arg(&json)
+        .args(["--", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = read_report(&report).expect("the daemon ran to its end before rmaptrace did");
+    assert!(elapsed >= Duration::from_secs(1), "waited: {elapsed:?}");
+    let export = read_export(&json);
+    let summary = export.last().unwrap();
+    assert_eq!(summary["end_reason"], "all traced processes exited");
+    let p = find_process(&export, &r["pid"]).expect("the daemon has its record");
+    assert_eq!(p["exited"], true, "{p}");
+    assert_eq!(row(p, &r)["faults"], 300, "{p}");
+    let text = String::from_utf8_lossy(&out.stderr);
+    let first = text.lines().next().unwrap_or("");
+    assert!(
+        first.contains("ended: all traced processes exited") && first.contains("tables full: none"),
+        "the table's first line says why it ended and what was full: {text}"
+    );
+}
+
+#[test]
+fn an_unreaped_child_is_reported_exited() {
+    require_root();
+    let json = temp_json("zombie");
+    let report = json.with_extension("report");
+    // The shell execs sleep, which never reaps the workload: it stays a zombie
+    // until sleep ends.
+    let script = format!(
+        "{} workload anon-write --pages 64 > {} & exec sleep 2",
+        bin().display(),
+        report.display()
+    );
+    let out = Command::new(bin())
+        .args(["--no-tui", "--json"])
+        .arg(&json)
+        .args(["--", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let r = read_report(&report).unwrap();
+    let export = read_export(&json);
+    let p = find_process(&export, &r["pid"]).unwrap();
+    assert_eq!(p["exited"], true, "{p}");
+    assert_eq!(row(p, &r)["faults"], 64);
+}
+
+/// Starts `rmaptrace workload anon-write --pages N` (not traced by anyone) with
+/// pid `pid`, by setting the kernel's last allocated pid just below it; other
+/// processes may take it first, so this tries again a while.
+fn spawn_with_pid(pid: u64, pages: u64) -> Option<Child> {
+    for _ in 0..200 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).ok()?;
+        let child = Command::new(bin())
+            .args(["workload", "anon-write", "--pages", &pages.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        if child.id() as u64 == pid {
+            return Some(child);
+        }
+        let mut c = child;
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    None
+}
+
+/// Runs a traced workload, then, once it exited, an unrelated process with its
+/// pid; returns the two reports.
+fn reuse_a_pid(first: &std::path::Path) -> (Value, Value) {
+    let r1 = wait_for_report(first);
+    let pid = r1["pid"].as_u64().unwrap();
+    while !gone(pid) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let child = spawn_with_pid(pid, 3000).expect("the pid was taken by others 200 times");
+    let out = child.wait_with_output().unwrap();
+    let r2: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r2["pid"], r1["pid"]);
+    (r1, r2)
+}
+
+#[test]
+fn a_reused_pid_never_joins_a_command_trace() {
+    require_root();
+    let json = temp_json("reuse-cmd");
+    let report = json.with_extension("report");
+    let script = format!(
+        "{} workload anon-write --pages 64 > {}; sleep 3",
+        bin().display(),
+        report.display()
+    );
+    let tracer = Command::new(bin())
+        .args(["--no-tui", "--json"])
+        .arg(&json)
+        .args(["--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (r1, _) = reuse_a_pid(&report);
+    assert!(tracer.wait_with_output().unwrap().status.success());
+    let export = read_export(&json);
+    let records: Vec<&Value> = processes(&export)
+        .into_iter()
+        .filter(|p| p["pid"] == r1["pid"])
+        .collect();
+    let totals: Vec<&Value> = records.iter().map(|p| &p["faults"]).collect();
+    assert_eq!(records.len(), 1, "only the traced process: {totals:?}");
+    let p = records[0];
+    assert_eq!(row(p, &r1)["faults"], 64);
+    assert!(
+        p["faults"]["total"].as_u64().unwrap() < 1000,
+        "the unrelated process's 3000 faults are not counted: {p}"
+    );
+}
+
+#[test]
+fn a_reused_pid_is_a_new_process_system_wide() {
+    require_root();
+    let json = temp_json("reuse-all");
+    let tracer = Command::new(bin())
+        .args(["--no-tui", "--duration", "4", "--json"])
+        .arg(&json)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_header(&json);
+    let report = json.with_extension("report");
+    let status = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "exec {} workload anon-write --pages 64 > {}",
+                bin().display(),
+                report.display()
+            ),
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (r1, r2) = reuse_a_pid(&report);
+    assert!(tracer.wait_with_output().unwrap().status.success());
+    let export = read_export(&json);
+    let records: Vec<&Value> = processes(&export)
+        .into_iter()
+        .filter(|p| p["pid"] == r1["pid"])
+        .collect();
+    let totals: Vec<&Value> = records.iter().map(|p| &p["faults"]).collect();
+    assert_eq!(records.len(), 2, "two processes, one pid: {totals:?}");
+    let first = records
+        .iter()
+        .find(|p| p["faults"]["total"].as_u64().unwrap() < 1000)
+        .expect("the first process on its own");
+    let second = records
+        .iter()
+        .find(|p| p["faults"]["total"].as_u64().unwrap() >= 3000)
+        .expect("the second process on its own");
+    assert_eq!(row(first, &r1)["faults"], 64, "{first}");
+    assert_eq!(row(second, &r2)["faults"], 3000, "{second}");
+    for p in [first, second] {
+        assert_eq!(p["exited"], true, "{p}");
+        let unseen = p["unseen"].as_i64().unwrap();
+        assert!(
+            (0..=2).contains(&unseen),
+            "kernel counts of one process: {p}"
+        );
+    }
+}
