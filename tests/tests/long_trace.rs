@@ -5,6 +5,7 @@ use rmaptrace_tests::{
 };
 use serde_json::Value;
 use std::{
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -39,6 +40,27 @@ fn row<'a>(p: &'a Value, report: &Value) -> &'a Value {
         .unwrap_or_else(|| panic!("no row at {} in {p}", report["addr"]))
 }
 
+/// `rmaptrace --no-tui --json EXPORT -- sh -c SCRIPT`, `{w}` in SCRIPT being a
+/// workload that faults `pages` pages and writes its report to REPORT; returns
+/// the command, EXPORT and REPORT.
+fn traced_shell(name: &str, script: &str, pages: u64) -> (Command, PathBuf, PathBuf) {
+    let json = temp_json(name);
+    let report = json.with_extension("report");
+    let w = format!(
+        "{} workload anon-write --pages {pages} > {}",
+        bin().display(),
+        report.display()
+    );
+    let mut cmd = Command::new(bin());
+    cmd.args(["--no-tui", "--json"]).arg(&json).args([
+        "--",
+        "sh",
+        "-c",
+        &script.replace("{w}", &w),
+    ]);
+    (cmd, json, report)
+}
+
 fn gone(pid: u64) -> bool {
     !std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -46,22 +68,15 @@ fn gone(pid: u64) -> bool {
 #[test]
 fn a_daemon_is_followed_until_it_exits() {
     require_root();
-    let json = temp_json("daemon");
-    let report = json.with_extension("report");
     // The command returns at once; its grandchild, in a session of its own and
     // reparented to init, maps and faults a second later.
-    let script = format!(
-        "(setsid sh -c 'sleep 1; exec {} workload anon-write --pages 300 > {}' &); exit 0",
-        bin().display(),
-        report.display()
+    let (mut cmd, json, report) = traced_shell(
+        "daemon",
+        "(setsid sh -c 'sleep 1; exec {w}' &); exit 0",
+        300,
     );
     let started = Instant::now();
-    let out = Command::new(bin())
-        .args(["--no-tui", "--json"])
-        .arg(&json)
-        .args(["--", "sh", "-c", &script])
-        .output()
-        .unwrap();
+    let out = cmd.output().unwrap();
     let elapsed = started.elapsed();
     assert!(
         out.status.success(),
@@ -87,21 +102,10 @@ fn a_daemon_is_followed_until_it_exits() {
 #[test]
 fn an_unreaped_child_is_reported_exited() {
     require_root();
-    let json = temp_json("zombie");
-    let report = json.with_extension("report");
     // The shell execs sleep, which never reaps the workload: it stays a zombie
     // until sleep ends.
-    let script = format!(
-        "{} workload anon-write --pages 64 > {} & exec sleep 2",
-        bin().display(),
-        report.display()
-    );
-    let out = Command::new(bin())
-        .args(["--no-tui", "--json"])
-        .arg(&json)
-        .args(["--", "sh", "-c", &script])
-        .output()
-        .unwrap();
+    let (mut cmd, json, report) = traced_shell("zombie", "{w} & exec sleep 2", 64);
+    let out = cmd.output().unwrap();
     assert!(out.status.success());
     let r = read_report(&report).unwrap();
     let export = read_export(&json);
@@ -146,20 +150,22 @@ fn reuse_a_pid(first: &std::path::Path) -> (Value, Value) {
     (r1, r2)
 }
 
+/// The `process` records of `pid`, which must be `want` processes.
+fn records_of<'a>(export: &'a [Value], pid: &Value, want: usize) -> Vec<&'a Value> {
+    let records: Vec<&Value> = processes(export)
+        .into_iter()
+        .filter(|p| &p["pid"] == pid)
+        .collect();
+    let totals: Vec<&Value> = records.iter().map(|p| &p["faults"]).collect();
+    assert_eq!(records.len(), want, "processes with pid {pid}: {totals:?}");
+    records
+}
+
 #[test]
 fn a_reused_pid_never_joins_a_command_trace() {
     require_root();
-    let json = temp_json("reuse-cmd");
-    let report = json.with_extension("report");
-    let script = format!(
-        "{} workload anon-write --pages 64 > {}; sleep 3",
-        bin().display(),
-        report.display()
-    );
-    let tracer = Command::new(bin())
-        .args(["--no-tui", "--json"])
-        .arg(&json)
-        .args(["--", "sh", "-c", &script])
+    let (mut cmd, json, report) = traced_shell("reuse-cmd", "{w}; sleep 3", 64);
+    let tracer = cmd
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -167,13 +173,7 @@ fn a_reused_pid_never_joins_a_command_trace() {
     let (r1, _) = reuse_a_pid(&report);
     assert!(tracer.wait_with_output().unwrap().status.success());
     let export = read_export(&json);
-    let records: Vec<&Value> = processes(&export)
-        .into_iter()
-        .filter(|p| p["pid"] == r1["pid"])
-        .collect();
-    let totals: Vec<&Value> = records.iter().map(|p| &p["faults"]).collect();
-    assert_eq!(records.len(), 1, "only the traced process: {totals:?}");
-    let p = records[0];
+    let p = records_of(&export, &r1["pid"], 1)[0];
     assert_eq!(row(p, &r1)["faults"], 64);
     assert!(
         p["faults"]["total"].as_u64().unwrap() < 1000,
@@ -209,12 +209,7 @@ fn a_reused_pid_is_a_new_process_system_wide() {
     let (r1, r2) = reuse_a_pid(&report);
     assert!(tracer.wait_with_output().unwrap().status.success());
     let export = read_export(&json);
-    let records: Vec<&Value> = processes(&export)
-        .into_iter()
-        .filter(|p| p["pid"] == r1["pid"])
-        .collect();
-    let totals: Vec<&Value> = records.iter().map(|p| &p["faults"]).collect();
-    assert_eq!(records.len(), 2, "two processes, one pid: {totals:?}");
+    let records = records_of(&export, &r1["pid"], 2);
     let first = records
         .iter()
         .find(|p| p["faults"]["total"].as_u64().unwrap() < 1000)

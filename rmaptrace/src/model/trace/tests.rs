@@ -528,7 +528,10 @@ fn an_exited_process_keeps_its_summary_after_its_rows_are_freed() {
         (gone[0].pid, gone[0].rows.clone(), gone[0].lives.clone()),
         (6, vec![key(6, 9, access::WRITE)], vec![(9, 0)])
     );
-    let record = gone[0].summary.as_ref().expect("its summary, for the export");
+    let record = gone[0]
+        .summary
+        .as_ref()
+        .expect("its summary, for the export");
     assert_eq!(record.faults.total, 4);
     assert!(t.retire_exited().is_empty(), "retired once");
     // The kernel rows are gone from the next snapshot; the summary stays.
