@@ -107,6 +107,20 @@ impl Traced {
     }
 }
 
+/// The report a workload printed (its first stdout line), from a run of `what`
+/// that must have succeeded.
+pub fn report_of(out: &Output, what: &str) -> Value {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(stdout.lines().next().unwrap_or("null"))
+        .unwrap_or_else(|e| panic!("{what}: report unreadable ({e}): {stdout}"))
+}
+
 /// Runs `rmaptrace --no-tui --json F [extra] -- rmaptrace workload SCENARIO --pages N`.
 pub fn trace_workload(scenario: &str, pages: usize, extra: &[&str]) -> Traced {
     require_root();
@@ -121,15 +135,7 @@ pub fn trace_workload(scenario: &str, pages: usize, extra: &[&str]) -> Traced {
         .args(["workload", scenario, "--pages", &pages.to_string()])
         .output()
         .expect("running rmaptrace");
-    assert!(
-        output.status.success(),
-        "rmaptrace failed: {}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let report: Value = serde_json::from_str(stdout.lines().next().unwrap_or("null"))
-        .unwrap_or_else(|e| panic!("workload report unreadable ({e}): {stdout}"));
+    let report = report_of(&output, "rmaptrace");
     let export = read_export(&json);
     Traced {
         output,

@@ -4,7 +4,7 @@
 //! process, a 32-bit process. Each checks the exact row (one mapping lifetime) that
 //! rmaptrace gives every mapping the workload reports.
 use rmaptrace_tests::{
-    bin, find_process, processes, read_export, require_root, temp_json, trace_workload,
+    bin, find_process, processes, read_export, report_of, require_root, temp_json, trace_workload,
     wait_for_header, Traced,
 };
 use serde_json::Value;
@@ -433,15 +433,7 @@ fn exec_from_a_threaded_process_is_followed_by_name() {
         .unwrap();
     unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
     let traced = tracer.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "workload: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: Value = serde_json::from_str(stdout.lines().next().unwrap_or("null"))
-        .unwrap_or_else(|e| panic!("workload report unreadable ({e}): {stdout}"));
+    let report = report_of(&out, "workload");
     assert_eq!(
         report["scenario"], "anon-write",
         "the exec'd program reports"
@@ -496,15 +488,7 @@ fn a_32_bit_process_is_traced_like_any_other() {
         .arg(&exe)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "rmaptrace -- memfd32: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let report: Value = serde_json::from_str(stdout.lines().next().unwrap_or("null"))
-        .unwrap_or_else(|e| panic!("memfd32 report unreadable ({e}): {stdout}"));
+    let report = report_of(&out, "rmaptrace -- memfd32");
     let export = read_export(&json);
     let summary = export.last().unwrap();
     assert_eq!(summary["type"], "summary");
@@ -598,13 +582,7 @@ fn a_fork_storm_longer_than_the_tables_is_followed_to_its_end() {
         .args(["workload", "fork-storm", "--pages", &CHILDREN.to_string()])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    let report = report_of(&out, "rmaptrace -- fork-storm");
     let export = read_export(&json);
     let summary = export.last().unwrap();
     let counters = &summary["counters"];

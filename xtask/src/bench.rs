@@ -64,7 +64,7 @@ struct Tracer {
     attach_ms: f64,
 }
 
-fn bench_dir() -> PathBuf {
+pub(crate) fn bench_dir() -> PathBuf {
     workspace_root().join("target/bench")
 }
 
@@ -77,6 +77,19 @@ fn sysctl_get(name: &str) -> Option<String> {
 fn sysctl_set(name: &str, value: &str) -> Result<()> {
     std::fs::write(format!("/proc/sys/{}", name.replace('.', "/")), value)
         .with_context(|| format!("setting {name}={value} (run as root)"))
+}
+
+/// Waits until rmaptrace has attached: it writes and flushes the export's header
+/// right after.
+pub(crate) fn wait_for_header(json: &Path, limit: Duration) -> Result<()> {
+    let started = Instant::now();
+    while !std::fs::read_to_string(json).is_ok_and(|t| t.contains("\"type\":\"header\"")) {
+        if started.elapsed() > limit {
+            bail!("rmaptrace did not attach in {} s", limit.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
 }
 
 fn start_tracer(mode: Mode, bin: &Path) -> Result<Option<Tracer>> {
@@ -92,12 +105,7 @@ fn start_tracer(mode: Mode, bin: &Path) -> Result<Option<Tracer>> {
                 cmd.arg("--events");
             }
             let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
-            while !std::fs::read_to_string(&json).is_ok_and(|t| t.contains("\"type\":\"header\"")) {
-                if started.elapsed() > Duration::from_secs(30) {
-                    bail!("rmaptrace did not attach in 30 s");
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            wait_for_header(&json, Duration::from_secs(30))?;
             Ok(Some(Tracer {
                 child,
                 json: Some(json),
@@ -128,7 +136,8 @@ fn start_tracer(mode: Mode, bin: &Path) -> Result<Option<Tracer>> {
     }
 }
 
-fn cpu_seconds(pid: u32) -> f64 {
+/// utime + stime of a process, in seconds.
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return 0.0;
     };
@@ -256,13 +265,7 @@ fn rss_with_vmas(bin: &Path, vmas: u64) -> Result<(f64, u64)> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let started = Instant::now();
-    while !std::fs::read_to_string(&json).is_ok_and(|t| t.contains("\"type\":\"header\"")) {
-        if started.elapsed() > Duration::from_secs(60) {
-            bail!("rmaptrace did not attach in 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_header(&json, Duration::from_secs(60))?;
     let mut stdin = workload.stdin.take().expect("piped");
     stdin.write_all(b"\n")?;
     let mut lines = BufReader::new(workload.stdout.take().expect("piped")).lines();

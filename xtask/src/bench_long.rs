@@ -5,18 +5,15 @@
 //!   the live screen (peak RSS, summary time after its exit, CPU per tick while it
 //!   sleeps against a 1,000-VMA process, events lost);
 //! - `forks`: 200 forks of a process with 20,000 mappings (peak RSS).
+use crate::bench::{bench_dir, cpu_seconds, wait_for_header};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::{
     io::{BufRead, BufReader, Write},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
-
-fn out_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench")
-}
 
 /// A field of /proc/PID/status in KiB (VmRSS, VmHWM), None once it is gone.
 fn status_kib(pid: u32, field: &str) -> Option<u64> {
@@ -29,33 +26,8 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
-/// utime + stime of a process, in seconds.
-fn cpu_s(pid: u32) -> f64 {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let Some((_, rest)) = text.rsplit_once(')') else {
-        return 0.0;
-    };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
-}
-
-fn wait_header(json: &Path) -> Result<()> {
-    let started = Instant::now();
-    while !std::fs::read_to_string(json).is_ok_and(|t| t.contains("\"type\":\"header\"")) {
-        if started.elapsed() > Duration::from_secs(60) {
-            bail!("rmaptrace did not attach in 60 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
 }
 
 /// The export's summary, and its `process` records' count.
@@ -86,7 +58,7 @@ fn watch_peak(pid: u32) -> (u64, Instant) {
 }
 
 fn long(bin: &Path, secs: u64) -> Result<Value> {
-    let json = out_dir().join("long.json");
+    let json = bench_dir().join("long.json");
     let _ = std::fs::remove_file(&json);
     let mut tracer = Command::new(bin)
         .args(["--no-tui", "--duration", &secs.to_string(), "--json"])
@@ -96,7 +68,7 @@ fn long(bin: &Path, secs: u64) -> Result<Value> {
         .stderr(Stdio::null())
         .spawn()?;
     let pid = tracer.id();
-    wait_header(&json)?;
+    wait_for_header(&json, Duration::from_secs(60))?;
     let started = Instant::now();
     let mut samples = Vec::new();
     for at in [10, secs / 2, secs - 2] {
@@ -151,7 +123,7 @@ fn start_workload(bin: &Path, name: &str, n: u64) -> Result<Child> {
 /// pty from `script`); returns peak RSS, CPU per tick while the workload sleeps,
 /// the time from its exit to rmaptrace's, and the summary.
 fn traced_by_pid(bin: &Path, name: &str, n: u64, tui: bool) -> Result<Value> {
-    let json = out_dir().join(format!(
+    let json = bench_dir().join(format!(
         "{name}-{n}-{}.json",
         if tui { "tui" } else { "text" }
     ));
@@ -178,7 +150,7 @@ fn traced_by_pid(bin: &Path, name: &str, n: u64, tui: bool) -> Result<Value> {
             .stderr(Stdio::null())
             .spawn()?
     };
-    wait_header(&json)?;
+    wait_for_header(&json, Duration::from_secs(60))?;
     // The rmaptrace process (under script, its child).
     let rmaptrace = if tui {
         let started = Instant::now();
@@ -203,9 +175,9 @@ fn traced_by_pid(bin: &Path, name: &str, n: u64, tui: bool) -> Result<Value> {
     let report: Value = serde_json::from_str(&lines.next().context("no report")??)?;
     // Let the tracer catch up, then measure a sleeping process's ticks.
     std::thread::sleep(Duration::from_secs(3));
-    let (cpu0, t0) = (cpu_s(rmaptrace), Instant::now());
+    let (cpu0, t0) = (cpu_seconds(rmaptrace), Instant::now());
     std::thread::sleep(Duration::from_secs(5));
-    let (cpu1, t1) = (cpu_s(rmaptrace), Instant::now());
+    let (cpu1, t1) = (cpu_seconds(rmaptrace), Instant::now());
     let ticks = (t1 - t0).as_secs_f64() / 0.5;
     let ms_per_tick = (cpu1 - cpu0) * 1000.0 / ticks;
     stdin.write_all(b"\n")?;
@@ -226,7 +198,7 @@ fn traced_by_pid(bin: &Path, name: &str, n: u64, tui: bool) -> Result<Value> {
 }
 
 pub fn run(bin: &Path) -> Result<Value> {
-    std::fs::create_dir_all(out_dir())?;
+    std::fs::create_dir_all(bench_dir())?;
     let long = long(bin, 60)?;
     let mut vmas = Vec::new();
     for (n, tui) in [(1_000, false), (200_000, false), (200_000, true)] {

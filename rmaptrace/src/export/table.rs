@@ -13,8 +13,9 @@ fn ns(v: Option<u64>) -> String {
 }
 
 /// Renders the summary: the first line says what may be missing (events lost,
-/// full tables) and why the trace ended; then the `max_procs` busiest processes
-/// with `max_vmas` rows each, the busiest first.
+/// full tables) and why the trace ended; then the first `max_procs` processes
+/// (the summary lists the busiest first) with `max_vmas` rows each, the busiest
+/// first.
 pub fn render(s: &Summary, max_procs: usize, max_vmas: usize) -> String {
     let mut out = String::new();
     let t = &s.totals;
@@ -38,9 +39,8 @@ pub fn render(s: &Summary, max_procs: usize, max_vmas: usize) -> String {
             .map(|r| format!("; ended: {r}"))
             .unwrap_or_default()
     );
-    let mut procs: Vec<_> = s.processes.iter().collect();
-    procs.sort_by(|a, b| b.faults.total.cmp(&a.faults.total).then(a.pid.cmp(&b.pid)));
-    for p in procs.iter().take(max_procs) {
+    let procs = &s.processes[..s.processes.len().min(max_procs)];
+    for p in procs {
         let kernel = match &p.kernel {
             Some(k) => format!("kernel minflt {} majflt {}", k.minflt, k.majflt),
             None => "kernel counts unknown".into(),
@@ -94,10 +94,8 @@ pub fn render(s: &Summary, max_procs: usize, max_vmas: usize) -> String {
             let _ = writeln!(out, "  ... {more} more VMAs in the JSON export");
         }
     }
-    let shown: u64 = procs.iter().take(max_procs).map(|p| p.faults.total).sum();
-    let hidden = t
-        .processes
-        .saturating_sub(procs.len().min(max_procs) as u64);
+    let shown: u64 = procs.iter().map(|p| p.faults.total).sum();
+    let hidden = t.processes.saturating_sub(procs.len() as u64);
     if hidden > 0 {
         let _ = writeln!(
             out,

@@ -151,7 +151,8 @@ pub struct Summary {
     pub end_reason: Option<String>,
     pub totals: Totals,
     /// Processes still traced, and the busiest and latest of those that exited
-    /// (every process is in the export as its own `process` record).
+    /// (every process is in the export as its own `process` record); the
+    /// busiest first.
     #[serde(skip)]
     pub processes: Vec<ProcessSummary>,
 }

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use rmaptrace_common::{
-    access, event_kind, vma_status, FaultEvent, MmapExitEvent, SyscallEvent, UnresolvedFault,
-    VmaInfo, VmaRecord,
+    access, event_kind, vma_status, FaultEvent, FaultKey, MmapExitEvent, SyscallEvent,
+    UnresolvedFault, VmaInfo, VmaRecord,
 };
 use serde::Serialize;
 
@@ -122,7 +122,7 @@ pub struct Trace {
 pub struct Retired {
     pub pid: u32,
     /// Its aggregate rows.
-    pub rows: Vec<rmaptrace_common::FaultKey>,
+    pub rows: Vec<FaultKey>,
     /// Its lifetimes, with their VMA structs.
     pub lives: Vec<(u64, u64)>,
     pub summary: Option<ProcessSummary>,
@@ -274,12 +274,11 @@ impl Trace {
     /// The state of the process that has `pid` at `ts`: a process whose pid
     /// belonged to one that exited before is another process.
     fn state_mut(&mut self, pid: u32, ts: u64) -> &mut ProcessState {
-        let reused = !self.newborn.contains_key(&pid)
-            && self
-                .processes
-                .get(&pid)
-                .and_then(|p| p.exit_ns)
-                .is_some_and(|exit| ts > exit);
+        let reused = self
+            .processes
+            .get(&pid)
+            .and_then(|p| p.exit_ns)
+            .is_some_and(|exit| ts > exit);
         if reused || self.newborn.contains_key(&pid) {
             return self.newborn.entry(pid).or_default();
         }
@@ -891,21 +890,17 @@ impl Trace {
         }
     }
 
-    /// Whether a row of `pid` belongs to the process that has the pid now. A pid
-    /// is reused only after its process exited: a row first seen (its lifetime)
-    /// or last counted (rows without one) by then is the exited process's, and
-    /// is left out once that process was retired and until its rows are freed.
-    fn row_is_current(
-        &self,
-        pid: u32,
-        life: Option<u64>,
-        totals: &FaultTotals,
-        records: &HashMap<u64, &VmaRecord>,
-    ) -> bool {
-        let at = match life.and_then(|l| records.get(&l)) {
-            Some(r) => r.first_ns,
-            None => totals.last_ns,
-        };
+    /// Lifetime descriptions of the latest snapshot, by id.
+    fn records(&self) -> HashMap<u64, &VmaRecord> {
+        self.snapshot.vmas.iter().map(|(k, v)| (*k, v)).collect()
+    }
+
+    /// Whether something of `pid` seen at `at` (a row's lifetime's first
+    /// sighting, see [`row_time`]) belongs to the process that has the pid now.
+    /// A pid is reused only after its process exited: what was seen by then is
+    /// the exited process's, and is left out once that process was retired and
+    /// until its rows are freed.
+    fn is_current(&self, pid: u32, at: u64) -> bool {
         if let Some(&exit) = self.retired_until.get(&pid) {
             return at > exit;
         }
@@ -918,18 +913,20 @@ impl Trace {
 
     /// The summaries of the processes in the latest snapshot (only those in
     /// `only`, when given) and of the targets, retired processes left out.
-    fn process_summaries(&self, only: Option<&[u32]>) -> Vec<ProcessSummary> {
+    fn process_summaries(
+        &self,
+        only: Option<&[u32]>,
+        records: &HashMap<u64, &VmaRecord>,
+    ) -> Vec<ProcessSummary> {
         let only: Option<std::collections::HashSet<u32>> =
             only.map(|o| o.iter().copied().collect());
         let wanted = |pid: &u32| only.as_ref().is_none_or(|o| o.contains(pid));
         let mut by_pid: BTreeMap<u32, ProcessRows> = BTreeMap::new();
-        let records: HashMap<u64, &VmaRecord> =
-            self.snapshot.vmas.iter().map(|(k, v)| (*k, v)).collect();
         for (key, totals) in self.snapshot.faults.iter().filter(|(k, _)| wanted(&k.tgid)) {
-            let life = (key.vma_status == vma_status::FOUND && key.life != 0).then_some(key.life);
-            if !self.row_is_current(key.tgid, life, totals, &records) {
+            if !self.is_current(key.tgid, row_time(key, totals, records)) {
                 continue;
             }
+            let life = row_life(key);
             by_pid
                 .entry(key.tgid)
                 .or_default()
@@ -1038,21 +1035,28 @@ impl Trace {
         if exited.is_empty() {
             return Vec::new();
         }
-        let summaries = self.process_summaries(Some(&exited));
-        let exit_of = |pid: u32| self.processes.get(&pid).and_then(|p| p.exit_ns);
+        let records = self.records();
+        let summaries = self.process_summaries(Some(&exited), &records);
+        // What the summaries counted is what is freed: the exited processes'
+        // own rows and lifetimes (a reused pid's later ones are not theirs).
+        let exited_own = |pid: u32, at: u64| {
+            self.processes
+                .get(&pid)
+                .is_some_and(|p| p.exit_ns.is_some())
+                && self.is_current(pid, at)
+        };
         let mut lives_of: HashMap<u32, Vec<(u64, u64)>> = HashMap::new();
         for (life, r) in &self.snapshot.vmas {
-            if exit_of(r.tgid).is_some_and(|e| r.first_ns <= e) {
+            if exited_own(r.tgid, r.first_ns) {
                 lives_of
                     .entry(r.tgid)
                     .or_default()
                     .push((*life, r.info.vma));
             }
         }
-        // Rows counted before the exit (a reused pid's later rows are not its).
-        let mut rows_of: HashMap<u32, Vec<rmaptrace_common::FaultKey>> = HashMap::new();
+        let mut rows_of: HashMap<u32, Vec<FaultKey>> = HashMap::new();
         for (key, t) in &self.snapshot.faults {
-            if exit_of(key.tgid).is_some_and(|e| t.last_ns <= e) {
+            if exited_own(key.tgid, row_time(key, t, &records)) {
                 rows_of.entry(key.tgid).or_default().push(*key);
             }
         }
@@ -1090,12 +1094,12 @@ impl Trace {
 
     /// What the model holds, for the debug log of a long trace.
     pub fn held(&self) -> String {
-        let origins: usize = self.processes.values().map(|p| p.unmaps.len()).sum();
+        let unmaps: usize = self.processes.values().map(|p| p.unmaps.len()).sum();
         format!(
             "{} processes ({} newborn, {} unmaps), {} syscalls pending, {} unresolved, {} kept, {} event VMAs",
             self.processes.len(),
             self.newborn.len(),
-            origins,
+            unmaps,
             self.pending.len(),
             self.unresolved.len(),
             self.kept.len(),
@@ -1145,7 +1149,7 @@ impl Trace {
     /// The trace so far: every process still traced, the exited ones kept in
     /// memory, and totals over all of them.
     pub fn summary(&self, now_ns: u64) -> Summary {
-        let mut processes = self.process_summaries(None);
+        let mut processes = self.process_summaries(None, &self.records());
         let mut totals = self.exited_totals.clone();
         for p in &processes {
             totals.add(p);
@@ -1166,6 +1170,21 @@ impl Trace {
             totals,
             processes,
         }
+    }
+}
+
+/// The lifetime a row counts faults of; None when no VMA was found.
+fn row_life(key: &FaultKey) -> Option<u64> {
+    (key.vma_status == vma_status::FOUND && key.life != 0).then_some(key.life)
+}
+
+/// When a row was first seen: its lifetime's first sighting, or (rows without
+/// one) its latest fault. Which of two processes with one pid a row is of
+/// follows from it.
+fn row_time(key: &FaultKey, totals: &FaultTotals, records: &HashMap<u64, &VmaRecord>) -> u64 {
+    match row_life(key).and_then(|l| records.get(&l)) {
+        Some(r) => r.first_ns,
+        None => totals.last_ns,
     }
 }
 
