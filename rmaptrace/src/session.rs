@@ -404,15 +404,19 @@ async fn trace(
 
     // Everything the programs sent so far, then the programs stopped: the final
     // snapshot's counts and kernel counters are then of one instant.
+    let ending = std::time::Instant::now();
     drain(ring.get_mut(), &mut trace, &mut out)?;
     probes.stop();
     drain(ring.get_mut(), &mut trace, &mut out)?;
+    log::debug!("end: drained by {:?}", ending.elapsed());
     trace.set_snapshot(probes.snapshot()?);
+    log::debug!("end: tables read by {:?}", ending.elapsed());
     if swap_in_use() {
         trace.set_swap_in_use(true);
     }
     let mut summary = trace.summary(monotonic_ns());
     summary.end_reason = Some(end_reason.clone());
+    log::debug!("end: summarised by {:?}", ending.elapsed());
     for p in summary.processes.iter().filter(|p| !p.written) {
         out.process(p)?;
     }
@@ -420,6 +424,7 @@ async fn trace(
         j.write_streamed(&summary)?;
         j.flush()?;
     }
+    log::debug!("end: written by {:?}", ending.elapsed());
     let text = table::render(&summary, 20, 20);
     if live.used_tui() {
         eprintln!(

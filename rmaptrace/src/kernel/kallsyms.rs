@@ -1,74 +1,147 @@
 //! Names kernel text addresses from /proc/kallsyms, modules included, so a VMA's
 //! `vm_ops->fault` pointer becomes `shmem_fault` or `kvm_vcpu_fault [kvm]`.
 //! A handler's address is taken for the ops table, so it always has a symbol.
-use std::collections::HashMap;
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Symbol {
-    pub name: String,
+//!
+//! Only function symbols are kept, in one name buffer with a 16-byte entry each:
+//! a 6.x kernel has over 100k of them, and a String per name cost 16 MB for as
+//! long as the trace runs.
+use std::io::BufRead;
+
+/// A function symbol: its name and, for a loadable module's, the module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Symbol<'a> {
+    pub name: &'a str,
     /// Module name for symbols of loadable modules, None for vmlinux.
-    pub module: Option<String>,
+    pub module: Option<&'a str>,
 }
+
+/// Where a name lies in the name buffer, and its module (an index into the
+/// module list, NO_MODULE for vmlinux).
+#[derive(Clone, Copy)]
+struct Entry {
+    addr: u64,
+    name_at: u32,
+    name_len: u16,
+    module: u16,
+}
+
+const NO_MODULE: u16 = u16::MAX;
 
 #[derive(Default)]
 pub struct Kallsyms {
-    /// Text symbols sorted by address.
-    text: Vec<(u64, Symbol)>,
-    /// How often each name occurs: kallsyms has duplicates (two `do_fault` in
-    /// Debian's 6.1, one an IOMMU driver's), and a kprobe by name must be unique.
-    name_count: HashMap<String, u32>,
+    /// Function symbols sorted by address.
+    text: Vec<Entry>,
+    names: String,
+    modules: Vec<String>,
 }
 
 impl Kallsyms {
     pub fn load() -> std::io::Result<Self> {
-        Ok(Self::parse(&std::fs::read_to_string("/proc/kallsyms")?))
+        let file = std::fs::File::open("/proc/kallsyms")?;
+        Self::read(std::io::BufReader::with_capacity(1 << 16, file))
     }
 
-    pub fn parse(text: &str) -> Self {
+    /// Parses kallsyms line by line, as bytes (the whole file is ~10 MB).
+    pub fn read(mut input: impl BufRead) -> std::io::Result<Self> {
         let mut syms = Self::default();
-        for line in text.lines() {
-            let mut it = line.split_whitespace();
-            let (Some(addr), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else {
-                continue;
-            };
-            if !matches!(kind, "t" | "T" | "w" | "W") {
-                continue;
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            if input.read_until(b'\n', &mut line)? == 0 {
+                break;
             }
-            let Ok(addr) = u64::from_str_radix(addr, 16) else {
-                continue;
-            };
-            let module = it
-                .next()
-                .map(|m| m.trim_start_matches('[').trim_end_matches(']').to_string());
-            *syms.name_count.entry(name.to_string()).or_default() += 1;
-            syms.text.push((
-                addr,
-                Symbol {
-                    name: name.to_string(),
-                    module,
-                },
-            ));
+            syms.add_line(&line);
         }
-        syms.text.sort_by_key(|(a, _)| *a);
-        syms
+        syms.text.sort_by_key(|e| e.addr);
+        syms.text.shrink_to_fit();
+        syms.names.shrink_to_fit();
+        Ok(syms)
+    }
+
+    #[cfg(test)]
+    pub fn parse(text: &str) -> Self {
+        Self::read(text.as_bytes()).expect("reading from memory")
+    }
+
+    fn add_line(&mut self, line: &[u8]) {
+        let mut it = line
+            .split(|c| c.is_ascii_whitespace())
+            .filter(|f| !f.is_empty());
+        let (Some(addr), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else {
+            return;
+        };
+        if !matches!(kind, b"t" | b"T" | b"w" | b"W") {
+            return;
+        }
+        let (Ok(addr), Ok(name)) = (
+            std::str::from_utf8(addr).map(|a| u64::from_str_radix(a, 16)),
+            std::str::from_utf8(name),
+        ) else {
+            return;
+        };
+        let Ok(addr) = addr else { return };
+        let (Ok(name_at), Ok(name_len)) =
+            (u32::try_from(self.names.len()), u16::try_from(name.len()))
+        else {
+            return;
+        };
+        let module = match it.next().map(|m| m.strip_prefix(b"[").unwrap_or(m)) {
+            Some(m) => {
+                let m = String::from_utf8_lossy(m.strip_suffix(b"]").unwrap_or(m));
+                match self.modules.iter().rposition(|known| *known == m) {
+                    Some(i) => i as u16,
+                    None if self.modules.len() < NO_MODULE as usize => {
+                        self.modules.push(m.into_owned());
+                        (self.modules.len() - 1) as u16
+                    }
+                    None => return,
+                }
+            }
+            None => NO_MODULE,
+        };
+        self.names.push_str(name);
+        self.text.push(Entry {
+            addr,
+            name_at,
+            name_len,
+            module,
+        });
+    }
+
+    fn symbol(&self, e: &Entry) -> Symbol<'_> {
+        let at = e.name_at as usize;
+        Symbol {
+            name: &self.names[at..at + e.name_len as usize],
+            module: self.modules.get(e.module as usize).map(String::as_str),
+        }
     }
 
     /// Whether kallsyms is readable with real addresses (kptr_restrict zeroes them).
     pub fn has_addresses(&self) -> bool {
-        self.text.iter().any(|(a, _)| *a != 0)
+        self.text.iter().any(|e| e.addr != 0)
     }
 
     /// The symbol that starts exactly at `addr`: function pointers point at starts.
-    pub fn exact(&self, addr: u64) -> Option<&Symbol> {
+    pub fn exact(&self, addr: u64) -> Option<Symbol<'_>> {
         if addr == 0 {
             return None;
         }
-        let i = self.text.partition_point(|(a, _)| *a < addr);
-        self.text.get(i).filter(|(a, _)| *a == addr).map(|(_, s)| s)
+        let i = self.text.partition_point(|e| e.addr < addr);
+        self.text
+            .get(i)
+            .filter(|e| e.addr == addr)
+            .map(|e| self.symbol(e))
     }
 
-    /// How many text symbols carry this name (0: absent or inlined everywhere).
+    /// How many text symbols carry this name (0: absent or inlined everywhere):
+    /// kallsyms has duplicates (two `do_fault` in Debian's 6.1, one an IOMMU
+    /// driver's), and a kprobe by name must be unique. Asked only while
+    /// choosing the probes, so a scan is cheaper than an index kept all along.
     pub fn count(&self, name: &str) -> u32 {
-        self.name_count.get(name).copied().unwrap_or(0)
+        self.text
+            .iter()
+            .filter(|e| self.symbol(e).name == name)
+            .count() as u32
     }
 }
 
@@ -89,9 +162,10 @@ ffffffffc0b00000 t do_fault\t[amd_iommu]
     fn names_handlers_with_their_module() {
         let k = Kallsyms::parse(SAMPLE);
         assert_eq!(k.exact(0xffffffff815cdc10).unwrap().name, "shmem_fault");
+        assert_eq!(k.exact(0xffffffff815cdc10).unwrap().module, None);
         let demo = k.exact(0xffffffffc0a01000).unwrap();
         assert_eq!(demo.name, "rmapdemo_fault");
-        assert_eq!(demo.module.as_deref(), Some("rmapdemo"));
+        assert_eq!(demo.module, Some("rmapdemo"));
         assert_eq!(k.exact(0xffffffff815a71c1), None, "not a function start");
         assert_eq!(k.exact(0), None);
         assert_eq!(k.count("do_fault"), 2, "ambiguous: not attachable by name");

@@ -4,6 +4,7 @@
 pub mod kind;
 pub mod origins;
 pub mod path;
+pub mod small_map;
 pub mod snapshot;
 pub mod summary;
 pub mod syscalls;

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-use super::snapshot::Counters;
+use super::{small_map::SmallMap, snapshot::Counters};
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct FaultCounts {
@@ -59,7 +59,7 @@ pub struct VmaSummary {
     pub faults: u64,
     pub minor: u64,
     pub major: u64,
-    pub paths: BTreeMap<&'static str, u64>,
+    pub paths: SmallMap<&'static str, u64>,
     pub latency_ns: Latency,
     /// Time inside `vm_ops->fault`, where the backend probes `__do_fault`.
     pub handler_time: Option<HandlerTime>,

@@ -14,6 +14,7 @@ use super::{
     kind::{char_device, classify, prot_string, Kind},
     origins::{Origin, Origins},
     path,
+    small_map::SmallMap,
     snapshot::{FaultTotals, Snapshot},
     summary::{
         FaultCounts, HandlerTime, KernelCounts, Latency, ProcessSummary, Summary, Totals,
@@ -25,6 +26,7 @@ use crate::{
     bpf::events::{c_str, kernel_path, Event},
     kernel::{kallsyms::Kallsyms, procfs::ProcSource},
 };
+use candidates::{Candidate, Candidates};
 
 /// One completed fault as exported with `--events`.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -136,42 +138,7 @@ const KEEP_LATEST: usize = 32;
 const KEEP_VMAS: usize = 64;
 
 /// Rows of one process: lifetime (None: no VMA found) → (access, path) → counts.
-type ProcessRows = BTreeMap<Option<u64>, BTreeMap<(u8, u8), FaultTotals>>;
-
-/// A lifetime as a candidate for a fault the kernel could not look up: the range
-/// it had, and the span in which it surely held that range.
-struct Candidate {
-    life: u64,
-    start: u64,
-    end: u64,
-    from_ns: u64,
-    to_ns: u64,
-    /// Its `vm_lock_seq` when last looked up (unchanged until `to_ns`).
-    lock_seq: u32,
-    /// The range when last looked up, which `lock_seq` vouches for.
-    seen_start: u64,
-    seen_end: u64,
-}
-
-impl Candidate {
-    /// Whether it surely held `u`'s address when `u` completed.
-    fn held(&self, u: &UnresolvedFault) -> bool {
-        let ts = u.header.ts_ns;
-        if ts > self.to_ns {
-            return false;
-        }
-        if u.has_mm_seq != 0 {
-            // Per-VMA lock sequence numbers: unchanged since a write window that
-            // ended before the fault, and still so at its last counted fault.
-            // (u32::MAX: never write-locked, no age to compare.)
-            return self.lock_seq != u32::MAX
-                && (u.mm_seq.wrapping_sub(self.lock_seq) as i32) > 0
-                && self.seen_start <= u.addr
-                && u.addr < self.seen_end;
-        }
-        self.start <= u.addr && u.addr < self.end && self.from_ns <= ts
-    }
-}
+type ProcessRows = BTreeMap<Option<u64>, SmallMap<(u8, u8), FaultTotals>>;
 
 fn hex(v: u64) -> String {
     format!("{v:#x}")
@@ -294,14 +261,14 @@ impl Trace {
 
     fn handler_of(&self, fault_fn: u64) -> (Option<String>, Option<String>) {
         match self.symbols.exact(fault_fn) {
-            Some(sym) => (Some(sym.name.clone()), sym.module.clone()),
+            Some(sym) => (Some(sym.name.to_string()), sym.module.map(str::to_string)),
             None if fault_fn != 0 => (Some(hex(fault_fn)), None),
             None => (None, None),
         }
     }
 
     fn kind_of(&self, info: &VmaInfo) -> Kind {
-        let handler = self.symbols.exact(info.fault_fn).map(|s| s.name.as_str());
+        let handler = self.symbols.exact(info.fault_fn).map(|s| s.name);
         classify(info, handler)
     }
 
@@ -704,7 +671,7 @@ impl Trace {
         if self.unresolved.is_empty() {
             return resolved;
         }
-        let mut candidates: HashMap<u32, Vec<Candidate>> = HashMap::new();
+        let mut by_process: HashMap<u32, Vec<Candidate>> = HashMap::new();
         for (life, rec) in &self.snapshot.vmas {
             let Some(rows) = by_pid.get(&rec.tgid).and_then(|g| g.get(&Some(*life))) else {
                 continue;
@@ -714,7 +681,7 @@ impl Trace {
             let from_ns = self
                 .origin_of(rec.tgid, rec.info.vm_start, rec.first_ns)
                 .map_or(rec.first_ns, |o| o.ts_ns);
-            candidates.entry(rec.tgid).or_default().push(Candidate {
+            by_process.entry(rec.tgid).or_default().push(Candidate {
                 life: *life,
                 start,
                 end,
@@ -725,14 +692,14 @@ impl Trace {
                 seen_end: rec.info.vm_end,
             });
         }
+        let candidates: HashMap<u32, Candidates> = by_process
+            .into_iter()
+            .map(|(pid, all)| (pid, Candidates::new(all)))
+            .collect();
         for u in &self.unresolved {
             let pid = u.header.tgid;
             let ts = u.header.ts_ns;
-            let mut holders = candidates
-                .get(&pid)
-                .into_iter()
-                .flatten()
-                .filter(|c| c.held(u));
+            let mut holders = candidates.get(&pid).into_iter().flat_map(|c| c.holders(u));
             let (Some(c), None) = (holders.next(), holders.next()) else {
                 continue;
             };
@@ -753,8 +720,7 @@ impl Trace {
             let to = groups
                 .entry(Some(c.life))
                 .or_default()
-                .entry(row)
-                .or_default();
+                .entry_or_default(row);
             from.move_one(to, u.major != 0, latency, ts);
             if from.total() > 0 {
                 groups.entry(None).or_default().insert(row, from);
@@ -804,7 +770,7 @@ impl Trace {
         rows: &[(u8, u8, &FaultTotals)],
     ) -> VmaSummary {
         let mut totals = FaultTotals::default();
-        let mut paths: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut paths: SmallMap<&'static str, u64> = SmallMap::default();
         let info = life.map(|(_, r)| r.info);
         let (kind, vm_flags) = match &info {
             Some(i) => (self.kind_of(i), i.vm_flags),
@@ -817,10 +783,10 @@ impl Trace {
                     .unwrap_or_else(|| path::derive(kind, vm_flags, *acc, major, self.swap_in_use))
             };
             if t.minor > 0 {
-                *paths.entry(name(false)).or_default() += t.minor;
+                *paths.entry_or_default(name(false)) += t.minor;
             }
             if t.major > 0 {
-                *paths.entry(name(true)).or_default() += t.major;
+                *paths.entry_or_default(name(true)) += t.major;
             }
         }
         let (handler, module) = info
@@ -932,8 +898,7 @@ impl Trace {
                 .or_default()
                 .entry(life)
                 .or_default()
-                .entry((key.access, key.path))
-                .or_default()
+                .entry_or_default((key.access, key.path))
                 .merge(totals);
         }
         let resolved = self.resolve(&mut by_pid);
@@ -958,7 +923,7 @@ impl Trace {
         for pid in pids {
             let empty = BTreeMap::new();
             let groups = by_pid.get(&pid).unwrap_or(&empty);
-            let mut vmas = Vec::new();
+            let mut vmas = Vec::with_capacity(groups.len());
             let mut by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
             let mut faults = FaultCounts::default();
             // One row per mapping lifetime: a VMA that grew, shrank or had part
@@ -1192,21 +1157,35 @@ fn row_time(key: &FaultKey, totals: &FaultTotals, records: &HashMap<u64, &VmaRec
 /// marked mapped whose last known range overlaps a lifetime first seen later had
 /// changed (split, or unmapped unseen) before that one appeared, so it ended by
 /// then at the latest.
+///
+/// `vmas` is sorted by start address. The lifetimes overlapping one are those
+/// after it that start before its end, and those before it whose end (the
+/// running maximum, `reach`) passes its start: the walk stops where no other
+/// can, so it costs the overlaps, not the process's whole list.
 fn end_superseded(vmas: &mut [VmaSummary]) {
-    let range = |v: &VmaSummary| (v.start_addr, v.end_addr);
+    let reach: Vec<u64> = vmas
+        .iter()
+        .scan(0, |hi, v| {
+            *hi = v.end_addr.max(*hi);
+            Some(*hi)
+        })
+        .collect();
     for i in 0..vmas.len() {
         let (Some(first), None) = (vmas[i].first_seen_ns, vmas[i].unmapped_ns) else {
             continue;
         };
-        let (s, e) = range(&vmas[i]);
-        let superseded = vmas
-            .iter()
-            .filter(|o| o.life.is_some() && o.first_seen_ns.is_some_and(|f| f > first))
-            .filter(|o| {
-                let (os, oe) = range(o);
-                os < e && s < oe
-            })
+        let (s, e) = (vmas[i].start_addr, vmas[i].end_addr);
+        let after = vmas[i + 1..].iter().take_while(|o| o.start_addr < e);
+        let before = (0..i)
+            .rev()
+            .take_while(|&j| reach[j] > s)
+            .map(|j| &vmas[j])
+            .filter(|o| o.end_addr > s);
+        let superseded = after
+            .chain(before)
+            .filter(|o| o.life.is_some())
             .filter_map(|o| o.first_seen_ns)
+            .filter(|&f| f > first)
             .min();
         if superseded.is_some() {
             vmas[i].unmapped_ns = superseded;
@@ -1214,5 +1193,6 @@ fn end_superseded(vmas: &mut [VmaSummary]) {
     }
 }
 
+mod candidates;
 #[cfg(test)]
 mod tests;

@@ -550,3 +550,80 @@ fn an_exited_process_keeps_its_summary_after_its_rows_are_freed() {
         "unmapped when the process ended"
     );
 }
+
+/// A lifetime as `end_superseded` sees it: its range, when first seen, when
+/// unmapped.
+fn lifetime(start: u64, end: u64, first: u64, unmapped: Option<u64>) -> VmaSummary {
+    VmaSummary {
+        start: hex(start),
+        end: hex(end),
+        kind: "anon",
+        handler: None,
+        module: None,
+        file: None,
+        device: None,
+        prot: "rw-p".into(),
+        origin: None,
+        life: Some(first),
+        first_seen_ns: Some(first),
+        mapped_ns: None,
+        unmapped_ns: unmapped,
+        faults: 1,
+        minor: 1,
+        major: 0,
+        paths: SmallMap::default(),
+        latency_ns: Latency::default(),
+        handler_time: None,
+        start_addr: start,
+        end_addr: end,
+        key: first,
+        latency_hist: Hist::default(),
+    }
+}
+
+/// The sweep ends the same lifetimes, at the same times, as comparing every
+/// pair: on address reuse, splits, one large mapping under many small ones.
+#[test]
+fn superseded_lifetimes_end_as_pairwise_comparison_says() {
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    for round in 0..50 {
+        let mut vmas: Vec<VmaSummary> = (0..60)
+            .map(|i| {
+                let start = next(64) * 0x1000;
+                let len = if i == 0 {
+                    0x40_000
+                } else {
+                    (1 + next(4)) * 0x1000
+                };
+                let unmapped = (next(3) == 0).then(|| 1000 + next(100));
+                lifetime(start, start + len, 1 + next(1000) * 2 + i, unmapped)
+            })
+            .collect();
+        vmas.sort_by_key(|v| (v.start_addr, v.first_seen_ns));
+        let mut want = vmas.clone();
+        for i in 0..want.len() {
+            let (Some(first), None) = (want[i].first_seen_ns, want[i].unmapped_ns) else {
+                continue;
+            };
+            let (s, e) = (want[i].start_addr, want[i].end_addr);
+            let later = want
+                .iter()
+                .filter(|o| o.first_seen_ns.is_some_and(|f| f > first))
+                .filter(|o| o.start_addr < e && s < o.end_addr)
+                .filter_map(|o| o.first_seen_ns)
+                .min();
+            if later.is_some() {
+                want[i].unmapped_ns = later;
+            }
+        }
+        end_superseded(&mut vmas);
+        let ends = |v: &[VmaSummary]| v.iter().map(|v| v.unmapped_ns).collect::<Vec<_>>();
+        assert_eq!(ends(&vmas), ends(&want), "round {round}");
+    }
+}
