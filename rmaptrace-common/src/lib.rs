@@ -310,6 +310,9 @@ pub mod event_kind {
 
 pub const COMM_LEN: usize = 16;
 
+/// Names `--comm` can match at once (the COMMS map's size).
+pub const MAX_COMMS: u32 = 64;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EventHeader {

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use rmaptrace_common::{
     counter, Config, FaultKey, FaultStats, KernelOffsets, ProcStats, ThreadAcct, VmaRecord,
-    COMM_LEN,
+    COMM_LEN, MAX_COMMS,
 };
 
 /// Written by userspace before load (`EbpfLoader::set_global`).
@@ -90,7 +90,7 @@ pub static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
 /// Process names that `--comm` asked for; an exec of one adds the process to TRACED.
 #[map]
-pub static COMMS: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(64, 0);
+pub static COMMS: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(MAX_COMMS, 0);
 
 /// Fault entry time and access of each thread, consumed at completion. A plain
 /// hash, not an LRU one: LRU maps evict live entries before they are full, which

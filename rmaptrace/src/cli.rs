@@ -112,6 +112,7 @@ pub struct TraceArgs {
     #[arg(long, default_value_t = 8, value_name = "MIB")]
     pub ring_mib: u32,
     /// Command to run and trace from its first instruction; rmaptrace exits with its status.
+    /// (Taken as bytes: a program's name need not be UTF-8.)
     #[arg(last = true, value_name = "CMD")]
-    pub command: Vec<String>,
+    pub command: Vec<std::ffi::OsString>,
 }

@@ -2,7 +2,6 @@
 //! driver. session.rs calls in at five points: start, the command's stdio, each
 //! tick, the stop arm of its select, and the end.
 use std::{
-    fs::File,
     io::IsTerminal,
     path::PathBuf,
     process::{Command, Stdio},
@@ -45,7 +44,12 @@ fn title(args: &TraceArgs, demo: bool) -> String {
         return "rmaptrace demo: every mapping kind, side by side".into();
     }
     if !args.command.is_empty() {
-        return format!("rmaptrace -- {}", args.command.join(" "));
+        let words: Vec<String> = args
+            .command
+            .iter()
+            .map(|w| crate::text::from_bytes(std::os::unix::ffi::OsStrExt::as_bytes(w.as_os_str())))
+            .collect();
+        return crate::text::visible(&format!("rmaptrace -- {}", words.join(" "))).into_owned();
     }
     let mut t = String::from("rmaptrace");
     for p in &args.pids {
@@ -103,9 +107,12 @@ impl Live {
         if self.ui.is_none() {
             return Ok(());
         }
-        let path =
-            std::env::temp_dir().join(format!("rmaptrace-{}-output.log", std::process::id()));
-        let out = File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        // A private directory: the name cannot be predicted and planted.
+        let path = crate::files::private_dir("rmaptrace-")
+            .map(|d| d.join("output.log"))
+            .context("creating a directory for the command's output")?;
+        let out = crate::files::create_new(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
         cmd.stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
@@ -132,8 +139,11 @@ impl Live {
             notes.extend(d.notes());
             labels = d.labels();
         }
+        // The screen shows names chosen by the traced processes: escaped.
+        let mut summary = trace.summary(monotonic_ns());
+        summary.escape_for_terminal();
         ui.publish(Update {
-            summary: trace.summary(monotonic_ns()),
+            summary,
             notes,
             labels,
             title: self.title.clone(),

@@ -8,9 +8,11 @@
 mod bpf;
 mod cli;
 mod export;
+mod files;
 mod kernel;
 mod model;
 mod session;
+mod text;
 mod workload;
 // Live screen and demo.
 mod demo;

@@ -3,7 +3,14 @@
 //! drain the ring buffer and write the summary.
 use anyhow::{bail, Context, Result};
 use aya::maps::{MapData, RingBuf};
-use std::{os::unix::process::ExitStatusExt, path::Path, time::Duration};
+use std::{
+    os::{
+        fd::AsFd,
+        unix::{ffi::OsStrExt, process::ExitStatusExt},
+    },
+    path::Path,
+    time::Duration,
+};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{signal, SignalKind},
@@ -75,6 +82,12 @@ pub fn probe(backend: Backend) -> Result<i32> {
     Ok(0)
 }
 
+/// Names the kernel's comm table holds.
+const MAX_COMMS: usize = rmaptrace_common::MAX_COMMS as usize;
+/// The largest ring buffer: the kernel maps it twice into rmaptrace.
+const MAX_RING_MIB: u32 = 1024;
+const MAX_DURATION_S: f64 = 1e9;
+
 /// Checks that need nothing attached, in the order a user would fix them.
 fn preflight(args: &TraceArgs, procfs: &dyn ProcSource) -> Result<()> {
     check_privileges_and_btf()?;
@@ -82,21 +95,43 @@ fn preflight(args: &TraceArgs, procfs: &dyn ProcSource) -> Result<()> {
         if !procfs.alive(pid) {
             bail!("no running process with pid {pid}: check it with `ps -p {pid}`");
         }
+        if procfs.stat(pid).is_some_and(|s| s.kernel_thread) {
+            bail!("pid {pid} is a kernel thread: it has no user memory to fault on; give a user process's pid");
+        }
+    }
+    if args.comms.iter().any(|c| c.is_empty()) {
+        bail!("--comm needs a process name, as `ps -o comm` shows it");
+    }
+    if args.comms.len() > MAX_COMMS {
+        bail!(
+            "at most {MAX_COMMS} --comm names, not {}: trace fewer names at once",
+            args.comms.len()
+        );
     }
     if let Some(cmd) = args.command.first() {
-        if which(cmd).is_none() {
-            bail!("command not found: {cmd}: give a path or a program on PATH after `--`");
+        let shown = crate::text::visible(&crate::text::from_bytes(cmd.as_bytes())).into_owned();
+        match which(cmd) {
+            None => {
+                bail!("command not found: {shown}: give a path or a program on PATH after `--`")
+            }
+            Some(p) if !is_executable(&p) => {
+                bail!("{shown} is not executable: check its mode (chmod +x) and its mount (noexec)")
+            }
+            Some(_) => {}
         }
     }
     if args.events && args.json.is_none() {
         bail!("--events writes one JSON record per fault: add --json PATH");
     }
-    if !args.ring_mib.is_power_of_two() {
-        bail!("--ring-mib must be a power of two, not {}", args.ring_mib);
+    if !args.ring_mib.is_power_of_two() || args.ring_mib > MAX_RING_MIB {
+        bail!(
+            "--ring-mib must be a power of two from 1 to {MAX_RING_MIB}, not {}",
+            args.ring_mib
+        );
     }
     if let Some(d) = args.duration {
-        if !(d > 0.0 && d.is_finite()) {
-            bail!("--duration must be a positive number of seconds, not {d}");
+        if !(d > 0.0 && d <= MAX_DURATION_S) {
+            bail!("--duration must be a number of seconds above 0 and at most {MAX_DURATION_S:e} (about 30 years), not {d}");
         }
     }
     Ok(())
@@ -107,13 +142,21 @@ fn btf_path() -> String {
     std::env::var("RMAPTRACE_BTF").unwrap_or_else(|_| VMLINUX_BTF.to_string())
 }
 
-fn which(cmd: &str) -> Option<std::path::PathBuf> {
-    if cmd.contains('/') {
+fn which(cmd: &std::ffi::OsStr) -> Option<std::path::PathBuf> {
+    if cmd.as_bytes().contains(&b'/') {
         return Path::new(cmd).is_file().then(|| cmd.into());
     }
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|d| d.join(cmd))
         .find(|p| p.is_file())
+}
+
+fn is_executable(path: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a NUL-terminated path.
+    unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
 }
 
 fn kernel_release() -> String {
@@ -143,34 +186,53 @@ fn run_with(args: TraceArgs, demo: Option<DemoOpts>) -> Result<i32> {
     runtime.block_on(trace(args, json, demo, started))
 }
 
+/// Where the trace goes besides the screen. A write that fails (disk full, a
+/// closed pipe) closes the export and is remembered: the loop then ends the
+/// trace the way every other stop does, and says why.
 struct Outputs {
     json: Option<JsonExport>,
+    failed: Option<String>,
 }
 
 impl Outputs {
-    /// A process's whole summary, once final (it exited, or the trace ends).
-    fn process(&mut self, p: &ProcessSummary) -> Result<()> {
+    fn new(json: Option<JsonExport>) -> Self {
+        Outputs { json, failed: None }
+    }
+
+    fn write(&mut self, f: impl FnOnce(&mut JsonExport) -> Result<()>) {
         let Some(json) = &mut self.json else {
-            return Ok(());
+            return;
         };
+        if let Err(e) = f(json) {
+            json.cut_torn_line();
+            self.failed = Some(format!("{e:#}"));
+            self.json = None;
+        }
+    }
+
+    /// A process's whole summary, once final (it exited, or the trace ends).
+    fn process(&mut self, p: &ProcessSummary) {
         // Streamed: a process with 100k mappings makes a line of tens of MiB.
-        json.write_streamed(&ProcessLine {
-            kind: "process",
-            rec: p,
+        self.write(|json| {
+            json.write_streamed(&ProcessLine {
+                kind: "process",
+                rec: p,
+            })
         })
     }
 
-    fn record(&mut self, r: &Record) -> Result<()> {
-        let Some(json) = &mut self.json else {
-            return Ok(());
-        };
-        match r {
+    fn record(&mut self, r: &Record) {
+        self.write(|json| match r {
             Record::Mmap(m) => json.write(&MmapLine {
                 kind: "mmap",
                 rec: m,
             }),
             Record::Fault(f) => json.write(f),
-        }
+        })
+    }
+
+    fn flush(&mut self) {
+        self.write(|json| json.flush())
     }
 }
 
@@ -190,15 +252,14 @@ struct MmapLine<'a> {
     rec: &'a crate::model::syscalls::MmapRecord,
 }
 
-fn drain(ring: &mut RingBuf<MapData>, trace: &mut Trace, out: &mut Outputs) -> Result<()> {
+fn drain(ring: &mut RingBuf<MapData>, trace: &mut Trace, out: &mut Outputs) {
     while let Some(item) = ring.next() {
         if let Some(ev) = decode(&item) {
             if let Some(rec) = trace.on_event(ev) {
-                out.record(&rec)?;
+                out.record(&rec);
             }
         }
     }
-    Ok(())
 }
 
 async fn trace(
@@ -251,10 +312,11 @@ async fn trace(
             let Some(stat) = procfs.stat(pid) else {
                 continue;
             };
+            // The kernel keeps a comm's first 15 bytes, maybe cutting a character.
             if args
                 .comms
                 .iter()
-                .any(|c| c.get(..15.min(c.len())) == Some(stat.comm.as_str()))
+                .any(|c| crate::text::from_bytes(&c.as_bytes()[..15.min(c.len())]) == stat.comm)
             {
                 probes.trace_pid(pid, rmaptrace_common::traced::YES)?;
                 trace.add_target(pid);
@@ -263,8 +325,9 @@ async fn trace(
     }
     trace.set_swap_in_use(swap_in_use());
 
-    let mut out = Outputs { json };
+    let mut out = Outputs::new(json);
     if let Some(j) = &mut out.json {
+        j.start()?;
         j.write(&Header {
             kind: "header",
             format: FORMAT_VERSION,
@@ -290,7 +353,17 @@ async fn trace(
         let mut cmd = std::process::Command::new(program);
         cmd.args(rest);
         live.command_stdio(&mut cmd)?;
-        let child = cmd.spawn().with_context(|| format!("starting {program}"));
+        if args.json.as_deref() == Some("-") && !live.used_tui() {
+            // stdout carries the NDJSON stream: the command writes to stderr.
+            cmd.stdout(std::io::stderr().as_fd().try_clone_to_owned()?);
+        }
+        // Its status must be ours to collect, whatever our parent ignores.
+        // SAFETY: resetting a signal's disposition to the default.
+        unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
+        let child = cmd.spawn().with_context(|| {
+            let shown = crate::text::from_bytes(program.as_bytes());
+            format!("starting {}", crate::text::visible(&shown))
+        });
         probes.untrace_pid(me)?;
         let child = child?;
         trace.add_target(child.id());
@@ -303,6 +376,7 @@ async fn trace(
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let deadline = args.duration.map(Duration::from_secs_f64);
     let sleep = tokio::time::sleep(deadline.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(sleep);
@@ -326,7 +400,7 @@ async fn trace(
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &mut trace, &mut out)?;
+                drain(guard.get_inner_mut(), &mut trace, &mut out);
                 guard.clear_ready();
                 // The tree's last exit ends the trace now, not at the next tick.
                 if follows_tree && child_pid.is_none() && trace.group_exits() != group_exits {
@@ -352,7 +426,7 @@ async fn trace(
                     let retired = started.elapsed();
                     for g in &gone {
                         if let Some(p) = &g.summary {
-                            out.process(p)?;
+                            out.process(p);
                         }
                     }
                     let written = started.elapsed();
@@ -369,8 +443,10 @@ async fn trace(
                     pacer.took(started.elapsed());
                     log::debug!("model: {}", trace.held());
                 }
-                if let Some(j) = &mut out.json {
-                    j.flush()?;
+                out.flush();
+                if let Some(e) = &out.failed {
+                    stop_child = Some(libc::SIGTERM);
+                    break format!("the JSON export failed ({e})");
                 }
                 if follows_tree && child_pid.is_none() && probes.followed()? == 0 {
                     break "all traced processes exited".into();
@@ -378,6 +454,7 @@ async fn trace(
             }
             _ = sigint.recv() => { stop_child = Some(libc::SIGINT); break "interrupted (SIGINT)".into(); }
             _ = sigterm.recv() => { stop_child = Some(libc::SIGTERM); break "terminated (SIGTERM)".into(); }
+            _ = sighup.recv() => { stop_child = Some(libc::SIGHUP); break "hung up (SIGHUP)".into(); }
             _ = live.stopped() => { stop_child = Some(libc::SIGTERM); break live.stop_reason().into(); }
             _ = &mut sleep => { stop_child = Some(libc::SIGTERM); break "--duration reached".into(); }
             code = &mut exit_rx, if child_pid.is_some() => {
@@ -392,22 +469,23 @@ async fn trace(
     };
     // The terminal is given back before anything else is printed.
     let live_result = live.finish();
-    // Stopping early: pass the signal on to the command and collect its status.
-    if let (Some(pid), Some(sig)) = (child_pid, stop_child) {
-        unsafe { libc::kill(pid as i32, sig) };
-        exit_code = tokio::time::timeout(Duration::from_secs(5), &mut exit_rx)
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .unwrap_or(128 + sig);
+    // Stopping early: the command's whole tree (grandchildren and daemons
+    // included) gets the signal, and a grace period in which its events are
+    // still read; what is left then is killed. The status is the command's own.
+    if let (false, Some(sig)) = (args.command.is_empty(), stop_child) {
+        let rx = child_pid.map(|_| &mut exit_rx);
+        if let Some(code) = stop_tree(sig, &mut probes, &mut ring, &mut trace, &mut out, rx).await?
+        {
+            exit_code = code;
+        }
     }
 
     // Everything the programs sent so far, then the programs stopped: the final
     // snapshot's counts and kernel counters are then of one instant.
     let ending = std::time::Instant::now();
-    drain(ring.get_mut(), &mut trace, &mut out)?;
+    drain(ring.get_mut(), &mut trace, &mut out);
     probes.stop();
-    drain(ring.get_mut(), &mut trace, &mut out)?;
+    drain(ring.get_mut(), &mut trace, &mut out);
     log::debug!("end: drained by {:?}", ending.elapsed());
     trace.set_snapshot(probes.snapshot()?);
     log::debug!("end: tables read by {:?}", ending.elapsed());
@@ -418,12 +496,10 @@ async fn trace(
     summary.end_reason = Some(end_reason.clone());
     log::debug!("end: summarised by {:?}", ending.elapsed());
     for p in summary.processes.iter().filter(|p| !p.written) {
-        out.process(p)?;
+        out.process(p);
     }
-    if let Some(j) = &mut out.json {
-        j.write_streamed(&summary)?;
-        j.flush()?;
-    }
+    out.write(|j| j.write_streamed(&summary));
+    out.flush();
     log::debug!("end: written by {:?}", ending.elapsed());
     let text = table::render(&summary, 20, 20);
     if live.used_tui() {
@@ -440,11 +516,72 @@ async fn trace(
         );
         live_result?;
     } else if args.command.is_empty() && args.json.as_deref() != Some("-") {
-        print!("{text}");
+        // Not print!: a closed stdout (`| head`) is not a reason to panic.
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
     } else {
         eprint!("{text}");
     }
+    if let Some(e) = out.failed {
+        bail!("the JSON export failed ({e}); the trace was stopped and its table printed: free space or fix the reader of --json, then run again");
+    }
     Ok(exit_code)
+}
+
+/// How long a stopped command's tree has to exit after the signal, before
+/// what is left of it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// Signals every process the programs follow (the command's whole tree), keeps
+/// reading their events while they exit, and kills what is left after
+/// [`STOP_GRACE`]. Returns the command's status when `child` is still to be
+/// collected.
+async fn stop_tree(
+    sig: i32,
+    probes: &mut Probes,
+    ring: &mut AsyncFd<RingBuf<MapData>>,
+    trace: &mut Trace,
+    out: &mut Outputs,
+    mut child: Option<&mut tokio::sync::oneshot::Receiver<i32>>,
+) -> Result<Option<i32>> {
+    let signal_all = |probes: &Probes, sig: i32| -> Result<()> {
+        for pid in probes.followed_pids()? {
+            // SAFETY: kill(2) on a pid the kernel still lists as traced.
+            unsafe { libc::kill(pid as i32, sig) };
+        }
+        Ok(())
+    };
+    signal_all(probes, sig)?;
+    let mut code = None;
+    let mut deadline = tokio::time::Instant::now() + STOP_GRACE;
+    let mut killed = false;
+    loop {
+        let child_done = child.is_none() || code.is_some();
+        if child_done && probes.followed()? == 0 {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            if killed {
+                log::warn!("the command's tree did not exit after SIGKILL");
+                break;
+            }
+            log::warn!("the command's tree outlived {STOP_GRACE:?} after the signal: killing it");
+            signal_all(probes, libc::SIGKILL)?;
+            killed = true;
+            deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        }
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), trace, out);
+                guard.clear_ready();
+            }
+            c = async { child.as_mut().expect("checked").await }, if !child_done => {
+                code = Some(c.unwrap_or(1));
+            }
+            _ = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_millis(100))) => {}
+        }
+    }
+    Ok(code)
 }
 
 /// Hands memory freed by the BTF parsers back to the system (glibc keeps it

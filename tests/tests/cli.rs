@@ -236,3 +236,55 @@ fn forcing_a_backend_the_kernel_lacks_is_a_clear_error() {
         "use --backend auto",
     );
 }
+
+/// Every input bound: one line naming the fix, a non-zero exit, and nothing
+/// started (the command would have printed).
+#[test]
+fn input_bounds_are_refused_before_anything_starts() {
+    require_root();
+    let not_exec = temp_json("not-exec").with_extension("sh");
+    std::fs::write(&not_exec, "#!/bin/sh\necho started\n").unwrap();
+    let not_exec = not_exec.to_str().unwrap();
+    let many: Vec<String> = (0..65)
+        .flat_map(|i| ["--comm".into(), format!("c{i}")])
+        .collect();
+    let mut many: Vec<&str> = many.iter().map(String::as_str).collect();
+    many.insert(0, "--no-tui");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--no-tui", "--ring-mib", "4096", "--", "echo", "started"],
+            "--ring-mib must be a power of two from 1 to 1024",
+        ),
+        (
+            vec!["--no-tui", "--ring-mib", "3", "--", "echo", "started"],
+            "--ring-mib must be a power of two",
+        ),
+        (
+            vec!["--no-tui", "--comm", ""],
+            "--comm needs a process name",
+        ),
+        (many, "at most 64 --comm names, not 65"),
+        (vec!["--no-tui", "--pid", "2"], "pid 2 is a kernel thread"),
+        (
+            vec!["--no-tui", "--duration", "1e20", "--", "echo", "started"],
+            "--duration must be a number of seconds",
+        ),
+        (
+            vec!["--no-tui", "--duration", "0", "--", "echo", "started"],
+            "--duration must be a number of seconds",
+        ),
+        (vec!["--no-tui", "--", not_exec], "is not executable"),
+        (
+            vec!["workload", "anon-write", "--pages", "4503599627370497"],
+            "--pages must be at most",
+        ),
+    ];
+    for (args, needle) in cases {
+        let out = rmaptrace(&args);
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("started"),
+            "{args:?} started the command"
+        );
+        one_line_error(&out, needle);
+    }
+}

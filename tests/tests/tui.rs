@@ -354,3 +354,37 @@ fn demo_without_a_terminal_gives_the_summary() {
         );
     }
 }
+
+/// A traced process named to clear and recolour root's terminal is listed by
+/// its escaped name; the command's output goes to a file only root can read,
+/// in a directory whose name nobody could have predicted and planted.
+#[test]
+fn hostile_names_are_shown_escaped_and_the_command_log_is_private() {
+    let dir = temp_json("tui-hostile").with_extension("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = format!(
+        r#"p="{}/$(printf '\033[2J\033[41mEVIL\377')"; cp /bin/sleep "$p"; echo started; exec "$p" 4"#,
+        dir.display()
+    );
+    let mut pty = Pty::spawn(&["--", "sh", "-c", &script], &[], 30, 160);
+    pty.wait_for(&[r"\x1b[2J\x1b[41mEVIL\xff"], Duration::from_secs(30));
+    let st = pty.wait_exit(Duration::from_secs(30));
+    assert_eq!(st.code(), Some(0));
+    pty.assert_restored();
+    let raw = pty.raw.lock().unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let log = text
+        .split("the command's output is in ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap_or_else(|| panic!("where the output went is not said: {text:?}"));
+    let log = std::path::Path::new(log);
+    let mode = |p: &std::path::Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
+            & 0o777
+    };
+    assert_eq!(mode(log), 0o600, "{}", log.display());
+    assert_eq!(mode(log.parent().unwrap()), 0o700);
+    assert_eq!(std::fs::read_to_string(log).unwrap(), "started\n");
+    std::fs::remove_dir_all(log.parent().unwrap()).unwrap();
+}

@@ -194,6 +194,7 @@ fn traced_by_pid(bin: &Path, name: &str, n: u64, tui: bool) -> Result<Value> {
         "exit_to_summary_s": (gone - exited).as_secs_f64(),
         "events_lost": summary["events_lost"], "tables_full": summary["tables_full"],
         "faults": summary["totals"]["faults"]["total"], "process_records": records,
+        "unknown": summary["totals"]["by_kind"].get("unknown").cloned().unwrap_or(json!(0)),
     }))
 }
 
@@ -205,13 +206,15 @@ pub fn run(bin: &Path) -> Result<Value> {
         let r = traced_by_pid(bin, "bench-vmas", n, tui)?;
         println!(
             "vmas: {n:>7} VMAs {:<8} peak RSS {:>6.1} MiB (goal 64), summary {:.2} s after exit (goal 1), \
-             CPU {:.1} ms per tick while it sleeps, events lost {}, faults {}",
+             CPU {:.1} ms per tick while it sleeps, events lost {}, faults {} (unknown {}), tables full {}",
             if tui { "tui" } else { "--no-tui" },
             r["peak_rss_mib"].as_f64().unwrap_or(0.0),
             r["exit_to_summary_s"].as_f64().unwrap_or(0.0),
             r["cpu_ms_per_tick_while_sleeping"].as_f64().unwrap_or(0.0),
             r["events_lost"],
-            r["faults"]
+            r["faults"],
+            r["unknown"],
+            r["tables_full"]
         );
         vmas.push(r);
     }

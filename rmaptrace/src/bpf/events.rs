@@ -61,10 +61,11 @@ pub fn kernel_path(ev: &MmapExitEvent) -> Option<String> {
     Some(format!("{prefix}/{}", parts.join("/")))
 }
 
-/// NUL-terminated kernel string to Rust.
+/// NUL-terminated kernel string to text (losslessly: names are the traced
+/// process's bytes, not necessarily UTF-8).
 pub fn c_str(bytes: &[u8]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
+    crate::text::from_bytes(&bytes[..end])
 }
 
 #[cfg(test)]

@@ -566,13 +566,21 @@ impl Probes {
     /// How many processes the programs follow: entries leave the table in the
     /// kernel when a process's last thread exits, so none are missed.
     pub fn followed(&self) -> Result<usize> {
+        Ok(self.followed_pids()?.len())
+    }
+
+    /// The processes the programs follow (a command's whole tree, daemons
+    /// included), rmaptrace itself never among them.
+    pub fn followed_pids(&self) -> Result<Vec<u32>> {
         let traced: HashMap<_, u32, u8> =
             HashMap::try_from(self.ebpf.map("TRACED").context("TRACED map")?)?;
+        let me = std::process::id();
         Ok(traced
             .iter()
             .filter_map(|r| r.ok())
-            .filter(|(_, mode)| *mode == rmaptrace_common::traced::YES)
-            .count())
+            .filter(|&(pid, mode)| mode == rmaptrace_common::traced::YES && pid != me)
+            .map(|(pid, _)| pid)
+            .collect())
     }
 
     pub fn add_comm(&mut self, name: &str) -> Result<()> {

@@ -4,12 +4,11 @@
 use anyhow::{Context, Result};
 use serde::Serialize;
 use std::{
-    fs::File,
-    io::{BufWriter, Write},
+    io::{BufWriter, Read, Seek, SeekFrom, Write},
     path::Path,
 };
 
-use crate::bpf::plan::Plan;
+use crate::{bpf::plan::Plan, files::Replacement};
 
 pub const FORMAT_VERSION: u32 = 2;
 
@@ -29,22 +28,36 @@ pub struct Header<'a> {
 
 pub struct JsonExport {
     out: Box<dyn Write + Send>,
+    /// The file that replaces an earlier export once the trace starts.
+    replacing: Option<Replacement>,
 }
 
 impl JsonExport {
-    /// Opens the export now, so a bad path fails before anything is attached.
+    /// Creates the export now, so a bad path fails before anything is attached,
+    /// under a new name next to `path`: an earlier export stays as it was until
+    /// [`JsonExport::start`], and a symlink at `path` is replaced, never followed.
     pub fn create(path: &str) -> Result<Self> {
-        let out: Box<dyn Write + Send> = if path == "-" {
-            Box::new(std::io::stdout())
-        } else {
-            let file = File::create(Path::new(path)).with_context(|| {
-                format!(
-                    "cannot write the JSON export to {path}: choose a writable path with --json"
-                )
-            })?;
-            Box::new(BufWriter::new(file))
-        };
-        Ok(Self { out })
+        if path == "-" {
+            return Ok(Self {
+                out: Box::new(std::io::stdout()),
+                replacing: None,
+            });
+        }
+        let replacing = Replacement::create(Path::new(path)).with_context(|| {
+            format!("cannot write the JSON export to {path}: choose a writable path with --json")
+        })?;
+        Ok(Self {
+            out: Box::new(BufWriter::new(replacing.file()?)),
+            replacing: Some(replacing),
+        })
+    }
+
+    /// The trace has started: the export takes its path.
+    pub fn start(&mut self) -> Result<()> {
+        if let Some(r) = &mut self.replacing {
+            r.commit().context("putting the JSON export in place")?;
+        }
+        Ok(())
     }
 
     pub fn write<T: Serialize>(&mut self, record: &T) -> Result<()> {
@@ -59,6 +72,34 @@ impl JsonExport {
     pub fn write_streamed<T: Serialize>(&mut self, record: &T) -> Result<()> {
         serde_json::to_writer(&mut self.out, record).context("writing the JSON export")?;
         self.out.write_all(b"\n").context("writing the JSON export")
+    }
+
+    /// After a failed write (disk full): drops what could not be written and
+    /// cuts the file after its last complete line, so that every line of it
+    /// still parses. Nothing to do for stdout.
+    pub fn cut_torn_line(&mut self) {
+        let Some(r) = &self.replacing else {
+            return;
+        };
+        // What the buffer still holds is lost either way: write it nowhere.
+        self.out = Box::new(std::io::sink());
+        let Ok(mut file) = r.file() else {
+            return;
+        };
+        let Ok(len) = file.seek(SeekFrom::End(0)) else {
+            return;
+        };
+        let from = len.saturating_sub(1 << 20);
+        let mut tail = Vec::new();
+        if file.seek(SeekFrom::Start(from)).is_err() || file.read_to_end(&mut tail).is_err() {
+            return;
+        }
+        let keep = match tail.iter().rposition(|&b| b == b'\n') {
+            Some(i) => from + i as u64 + 1,
+            None if from == 0 => 0,
+            None => return,
+        };
+        let _ = file.set_len(keep);
     }
 
     pub fn flush(&mut self) -> Result<()> {

@@ -1,7 +1,9 @@
 //! The readable end-of-trace summary (`--no-tui`), in the spirit of `strace -c`.
+//! Names chosen by traced processes are printed escaped: they may hold
+//! terminal control sequences.
 use std::fmt::Write;
 
-use crate::model::summary::Summary;
+use crate::{model::summary::Summary, text::visible};
 
 fn ns(v: Option<u64>) -> String {
     match v {
@@ -52,7 +54,11 @@ pub fn render(s: &Summary, max_procs: usize, max_vmas: usize) -> String {
         let _ = writeln!(
             out,
             "\n{} {}: {} faults ({} minor, {} major); {kernel}{unseen}",
-            p.pid, p.comm, p.faults.total, p.faults.minor, p.faults.major
+            p.pid,
+            visible(&p.comm),
+            p.faults.total,
+            p.faults.minor,
+            p.faults.major
         );
         let kinds: Vec<String> = p.by_kind.iter().map(|(k, v)| format!("{k} {v}")).collect();
         if !kinds.is_empty() {
@@ -69,8 +75,8 @@ pub fn render(s: &Summary, max_procs: usize, max_vmas: usize) -> String {
         }
         for v in vmas.iter().take(max_vmas) {
             let handler = match (&v.handler, &v.module) {
-                (Some(h), Some(m)) => format!("{h} [{m}]"),
-                (Some(h), None) => h.clone(),
+                (Some(h), Some(m)) => format!("{} [{}]", visible(h), visible(m)),
+                (Some(h), None) => visible(h).into_owned(),
                 _ => "-".into(),
             };
             let paths: Vec<String> = v.paths.iter().map(|(k, n)| format!("{k} {n}")).collect();
@@ -85,7 +91,7 @@ pub fn render(s: &Summary, max_procs: usize, max_vmas: usize) -> String {
                 ns(v.latency_ns.p50),
                 ns(v.latency_ns.p99),
                 handler,
-                v.file.as_deref().unwrap_or(""),
+                visible(v.file.as_deref().unwrap_or("")),
                 paths.join(", ")
             );
         }

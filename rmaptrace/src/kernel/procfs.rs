@@ -8,7 +8,13 @@ pub struct ProcStat {
     pub state: char,
     pub minflt: u64,
     pub majflt: u64,
+    /// A kernel thread (PF_KTHREAD): no user memory, nothing to trace.
+    pub kernel_thread: bool,
 }
+
+/// `task_struct->flags` bit of kernel threads (include/linux/sched.h; part of
+/// the /proc ABI through the stat file's flags field, not in BTF as a value).
+const PF_KTHREAD: u64 = 0x0020_0000;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MapsEntry {
@@ -47,13 +53,15 @@ impl Default for LiveProc {
 }
 
 impl ProcSource for LiveProc {
+    // Read as bytes: a comm or a file name need not be UTF-8.
     fn stat(&self, pid: u32) -> Option<ProcStat> {
-        let text = std::fs::read_to_string(self.root.join(pid.to_string()).join("stat")).ok()?;
-        parse_stat(&text)
+        let bytes = std::fs::read(self.root.join(pid.to_string()).join("stat")).ok()?;
+        parse_stat(&crate::text::from_bytes(&bytes))
     }
 
     fn maps(&self, pid: u32) -> Option<Vec<MapsEntry>> {
-        let text = std::fs::read_to_string(self.root.join(pid.to_string()).join("maps")).ok()?;
+        let bytes = std::fs::read(self.root.join(pid.to_string()).join("maps")).ok()?;
+        let text = crate::text::from_bytes(&bytes);
         Some(text.lines().filter_map(parse_maps_line).collect())
     }
 
@@ -73,12 +81,14 @@ pub fn parse_stat(text: &str) -> Option<ProcStat> {
     let close = text.rfind(')')?;
     let comm = text.get(open + 1..close)?.to_string();
     let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
-    // rest[0] is field 3 (state); minflt is field 10, majflt field 12.
+    // rest[0] is field 3 (state); flags is field 9, minflt 10, majflt 12.
+    let flags: u64 = rest.get(6)?.parse().ok()?;
     Some(ProcStat {
         comm,
         state: rest.first()?.chars().next()?,
         minflt: rest.get(7)?.parse().ok()?,
         majflt: rest.get(9)?.parse().ok()?,
+        kernel_thread: flags & PF_KTHREAD != 0,
     })
 }
 
@@ -113,6 +123,9 @@ mod tests {
         assert_eq!(st.state, 'S');
         assert_eq!(st.minflt, 123);
         assert_eq!(st.majflt, 4);
+        assert!(!st.kernel_thread);
+        let kthreadd = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 9 0 0";
+        assert!(parse_stat(kthreadd).unwrap().kernel_thread);
         assert_eq!(parse_stat("garbage"), None);
     }
 

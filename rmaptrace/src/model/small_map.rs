@@ -21,6 +21,7 @@ impl<K: Ord, V> SmallMap<K, V> {
         let at = match self.0.binary_search_by(|(k, _)| k.cmp(&key)) {
             Ok(at) => at,
             Err(at) => {
+                self.grow_by_one();
                 self.0.insert(at, (key, V::default()));
                 at
             }
@@ -49,7 +50,18 @@ impl<K: Ord, V> SmallMap<K, V> {
     pub fn insert(&mut self, key: K, value: V) {
         match self.0.binary_search_by(|(k, _)| k.cmp(&key)) {
             Ok(at) => self.0[at].1 = value,
-            Err(at) => self.0.insert(at, (key, value)),
+            Err(at) => {
+                self.grow_by_one();
+                self.0.insert(at, (key, value))
+            }
+        }
+    }
+
+    /// Room for one more entry and no more: a Vec's first growth makes room
+    /// for four, and most of these maps hold one or two.
+    fn grow_by_one(&mut self) {
+        if self.0.len() == self.0.capacity() {
+            self.0.reserve_exact(1);
         }
     }
 

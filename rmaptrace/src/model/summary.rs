@@ -156,3 +156,26 @@ pub struct Summary {
     #[serde(skip)]
     pub processes: Vec<ProcessSummary>,
 }
+
+impl Summary {
+    /// The summary as a terminal may show it: every name a traced process
+    /// chose (its comm, the files it maps) with control characters escaped.
+    pub fn escape_for_terminal(&mut self) {
+        fn esc(s: &mut String) {
+            if let std::borrow::Cow::Owned(v) = crate::text::visible(s) {
+                *s = v;
+            }
+        }
+        for p in &mut self.processes {
+            esc(&mut p.comm);
+            for v in &mut p.vmas {
+                for s in [&mut v.file, &mut v.origin, &mut v.handler, &mut v.module]
+                    .into_iter()
+                    .flatten()
+                {
+                    esc(s);
+                }
+            }
+        }
+    }
+}

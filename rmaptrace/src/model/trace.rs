@@ -949,7 +949,7 @@ impl Trace {
                 faults.major += v.major;
                 vmas.push(v);
             }
-            vmas.sort_by_key(|v| (v.start_addr, v.first_seen_ns));
+            vmas.sort_unstable_by_key(|v| (v.start_addr, v.first_seen_ns, v.key));
             end_superseded(&mut vmas);
             // Faults that found the per-VMA table full: counted, kind unknown.
             let t = overflow.get(&pid).copied().unwrap_or_default();
@@ -1088,10 +1088,12 @@ impl Trace {
         let mut p = s.clone();
         p.written = true;
         if p.vmas.len() > KEEP_VMAS {
-            p.vmas.sort_by_key(|v| std::cmp::Reverse(v.faults));
+            p.vmas
+                .sort_unstable_by_key(|v| (std::cmp::Reverse(v.faults), v.start_addr, v.key));
             p.vmas_dropped += p.vmas.len() - KEEP_VMAS;
             p.vmas.truncate(KEEP_VMAS);
-            p.vmas.sort_by_key(|v| (v.start_addr, v.first_seen_ns));
+            p.vmas
+                .sort_unstable_by_key(|v| (v.start_addr, v.first_seen_ns, v.key));
         }
         self.kept.push(p);
         if self.kept.len() > KEEP_BUSIEST + KEEP_LATEST {

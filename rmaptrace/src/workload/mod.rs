@@ -113,7 +113,14 @@ const KVM_GET_VCPU_MMAP_SIZE: libc::Ioctl = 0xAE04;
 const KVM_CREATE_VCPU: libc::Ioctl = 0xAE41;
 const SYS_MEMFD_SECRET: i64 = 447;
 
+/// The most pages a scenario maps: 64 TiB, half of x86-64's user address
+/// space (more would overflow the length computed from it).
+const MAX_PAGES: usize = 1 << 34;
+
 pub fn run(scenario: &str, pages: usize, wait: bool) -> Result<()> {
+    if pages > MAX_PAGES {
+        bail!("--pages must be at most {MAX_PAGES}, not {pages}");
+    }
     WAIT.store(wait, std::sync::atomic::Ordering::Relaxed);
     let rw = libc::PROT_READ | libc::PROT_WRITE;
     let private_anon = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;

@@ -119,6 +119,7 @@ fn attributes_faults_to_vmas_kinds_handlers_and_paths() {
             state: 'S',
             minflt: 310,
             majflt: 0,
+            kernel_thread: false,
         },
     );
     fake.maps.insert(
@@ -270,6 +271,7 @@ fn live_threads_count_from_their_kernel_counters_not_proc() {
             state: 'S',
             minflt: 5_000,
             majflt: 0,
+            kernel_thread: false,
         },
     );
     let mut t = trace_with(fake);

@@ -1,0 +1,214 @@
+//! Every way out of a trace of a command ends the same way: the command's whole
+//! tree is stopped (signalled, given a grace period, then killed), the summary
+//! and the table are written, and rmaptrace exits with the command's status.
+use rmaptrace_tests::{bin, read_export, require_root, temp_json, wait_for_header};
+use serde_json::Value;
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+/// A unique word to find the command's processes by their command line.
+fn marker(name: &str) -> String {
+    format!("rmaptrace-stop-test-{name}-{}", std::process::id())
+}
+
+/// The file where the command's shell writes the pids of its children.
+fn pid_file(marker: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("{marker}.pids"))
+}
+
+/// What of the command's tree still runs: its shell (found by the marker in
+/// its command line) and the children it listed in [`pid_file`].
+fn survivors(marker: &str) -> Vec<u32> {
+    let listed: Vec<u32> = std::fs::read_to_string(pid_file(marker))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != std::process::id())
+        .filter(|pid| {
+            listed.contains(pid)
+                || std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.windows(marker.len()).any(|w| w == marker.as_bytes()))
+        })
+        .filter(|pid| {
+            // A zombie waiting for its parent to reap it has exited.
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                !s.rsplit(')')
+                    .next()
+                    .unwrap_or("")
+                    .trim_start()
+                    .starts_with('Z')
+            })
+        })
+        .collect()
+}
+
+/// `sleep 300` in the background, its pid listed for [`survivors`].
+fn background_sleep(marker: &str) -> String {
+    format!("sleep 300 & echo $! >> {};", pid_file(marker).display())
+}
+
+/// rmaptrace tracing `sh -c script` (with `marker` in its command line).
+fn start(script: &str, marker: &str, json: &Path, extra: &[&str]) -> Child {
+    Command::new(bin())
+        .args(["--no-tui", "--json"])
+        .arg(json)
+        .args(extra)
+        .args(["--", "sh", "-c", &format!("{script} # {marker}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finish(child: Child, within: Duration) -> (Output, Duration) {
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let took = started.elapsed();
+    assert!(took < within, "took {took:?}: {out:?}");
+    (out, took)
+}
+
+fn summary_of(json: &PathBuf) -> Value {
+    let export = read_export(json);
+    let last = export.last().expect("an export").clone();
+    assert_eq!(last["type"], "summary", "the summary is the last line");
+    last
+}
+
+fn signal_once_attached(child: &Child, json: &Path, sig: i32) {
+    wait_for_header(json);
+    // Let the command start its children.
+    std::thread::sleep(Duration::from_millis(500));
+    unsafe { libc::kill(child.id() as i32, sig) };
+}
+
+#[test]
+fn sighup_stops_the_tree_and_writes_the_summary() {
+    require_root();
+    let m = marker("hup");
+    let json = temp_json("hup");
+    let script = format!("{0} {0} wait", background_sleep(&m));
+    let child = start(&script, &m, &json, &[]);
+    signal_once_attached(&child, &json, libc::SIGHUP);
+    let (out, _) = finish(child, Duration::from_secs(20));
+    // sh dies of the SIGHUP passed on to it: 128 + 1, as a shell reports it.
+    assert_eq!(out.status.code(), Some(129), "{out:?}");
+    let s = summary_of(&json);
+    assert_eq!(s["end_reason"], "hung up (SIGHUP)");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ended: hung up (SIGHUP)"));
+    assert_eq!(
+        std::fs::read_to_string(pid_file(&m))
+            .unwrap()
+            .lines()
+            .count(),
+        2
+    );
+    assert!(
+        survivors(&m).is_empty(),
+        "grandchildren left running: {:?}",
+        survivors(&m)
+    );
+}
+
+#[test]
+fn a_tree_that_ignores_the_signal_is_killed_after_the_grace_period() {
+    require_root();
+    let m = marker("ignore");
+    let json = temp_json("ignore");
+    // Ignored signals are inherited: neither sh nor its sleeps stop on SIGTERM.
+    let script = format!("trap '' TERM INT; {} sleep 300; wait", background_sleep(&m));
+    let child = start(&script, &m, &json, &[]);
+    signal_once_attached(&child, &json, libc::SIGTERM);
+    let (out, took) = finish(child, Duration::from_secs(20));
+    assert!(
+        took >= Duration::from_secs(2),
+        "killed before the grace period: {took:?}"
+    );
+    assert_eq!(out.status.code(), Some(128 + libc::SIGKILL), "{out:?}");
+    assert_eq!(summary_of(&json)["end_reason"], "terminated (SIGTERM)");
+    assert!(
+        survivors(&m).is_empty(),
+        "left running: {:?}",
+        survivors(&m)
+    );
+}
+
+#[test]
+fn json_on_stdout_never_carries_the_commands_output() {
+    require_root();
+    let out = Command::new(bin())
+        .args([
+            "--no-tui",
+            "--json",
+            "-",
+            "--",
+            "sh",
+            "-c",
+            "echo hello; echo oops >&2",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    for line in stdout.lines() {
+        serde_json::from_str::<Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"));
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("hello\n") && stderr.contains("oops\n"),
+        "{stderr}"
+    );
+}
+
+/// A full filesystem under the export: the trace stops (the command's tree
+/// too), the table is still printed, the file keeps only whole lines, and the
+/// exit says why.
+#[test]
+fn a_full_disk_stops_the_trace_and_says_why() {
+    require_root();
+    let dir = temp_json("full").with_extension("d");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(mounted.success());
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(dir.clone());
+    let json = dir.join("export.json");
+    let m = marker("full");
+    let child = start("while :; do /bin/true; done", &m, &json, &["--events"]);
+    let (out, _) = finish(child, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("rmaptrace: the JSON export failed") && last.contains("No space left"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("ended: the JSON export failed"),
+        "the table: {stderr}"
+    );
+    assert!(
+        survivors(&m).is_empty(),
+        "left running: {:?}",
+        survivors(&m)
+    );
+    // Every line that is there is whole.
+    let export = read_export(&json);
+    assert_eq!(export[0]["type"], "header");
+}
