@@ -347,6 +347,7 @@ async fn trace(
     // The command is followed from its first instruction: rmaptrace marks itself
     // "children only" before the fork, so the fork hook adds the child in-kernel.
     let mut child_pid = None;
+    let mut tree_guard = None;
     if let Some((program, rest)) = args.command.split_first() {
         let me = std::process::id();
         probes.trace_pid(me, rmaptrace_common::traced::CHILDREN_ONLY)?;
@@ -368,6 +369,7 @@ async fn trace(
         let child = child?;
         trace.add_target(child.id());
         child_pid = Some(child.id());
+        tree_guard = Some(TreeGuard::arm(probes.traced_map_id()?));
         // std's Child is dropped without waiting; we reap it with wait4 below.
     }
 
@@ -411,6 +413,12 @@ async fn trace(
                 }
             }
             _ = tick.tick() => {
+                // Test hook: a bug in the session itself, mid-trace.
+                if started.elapsed() > Duration::from_secs(2)
+                    && std::env::var_os("RMAPTRACE_TEST_PANIC").is_some_and(|v| v == "session")
+                {
+                    panic!("RMAPTRACE_TEST_PANIC=session");
+                }
                 // The kernel tables are read to retire processes that exited
                 // (every tick: that keeps the tables small) and for the screen
                 // (paced); nothing else needs them while the trace runs.
@@ -480,6 +488,8 @@ async fn trace(
         }
     }
 
+    drop(tree_guard);
+
     // Everything the programs sent so far, then the programs stopped: the final
     // snapshot's counts and kernel counters are then of one instant.
     let ending = std::time::Instant::now();
@@ -525,6 +535,46 @@ async fn trace(
         bail!("the JSON export failed ({e}); the trace was stopped and its table printed: free space or fix the reader of --json, then run again");
     }
     Ok(exit_code)
+}
+
+/// While a command runs, a panic on the session's thread kills the command's
+/// tree (what the kernel's traced table follows): the session's own stop
+/// cannot run while its state unwinds, and the command must not run on
+/// untraced. Disarmed when the session stops the tree itself.
+struct TreeGuard(());
+
+static TREE: std::sync::Mutex<Option<(u32, std::thread::ThreadId)>> = std::sync::Mutex::new(None);
+static TREE_HOOK: std::sync::Once = std::sync::Once::new();
+
+impl TreeGuard {
+    fn arm(traced_map_id: u32) -> TreeGuard {
+        TREE_HOOK.call_once(|| {
+            let previous = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                let armed = TREE.lock().ok().and_then(|mut t| {
+                    t.take_if(|(_, thread)| *thread == std::thread::current().id())
+                });
+                if let Some((map, _)) = armed {
+                    crate::bpf::loader::signal_followed(map, libc::SIGKILL);
+                }
+                previous(info);
+            }));
+        });
+        if let Ok(mut t) = TREE.lock() {
+            *t = Some((traced_map_id, std::thread::current().id()));
+        }
+        TreeGuard(())
+    }
+}
+
+impl Drop for TreeGuard {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            if let Ok(mut t) = TREE.lock() {
+                *t = None;
+            }
+        }
+    }
 }
 
 /// How long a stopped command's tree has to exit after the signal, before

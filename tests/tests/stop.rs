@@ -49,6 +49,15 @@ fn survivors(marker: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Nothing of the command's tree runs any more; `listed` children had been
+/// started (so the check is not vacuous).
+fn assert_tree_gone(marker: &str, listed: usize) {
+    let pids = std::fs::read_to_string(pid_file(marker)).unwrap_or_default();
+    assert_eq!(pids.lines().count(), listed, "children started: {pids}");
+    let left = survivors(marker);
+    assert!(left.is_empty(), "left running: {left:?}");
+}
+
 /// `sleep 300` in the background, its pid listed for [`survivors`].
 fn background_sleep(marker: &str) -> String {
     format!("sleep 300 & echo $! >> {};", pid_file(marker).display())
@@ -103,18 +112,7 @@ fn sighup_stops_the_tree_and_writes_the_summary() {
     let s = summary_of(&json);
     assert_eq!(s["end_reason"], "hung up (SIGHUP)");
     assert!(String::from_utf8_lossy(&out.stderr).contains("ended: hung up (SIGHUP)"));
-    assert_eq!(
-        std::fs::read_to_string(pid_file(&m))
-            .unwrap()
-            .lines()
-            .count(),
-        2
-    );
-    assert!(
-        survivors(&m).is_empty(),
-        "grandchildren left running: {:?}",
-        survivors(&m)
-    );
+    assert_tree_gone(&m, 2);
 }
 
 #[test]
@@ -133,11 +131,7 @@ fn a_tree_that_ignores_the_signal_is_killed_after_the_grace_period() {
     );
     assert_eq!(out.status.code(), Some(128 + libc::SIGKILL), "{out:?}");
     assert_eq!(summary_of(&json)["end_reason"], "terminated (SIGTERM)");
-    assert!(
-        survivors(&m).is_empty(),
-        "left running: {:?}",
-        survivors(&m)
-    );
+    assert_tree_gone(&m, 1);
 }
 
 #[test]
@@ -203,12 +197,46 @@ fn a_full_disk_stops_the_trace_and_says_why() {
         stderr.contains("ended: the JSON export failed"),
         "the table: {stderr}"
     );
-    assert!(
-        survivors(&m).is_empty(),
-        "left running: {:?}",
-        survivors(&m)
-    );
+    assert_tree_gone(&m, 0);
     // Every line that is there is whole.
     let export = read_export(&json);
     assert_eq!(export[0]["type"], "header");
+}
+
+/// A bug in rmaptrace itself (a panic mid-trace) must not leave the command
+/// running untraced: its whole tree is killed on the way out.
+#[test]
+fn a_panic_in_the_session_kills_the_commands_tree() {
+    require_root();
+    let m = marker("panic");
+    let json = temp_json("panic");
+    let script = format!("{0} {0} wait", background_sleep(&m));
+    // Output to a file, not a pipe: survivors would hold a pipe open.
+    let stderr = json.with_extension("stderr");
+    let mut child = Command::new(bin())
+        .env("RMAPTRACE_TEST_PANIC", "session")
+        .args(["--no-tui", "--json"])
+        .arg(&json)
+        .args(["--", "sh", "-c", &format!("{script} # {m}")])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "rmaptrace did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(101), "a panic's exit: {status:?}");
+    assert!(std::fs::read_to_string(&stderr)
+        .unwrap()
+        .contains("RMAPTRACE_TEST_PANIC=session"));
+    // The panic comes 2 s into the trace: both sleeps had started by then.
+    assert_tree_gone(&m, 2);
 }

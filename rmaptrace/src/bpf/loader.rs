@@ -583,6 +583,15 @@ impl Probes {
             .collect())
     }
 
+    /// The kernel id of the traced table, for [`signal_followed`].
+    pub fn traced_map_id(&self) -> Result<u32> {
+        let map = self.ebpf.map("TRACED").context("TRACED map")?;
+        let aya::maps::Map::HashMap(data) = map else {
+            bail!("TRACED is not a hash map");
+        };
+        Ok(data.info()?.id())
+    }
+
     pub fn add_comm(&mut self, name: &str) -> Result<()> {
         let mut comms: HashMap<_, [u8; COMM_LEN], u8> =
             HashMap::try_from(self.ebpf.map_mut("COMMS").context("COMMS map")?)?;
@@ -658,4 +667,23 @@ pub fn comm_key(name: &str) -> [u8; COMM_LEN] {
         *d = s;
     }
     key
+}
+
+/// Signals every process the traced table (found by its kernel id) follows,
+/// without a `Probes`: a panic hook's way to stop a command's tree when the
+/// session's own state is being unwound.
+pub fn signal_followed(traced_map_id: u32, sig: i32) {
+    let Ok(data) = MapData::from_id(traced_map_id) else {
+        return;
+    };
+    let Ok(traced) = HashMap::<_, u32, u8>::try_from(aya::maps::Map::HashMap(data)) else {
+        return;
+    };
+    let me = std::process::id();
+    for (pid, mode) in traced.iter().filter_map(|r| r.ok()) {
+        if mode == rmaptrace_common::traced::YES && pid != me {
+            // SAFETY: kill(2) on a pid the kernel lists as traced.
+            unsafe { libc::kill(pid as i32, sig) };
+        }
+    }
 }
