@@ -52,8 +52,12 @@ pub fn monotonic_ns() -> u64 {
 
 /// Root and BTF: what every command that loads programs needs first.
 fn check_privileges_and_btf() -> Result<()> {
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("needs root to load eBPF programs: run it with sudo");
+    let missing = crate::kernel::caps::missing_for_tracing(crate::kernel::caps::effective());
+    if !missing.is_empty() {
+        bail!(
+            "missing {}: run it with sudo, or grant CAP_BPF and CAP_PERFMON (and CAP_SYSLOG to name fault handlers): setcap cap_bpf,cap_perfmon,cap_syslog+ep rmaptrace",
+            missing.join(" and ")
+        );
     }
     let btf = btf_path();
     if !Path::new(&btf).exists() {
@@ -291,7 +295,12 @@ async fn trace(
     // aya's parsed BTF is freed with the load; hand that memory back too.
     release_freed_memory();
     if !symbols.has_addresses() {
-        log::warn!("/proc/kallsyms shows no addresses (kptr_restrict): handlers will not be named");
+        use crate::kernel::caps::{effective, has, CAP_SYSLOG};
+        if has(effective(), CAP_SYSLOG) {
+            log::warn!("/proc/kallsyms shows no addresses (kernel.kptr_restrict=2): fault handlers are shown as addresses");
+        } else {
+            log::warn!("no CAP_SYSLOG, so /proc/kallsyms shows no addresses: fault handlers are shown as addresses (grant CAP_SYSLOG to name them)");
+        }
     }
     let start = monotonic_ns();
     let mut trace = Trace::new(symbols, Box::new(LiveProc::default()), start);

@@ -87,7 +87,41 @@ fn not_root() {
         .args(["--no-tui", "--", "true"])
         .output()
         .expect("setpriv (util-linux)");
-    one_line_error(&out, "run it with sudo");
+    one_line_error(
+        &out,
+        "missing CAP_BPF and CAP_PERFMON: run it with sudo, or grant",
+    );
+}
+
+/// Root is not needed: CAP_BPF and CAP_PERFMON trace (here a command run as
+/// nobody), and CAP_SYSLOG names the fault handlers. Each missing one is named.
+#[test]
+fn capabilities_instead_of_root() {
+    require_root();
+    let run = |caps: &str| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(format!("--inh-caps={caps}"))
+            .arg(format!("--ambient-caps={caps}"))
+            .arg(bin())
+            .args(["--no-tui", "--", "true"])
+            .output()
+            .expect("setpriv (util-linux)")
+    };
+    let out = run("+bpf,+perfmon,+syslog");
+    assert!(out.status.success(), "{out:?}");
+    let table = String::from_utf8_lossy(&out.stderr);
+    assert!(table.contains(" true: "), "{table}");
+    assert!(table.contains("filemap_fault"), "handlers named: {table}");
+
+    let out = run("+bpf,+perfmon");
+    assert!(out.status.success(), "{out:?}");
+    let table = String::from_utf8_lossy(&out.stderr);
+    assert!(table.contains("no CAP_SYSLOG"), "{table}");
+    assert!(!table.contains("filemap_fault"), "{table}");
+
+    one_line_error(&run("+bpf"), "missing CAP_PERFMON: ");
+    one_line_error(&run("+perfmon"), "missing CAP_BPF: ");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Readers of what the running kernel tells about itself: BTF, kallsyms, tracefs and
 //! /proc. Each reader parses text or bytes handed to it, so tests feed it fixtures.
 pub mod btf;
+pub mod caps;
 pub mod kallsyms;
 pub mod procfs;
 pub mod tracefs;
