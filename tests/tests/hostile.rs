@@ -13,11 +13,12 @@ use std::{
 /// is not UTF-8: the name of both its comm (first 15 bytes) and its file.
 const HOSTILE: &[u8] = b"\x1b[2J\x1b[41mEVIL\xff";
 
-fn hostile_program() -> PathBuf {
-    let dir = temp_json("hostile").with_extension("d");
+/// A copy of `of` (a system program) named `name`, in a directory of its own.
+fn program_named(name: &[u8], of: &str) -> PathBuf {
+    let dir = temp_json("program").with_extension("d");
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(OsStr::from_bytes(HOSTILE));
-    std::fs::copy("/bin/true", &path).unwrap();
+    let path = dir.join(OsStr::from_bytes(name));
+    std::fs::copy(of, &path).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path
 }
@@ -25,7 +26,7 @@ fn hostile_program() -> PathBuf {
 #[test]
 fn hostile_names_are_escaped_on_the_terminal_and_kept_in_the_json() {
     require_root();
-    let program = hostile_program();
+    let program = program_named(HOSTILE, "/bin/true");
     let json = temp_json("hostile");
     let out = Command::new(bin())
         .arg("--no-tui")
@@ -118,4 +119,70 @@ fn an_earlier_export_survives_a_run_that_fails_before_tracing() {
         .filter(|e| e.file_name().to_string_lossy().starts_with(".earlier-"))
         .collect();
     assert!(stray.is_empty(), "temporary files left: {stray:?}");
+}
+
+/// A running process whose name is not UTF-8 (or holds control characters) is
+/// found by `--pid` and keeps its name.
+#[test]
+fn a_process_with_a_hostile_name_is_traced_by_pid() {
+    require_root();
+    let program = program_named(HOSTILE, "/bin/sleep");
+    let mut sleeper = Command::new(&program).arg("3").spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let json = temp_json("hostile-pid");
+    let out = Command::new(bin())
+        .args(["--no-tui", "--duration", "1", "--json"])
+        .arg(&json)
+        .args(["--pid", &sleeper.id().to_string()])
+        .output()
+        .unwrap();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(out.status.success(), "{out:?}");
+    assert!(!out.stdout.contains(&0x1b) && !out.stderr.contains(&0x1b));
+    let export = read_export(&json);
+    let p = processes(&export)
+        .into_iter()
+        .find(|p| p["pid"] == sleeper.id())
+        .unwrap_or_else(|| panic!("no record of the process: {export:?}"));
+    assert_eq!(p["comm"], "\u{1b}[2J\u{1b}[41mEVIL\\xff");
+}
+
+/// `--comm` with a name of more than 15 bytes whose 15th byte is inside a
+/// character: the kernel keeps the first 15 bytes, and so does the match, for
+/// a process running before the trace and for one started during it.
+#[test]
+fn a_long_multibyte_comm_matches() {
+    require_root();
+    let name = "ééééééééé"; // 18 bytes: the kernel's comm ends mid-character.
+    let program = program_named(name.as_bytes(), "/bin/sleep");
+    let mut before = Command::new(&program).arg("4").spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let json = temp_json("comm");
+    let tracer = Command::new(bin())
+        .args(["--no-tui", "--duration", "3", "--json"])
+        .arg(&json)
+        .args(["--comm", name])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    rmaptrace_tests::wait_for_header(&json);
+    let mut after = Command::new(&program).arg("0.5").spawn().unwrap();
+    let out = tracer.wait_with_output().unwrap();
+    for c in [&mut before, &mut after] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    assert!(out.status.success(), "{out:?}");
+    let export = read_export(&json);
+    let pids: Vec<&serde_json::Value> = processes(&export).iter().map(|p| &p["pid"]).collect();
+    assert!(
+        pids.contains(&&serde_json::json!(before.id())),
+        "the running one: {pids:?}"
+    );
+    assert!(
+        pids.contains(&&serde_json::json!(after.id())),
+        "the new one: {pids:?}"
+    );
 }

@@ -240,3 +240,53 @@ fn a_panic_in_the_session_kills_the_commands_tree() {
     // The panic comes 2 s into the trace: both sleeps had started by then.
     assert_tree_gone(&m, 2);
 }
+
+/// `--json - | head -1`: the reader goes away mid-trace. The trace stops like
+/// any other way out (the command's tree too), and says why.
+#[test]
+fn a_closed_pipe_stops_the_trace_and_says_why() {
+    require_root();
+    let m = marker("pipe");
+    let mut child = Command::new(bin())
+        .args(["--no-tui", "--events", "--json", "-", "--", "sh", "-c"])
+        .arg(format!(
+            "{} while :; do /bin/true; done # {m}",
+            background_sleep(&m)
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut first).unwrap();
+    assert!(first.contains("\"type\":\"header\""), "{first}");
+    // Let the shell start its child, then close the pipe, as `head -1` does.
+    std::thread::sleep(Duration::from_millis(500));
+    drop(stdout);
+    let (out, _) = finish(child, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("ended: the JSON export failed"),
+        "the table: {stderr}"
+    );
+    assert!(stderr.contains("Broken pipe"), "{stderr}");
+    assert_tree_gone(&m, 1);
+}
+
+/// A parent that ignores SIGCHLD (children reaped for it) must not turn the
+/// command's status into 0.
+#[test]
+fn the_commands_status_survives_an_ignored_sigchld() {
+    require_root();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "trap '' CHLD; exec {} --no-tui -- sh -c 'exit 3'",
+            bin().display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+}

@@ -1197,4 +1197,6 @@ fn end_superseded(vmas: &mut [VmaSummary]) {
 
 mod candidates;
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
