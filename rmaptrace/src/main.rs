@@ -51,7 +51,10 @@ fn main() {
         Err(e) => {
             // One line, the cause chain included, naming the fix.
             eprintln!("rmaptrace: {e:#}");
-            std::process::exit(1);
+            let code = e
+                .downcast_ref::<session::CommandCannotRun>()
+                .map_or(1, |c| c.code);
+            std::process::exit(code);
         }
     }
 }

@@ -86,6 +86,22 @@ pub fn probe(backend: Backend) -> Result<i32> {
     Ok(0)
 }
 
+/// The command after `--` cannot run: rmaptrace exits as a shell would (127
+/// not found, 126 not executable), so scripts see the same status either way.
+#[derive(Debug)]
+pub struct CommandCannotRun {
+    pub code: i32,
+    message: String,
+}
+
+impl std::fmt::Display for CommandCannotRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CommandCannotRun {}
+
 /// Names the kernel's comm table holds.
 const MAX_COMMS: usize = rmaptrace_common::MAX_COMMS as usize;
 /// The largest ring buffer: the kernel maps it twice into rmaptrace.
@@ -114,13 +130,23 @@ fn preflight(args: &TraceArgs, procfs: &dyn ProcSource) -> Result<()> {
     }
     if let Some(cmd) = args.command.first() {
         let shown = crate::text::visible(&crate::text::from_bytes(cmd.as_bytes())).into_owned();
+        let cannot_run =
+            |code, message| -> anyhow::Error { CommandCannotRun { code, message }.into() };
         match which(cmd) {
             None => {
-                bail!("command not found: {shown}: give a path or a program on PATH after `--`")
+                return Err(cannot_run(
+                    127,
+                    format!(
+                        "command not found: {shown}: give a path or a program on PATH after `--`"
+                    ),
+                ))
             }
-            Some(p) if !is_executable(&p) => {
-                bail!("{shown} is not executable: check its mode (chmod +x) and its mount (noexec)")
-            }
+            Some(p) if !is_executable(&p) => return Err(cannot_run(
+                126,
+                format!(
+                    "{shown} is not executable: check its mode (chmod +x) and its mount (noexec)"
+                ),
+            )),
             Some(_) => {}
         }
     }
@@ -407,11 +433,16 @@ async fn trace(
     let mut retired_last_tick: Vec<u32> = Vec::new();
     let mut pacer = Pacer::new();
     let mut group_exits = 0;
+    let mut internal_error = false;
     let end_reason: String = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
-                drain(guard.get_inner_mut(), &mut trace, &mut out);
+                if let Err(e) = guarded(|| drain(guard.get_inner_mut(), &mut trace, &mut out)) {
+                    stop_child = Some(libc::SIGTERM);
+                    internal_error = true;
+                    break e;
+                }
                 guard.clear_ready();
                 // The tree's last exit ends the trace now, not at the next tick.
                 if follows_tree && child_pid.is_none() && trace.group_exits() != group_exits {
@@ -422,43 +453,30 @@ async fn trace(
                 }
             }
             _ = tick.tick() => {
-                // Test hook: a bug in the session itself, mid-trace.
-                if started.elapsed() > Duration::from_secs(2)
-                    && std::env::var_os("RMAPTRACE_TEST_PANIC").is_some_and(|v| v == "session")
-                {
-                    panic!("RMAPTRACE_TEST_PANIC=session");
-                }
-                // The kernel tables are read to retire processes that exited
-                // (every tick: that keeps the tables small) and for the screen
-                // (paced); nothing else needs them while the trace runs.
-                if trace.has_exited() || (live.shows_data() && pacer.due()) {
-                    let started = std::time::Instant::now();
-                    let snap = probes.snapshot()?;
-                    let rows = (snap.faults.len(), snap.vmas.len());
-                    trace.set_snapshot(snap);
-                    let read = started.elapsed();
-                    // Processes that ended go to the export; their kernel rows are freed.
-                    trace.forget_retired(&retired_last_tick);
-                    let gone = trace.retire_exited();
-                    let retired = started.elapsed();
-                    for g in &gone {
-                        if let Some(p) = &g.summary {
-                            out.process(p);
-                        }
+                let step = guarded(|| -> Result<()> {
+                    // Test hook: a bug in the session itself, mid-trace.
+                    if started.elapsed() > Duration::from_secs(2)
+                        && std::env::var_os("RMAPTRACE_TEST_PANIC").is_some_and(|v| v == "session")
+                    {
+                        panic!("RMAPTRACE_TEST_PANIC=session");
                     }
-                    let written = started.elapsed();
-                    probes.forget(&gone)?;
-                    // Each tick's tables come and go in sizes that vary: give
-                    // the freed memory back so that a long trace's RSS stays flat.
-                    release_freed_memory();
-                    log::debug!(
-                        "tick: read {} fault rows, {} lifetimes in {read:?}; retired {} by {retired:?}, written by {written:?}, freed by {:?}",
-                        rows.0, rows.1, gone.len(), started.elapsed()
-                    );
-                    retired_last_tick = gone.iter().map(|g| g.pid).collect();
-                    live.on_tick(&mut trace);
-                    pacer.took(started.elapsed());
-                    log::debug!("model: {}", trace.held());
+                    // The kernel tables are read to retire processes that exited
+                    // (every tick: that keeps the tables small) and for the screen
+                    // (paced); nothing else needs them while the trace runs.
+                    if trace.has_exited() || (live.shows_data() && pacer.due()) {
+                        let started_tick = std::time::Instant::now();
+                        tick_tables(&mut probes, &mut trace, &mut out, &mut live, &mut retired_last_tick)?;
+                        pacer.took(started_tick.elapsed());
+                    }
+                    Ok(())
+                });
+                match step {
+                    Ok(r) => r?,
+                    Err(e) => {
+                        stop_child = Some(libc::SIGTERM);
+                        internal_error = true;
+                        break e;
+                    }
                 }
                 out.flush();
                 if let Some(e) = &out.failed {
@@ -540,10 +558,65 @@ async fn trace(
     } else {
         eprint!("{text}");
     }
+    if internal_error {
+        bail!("{end_reason}: the trace was stopped and its summary written; please report this with the output of `RUST_BACKTRACE=1`");
+    }
     if let Some(e) = out.failed {
         bail!("the JSON export failed ({e}); the trace was stopped and its table printed: free space or fix the reader of --json, then run again");
     }
     Ok(exit_code)
+}
+
+/// One tick's work on the kernel tables: read them, retire the processes that
+/// exited (their records to the export, their rows freed), refresh the screen.
+fn tick_tables(
+    probes: &mut Probes,
+    trace: &mut Trace,
+    out: &mut Outputs,
+    live: &mut Live,
+    retired_last_tick: &mut Vec<u32>,
+) -> Result<()> {
+    let started = std::time::Instant::now();
+    let snap = probes.snapshot()?;
+    let rows = (snap.faults.len(), snap.vmas.len());
+    trace.set_snapshot(snap);
+    let read = started.elapsed();
+    // Processes that ended go to the export; their kernel rows are freed.
+    trace.forget_retired(retired_last_tick);
+    let gone = trace.retire_exited();
+    let retired = started.elapsed();
+    for g in &gone {
+        if let Some(p) = &g.summary {
+            out.process(p);
+        }
+    }
+    let written = started.elapsed();
+    probes.forget(&gone)?;
+    // Each tick's tables come and go in sizes that vary: give the freed
+    // memory back so that a long trace's RSS stays flat.
+    release_freed_memory();
+    log::debug!(
+        "tick: read {} fault rows, {} lifetimes in {read:?}; retired {} by {retired:?}, written by {written:?}, freed by {:?}",
+        rows.0, rows.1, gone.len(), started.elapsed()
+    );
+    *retired_last_tick = gone.iter().map(|g| g.pid).collect();
+    live.on_tick(trace);
+    log::debug!("model: {}", trace.held());
+    Ok(())
+}
+
+/// Runs one step of the loop, turning a panic in it (a bug in rmaptrace) into
+/// an end reason: the trace then ends the way every other stop does, with its
+/// summary, labelled.
+fn guarded<T>(step: impl FnOnce() -> T) -> std::result::Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)).map_err(|p| {
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        format!("internal error ({msg})")
+    })
 }
 
 /// While a command runs, a panic on the session's thread kills the command's

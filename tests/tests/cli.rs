@@ -46,10 +46,9 @@ fn unknown_pid() {
 #[test]
 fn missing_command() {
     require_root();
-    one_line_error(
-        &rmaptrace(&["--no-tui", "--", "/no/such/program"]),
-        "command not found",
-    );
+    let out = rmaptrace(&["--no-tui", "--", "/no/such/program"]);
+    one_line_error(&out, "command not found");
+    assert_eq!(out.status.code(), Some(127), "a shell's status");
 }
 
 #[test]
@@ -315,6 +314,12 @@ fn input_bounds_are_refused_before_anything_starts() {
     ];
     for (args, needle) in cases {
         let out = rmaptrace(&args);
+        let want = if needle == "is not executable" {
+            126
+        } else {
+            1
+        };
+        assert_eq!(out.status.code(), Some(want), "{args:?}");
         assert!(
             !String::from_utf8_lossy(&out.stdout).contains("started"),
             "{args:?} started the command"

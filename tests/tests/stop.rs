@@ -204,7 +204,8 @@ fn a_full_disk_stops_the_trace_and_says_why() {
 }
 
 /// A bug in rmaptrace itself (a panic mid-trace) must not leave the command
-/// running untraced: its whole tree is killed on the way out.
+/// running untraced: its whole tree is killed, and the summary is written,
+/// labelled with the error.
 #[test]
 fn a_panic_in_the_session_kills_the_commands_tree() {
     require_root();
@@ -233,10 +234,18 @@ fn a_panic_in_the_session_kills_the_commands_tree() {
         );
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(status.code(), Some(101), "a panic's exit: {status:?}");
-    assert!(std::fs::read_to_string(&stderr)
-        .unwrap()
-        .contains("RMAPTRACE_TEST_PANIC=session"));
+    assert_eq!(status.code(), Some(1), "an error's exit: {status:?}");
+    let stderr = std::fs::read_to_string(&stderr).unwrap();
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("rmaptrace: internal error (RMAPTRACE_TEST_PANIC=session)"),
+        "{stderr}"
+    );
+    // The summary is still written, and says why the trace ended.
+    assert_eq!(
+        summary_of(&json)["end_reason"],
+        "internal error (RMAPTRACE_TEST_PANIC=session)"
+    );
     // The panic comes 2 s into the trace: both sleeps had started by then.
     assert_tree_gone(&m, 2);
 }
