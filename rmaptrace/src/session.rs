@@ -141,12 +141,14 @@ fn preflight(args: &TraceArgs, procfs: &dyn ProcSource) -> Result<()> {
                     ),
                 ))
             }
-            Some(p) if !is_executable(&p) => return Err(cannot_run(
-                126,
-                format!(
+            Some(p) if !is_executable(&p) => {
+                return Err(cannot_run(
+                    126,
+                    format!(
                     "{shown} is not executable: check its mode (chmod +x) and its mount (noexec)"
                 ),
-            )),
+                ))
+            }
             Some(_) => {}
         }
     }

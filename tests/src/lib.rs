@@ -123,10 +123,21 @@ pub fn report_of(out: &Output, what: &str) -> Value {
 
 /// Runs `rmaptrace --no-tui --json F [extra] -- rmaptrace workload SCENARIO --pages N`.
 pub fn trace_workload(scenario: &str, pages: usize, extra: &[&str]) -> Traced {
+    trace_workload_with(scenario, pages, extra, &[])
+}
+
+/// [`trace_workload`] with environment variables for rmaptrace (test hooks).
+pub fn trace_workload_with(
+    scenario: &str,
+    pages: usize,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Traced {
     require_root();
     let json = temp_json(scenario);
     let bin = bin();
     let output = Command::new(&bin)
+        .envs(env.iter().copied())
         .args(["--no-tui", "--json"])
         .arg(&json)
         .args(extra)

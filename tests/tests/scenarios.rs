@@ -1,6 +1,6 @@
 //! Each workload scenario under rmaptrace on this kernel, with the exact answer for
 //! its mapping, and process totals checked against the kernel's own counters.
-use rmaptrace_tests::{trace_workload, Traced};
+use rmaptrace_tests::{trace_workload, trace_workload_with, Traced};
 use serde_json::Value;
 
 const N: usize = 200;
@@ -66,6 +66,17 @@ fn expect(scenario: &str, kind: &str, handler: Option<&str>, paths: &[(&str, u64
     assert_vma(&t, pid, kind, handler, faults, paths);
     assert_kernel_agrees(&t, pid, EXEC_GUP_FAULTS);
     t
+}
+
+/// The kernel tables read a batch at a time (the default) and entry by entry
+/// (as on kernels without batch lookups) give the same exact answer.
+#[test]
+fn tables_read_entry_by_entry_give_the_same_answer() {
+    let t = trace_workload_with("anon-write", N, &[], &[("RMAPTRACE_NO_BATCH", "1")]);
+    let pid = t.workload_pid();
+    let n = N as u64;
+    assert_vma(&t, pid, "anon", None, n, &[("do_anonymous_page", n)]);
+    assert_kernel_agrees(&t, pid, EXEC_GUP_FAULTS);
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Everything that touches the eBPF object: which programs this kernel can run
 //! (`plan`), loading and attaching them (`loader`), decoding ring buffer records
-//! (`events`) and reading the in-kernel aggregates (`snapshot`).
+//! (`events`) and reading the in-kernel aggregates (`snapshot`, whole tables
+//! at a time with `batch`).
+mod batch;
 pub mod events;
 pub mod loader;
 pub mod plan;

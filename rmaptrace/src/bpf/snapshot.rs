@@ -3,7 +3,7 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap};
 use rmaptrace_common::{FaultKey, FaultStats, LifeEntry, ProcStats, ThreadAcct, VmaRecord};
 
-use super::loader::Probes;
+use super::{batch, loader::Probes};
 use crate::model::snapshot::{Counters, FaultTotals, ProcTotals, Snapshot};
 
 impl Probes {
@@ -49,6 +49,74 @@ impl Probes {
     }
 
     pub fn snapshot(&self) -> Result<Snapshot> {
+        let mut snap = Snapshot::default();
+        // Test hook: the entry-by-entry reads, as on a kernel without batches.
+        let batch = std::env::var_os("RMAPTRACE_NO_BATCH").is_none();
+        if !(batch && self.read_batched(&mut snap)?) {
+            snap = Snapshot::default();
+            self.read_each(&mut snap)?;
+        }
+        let ebpf = self.ebpf();
+        let counters: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(ebpf.map("COUNTERS").context("COUNTERS map")?)?;
+        let mut raw = [0u64; rmaptrace_common::counter::COUNT as usize];
+        for (i, slot) in raw.iter_mut().enumerate() {
+            *slot = counters.get(&(i as u32), 0)?.iter().sum();
+        }
+        snap.counters = Counters::from_raw(&raw);
+        Ok(snap)
+    }
+}
+
+impl Probes {
+    /// The tables, a few thousand rows per syscall; false (nothing read) where
+    /// the kernel has no batch lookup.
+    fn read_batched(&self, snap: &mut Snapshot) -> Result<bool> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let per_cpu = |len: usize| len.next_multiple_of(8) * cpus;
+        let stats = std::mem::size_of::<FaultStats>();
+        if !batch::for_each(
+            self.map_fd("FAULTS")?,
+            per_cpu(stats),
+            |key: FaultKey, v| {
+                let mut t = FaultTotals::default();
+                for cpu in v.chunks(stats.next_multiple_of(8)) {
+                    t.add(&batch::value::<FaultStats>(cpu));
+                }
+                snap.faults.push((key, t));
+            },
+        )? {
+            return Ok(false);
+        }
+        batch::for_each(
+            self.map_fd("VMAS")?,
+            std::mem::size_of::<VmaRecord>(),
+            |key: u64, v| snap.vmas.push((key, batch::value(v))),
+        )?;
+        batch::for_each(
+            self.map_fd("THREADS")?,
+            std::mem::size_of::<ThreadAcct>(),
+            |key: u32, v| snap.threads.push((key, batch::value(v))),
+        )?;
+        let proc_stats = std::mem::size_of::<ProcStats>();
+        batch::for_each(
+            self.map_fd("PROCS")?,
+            per_cpu(proc_stats),
+            |tgid: u32, v| {
+                let mut t = ProcTotals::default();
+                for cpu in v.chunks(proc_stats.next_multiple_of(8)) {
+                    let s: ProcStats = batch::value(cpu);
+                    t.minor += s.minor;
+                    t.major += s.major;
+                }
+                snap.overflow.push((tgid, t));
+            },
+        )?;
+        Ok(true)
+    }
+
+    /// The tables entry by entry (two syscalls a row).
+    fn read_each(&self, snap: &mut Snapshot) -> Result<()> {
         let ebpf = self.ebpf();
         let faults: PerCpuHashMap<&MapData, FaultKey, FaultStats> =
             PerCpuHashMap::try_from(ebpf.map("FAULTS").context("FAULTS map")?)?;
@@ -58,10 +126,6 @@ impl Probes {
             HashMap::try_from(ebpf.map("THREADS").context("THREADS map")?)?;
         let procs: PerCpuHashMap<&MapData, u32, ProcStats> =
             PerCpuHashMap::try_from(ebpf.map("PROCS").context("PROCS map")?)?;
-        let counters: PerCpuArray<&MapData, u64> =
-            PerCpuArray::try_from(ebpf.map("COUNTERS").context("COUNTERS map")?)?;
-
-        let mut snap = Snapshot::default();
         for item in faults.iter() {
             let (key, per_cpu) = item?;
             let mut t = FaultTotals::default();
@@ -85,11 +149,20 @@ impl Probes {
             }
             snap.overflow.push((tgid, t));
         }
-        let mut raw = [0u64; rmaptrace_common::counter::COUNT as usize];
-        for (i, slot) in raw.iter_mut().enumerate() {
-            *slot = counters.get(&(i as u32), 0)?.iter().sum();
-        }
-        snap.counters = Counters::from_raw(&raw);
-        Ok(snap)
+        Ok(())
+    }
+
+    fn map_fd(&self, name: &str) -> Result<std::os::fd::RawFd> {
+        use aya::maps::Map;
+        use std::os::fd::{AsFd, AsRawFd};
+        let data = match self
+            .ebpf()
+            .map(name)
+            .with_context(|| format!("{name} map"))?
+        {
+            Map::HashMap(d) | Map::PerCpuHashMap(d) => d,
+            _ => anyhow::bail!("{name} is not a hash map"),
+        };
+        Ok(data.fd().as_fd().as_raw_fd())
     }
 }
