@@ -14,7 +14,7 @@ use crate::{
     bpf::loader::Probes,
     cli::TraceArgs,
     demo::{self, DemoOpts, Driver},
-    model::trace::Trace,
+    model::trace::{Keep, Trace},
     session::monotonic_ns,
     tui::{Note, Ui, Update},
 };
@@ -38,6 +38,9 @@ pub fn wants_tui(args: &TraceArgs) -> bool {
         && std::io::stdout().is_terminal()
         && std::io::stdin().is_terminal()
 }
+
+/// Mappings per process the live screen shows (the busiest).
+const SCREEN_VMAS: usize = 1000;
 
 fn title(args: &TraceArgs, demo: bool) -> String {
     if demo {
@@ -140,7 +143,9 @@ impl Live {
             labels = d.labels();
         }
         // The screen shows names chosen by the traced processes: escaped.
-        let mut summary = trace.summary(monotonic_ns());
+        // The busiest mappings of each process: describing all of a process
+        // with 200k of them every refresh would stall the trace.
+        let mut summary = trace.summary_with(monotonic_ns(), Keep(SCREEN_VMAS), &mut |_, _| {});
         summary.escape_for_terminal();
         ui.publish(Update {
             summary,

@@ -33,8 +33,8 @@ use crate::{
         procfs::{LiveProc, ProcSource},
     },
     model::{
-        summary::ProcessSummary,
-        trace::{Record, Trace},
+        summary::{ProcessSummary, VmaSummary},
+        trace::{Keep, Record, Trace},
     },
 };
 // Live screen and demo.
@@ -85,6 +85,11 @@ pub fn probe(backend: Backend) -> Result<i32> {
     print!("kernel {}\n{}", kernel_release(), probes.plan.render());
     Ok(0)
 }
+
+/// What the end-of-trace table shows: the busiest processes, and the busiest
+/// mappings of each (the export has everything).
+const TABLE_PROCESSES: usize = 20;
+const TABLE_VMAS: usize = 20;
 
 /// The command after `--` cannot run: rmaptrace exits as a shell would (127
 /// not found, 126 not executable), so scripts see the same status either way.
@@ -242,13 +247,15 @@ impl Outputs {
         }
     }
 
-    /// A process's whole summary, once final (it exited, or the trace ends).
-    fn process(&mut self, p: &ProcessSummary) {
-        // Streamed: a process with 100k mappings makes a line of tens of MiB.
+    /// A process's whole summary, once final (it exited, or the trace ends),
+    /// its mappings described one at a time as they are written: a process
+    /// with 200k mappings is never held whole.
+    fn process(&mut self, p: &ProcessSummary, vmas: &mut dyn Iterator<Item = VmaSummary>) {
         self.write(|json| {
             json.write_streamed(&ProcessLine {
                 kind: "process",
                 rec: p,
+                vmas: Streamed(std::cell::RefCell::new(vmas)),
             })
         })
     }
@@ -274,6 +281,21 @@ struct ProcessLine<'a> {
     kind: &'static str,
     #[serde(flatten)]
     rec: &'a ProcessSummary,
+    vmas: Streamed<'a>,
+}
+
+/// A JSON array written from an iterator as it goes (serialised once).
+struct Streamed<'a>(std::cell::RefCell<&'a mut dyn Iterator<Item = VmaSummary>>);
+
+impl serde::Serialize for Streamed<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(None)?;
+        for v in &mut *self.0.borrow_mut() {
+            seq.serialize_element(&v)?;
+        }
+        seq.end()
+    }
 }
 
 #[derive(serde::Serialize)]
@@ -436,6 +458,7 @@ async fn trace(
     let mut pacer = Pacer::new();
     let mut group_exits = 0;
     let mut internal_error = false;
+    let mut lost_at_sweep = 0;
     let end_reason: String = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -465,9 +488,14 @@ async fn trace(
                     // The kernel tables are read to retire processes that exited
                     // (every tick: that keeps the tables small) and for the screen
                     // (paced); nothing else needs them while the trace runs.
-                    if trace.has_exited() || (live.shows_data() && pacer.due()) {
+                    // Exits may have been lost with other events: look for
+                    // processes that ended unseen, or their rows stay for ever.
+                    let lost = probes.events_lost()?;
+                    let sweep = lost != lost_at_sweep;
+                    lost_at_sweep = lost;
+                    if sweep || trace.has_exited() || (live.shows_data() && pacer.due()) {
                         let started_tick = std::time::Instant::now();
-                        tick_tables(&mut probes, &mut trace, &mut out, &mut live, &mut retired_last_tick)?;
+                        tick_tables(&mut probes, &mut trace, &mut out, &mut live, &mut retired_last_tick, sweep)?;
                         pacer.took(started_tick.elapsed());
                     }
                     Ok(())
@@ -531,16 +559,17 @@ async fn trace(
     if swap_in_use() {
         trace.set_swap_in_use(true);
     }
-    let mut summary = trace.summary(monotonic_ns());
+    // Every process still traced goes to the export, each mapping described
+    // as it is written; the table keeps the busiest of each.
+    let mut summary = trace.summary_with(monotonic_ns(), Keep(TABLE_VMAS), &mut |p, vmas| {
+        out.process(p, vmas)
+    });
     summary.end_reason = Some(end_reason.clone());
-    log::debug!("end: summarised by {:?}", ending.elapsed());
-    for p in summary.processes.iter().filter(|p| !p.written) {
-        out.process(p);
-    }
+    log::debug!("end: summarised and written by {:?}", ending.elapsed());
     out.write(|j| j.write_streamed(&summary));
     out.flush();
     log::debug!("end: written by {:?}", ending.elapsed());
-    let text = table::render(&summary, 20, 20);
+    let text = table::render(&summary, TABLE_PROCESSES, TABLE_VMAS);
     if live.used_tui() {
         eprintln!(
             "rmaptrace: {end_reason}: {} faults in {} processes over {:.1}s{}",
@@ -569,36 +598,36 @@ async fn trace(
     Ok(exit_code)
 }
 
-/// One tick's work on the kernel tables: read them, retire the processes that
-/// exited (their records to the export, their rows freed), refresh the screen.
+/// One tick's work on the kernel tables: read them, find processes that exited
+/// unseen (`sweep`: after events were lost), retire the processes that exited
+/// (their records to the export, their rows freed), refresh the screen.
 fn tick_tables(
     probes: &mut Probes,
     trace: &mut Trace,
     out: &mut Outputs,
     live: &mut Live,
     retired_last_tick: &mut Vec<u32>,
+    sweep: bool,
 ) -> Result<()> {
     let started = std::time::Instant::now();
     let snap = probes.snapshot()?;
     let rows = (snap.faults.len(), snap.vmas.len());
     trace.set_snapshot(snap);
     let read = started.elapsed();
+    if sweep {
+        let n = trace.mark_unseen_exits(monotonic_ns());
+        log::debug!("events were lost: {n} processes had exited unseen");
+    }
     // Processes that ended go to the export; their kernel rows are freed.
     trace.forget_retired(retired_last_tick);
-    let gone = trace.retire_exited();
-    let retired = started.elapsed();
-    for g in &gone {
-        if let Some(p) = &g.summary {
-            out.process(p);
-        }
-    }
+    let gone = trace.retire_exited_into(&mut |p, vmas| out.process(p, vmas));
     let written = started.elapsed();
     probes.forget(&gone)?;
     // Each tick's tables come and go in sizes that vary: give the freed
     // memory back so that a long trace's RSS stays flat.
     release_freed_memory();
     log::debug!(
-        "tick: read {} fault rows, {} lifetimes in {read:?}; retired {} by {retired:?}, written by {written:?}, freed by {:?}",
+        "tick: read {} fault rows, {} lifetimes in {read:?}; retired and written {} by {written:?}, freed by {:?}",
         rows.0, rows.1, gone.len(), started.elapsed()
     );
     *retired_last_tick = gone.iter().map(|g| g.pid).collect();

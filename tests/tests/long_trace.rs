@@ -229,3 +229,64 @@ fn a_reused_pid_is_a_new_process_system_wide() {
         );
     }
 }
+
+/// A trace that falls behind (here: rmaptrace stopped for 3 s while a shell
+/// starts hundreds of processes a second, as an overloaded machine would stall
+/// it) loses events, exits among them. The processes whose exit it never saw
+/// are found afterwards and their rows freed, so the tables do not fill for
+/// the rest of the trace.
+#[test]
+fn rows_of_processes_whose_exit_was_lost_are_freed() {
+    require_root();
+    let json = temp_json("stalled");
+    let log = json.with_extension("log");
+    let mut tracer = Command::new(bin())
+        .env("RUST_LOG", "rmaptrace=debug")
+        .args(["--no-tui", "--ring-mib", "1", "--json"])
+        .arg(&json)
+        .args(["--", "sh", "-c", "while :; do /bin/true; done"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for_header(&json);
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = tracer.id() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_secs(3));
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    std::thread::sleep(Duration::from_secs(4));
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert!(tracer.wait().unwrap().code().is_some());
+
+    let summary = read_export(&json).pop().unwrap();
+    assert!(
+        summary["events_lost"].as_u64().unwrap() > 0,
+        "no events lost: the stall was too short"
+    );
+    let log = std::fs::read_to_string(&log).unwrap();
+    let found: u64 = log
+        .lines()
+        .filter_map(|l| l.split("events were lost: ").nth(1))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    assert!(found > 100, "processes found exited unseen: {found}\n{log}");
+    // The processes the model holds at each tick: thousands after the stall
+    // (their exits lost), a few again once they are found and retired (as
+    // many as run and exited since the last tick).
+    let held: Vec<u64> = log
+        .lines()
+        .filter_map(|l| l.split("model: ").nth(1))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .collect();
+    let peak = held.iter().max().copied().unwrap_or(0);
+    let last = &held[held.len().saturating_sub(3)..];
+    assert!(
+        peak > 500,
+        "the stall left {peak} processes: too short to test"
+    );
+    assert!(
+        last.iter().all(|&n| n < 200),
+        "processes whose exit was lost are still held: peak {peak}, last ticks {last:?}"
+    );
+}

@@ -69,6 +69,17 @@ impl Probes {
 }
 
 impl Probes {
+    /// Events the ring buffer had no room for so far (one read, cheap enough
+    /// for every tick).
+    pub fn events_lost(&self) -> Result<u64> {
+        let counters: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.ebpf().map("COUNTERS").context("COUNTERS map")?)?;
+        Ok(counters
+            .get(&rmaptrace_common::counter::EVENTS_LOST, 0)?
+            .iter()
+            .sum())
+    }
+
     /// The tables, a few thousand rows per syscall; false (nothing read) where
     /// the kernel has no batch lookup.
     fn read_batched(&self, snap: &mut Snapshot) -> Result<bool> {

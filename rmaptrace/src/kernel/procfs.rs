@@ -10,6 +10,8 @@ pub struct ProcStat {
     pub majflt: u64,
     /// A kernel thread (PF_KTHREAD): no user memory, nothing to trace.
     pub kernel_thread: bool,
+    /// When it started, in clock ticks since boot (field 22).
+    pub start_ticks: u64,
 }
 
 /// `task_struct->flags` bit of kernel threads (include/linux/sched.h; part of
@@ -38,6 +40,12 @@ pub trait ProcSource: Send {
     }
     /// Every pid in the system.
     fn pids(&self) -> Vec<u32>;
+    /// When `pid`'s process started, on the clock of the eBPF timestamps
+    /// (CLOCK_MONOTONIC), at the latest: None if unknown.
+    fn started_ns(&self, pid: u32) -> Option<u64> {
+        let _ = pid;
+        None
+    }
 }
 
 pub struct LiveProc {
@@ -65,6 +73,25 @@ impl ProcSource for LiveProc {
         Some(text.lines().filter_map(parse_maps_line).collect())
     }
 
+    fn started_ns(&self, pid: u32) -> Option<u64> {
+        // starttime is CLOCK_BOOTTIME in USER_HZ ticks (100 a second); taking
+        // away the time suspended so far can only make it earlier than the
+        // monotonic truth, never later.
+        const TICK_NS: u64 = 10_000_000;
+        let boot = self.stat(pid)?.start_ticks.checked_mul(TICK_NS)?;
+        let clock = |id| {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes one timespec.
+            unsafe { libc::clock_gettime(id, &mut ts) };
+            ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+        };
+        let suspended = clock(libc::CLOCK_BOOTTIME).saturating_sub(clock(libc::CLOCK_MONOTONIC));
+        Some(boot.saturating_sub(suspended))
+    }
+
     fn pids(&self) -> Vec<u32> {
         let Ok(dir) = std::fs::read_dir(&self.root) else {
             return Vec::new();
@@ -81,7 +108,8 @@ pub fn parse_stat(text: &str) -> Option<ProcStat> {
     let close = text.rfind(')')?;
     let comm = text.get(open + 1..close)?.to_string();
     let rest: Vec<&str> = text.get(close + 1..)?.split_whitespace().collect();
-    // rest[0] is field 3 (state); flags is field 9, minflt 10, majflt 12.
+    // rest[0] is field 3 (state); flags is field 9, minflt 10, majflt 12,
+    // starttime 22.
     let flags: u64 = rest.get(6)?.parse().ok()?;
     Some(ProcStat {
         comm,
@@ -89,6 +117,7 @@ pub fn parse_stat(text: &str) -> Option<ProcStat> {
         minflt: rest.get(7)?.parse().ok()?,
         majflt: rest.get(9)?.parse().ok()?,
         kernel_thread: flags & PF_KTHREAD != 0,
+        start_ticks: rest.get(19)?.parse().ok()?,
     })
 }
 
@@ -124,6 +153,7 @@ mod tests {
         assert_eq!(st.minflt, 123);
         assert_eq!(st.majflt, 4);
         assert!(!st.kernel_thread);
+        assert_eq!(st.start_ticks, 9);
         let kthreadd = "2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 9 0 0";
         assert!(parse_stat(kthreadd).unwrap().kernel_thread);
         assert_eq!(parse_stat("garbage"), None);

@@ -89,9 +89,11 @@ pub struct ProcessSummary {
     /// rest of those are in the `unknown` kind.
     pub resolved_later: u64,
     pub exited: bool,
+    /// The mappings kept in memory (all, or the busiest); the export writes
+    /// every one, streamed (see `Trace::summary_with`).
+    #[serde(skip)]
     pub vmas: Vec<VmaSummary>,
-    /// Rows left out of `vmas` when an exited process's summary was kept in
-    /// memory for the screen (its whole summary went to the export).
+    /// Mappings left out of `vmas` (the export has them all).
     #[serde(skip)]
     pub vmas_dropped: usize,
     /// Already written to the export as a `process` record.

@@ -78,6 +78,8 @@ struct ProcessState {
     threads_exited: u32,
     /// When its main thread exited.
     exit_ns: Option<u64>,
+    /// When rmaptrace first heard of it.
+    seen_ns: u64,
     targeted: bool,
     /// Successful mmaps: where each mapping came from.
     origins: Origins,
@@ -127,7 +129,6 @@ pub struct Retired {
     pub rows: Vec<FaultKey>,
     /// Its lifetimes, with their VMA structs.
     pub lives: Vec<(u64, u64)>,
-    pub summary: Option<ProcessSummary>,
 }
 
 /// Exited processes whose summaries stay in memory (for the live screen and the
@@ -136,6 +137,38 @@ pub struct Retired {
 const KEEP_BUSIEST: usize = 32;
 const KEEP_LATEST: usize = 32;
 const KEEP_VMAS: usize = 64;
+
+/// How many of each process's mappings a summary holds in memory: the
+/// busiest n (by faults), in address order, the rest counted in
+/// `vmas_dropped`. The export gets them all, one at a time, through a
+/// [`VmaSink`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Keep(pub usize);
+
+impl Keep {
+    #[cfg(test)]
+    pub const ALL: Keep = Keep(usize::MAX);
+}
+
+/// Receives each process summarised with every one of its mappings, described
+/// one at a time (in address order) as the iterator is advanced.
+pub type VmaSink<'s> = dyn FnMut(&ProcessSummary, &mut dyn Iterator<Item = VmaSummary>) + 's;
+
+/// A mapping lifetime as the first pass of a summary sees it.
+struct Span {
+    /// Its rows' lifetime (None: faults with no VMA found).
+    rows: Option<u64>,
+    /// The lifetime, when its description was read (None: kind unknown).
+    life: Option<u64>,
+    kind: Kind,
+    minor: u64,
+    major: u64,
+    /// The range at the end of its life.
+    start: u64,
+    end: u64,
+    first_seen: Option<u64>,
+    unmapped: Option<u64>,
+}
 
 /// Rows of one process: lifetime (None: no VMA found) → (access, path) → counts.
 type ProcessRows = BTreeMap<Option<u64>, SmallMap<(u8, u8), FaultTotals>>;
@@ -246,10 +279,59 @@ impl Trace {
             .get(&pid)
             .and_then(|p| p.exit_ns)
             .is_some_and(|exit| ts > exit);
+        let new = || ProcessState {
+            seen_ns: ts,
+            ..Default::default()
+        };
         if reused || self.newborn.contains_key(&pid) {
-            return self.newborn.entry(pid).or_default();
+            return self.newborn.entry(pid).or_insert_with(new);
         }
-        self.processes.entry(pid).or_default()
+        self.processes.entry(pid).or_insert_with(new)
+    }
+
+    /// Processes whose exit went unseen (its event lost with others when the
+    /// ring buffer overflowed), marked exited so that the next retirement frees
+    /// their rows: gone from /proc (or a zombie), or their pid now another
+    /// process's, started after rmaptrace first heard of theirs. Without this a
+    /// long trace that once fell behind would keep their rows for ever, and its
+    /// tables would fill. Called after events were lost; returns how many.
+    pub fn mark_unseen_exits(&mut self, now_ns: u64) -> usize {
+        let mut pids: Vec<u32> = self
+            .processes
+            .iter()
+            .filter(|(_, p)| p.exit_ns.is_none())
+            .map(|(pid, _)| *pid)
+            .collect();
+        // Processes known only by their rows (their fork event lost too).
+        pids.extend(
+            self.snapshot
+                .faults
+                .iter()
+                .map(|(k, _)| k.tgid)
+                .chain(self.snapshot.vmas.iter().map(|(_, r)| r.tgid))
+                .filter(|pid| {
+                    !self.processes.contains_key(pid) && !self.retired_until.contains_key(pid)
+                }),
+        );
+        pids.sort_unstable();
+        pids.dedup();
+        let mut marked = 0;
+        for pid in pids {
+            let exit = if !self.procfs.alive(pid) {
+                Some(now_ns)
+            } else {
+                let seen = self.processes.get(&pid).map_or(0, |p| p.seen_ns);
+                self.procfs
+                    .started_ns(pid)
+                    .filter(|&start| seen != 0 && start > seen)
+                    .map(|start| start - 1)
+            };
+            if let Some(exit) = exit {
+                self.processes.entry(pid).or_default().exit_ns = Some(exit);
+                marked += 1;
+            }
+        }
+        marked
     }
 
     fn comm_of(&self, pid: u32) -> String {
@@ -883,6 +965,8 @@ impl Trace {
         &self,
         only: Option<&[u32]>,
         records: &HashMap<u64, &VmaRecord>,
+        keep: Keep,
+        sink: &mut VmaSink<'_>,
     ) -> Vec<ProcessSummary> {
         let only: Option<std::collections::HashSet<u32>> =
             only.map(|o| o.iter().copied().collect());
@@ -923,34 +1007,35 @@ impl Trace {
         for pid in pids {
             let empty = BTreeMap::new();
             let groups = by_pid.get(&pid).unwrap_or(&empty);
-            let mut vmas = Vec::with_capacity(groups.len());
             let mut by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
             let mut faults = FaultCounts::default();
             // One row per mapping lifetime: a VMA that grew, shrank or had part
             // of it split off keeps its row; a new VMA (the split-off part, a
-            // mapping replaced at the same address) gets its own.
-            for (life, rows) in groups {
-                let rows: Vec<(u8, u8, &FaultTotals)> =
-                    rows.iter().map(|((a, p), t)| (*a, *p, t)).collect();
-                let rows = &rows[..];
-                if rows.iter().all(|(_, _, t)| t.total() == 0) {
-                    continue;
-                }
-                let v = match life.and_then(|l| records.get(&l).map(|r| (l, *r))) {
-                    Some(l) => self.vma_summary(pid, Some(l), rows),
-                    None => {
-                        let mut v = self.vma_summary(pid, None, rows);
-                        v.file = Some("(no VMA found at fault time)".into());
-                        v
-                    }
-                };
-                *by_kind.entry(v.kind).or_default() += v.faults;
-                faults.minor += v.minor;
-                faults.major += v.major;
-                vmas.push(v);
+            // mapping replaced at the same address) gets its own. First as
+            // spans (counts, range, times), so that a process with 200k
+            // mappings is counted and ordered without describing each.
+            let mut spans: Vec<Span> = groups
+                .iter()
+                .filter_map(|(life, rows)| self.span(pid, *life, rows, records))
+                .collect();
+            for sp in &spans {
+                *by_kind.entry(sp.kind.as_str()).or_default() += sp.minor + sp.major;
+                faults.minor += sp.minor;
+                faults.major += sp.major;
             }
-            vmas.sort_unstable_by_key(|v| (v.start_addr, v.first_seen_ns, v.key));
-            end_superseded(&mut vmas);
+            spans.sort_unstable_by_key(|sp| (sp.start, sp.first_seen, sp.life));
+            end_superseded(&mut spans);
+            let describe = |sp: &Span| self.describe(pid, sp, groups, records);
+            let mut busiest: Vec<&Span> = spans.iter().collect();
+            if busiest.len() > keep.0 {
+                busiest.select_nth_unstable_by_key(keep.0, |sp| {
+                    (std::cmp::Reverse(sp.minor + sp.major), sp.start, sp.life)
+                });
+                busiest.truncate(keep.0);
+                busiest.sort_unstable_by_key(|sp| (sp.start, sp.first_seen, sp.life));
+            }
+            let vmas: Vec<VmaSummary> = busiest.into_iter().map(describe).collect();
+            let vmas_dropped = spans.len() - vmas.len();
             // Faults that found the per-VMA table full: counted, kind unknown.
             let t = overflow.get(&pid).copied().unwrap_or_default();
             if t.minor + t.major > 0 {
@@ -968,7 +1053,7 @@ impl Trace {
                 .get(&pid)
                 .is_some_and(|p| p.exit_ns.is_some())
                 || !self.procfs.alive(pid);
-            processes.push(ProcessSummary {
+            let summary = ProcessSummary {
                 pid,
                 comm: self.comm_of(pid),
                 resolved_later: resolved.get(&pid).copied().unwrap_or(0),
@@ -978,19 +1063,93 @@ impl Trace {
                 unseen,
                 exited,
                 vmas,
-                vmas_dropped: 0,
+                vmas_dropped,
                 written: false,
-            });
+            };
+            // Every mapping, described one at a time for the export.
+            sink(&summary, &mut spans.iter().map(describe));
+            processes.push(summary);
         }
         processes
     }
 
+    /// A lifetime's counts, final range and times; None when it counted nothing.
+    fn span(
+        &self,
+        pid: u32,
+        life: Option<u64>,
+        rows: &SmallMap<(u8, u8), FaultTotals>,
+        records: &HashMap<u64, &VmaRecord>,
+    ) -> Option<Span> {
+        let (minor, major) = rows
+            .values()
+            .fold((0, 0), |(mi, ma), t| (mi + t.minor, ma + t.major));
+        if minor + major == 0 {
+            return None;
+        }
+        let rec = life.and_then(|l| records.get(&l).copied());
+        let last_ns = rows.values().map(|t| t.last_ns).max().unwrap_or(0);
+        let (start, end) = rec.map_or((0, 0), |r| self.final_range(pid, r));
+        Some(Span {
+            rows: life,
+            life: rec.and(life),
+            kind: rec.map_or(Kind::Unknown, |r| self.kind_of(&r.info)),
+            minor,
+            major,
+            start,
+            end,
+            first_seen: rec.map(|r| r.first_ns),
+            unmapped: rec.and_then(|r| self.unmapped_ns(pid, r, last_ns)),
+        })
+    }
+
+    /// A span described in full: names, origin, paths, latency.
+    fn describe(
+        &self,
+        pid: u32,
+        sp: &Span,
+        groups: &ProcessRows,
+        records: &HashMap<u64, &VmaRecord>,
+    ) -> VmaSummary {
+        let empty = SmallMap::default();
+        let rows: Vec<(u8, u8, &FaultTotals)> = groups
+            .get(&sp.rows)
+            .unwrap_or(&empty)
+            .iter()
+            .map(|((a, p), t)| (*a, *p, t))
+            .collect();
+        let mut v = match sp.life.and_then(|l| records.get(&l).map(|r| (l, *r))) {
+            Some(l) => self.vma_summary(pid, Some(l), &rows),
+            None => {
+                let mut v = self.vma_summary(pid, None, &rows);
+                v.file = Some("(no VMA found at fault time)".into());
+                v
+            }
+        };
+        v.unmapped_ns = sp.unmapped;
+        v
+    }
+
+    /// [`Trace::retire_exited_into`], with what it wrote: each retired process
+    /// with all its mappings.
+    #[cfg(test)]
+    pub fn retire_exited(&mut self) -> (Vec<Retired>, Vec<ProcessSummary>) {
+        let mut written = Vec::new();
+        let gone = self.retire_exited_into(&mut |p, vmas| {
+            let mut p = p.clone();
+            p.vmas = vmas.collect();
+            p.vmas_dropped = 0;
+            written.push(p);
+        });
+        (gone, written)
+    }
+
     /// Processes whose last thread exited, with everything the kernel counted
-    /// for them in the latest snapshot: their summaries are kept here and their
-    /// state dropped, and the caller frees their kernel rows (the returned
-    /// lifetimes and pids), so that tables and memory do not grow with every
-    /// process a long trace sees.
-    pub fn retire_exited(&mut self) -> Vec<Retired> {
+    /// for them in the latest snapshot, each written whole to `sink`: their
+    /// totals and a trimmed copy are kept here and their state dropped, and the
+    /// caller frees their kernel rows (the returned lifetimes and pids), so that
+    /// tables and memory do not grow with every process a long trace sees.
+    pub fn retire_exited_into(&mut self, sink: &mut VmaSink<'_>) -> Vec<Retired> {
         let exited: Vec<u32> = self
             .processes
             .iter()
@@ -1001,7 +1160,7 @@ impl Trace {
             return Vec::new();
         }
         let records = self.records();
-        let summaries = self.process_summaries(Some(&exited), &records);
+        let summaries = self.process_summaries(Some(&exited), &records, Keep(KEEP_VMAS), sink);
         // What the summaries counted is what is freed: the exited processes'
         // own rows and lifetimes (a reused pid's later ones are not theirs).
         let exited_own = |pid: u32, at: u64| {
@@ -1051,7 +1210,6 @@ impl Trace {
                 pid,
                 rows: rows_of.remove(&pid).unwrap_or_default(),
                 lives,
-                summary,
             });
         }
         out
@@ -1115,8 +1273,16 @@ impl Trace {
 
     /// The trace so far: every process still traced, the exited ones kept in
     /// memory, and totals over all of them.
+    #[cfg(test)]
     pub fn summary(&self, now_ns: u64) -> Summary {
-        let mut processes = self.process_summaries(None, &self.records());
+        self.summary_with(now_ns, Keep::ALL, &mut |_, _| {})
+    }
+
+    /// The trace so far, each process keeping `keep` of its mappings in memory
+    /// and written whole to `sink` (the end of a trace: every process still
+    /// traced goes to the export).
+    pub fn summary_with(&self, now_ns: u64, keep: Keep, sink: &mut VmaSink<'_>) -> Summary {
+        let mut processes = self.process_summaries(None, &self.records(), keep, sink);
         let mut totals = self.exited_totals.clone();
         for p in &processes {
             totals.add(p);
@@ -1160,37 +1326,37 @@ fn row_time(key: &FaultKey, totals: &FaultTotals, records: &HashMap<u64, &VmaRec
 /// changed (split, or unmapped unseen) before that one appeared, so it ended by
 /// then at the latest.
 ///
-/// `vmas` is sorted by start address. The lifetimes overlapping one are those
+/// `spans` is sorted by start address. The lifetimes overlapping one are those
 /// after it that start before its end, and those before it whose end (the
 /// running maximum, `reach`) passes its start: the walk stops where no other
 /// can, so it costs the overlaps, not the process's whole list.
-fn end_superseded(vmas: &mut [VmaSummary]) {
-    let reach: Vec<u64> = vmas
+fn end_superseded(spans: &mut [Span]) {
+    let reach: Vec<u64> = spans
         .iter()
-        .scan(0, |hi, v| {
-            *hi = v.end_addr.max(*hi);
+        .scan(0, |hi, sp| {
+            *hi = sp.end.max(*hi);
             Some(*hi)
         })
         .collect();
-    for i in 0..vmas.len() {
-        let (Some(first), None) = (vmas[i].first_seen_ns, vmas[i].unmapped_ns) else {
+    for i in 0..spans.len() {
+        let (Some(first), None) = (spans[i].first_seen, spans[i].unmapped) else {
             continue;
         };
-        let (s, e) = (vmas[i].start_addr, vmas[i].end_addr);
-        let after = vmas[i + 1..].iter().take_while(|o| o.start_addr < e);
+        let (s, e) = (spans[i].start, spans[i].end);
+        let after = spans[i + 1..].iter().take_while(|o| o.start < e);
         let before = (0..i)
             .rev()
             .take_while(|&j| reach[j] > s)
-            .map(|j| &vmas[j])
-            .filter(|o| o.end_addr > s);
+            .map(|j| &spans[j])
+            .filter(|o| o.end > s);
         let superseded = after
             .chain(before)
             .filter(|o| o.life.is_some())
-            .filter_map(|o| o.first_seen_ns)
+            .filter_map(|o| o.first_seen)
             .filter(|&f| f > first)
             .min();
         if superseded.is_some() {
-            vmas[i].unmapped_ns = superseded;
+            spans[i].unmapped = superseded;
         }
     }
 }

@@ -144,19 +144,24 @@ fn snapshot() -> impl Strategy<Value = Snapshot> {
 
 fn check(s: &Summary) -> Result<(), TestCaseError> {
     for p in &s.processes {
-        prop_assert_eq!(p.faults.total, p.faults.minor + p.faults.major);
-        prop_assert_eq!(
-            p.by_kind.values().sum::<u64>(),
-            p.faults.total,
-            "kinds of {}",
-            p.pid
-        );
-        let in_vmas: u64 = p.vmas.iter().map(|v| v.faults).sum();
-        prop_assert!(in_vmas <= p.faults.total);
-        for v in &p.vmas {
-            prop_assert_eq!(v.faults, v.minor + v.major);
-            prop_assert_eq!(v.paths.values().sum::<u64>(), v.faults);
-        }
+        check_process(p)?;
+    }
+    Ok(())
+}
+
+fn check_process(p: &ProcessSummary) -> Result<(), TestCaseError> {
+    prop_assert_eq!(p.faults.total, p.faults.minor + p.faults.major);
+    prop_assert_eq!(
+        p.by_kind.values().sum::<u64>(),
+        p.faults.total,
+        "kinds of {}",
+        p.pid
+    );
+    let in_vmas: u64 = p.vmas.iter().map(|v| v.faults).sum();
+    prop_assert!(in_vmas <= p.faults.total);
+    for v in &p.vmas {
+        prop_assert_eq!(v.faults, v.minor + v.major);
+        prop_assert_eq!(v.paths.values().sum::<u64>(), v.faults);
     }
     Ok(())
 }
@@ -190,16 +195,11 @@ proptest! {
             s.processes.iter().map(|p| p.faults.total).sum::<u64>()
         );
         // Processes that exited are retired; the next tables are read after.
-        let gone = t.retire_exited();
-        let retired: u64 = gone
-            .iter()
-            .filter_map(|g| g.summary.as_ref())
-            .map(|p| p.faults.total)
-            .sum();
-        for g in &gone {
-            if let Some(p) = &g.summary {
-                prop_assert!(p.exited);
-            }
+        let (gone, written) = t.retire_exited();
+        let retired: u64 = written.iter().map(|p| p.faults.total).sum();
+        for p in &written {
+            prop_assert!(p.exited);
+            check_process(p)?;
         }
         t.forget_retired(&gone.iter().map(|g| g.pid).collect::<Vec<_>>());
         for r in late {

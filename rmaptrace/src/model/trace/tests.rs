@@ -5,7 +5,7 @@ use crate::{
     kernel::procfs::{MapsEntry, ProcStat},
     model::snapshot::{Counters, Hist, ProcTotals},
 };
-use rmaptrace_common::{access, path_id, EventHeader, ExitEvent, FaultKey, ThreadAcct};
+use rmaptrace_common::{access, path_id, EventHeader, ExitEvent, FaultKey, TaskEvent, ThreadAcct};
 
 #[derive(Default)]
 struct FakeProc {
@@ -22,6 +22,22 @@ impl ProcSource for FakeProc {
     }
     fn pids(&self) -> Vec<u32> {
         self.stats.keys().copied().collect()
+    }
+    fn started_ns(&self, pid: u32) -> Option<u64> {
+        self.stats.get(&pid).map(|s| s.start_ticks)
+    }
+}
+
+/// A running process's /proc/PID/stat, started at `start_ns` (kept in
+/// `start_ticks`, which the fake reports as nanoseconds).
+fn running(comm: &str, start_ns: u64) -> ProcStat {
+    ProcStat {
+        comm: comm.into(),
+        state: 'S',
+        minflt: 0,
+        majflt: 0,
+        kernel_thread: false,
+        start_ticks: start_ns,
     }
 }
 
@@ -120,6 +136,7 @@ fn attributes_faults_to_vmas_kinds_handlers_and_paths() {
             minflt: 310,
             majflt: 0,
             kernel_thread: false,
+            start_ticks: 0,
         },
     );
     fake.maps.insert(
@@ -272,6 +289,7 @@ fn live_threads_count_from_their_kernel_counters_not_proc() {
             minflt: 5_000,
             majflt: 0,
             kernel_thread: false,
+            start_ticks: 0,
         },
     );
     let mut t = trace_with(fake);
@@ -524,18 +542,17 @@ fn an_exited_process_keeps_its_summary_after_its_rows_are_freed() {
         vmas: vec![life(6, 9, 10, 0x1000, anon)],
         ..Default::default()
     });
-    let gone = t.retire_exited();
+    let (gone, written) = t.retire_exited();
     assert_eq!(gone.len(), 1);
     assert_eq!(
         (gone[0].pid, gone[0].rows.clone(), gone[0].lives.clone()),
         (6, vec![key(6, 9, access::WRITE)], vec![(9, 0)])
     );
-    let record = gone[0]
-        .summary
-        .as_ref()
-        .expect("its summary, for the export");
-    assert_eq!(record.faults.total, 4);
-    assert!(t.retire_exited().is_empty(), "retired once");
+    let [record] = &written[..] else {
+        panic!("its summary, for the export: {written:?}");
+    };
+    assert_eq!((record.faults.total, record.vmas.len()), (4, 1));
+    assert!(t.retire_exited().0.is_empty(), "retired once");
     // The kernel rows are gone from the next snapshot; the summary stays.
     t.set_snapshot(Snapshot::default());
     t.forget_retired(&[6]);
@@ -555,31 +572,17 @@ fn an_exited_process_keeps_its_summary_after_its_rows_are_freed() {
 
 /// A lifetime as `end_superseded` sees it: its range, when first seen, when
 /// unmapped.
-fn lifetime(start: u64, end: u64, first: u64, unmapped: Option<u64>) -> VmaSummary {
-    VmaSummary {
-        start: hex(start),
-        end: hex(end),
-        kind: "anon",
-        handler: None,
-        module: None,
-        file: None,
-        device: None,
-        prot: "rw-p".into(),
-        origin: None,
+fn lifetime(start: u64, end: u64, first: u64, unmapped: Option<u64>) -> Span {
+    Span {
+        rows: Some(first),
         life: Some(first),
-        first_seen_ns: Some(first),
-        mapped_ns: None,
-        unmapped_ns: unmapped,
-        faults: 1,
+        kind: Kind::Anon,
         minor: 1,
         major: 0,
-        paths: SmallMap::default(),
-        latency_ns: Latency::default(),
-        handler_time: None,
-        start_addr: start,
-        end_addr: end,
-        key: first,
-        latency_hist: Hist::default(),
+        start,
+        end,
+        first_seen: Some(first),
+        unmapped,
     }
 }
 
@@ -595,7 +598,7 @@ fn superseded_lifetimes_end_as_pairwise_comparison_says() {
         seed % n
     };
     for round in 0..50 {
-        let mut vmas: Vec<VmaSummary> = (0..60)
+        let mut vmas: Vec<Span> = (0..60)
             .map(|i| {
                 let start = next(64) * 0x1000;
                 let len = if i == 0 {
@@ -607,25 +610,69 @@ fn superseded_lifetimes_end_as_pairwise_comparison_says() {
                 lifetime(start, start + len, 1 + next(1000) * 2 + i, unmapped)
             })
             .collect();
-        vmas.sort_by_key(|v| (v.start_addr, v.first_seen_ns));
-        let mut want = vmas.clone();
-        for i in 0..want.len() {
-            let (Some(first), None) = (want[i].first_seen_ns, want[i].unmapped_ns) else {
+        vmas.sort_by_key(|v| (v.start, v.first_seen));
+        let mut want: Vec<Option<u64>> = vmas.iter().map(|v| v.unmapped).collect();
+        for (i, v) in vmas.iter().enumerate() {
+            let (Some(first), None) = (v.first_seen, v.unmapped) else {
                 continue;
             };
-            let (s, e) = (want[i].start_addr, want[i].end_addr);
-            let later = want
+            let later = vmas
                 .iter()
-                .filter(|o| o.first_seen_ns.is_some_and(|f| f > first))
-                .filter(|o| o.start_addr < e && s < o.end_addr)
-                .filter_map(|o| o.first_seen_ns)
+                .filter(|o| o.first_seen.is_some_and(|f| f > first))
+                .filter(|o| o.start < v.end && v.start < o.end)
+                .filter_map(|o| o.first_seen)
                 .min();
             if later.is_some() {
-                want[i].unmapped_ns = later;
+                want[i] = later;
             }
         }
         end_superseded(&mut vmas);
-        let ends = |v: &[VmaSummary]| v.iter().map(|v| v.unmapped_ns).collect::<Vec<_>>();
-        assert_eq!(ends(&vmas), ends(&want), "round {round}");
+        let ends = |v: &[Span]| v.iter().map(|v| v.unmapped).collect::<Vec<_>>();
+        assert_eq!(ends(&vmas), want, "round {round}");
     }
+}
+
+/// After events were lost, processes whose exits went unseen are found and
+/// retired: one gone from /proc, one known only by its rows, and one whose pid
+/// another process took since; a live one is left alone.
+#[test]
+fn exits_lost_with_other_events_are_found() {
+    let mut fake = FakeProc::default();
+    fake.stats.insert(4, running("alive", 0));
+    fake.stats.insert(5, running("reuser", 500));
+    let mut t = trace_with(fake);
+    for pid in [3, 4, 5] {
+        t.on_event(Event::Task(TaskEvent {
+            header: header(event_kind::EXEC, pid, 100),
+            other: 0,
+            _pad: 0,
+            min_flt: 0,
+            maj_flt: 0,
+            comm: *b"app\0\0\0\0\0\0\0\0\0\0\0\0\0",
+        }));
+    }
+    let anon = VmaInfo {
+        vm_end: 0x2000,
+        vm_flags: 0x3,
+        ..Default::default()
+    };
+    t.set_snapshot(Snapshot {
+        faults: [3, 4, 5, 7]
+            .map(|pid| (key(pid, u64::from(pid), access::WRITE), totals(2, 0)))
+            .to_vec(),
+        vmas: [3, 4, 5, 7]
+            .map(|pid| life(pid, u64::from(pid), 150, 0x1000, anon))
+            .to_vec(),
+        ..Default::default()
+    });
+    assert!(!t.has_exited());
+    assert_eq!(t.mark_unseen_exits(1_000), 3);
+    let (gone, written) = t.retire_exited();
+    let mut pids: Vec<u32> = gone.iter().map(|g| g.pid).collect();
+    pids.sort_unstable();
+    assert_eq!(pids, [3, 5, 7]);
+    assert!(written.iter().all(|p| p.exited && p.faults.total == 2));
+    // The reused pid's old process ended before the new one started.
+    assert_eq!(t.retired_until.get(&5), Some(&499));
+    assert_eq!(t.mark_unseen_exits(2_000), 0, "found once");
 }

@@ -32,9 +32,14 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         .map(|l| format!(" [{l}]"))
         .unwrap_or_default();
     let exited = if p.exited { " (exited)" } else { "" };
+    // The screen holds a process's busiest mappings; the export has them all.
+    let dropped = match p.vmas_dropped {
+        0 => String::new(),
+        n => format!("; {n} quieter mappings not shown (all in --json)"),
+    };
     f.render_widget(
         Paragraph::new(format!(
-            " pid {} {}{label}{exited}: {} faults ({} major), {}/s{kernel}",
+            " pid {} {}{label}{exited}: {} faults ({} major), {}/s{kernel}{dropped}",
             p.pid,
             p.comm,
             p.faults.total,
