@@ -454,7 +454,6 @@ async fn trace(
     let follows_tree = args.comms.is_empty() && (!args.pids.is_empty() || child_pid.is_some());
     let mut exit_code = 0;
     let mut stop_child = None;
-    let mut retired_last_tick: Vec<u32> = Vec::new();
     let mut pacer = Pacer::new();
     let mut group_exits = 0;
     let mut internal_error = false;
@@ -495,7 +494,7 @@ async fn trace(
                     lost_at_sweep = lost;
                     if sweep || trace.has_exited() || (live.shows_data() && pacer.due()) {
                         let started_tick = std::time::Instant::now();
-                        tick_tables(&mut probes, &mut trace, &mut out, &mut live, &mut retired_last_tick, sweep)?;
+                        tick_tables(&mut probes, ring.get_mut(), &mut trace, &mut out, &mut live, sweep)?;
                         pacer.took(started_tick.elapsed());
                     }
                     Ok(())
@@ -603,10 +602,10 @@ async fn trace(
 /// (their records to the export, their rows freed), refresh the screen.
 fn tick_tables(
     probes: &mut Probes,
+    ring: &mut RingBuf<MapData>,
     trace: &mut Trace,
     out: &mut Outputs,
     live: &mut Live,
-    retired_last_tick: &mut Vec<u32>,
     sweep: bool,
 ) -> Result<()> {
     let started = std::time::Instant::now();
@@ -619,10 +618,13 @@ fn tick_tables(
         log::debug!("events were lost: {n} processes had exited unseen");
     }
     // Processes that ended go to the export; their kernel rows are freed.
-    trace.forget_retired(retired_last_tick);
     let gone = trace.retire_exited_into(&mut |p, vmas| out.process(p, vmas));
     let written = started.elapsed();
     probes.forget(&gone)?;
+    // The events that came meanwhile, before the screen's summary: the ring
+    // buffer is read on this thread, and a process mapping fast fills it in
+    // well under a second.
+    drain(ring, trace, out);
     // Each tick's tables come and go in sizes that vary: give the freed
     // memory back so that a long trace's RSS stays flat.
     release_freed_memory();
@@ -630,7 +632,6 @@ fn tick_tables(
         "tick: read {} fault rows, {} lifetimes in {read:?}; retired and written {} by {written:?}, freed by {:?}",
         rows.0, rows.1, gone.len(), started.elapsed()
     );
-    *retired_last_tick = gone.iter().map(|g| g.pid).collect();
     live.on_tick(trace);
     log::debug!("model: {}", trace.held());
     Ok(())

@@ -114,6 +114,9 @@ pub struct Trace {
     /// Retired pids, with their exit time, whose rows (those first seen by
     /// then) may still be in the latest snapshot.
     retired_until: HashMap<u32, u64>,
+    /// Pids retired by the latest retirement: their rows are freed by the
+    /// caller right after it, so the next snapshot no longer has them.
+    retired_last: Vec<u32>,
     /// Processes that got the pid of one that exited and is not retired yet:
     /// a new process, kept apart until the old one's rows are freed.
     newborn: HashMap<u32, ProcessState>,
@@ -195,6 +198,7 @@ impl Trace {
             exited_totals: Totals::default(),
             kept: Vec::new(),
             retired_until: HashMap::new(),
+            retired_last: Vec::new(),
             newborn: HashMap::new(),
             group_exits: 0,
         }
@@ -1149,7 +1153,13 @@ impl Trace {
     /// totals and a trimmed copy are kept here and their state dropped, and the
     /// caller frees their kernel rows (the returned lifetimes and pids), so that
     /// tables and memory do not grow with every process a long trace sees.
+    ///
+    /// The caller frees the returned rows before the next snapshot is taken:
+    /// the next retirement then forgets these pids (a later process with one of
+    /// them is a new process).
     pub fn retire_exited_into(&mut self, sink: &mut VmaSink<'_>) -> Vec<Retired> {
+        let freed = std::mem::take(&mut self.retired_last);
+        self.forget_retired(&freed);
         let exited: Vec<u32> = self
             .processes
             .iter()
@@ -1212,6 +1222,7 @@ impl Trace {
                 lives,
             });
         }
+        self.retired_last = out.iter().map(|g| g.pid).collect();
         out
     }
 
@@ -1265,7 +1276,7 @@ impl Trace {
 
     /// The kernel rows of `pids` are gone: a later process with one of those pids
     /// is a new process.
-    pub fn forget_retired(&mut self, pids: &[u32]) {
+    fn forget_retired(&mut self, pids: &[u32]) {
         for pid in pids {
             self.retired_until.remove(pid);
         }

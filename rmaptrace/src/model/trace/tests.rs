@@ -555,7 +555,8 @@ fn an_exited_process_keeps_its_summary_after_its_rows_are_freed() {
     assert!(t.retire_exited().0.is_empty(), "retired once");
     // The kernel rows are gone from the next snapshot; the summary stays.
     t.set_snapshot(Snapshot::default());
-    t.forget_retired(&[6]);
+    assert!(t.retire_exited().0.is_empty(), "forgets the freed pids");
+    assert!(!t.retired_until.contains_key(&6));
     let s = t.summary(100);
     let p = &s.processes[0];
     assert_eq!((p.pid, p.comm.as_str(), p.faults.total), (6, "short", 4));
