@@ -384,6 +384,11 @@ async fn trace(
     }
     trace.set_swap_in_use(swap_in_use());
 
+    // Before the header says rmaptrace is attached: from then on a signal
+    // ends the trace with its summary, never kills it outright.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
     let mut out = Outputs::new(json);
     if let Some(j) = &mut out.json {
         j.start()?;
@@ -435,9 +440,6 @@ async fn trace(
     // SAFETY: the ring buffer owns its fd for as long as the AsyncFd holds it.
     let mut ring = unsafe { AsyncFd::register(probes.take_ring()?) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
     let deadline = args.duration.map(Duration::from_secs_f64);
     let sleep = tokio::time::sleep(deadline.unwrap_or(Duration::from_secs(u64::MAX / 4)));
     tokio::pin!(sleep);

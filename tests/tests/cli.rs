@@ -206,6 +206,11 @@ fn sigterm_and_ctrl_c_end_cleanly_with_a_summary() {
 fn system_wide_with_duration() {
     require_root();
     let json = temp_json("system");
+    // Something to fault while it traces, however idle the machine is.
+    let mut busy = Command::new("sh")
+        .args(["-c", "for i in $(seq 60); do /bin/true; sleep 0.1; done"])
+        .spawn()
+        .unwrap();
     let out = rmaptrace(&[
         "--no-tui",
         "--duration",
@@ -213,6 +218,8 @@ fn system_wide_with_duration() {
         "--json",
         json.to_str().unwrap(),
     ]);
+    let _ = busy.kill();
+    let _ = busy.wait();
     assert!(
         out.status.success(),
         "{}",

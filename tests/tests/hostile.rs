@@ -18,8 +18,15 @@ fn program_named(name: &[u8], of: &str) -> PathBuf {
     let dir = temp_json("program").with_extension("d");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(OsStr::from_bytes(name));
-    std::fs::copy(of, &path).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Copied by another process: a file this multi-threaded test process had
+    // open for writing could be inherited by a sibling test's fork, and
+    // executing it would fail with ETXTBSY.
+    let copied = Command::new("install")
+        .args(["-m", "755", of])
+        .arg(&path)
+        .status()
+        .unwrap();
+    assert!(copied.success());
     path
 }
 
