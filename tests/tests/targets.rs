@@ -75,7 +75,10 @@ fn counts_fresh_anonymous_pages_per_process() {
 
 #[test]
 fn without_the_probes_nothing_is_counted() {
-    let disabled = "fault_done_minor,fault_done_major,fault_done_minor_vls,fault_done_major_vls";
+    // Every program that can count a fault, on any backend.
+    let disabled = "fault_done_minor,fault_done_major,fault_done_minor_vls,fault_done_major_vls,\
+                    handle_mm_fault_fentry,handle_mm_fault_fexit,\
+                    handle_mm_fault_kprobe,handle_mm_fault_kretprobe";
     let json = temp_json("disabled");
     let out = Command::new(bin())
         .args(["--no-tui", "--json", json.to_str().unwrap(), "--"])
