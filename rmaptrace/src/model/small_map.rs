@@ -40,6 +40,13 @@ impl<K: Ord, V> SmallMap<K, V> {
             .map(|at| &self.0[at].1)
     }
 
+    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.0
+            .binary_search_by(|(k, _)| k.cmp(key))
+            .ok()
+            .map(|at| &mut self.0[at].1)
+    }
+
     pub fn remove(&mut self, key: &K) -> Option<V> {
         self.0
             .binary_search_by(|(k, _)| k.cmp(key))

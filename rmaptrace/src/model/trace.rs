@@ -1,6 +1,9 @@
 //! The state of one trace: what the ring buffer told (mappings, names, exits) plus
 //! the latest snapshot of the in-kernel counts, and the attribution that joins them.
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, HashMap},
+};
 
 use std::sync::Arc;
 
@@ -174,7 +177,9 @@ struct Span {
 }
 
 /// Rows of one process: lifetime (None: no VMA found) → (access, path) → counts.
-type ProcessRows = BTreeMap<Option<u64>, SmallMap<(u8, u8), FaultTotals>>;
+/// Counts are borrowed from the snapshot, copied only where rows merge or a
+/// fault moves (a process with 200k mappings would copy 200k histograms).
+type ProcessRows<'s> = BTreeMap<Option<u64>, SmallMap<(u8, u8), Cow<'s, FaultTotals>>>;
 
 fn hex(v: u64) -> String {
     format!("{v:#x}")
@@ -752,7 +757,7 @@ impl Trace {
     /// so what it held at the end it held throughout, unless a mapping change
     /// over the address was in progress. Faults with no such lifetime, or more
     /// than one, stay unknown. Returns how many were attributed per process.
-    fn resolve(&self, by_pid: &mut BTreeMap<u32, ProcessRows>) -> HashMap<u32, u64> {
+    fn resolve(&self, by_pid: &mut BTreeMap<u32, ProcessRows<'_>>) -> HashMap<u32, u64> {
         let mut resolved: HashMap<u32, u64> = HashMap::new();
         if self.unresolved.is_empty() {
             return resolved;
@@ -807,7 +812,8 @@ impl Trace {
                 .entry(Some(c.life))
                 .or_default()
                 .entry_or_default(row);
-            from.move_one(to, u.major != 0, latency, ts);
+            from.to_mut()
+                .move_one(to.to_mut(), u.major != 0, latency, ts);
             if from.total() > 0 {
                 groups.entry(None).or_default().insert(row, from);
             }
@@ -975,19 +981,17 @@ impl Trace {
         let only: Option<std::collections::HashSet<u32>> =
             only.map(|o| o.iter().copied().collect());
         let wanted = |pid: &u32| only.as_ref().is_none_or(|o| o.contains(pid));
-        let mut by_pid: BTreeMap<u32, ProcessRows> = BTreeMap::new();
+        let mut by_pid: BTreeMap<u32, ProcessRows<'_>> = BTreeMap::new();
         for (key, totals) in self.snapshot.faults.iter().filter(|(k, _)| wanted(&k.tgid)) {
             if !self.is_current(key.tgid, row_time(key, totals, records)) {
                 continue;
             }
             let life = row_life(key);
-            by_pid
-                .entry(key.tgid)
-                .or_default()
-                .entry(life)
-                .or_default()
-                .entry_or_default((key.access, key.path))
-                .merge(totals);
+            let rows = by_pid.entry(key.tgid).or_default().entry(life).or_default();
+            match rows.get_mut(&(key.access, key.path)) {
+                Some(t) => t.to_mut().merge(totals),
+                None => rows.insert((key.access, key.path), Cow::Borrowed(totals)),
+            }
         }
         let resolved = self.resolve(&mut by_pid);
         let live_threads = self.live_thread_counts();
@@ -1082,7 +1086,7 @@ impl Trace {
         &self,
         pid: u32,
         life: Option<u64>,
-        rows: &SmallMap<(u8, u8), FaultTotals>,
+        rows: &SmallMap<(u8, u8), Cow<'_, FaultTotals>>,
         records: &HashMap<u64, &VmaRecord>,
     ) -> Option<Span> {
         let (minor, major) = rows
@@ -1112,7 +1116,7 @@ impl Trace {
         &self,
         pid: u32,
         sp: &Span,
-        groups: &ProcessRows,
+        groups: &ProcessRows<'_>,
         records: &HashMap<u64, &VmaRecord>,
     ) -> VmaSummary {
         let empty = SmallMap::default();
@@ -1120,7 +1124,7 @@ impl Trace {
             .get(&sp.rows)
             .unwrap_or(&empty)
             .iter()
-            .map(|((a, p), t)| (*a, *p, t))
+            .map(|((a, p), t)| (*a, *p, t.as_ref()))
             .collect();
         let mut v = match sp.life.and_then(|l| records.get(&l).map(|r| (l, *r))) {
             Some(l) => self.vma_summary(pid, Some(l), &rows),
