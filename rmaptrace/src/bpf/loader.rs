@@ -618,17 +618,23 @@ impl Probes {
     /// final snapshot compares like with like.
     pub fn stop(&mut self) {
         use aya::programs::Program;
-        for (_, prog) in self.ebpf.programs_mut() {
-            let _ = match prog {
-                Program::TracePoint(p) => p.unload(),
-                Program::BtfTracePoint(p) => p.unload(),
-                Program::PerfEvent(p) => p.unload(),
-                Program::FEntry(p) => p.unload(),
-                Program::FExit(p) => p.unload(),
-                Program::KProbe(p) => p.unload(),
-                _ => Ok(()),
-            };
-        }
+        // Each detach waits for an RCU grace period (tens of ms here): one
+        // thread per program lets the waits overlap instead of adding up.
+        std::thread::scope(|s| {
+            for (_, prog) in self.ebpf.programs_mut() {
+                s.spawn(move || {
+                    let _ = match prog {
+                        Program::TracePoint(p) => p.unload(),
+                        Program::BtfTracePoint(p) => p.unload(),
+                        Program::PerfEvent(p) => p.unload(),
+                        Program::FEntry(p) => p.unload(),
+                        Program::FExit(p) => p.unload(),
+                        Program::KProbe(p) => p.unload(),
+                        _ => Ok(()),
+                    };
+                });
+            }
+        });
     }
 }
 
