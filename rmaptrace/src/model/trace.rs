@@ -762,13 +762,32 @@ impl Trace {
         if self.unresolved.is_empty() {
             return resolved;
         }
+        // The addresses to resolve, per process: a lifetime over none of them
+        // is no candidate, and its mmap history need not be looked up.
+        let mut wanted: HashMap<u32, Vec<u64>> = HashMap::new();
+        for u in &self.unresolved {
+            wanted.entry(u.header.tgid).or_default().push(u.addr);
+        }
+        for addrs in wanted.values_mut() {
+            addrs.sort_unstable();
+        }
+        let covers_one = |pid: u32, lo: u64, hi: u64| {
+            wanted.get(&pid).is_some_and(|a| {
+                let i = a.partition_point(|&x| x < lo);
+                a.get(i).is_some_and(|&x| x < hi)
+            })
+        };
         let mut by_process: HashMap<u32, Vec<Candidate>> = HashMap::new();
         for (life, rec) in &self.snapshot.vmas {
             let Some(rows) = by_pid.get(&rec.tgid).and_then(|g| g.get(&Some(*life))) else {
                 continue;
             };
-            let last_ns = rows.values().map(|t| t.last_ns).max().unwrap_or(0);
             let (start, end) = self.final_range(rec.tgid, rec);
+            let (lo, hi) = (start.min(rec.info.vm_start), end.max(rec.info.vm_end));
+            if !covers_one(rec.tgid, lo, hi) {
+                continue;
+            }
+            let last_ns = rows.values().map(|t| t.last_ns).max().unwrap_or(0);
             let from_ns = self
                 .origin_of(rec.tgid, rec.info.vm_start, rec.first_ns)
                 .map_or(rec.first_ns, |o| o.ts_ns);
