@@ -134,7 +134,7 @@ fn preflight(args: &TraceArgs, procfs: &dyn ProcSource) -> Result<()> {
         );
     }
     if let Some(cmd) = args.command.first() {
-        let shown = crate::text::visible(&crate::text::from_bytes(cmd.as_bytes())).into_owned();
+        let shown = crate::text::shown(cmd.as_bytes());
         let cannot_run =
             |code, message| -> anyhow::Error { CommandCannotRun { code, message }.into() };
         match which(cmd) {
@@ -425,10 +425,9 @@ async fn trace(
         // Its status must be ours to collect, whatever our parent ignores.
         // SAFETY: resetting a signal's disposition to the default.
         unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
-        let child = cmd.spawn().with_context(|| {
-            let shown = crate::text::from_bytes(program.as_bytes());
-            format!("starting {}", crate::text::visible(&shown))
-        });
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", crate::text::shown(program.as_bytes())));
         probes.untrace_pid(me)?;
         let child = child?;
         trace.add_target(child.id());
@@ -671,7 +670,7 @@ impl TreeGuard {
                     t.take_if(|(_, thread)| *thread == std::thread::current().id())
                 });
                 if let Some((map, _)) = armed {
-                    crate::bpf::loader::signal_followed(map, libc::SIGKILL);
+                    crate::bpf::loader::signal_followed_by_id(map, libc::SIGKILL);
                 }
                 previous(info);
             }));
@@ -709,14 +708,7 @@ async fn stop_tree(
     out: &mut Outputs,
     mut child: Option<&mut tokio::sync::oneshot::Receiver<i32>>,
 ) -> Result<Option<i32>> {
-    let signal_all = |probes: &Probes, sig: i32| -> Result<()> {
-        for pid in probes.followed_pids()? {
-            // SAFETY: kill(2) on a pid the kernel still lists as traced.
-            unsafe { libc::kill(pid as i32, sig) };
-        }
-        Ok(())
-    };
-    signal_all(probes, sig)?;
+    probes.signal_followed(sig)?;
     let mut code = None;
     let mut deadline = tokio::time::Instant::now() + STOP_GRACE;
     let mut killed = false;
@@ -731,7 +723,7 @@ async fn stop_tree(
                 break;
             }
             log::warn!("the command's tree outlived {STOP_GRACE:?} after the signal: killing it");
-            signal_all(probes, libc::SIGKILL)?;
+            probes.signal_followed(libc::SIGKILL)?;
             killed = true;
             deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         }

@@ -40,6 +40,11 @@ pub fn visible(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Bytes as a terminal may show them: [`from_bytes`], then [`visible`].
+pub fn shown(bytes: &[u8]) -> String {
+    visible(&from_bytes(bytes)).into_owned()
+}
+
 fn hidden(c: char) -> bool {
     c.is_control()
         || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')

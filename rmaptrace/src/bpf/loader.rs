@@ -569,21 +569,20 @@ impl Probes {
         Ok(self.followed_pids()?.len())
     }
 
-    /// The processes the programs follow (a command's whole tree, daemons
-    /// included), rmaptrace itself never among them.
+    /// The processes the programs follow (see [`followed_in`]).
     pub fn followed_pids(&self) -> Result<Vec<u32>> {
         let traced: HashMap<_, u32, u8> =
             HashMap::try_from(self.ebpf.map("TRACED").context("TRACED map")?)?;
-        let me = std::process::id();
-        Ok(traced
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter(|&(pid, mode)| mode == rmaptrace_common::traced::YES && pid != me)
-            .map(|(pid, _)| pid)
-            .collect())
+        Ok(followed_in(&traced))
     }
 
-    /// The kernel id of the traced table, for [`signal_followed`].
+    /// Signals every process the programs follow.
+    pub fn signal_followed(&self, sig: i32) -> Result<()> {
+        signal_each(self.followed_pids()?, sig);
+        Ok(())
+    }
+
+    /// The kernel id of the traced table, for [`signal_followed_by_id`].
     pub fn traced_map_id(&self) -> Result<u32> {
         let map = self.ebpf.map("TRACED").context("TRACED map")?;
         let aya::maps::Map::HashMap(data) = map else {
@@ -678,18 +677,31 @@ pub fn comm_key(name: &str) -> [u8; COMM_LEN] {
 /// Signals every process the traced table (found by its kernel id) follows,
 /// without a `Probes`: a panic hook's way to stop a command's tree when the
 /// session's own state is being unwound.
-pub fn signal_followed(traced_map_id: u32, sig: i32) {
+pub fn signal_followed_by_id(traced_map_id: u32, sig: i32) {
     let Ok(data) = MapData::from_id(traced_map_id) else {
         return;
     };
     let Ok(traced) = HashMap::<_, u32, u8>::try_from(aya::maps::Map::HashMap(data)) else {
         return;
     };
+    signal_each(followed_in(&traced), sig);
+}
+
+/// The processes a traced table follows (a command's whole tree, daemons
+/// included), rmaptrace itself never among them.
+fn followed_in<T: std::borrow::Borrow<MapData>>(traced: &HashMap<T, u32, u8>) -> Vec<u32> {
     let me = std::process::id();
-    for (pid, mode) in traced.iter().filter_map(|r| r.ok()) {
-        if mode == rmaptrace_common::traced::YES && pid != me {
-            // SAFETY: kill(2) on a pid the kernel lists as traced.
-            unsafe { libc::kill(pid as i32, sig) };
-        }
+    traced
+        .iter()
+        .filter_map(|r| r.ok())
+        .filter(|&(pid, mode)| mode == rmaptrace_common::traced::YES && pid != me)
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+fn signal_each(pids: Vec<u32>, sig: i32) {
+    for pid in pids {
+        // SAFETY: kill(2) on a pid the kernel lists as traced.
+        unsafe { libc::kill(pid as i32, sig) };
     }
 }

@@ -116,9 +116,7 @@ impl Probes {
             |tgid: u32, v| {
                 let mut t = ProcTotals::default();
                 for cpu in v.chunks(proc_stats.next_multiple_of(8)) {
-                    let s: ProcStats = batch::value(cpu);
-                    t.minor += s.minor;
-                    t.major += s.major;
+                    t.add(&batch::value::<ProcStats>(cpu));
                 }
                 snap.overflow.push((tgid, t));
             },
@@ -155,8 +153,7 @@ impl Probes {
             let (tgid, per_cpu) = item?;
             let mut t = ProcTotals::default();
             for s in per_cpu.iter() {
-                t.minor += s.minor;
-                t.major += s.major;
+                t.add(s);
             }
             snap.overflow.push((tgid, t));
         }

@@ -163,6 +163,14 @@ pub struct ProcTotals {
     pub major: u64,
 }
 
+impl ProcTotals {
+    /// Adds one CPU's counts.
+    pub fn add(&mut self, s: &rmaptrace_common::ProcStats) {
+        self.minor += s.minor;
+        self.major += s.major;
+    }
+}
+
 /// Global counters of the probes, named for the export.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Counters {

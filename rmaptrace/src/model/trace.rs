@@ -783,24 +783,25 @@ impl Trace {
                 continue;
             };
             let (start, end) = self.final_range(rec.tgid, rec);
-            let (lo, hi) = (start.min(rec.info.vm_start), end.max(rec.info.vm_end));
-            if !covers_one(rec.tgid, lo, hi) {
-                continue;
-            }
             let last_ns = rows.values().map(|t| t.last_ns).max().unwrap_or(0);
-            let from_ns = self
-                .origin_of(rec.tgid, rec.info.vm_start, rec.first_ns)
-                .map_or(rec.first_ns, |o| o.ts_ns);
-            by_process.entry(rec.tgid).or_default().push(Candidate {
+            let mut c = Candidate {
                 life: *life,
                 start,
                 end,
-                from_ns,
+                // Until the mmap history is looked up, below.
+                from_ns: rec.first_ns,
                 to_ns: last_ns.max(rec.first_ns),
                 lock_seq: rec.info.lock_seq,
                 seen_start: rec.info.vm_start,
                 seen_end: rec.info.vm_end,
-            });
+            };
+            if !covers_one(rec.tgid, c.lo(), c.hi()) {
+                continue;
+            }
+            if let Some(o) = self.origin_of(rec.tgid, rec.info.vm_start, rec.first_ns) {
+                c.from_ns = o.ts_ns;
+            }
+            by_process.entry(rec.tgid).or_default().push(c);
         }
         let candidates: HashMap<u32, Candidates> = by_process
             .into_iter()
@@ -874,19 +875,20 @@ impl Trace {
         by_pid
     }
 
+    /// A lifetime's full description; its kind, final range and end come from
+    /// its span (computed once, `end_superseded` applied).
     fn vma_summary(
         &self,
         pid: u32,
+        sp: &Span,
         life: Option<(u64, &VmaRecord)>,
         rows: &[(u8, u8, &FaultTotals)],
     ) -> VmaSummary {
         let mut totals = FaultTotals::default();
         let mut paths: SmallMap<&'static str, u64> = SmallMap::default();
         let info = life.map(|(_, r)| r.info);
-        let (kind, vm_flags) = match &info {
-            Some(i) => (self.kind_of(i), i.vm_flags),
-            None => (Kind::Unknown, 0),
-        };
+        let kind = sp.kind;
+        let vm_flags = info.map_or(0, |i| i.vm_flags);
         for (acc, path_id, t) in rows {
             totals.merge(t);
             let name = |major| {
@@ -927,10 +929,7 @@ impl Trace {
                     .map(|i| c_str(&i.name))
                     .filter(|n| !n.is_empty())
             });
-        let (vm_start, vm_end) = match life {
-            Some((_, r)) => self.final_range(pid, r),
-            None => (0, 0),
-        };
+        let (vm_start, vm_end) = (sp.start, sp.end);
         VmaSummary {
             start: hex(vm_start),
             end: hex(vm_end),
@@ -944,7 +943,7 @@ impl Trace {
             life: life.map(|(id, _)| id),
             first_seen_ns: life.map(|(_, r)| r.first_ns),
             mapped_ns: origin.map(|o| o.ts_ns),
-            unmapped_ns: life.and_then(|(_, r)| self.unmapped_ns(pid, r, totals.last_ns)),
+            unmapped_ns: sp.unmapped,
             faults: totals.total(),
             minor: totals.minor,
             major: totals.major,
@@ -1145,16 +1144,14 @@ impl Trace {
             .iter()
             .map(|((a, p), t)| (*a, *p, t.as_ref()))
             .collect();
-        let mut v = match sp.life.and_then(|l| records.get(&l).map(|r| (l, *r))) {
-            Some(l) => self.vma_summary(pid, Some(l), &rows),
+        match sp.life.and_then(|l| records.get(&l).map(|r| (l, *r))) {
+            Some(l) => self.vma_summary(pid, sp, Some(l), &rows),
             None => {
-                let mut v = self.vma_summary(pid, None, &rows);
+                let mut v = self.vma_summary(pid, sp, None, &rows);
                 v.file = Some("(no VMA found at fault time)".into());
                 v
             }
-        };
-        v.unmapped_ns = sp.unmapped;
-        v
+        }
     }
 
     /// [`Trace::retire_exited_into`], with what it wrote: each retired process
@@ -1222,9 +1219,8 @@ impl Trace {
         let mut out = Vec::new();
         for pid in exited {
             let lives = lives_of.remove(&pid).unwrap_or_default();
-            let summary = summaries.remove(&pid);
-            if let Some(s) = &summary {
-                self.exited_totals.add(s);
+            if let Some(s) = summaries.remove(&pid) {
+                self.exited_totals.add(&s);
                 self.keep(s);
             }
             for (l, _) in &lives {
@@ -1274,19 +1270,11 @@ impl Trace {
         self.processes.values().any(|p| p.exit_ns.is_some())
     }
 
-    /// Keeps a trimmed copy of an exited process's summary if it is among the
-    /// busiest or the latest, dropping one that no longer is.
-    fn keep(&mut self, s: &ProcessSummary) {
-        let mut p = s.clone();
+    /// Keeps an exited process's summary (already trimmed to its `KEEP_VMAS`
+    /// busiest mappings) if it is among the busiest or the latest, dropping one
+    /// that no longer is.
+    fn keep(&mut self, mut p: ProcessSummary) {
         p.written = true;
-        if p.vmas.len() > KEEP_VMAS {
-            p.vmas
-                .sort_unstable_by_key(|v| (std::cmp::Reverse(v.faults), v.start_addr, v.key));
-            p.vmas_dropped += p.vmas.len() - KEEP_VMAS;
-            p.vmas.truncate(KEEP_VMAS);
-            p.vmas
-                .sort_unstable_by_key(|v| (v.start_addr, v.first_seen_ns, v.key));
-        }
         self.kept.push(p);
         if self.kept.len() > KEEP_BUSIEST + KEEP_LATEST {
             // Not among the latest: the least busy of the older ones goes.

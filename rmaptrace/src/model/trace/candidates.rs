@@ -38,11 +38,11 @@ impl Candidate {
     }
 
     /// The addresses `held` can accept: both ranges.
-    fn lo(&self) -> u64 {
+    pub fn lo(&self) -> u64 {
         self.start.min(self.seen_start)
     }
 
-    fn hi(&self) -> u64 {
+    pub fn hi(&self) -> u64 {
         self.end.max(self.seen_end)
     }
 }
