@@ -22,6 +22,7 @@ mod tui;
 use clap::Parser;
 
 fn main() {
+    fixed_mmap_threshold();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .target(env_logger::Target::Stderr)
         .init();
@@ -56,5 +57,19 @@ fn main() {
                 .map_or(1, |c| c.code);
             std::process::exit(code);
         }
+    }
+}
+
+/// Large blocks (the kernel tables' copies, the mmap history) get their own
+/// mappings, returned to the kernel when freed and grown in place. glibc
+/// otherwise raises this threshold to the largest block freed so far (the BTF
+/// parsed at start), and every later table lands in the heap, whose freed
+/// holes stay resident.
+fn fixed_mmap_threshold() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
     }
 }

@@ -551,24 +551,37 @@ async fn trace(
     // snapshot's counts and kernel counters are then of one instant.
     let ending = std::time::Instant::now();
     drain(ring.get_mut(), &mut trace, &mut out);
-    probes.stop();
-    drain(ring.get_mut(), &mut trace, &mut out);
-    log::debug!("end: drained by {:?}", ending.elapsed());
-    trace.set_snapshot(probes.snapshot()?);
-    log::debug!("end: tables read by {:?}", ending.elapsed());
-    if swap_in_use() {
-        trace.set_swap_in_use(true);
-    }
-    // Every process still traced goes to the export, each mapping described
-    // as it is written; the table keeps the busiest of each.
-    let mut summary = trace.summary_with(monotonic_ns(), Keep(TABLE_VMAS), &mut |p, vmas| {
-        out.process(p, vmas)
-    });
-    summary.end_reason = Some(end_reason.clone());
-    log::debug!("end: summarised and written by {:?}", ending.elapsed());
-    out.write(|j| j.write_streamed(&summary));
-    out.flush();
-    log::debug!("end: written by {:?}", ending.elapsed());
+    trace.release_snapshot();
+    let mut finish = |snap: crate::model::snapshot::Snapshot| {
+        drain(ring.get_mut(), &mut trace, &mut out);
+        trace.set_snapshot(snap);
+        log::debug!("end: tables read by {:?}", ending.elapsed());
+        if swap_in_use() {
+            trace.set_swap_in_use(true);
+        }
+        // Every process still traced goes to the export, each mapping
+        // described as it is written; the table keeps the busiest of each.
+        let mut summary = trace.summary_with(monotonic_ns(), Keep(TABLE_VMAS), &mut |p, vmas| {
+            out.process(p, vmas)
+        });
+        summary.end_reason = Some(end_reason.clone());
+        log::debug!("end: summarised and written by {:?}", ending.elapsed());
+        out.write(|j| j.write_streamed(&summary));
+        out.flush();
+        log::debug!("end: written by {:?}", ending.elapsed());
+        summary
+    };
+    // Where no process is followed any more and none can join (a tree is
+    // followed, not names), nothing changes the tables: the summary is made
+    // while the programs detach (a few RCU grace periods each, one after
+    // another in the kernel).
+    let summary = if follows_tree && probes.followed()? == 0 {
+        probes.stop_then(finish)?
+    } else {
+        probes.stop();
+        finish(probes.snapshot()?)
+    };
+    log::debug!("end: programs detached by {:?}", ending.elapsed());
     let text = table::render(&summary, TABLE_PROCESSES, TABLE_VMAS);
     if live.used_tui() {
         eprintln!(
@@ -610,6 +623,7 @@ fn tick_tables(
     sweep: bool,
 ) -> Result<()> {
     let started = std::time::Instant::now();
+    trace.release_snapshot();
     let snap = probes.snapshot()?;
     let rows = (snap.faults.len(), snap.vmas.len());
     trace.set_snapshot(snap);

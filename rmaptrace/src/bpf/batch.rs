@@ -3,6 +3,7 @@
 //! process with 100k mappings has 100k rows, read every time the tables are.
 use std::{io, os::fd::RawFd};
 
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// Entries asked for per call; the kernel answers ENOSPC when one hash bucket
 /// holds more, and the call is retried with room for more.
@@ -88,6 +89,43 @@ pub fn for_each<K: Copy>(
         std::mem::swap(&mut token_in, &mut token_out);
         first = false;
     }
+}
+
+/// `union bpf_attr`'s member for single-element commands.
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// The value bytes (`value_len` of them, per-CPU values as in [`for_each`])
+/// at `key` of the map `fd`.
+pub fn lookup<K: Copy>(fd: RawFd, key: &K, value_len: usize) -> io::Result<Vec<u8>> {
+    let mut value = vec![0u8; value_len];
+    let mut attr = ElemAttr {
+        map_fd: fd as u32,
+        key: key as *const K as u64,
+        value: value.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    // SAFETY: `attr` points at a key of the map's key size and a buffer of the
+    // map's value size, both alive for the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_ELEM,
+            &mut attr as *mut ElemAttr,
+            std::mem::size_of::<ElemAttr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value)
 }
 
 /// A plain-data value from the bytes the kernel copied.

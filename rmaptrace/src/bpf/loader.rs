@@ -616,24 +616,27 @@ impl Probes {
     /// per-thread kernel counters then stay as they were at one instant, so the
     /// final snapshot compares like with like.
     pub fn stop(&mut self) {
+        std::thread::scope(|s| self.detach_in(s));
+    }
+
+    /// Detaches every program, one thread per program in `scope`: each detach
+    /// waits for an RCU grace period (tens of ms here), and the waits overlap
+    /// instead of adding up.
+    pub fn detach_in<'scope>(&'scope mut self, scope: &'scope std::thread::Scope<'scope, '_>) {
         use aya::programs::Program;
-        // Each detach waits for an RCU grace period (tens of ms here): one
-        // thread per program lets the waits overlap instead of adding up.
-        std::thread::scope(|s| {
-            for (_, prog) in self.ebpf.programs_mut() {
-                s.spawn(move || {
-                    let _ = match prog {
-                        Program::TracePoint(p) => p.unload(),
-                        Program::BtfTracePoint(p) => p.unload(),
-                        Program::PerfEvent(p) => p.unload(),
-                        Program::FEntry(p) => p.unload(),
-                        Program::FExit(p) => p.unload(),
-                        Program::KProbe(p) => p.unload(),
-                        _ => Ok(()),
-                    };
-                });
-            }
-        });
+        for (_, prog) in self.ebpf.programs_mut() {
+            scope.spawn(move || {
+                let _ = match prog {
+                    Program::TracePoint(p) => p.unload(),
+                    Program::BtfTracePoint(p) => p.unload(),
+                    Program::PerfEvent(p) => p.unload(),
+                    Program::FEntry(p) => p.unload(),
+                    Program::FExit(p) => p.unload(),
+                    Program::KProbe(p) => p.unload(),
+                    _ => Ok(()),
+                };
+            });
+        }
     }
 }
 

@@ -7,9 +7,9 @@ use serde::Serialize;
 
 /// A latency histogram that stores only its non-empty buckets, sorted: most VMAs
 /// use a handful of the 96, and rmaptrace holds one per VMA (100k VMAs at 768
-/// bytes each were most of its memory).
+/// bytes each were most of its memory). Two buckets fit without an allocation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Hist(Vec<(u8, u64)>);
+pub struct Hist(smallvec::SmallVec<[(u8, u64); 2]>);
 
 impl Hist {
     /// A histogram with the given buckets set, for tests.
@@ -94,7 +94,9 @@ impl FaultTotals {
         self.handler_ns += s.handler_ns;
         self.last_ns = self.last_ns.max(s.last_ns);
         for (i, &n) in s.latency_hist.iter().enumerate() {
-            self.hist.add(i, n as u64);
+            if n != 0 {
+                self.hist.add(i, n as u64);
+            }
         }
     }
 
@@ -246,6 +248,27 @@ pub struct Snapshot {
     /// Per process, faults that found the per-VMA table full.
     pub overflow: Vec<(u32, ProcTotals)>,
     pub counters: Counters,
+}
+
+impl Snapshot {
+    /// Puts the rows in the order lookups need: lifetimes by id, fault rows by
+    /// process, lifetime (none first), access and path.
+    pub fn sort(&mut self) {
+        self.vmas.sort_unstable_by_key(|(life, _)| *life);
+        self.faults.sort_unstable_by_key(|(k, _)| {
+            let life = (k.vma_status == rmaptrace_common::vma_status::FOUND && k.life != 0)
+                .then_some(k.life);
+            (k.tgid, life, k.access, k.path, k.vma_status)
+        });
+    }
+
+    /// A lifetime's description (the snapshot sorted).
+    pub fn record(&self, life: u64) -> Option<&VmaRecord> {
+        self.vmas
+            .binary_search_by_key(&life, |(l, _)| *l)
+            .ok()
+            .map(|at| &self.vmas[at].1)
+    }
 }
 
 #[cfg(test)]

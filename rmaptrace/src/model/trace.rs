@@ -1,11 +1,9 @@
 //! The state of one trace: what the ring buffer told (mappings, names, exits) plus
 //! the latest snapshot of the in-kernel counts, and the attribution that joins them.
 use std::{
-    borrow::Cow,
     collections::{BTreeMap, HashMap},
+    num::NonZeroU64,
 };
-
-use std::sync::Arc;
 
 use rmaptrace_common::{
     access, event_kind, vma_status, FaultEvent, FaultKey, MmapExitEvent, SyscallEvent,
@@ -15,7 +13,7 @@ use serde::Serialize;
 
 use super::{
     kind::{char_device, classify, prot_string, Kind},
-    origins::{Origin, Origins},
+    origins::{Origin, Origins, PathNames},
     path,
     small_map::SmallMap,
     snapshot::{FaultTotals, Snapshot},
@@ -125,6 +123,8 @@ pub struct Trace {
     newborn: HashMap<u32, ProcessState>,
     /// Processes whose last thread was seen exiting.
     group_exits: u64,
+    /// File names of the mappings in `processes`' origins.
+    path_names: PathNames,
 }
 
 /// A process retired by [`Trace::retire_exited`]: its summary, final, and the
@@ -160,26 +160,115 @@ impl Keep {
 /// one at a time (in address order) as the iterator is advanced.
 pub type VmaSink<'s> = dyn FnMut(&ProcessSummary, &mut dyn Iterator<Item = VmaSummary>) + 's;
 
-/// A mapping lifetime as the first pass of a summary sees it.
+/// A mapping lifetime as the first pass of a summary sees it: plain numbers
+/// (ids and times are never 0), as a process may have 200k of them.
 struct Span {
-    /// Its rows' lifetime (None: faults with no VMA found).
-    rows: Option<u64>,
+    /// Its rows' lifetime (None: faults with no VMA found), and where they
+    /// are in its process's rows (first, count).
+    rows: Option<NonZeroU64>,
+    at: (u32, u32),
     /// The lifetime, when its description was read (None: kind unknown).
-    life: Option<u64>,
+    life: Option<NonZeroU64>,
     kind: Kind,
     minor: u64,
     major: u64,
     /// The range at the end of its life.
     start: u64,
     end: u64,
-    first_seen: Option<u64>,
-    unmapped: Option<u64>,
+    first_seen: Option<NonZeroU64>,
+    unmapped: Option<NonZeroU64>,
 }
 
-/// Rows of one process: lifetime (None: no VMA found) → (access, path) → counts.
-/// Counts are borrowed from the snapshot, copied only where rows merge or a
-/// fault moves (a process with 200k mappings would copy 200k histograms).
-type ProcessRows<'s> = BTreeMap<Option<u64>, SmallMap<(u8, u8), Cow<'s, FaultTotals>>>;
+/// A row's place in a process: its lifetime (None: no VMA found), then (access, path).
+type RowKey = (Option<u64>, (u8, u8));
+
+fn row_key(k: &FaultKey) -> RowKey {
+    (row_life(k), (k.access, k.path))
+}
+
+/// The rows of one process in [`RowKey`] order, borrowed from the snapshot
+/// (sorted so): a process with 200k mappings costs a pointer per row. Rows that
+/// merge (no VMA found, with several statuses) or that a resolved fault moves
+/// are copied into `changed`, which overrides `rows`.
+#[derive(Default)]
+struct ProcessRows<'s> {
+    rows: Vec<&'s (FaultKey, FaultTotals)>,
+    changed: BTreeMap<RowKey, FaultTotals>,
+}
+
+impl<'s> ProcessRows<'s> {
+    /// Adds the next row in key order.
+    fn push(&mut self, row: &'s (FaultKey, FaultTotals)) {
+        let key = row_key(&row.0);
+        match self.rows.last() {
+            Some(last) if row_key(&last.0) == key => {
+                let first = &last.1;
+                self.changed
+                    .entry(key)
+                    .or_insert_with(|| first.clone())
+                    .merge(&row.1);
+            }
+            _ => self.rows.push(row),
+        }
+    }
+
+    /// The lifetimes with rows, in order, each with where its rows are
+    /// (first, count); a changed row always has one in `rows`.
+    fn lives(&self) -> impl Iterator<Item = (Option<u64>, (u32, u32))> + '_ {
+        let mut i = 0;
+        std::iter::from_fn(move || {
+            let life = row_life(&self.rows.get(i)?.0);
+            let n = self.rows[i..]
+                .iter()
+                .take_while(|r| row_life(&r.0) == life)
+                .count();
+            let at = (i as u32, n as u32);
+            i += n;
+            Some((life, at))
+        })
+    }
+
+    /// One lifetime's rows, found by a search.
+    fn group_of(&self, life: Option<u64>) -> Vec<((u8, u8), &FaultTotals)> {
+        let lo = self.rows.partition_point(|r| row_life(&r.0) < life);
+        let len = self.rows[lo..].partition_point(|r| row_life(&r.0) <= life);
+        self.group(life, (lo as u32, len as u32))
+    }
+
+    /// One lifetime's rows (`at` as [`Self::lives`] gives it), in (access,
+    /// path) order.
+    fn group(&self, life: Option<u64>, at: (u32, u32)) -> Vec<((u8, u8), &FaultTotals)> {
+        let (lo, len) = (at.0 as usize, at.1 as usize);
+        let mut out: Vec<((u8, u8), &FaultTotals)> = self.rows[lo..lo + len]
+            .iter()
+            .filter(|r| self.changed.is_empty() || !self.changed.contains_key(&row_key(&r.0)))
+            .map(|r| ((r.0.access, r.0.path), &r.1))
+            .collect();
+        if !self.changed.is_empty() {
+            let range = (life, (0, 0))..=(life, (u8::MAX, u8::MAX));
+            out.extend(self.changed.range(range).map(|((_, row), t)| (*row, t)));
+            out.sort_unstable_by_key(|(row, _)| *row);
+        }
+        out
+    }
+
+    /// A copy of a row's counts, to change and put back with [`Self::put`].
+    fn take(&mut self, key: RowKey) -> Option<FaultTotals> {
+        if let Some(t) = self.changed.remove(&key) {
+            return Some(t);
+        }
+        let at = self
+            .rows
+            .binary_search_by_key(&key, |r| row_key(&r.0))
+            .ok()?;
+        Some(self.rows[at].1.clone())
+    }
+
+    /// Sets a row's counts (one with none counts nothing: as if removed).
+    fn put(&mut self, key: RowKey, totals: FaultTotals) {
+        self.changed.insert(key, totals);
+    }
+}
 
 fn hex(v: u64) -> String {
     format!("{v:#x}")
@@ -206,6 +295,7 @@ impl Trace {
             retired_last: Vec::new(),
             newborn: HashMap::new(),
             group_exits: 0,
+            path_names: PathNames::default(),
         }
     }
 
@@ -236,7 +326,14 @@ impl Trace {
         }
     }
 
-    pub fn set_snapshot(&mut self, snap: Snapshot) {
+    /// Frees the latest snapshot before the next one is read: a process with
+    /// 100k mappings has 100k rows, and two snapshots at once were its peak.
+    pub fn release_snapshot(&mut self) {
+        self.snapshot = Snapshot::default();
+    }
+
+    pub fn set_snapshot(&mut self, mut snap: Snapshot) {
+        snap.sort();
         self.snapshot = snap;
         self.refresh_names();
     }
@@ -366,6 +463,9 @@ impl Trace {
     pub fn on_event(&mut self, event: Event) -> Option<Record> {
         match event {
             Event::Fault(f) => Some(Record::Fault(self.fault_record(&f))),
+            // A fault whose VMA found the lifetime table full has no lifetime
+            // to go to: it stays unknown, counted in its row, and is not kept.
+            Event::Unresolved(u) if u.vma_status == vma_status::UNTRACKED => None,
             Event::Unresolved(u) => {
                 self.unresolved.push(u);
                 None
@@ -559,17 +659,17 @@ impl Trace {
             if rec.raw_flags & syscalls::MAP_FIXED != 0 {
                 self.unmapped(&enter, m.ret, rec.len, h.ts_ns);
             }
-            let origin = Origin {
-                len: rec.len,
-                flags: rec.raw_flags,
-                prot: enter.args[2],
-                ts_ns: enter.header.ts_ns,
-                exit_ns: h.ts_ns,
-                kernel: false,
-                path: rec.path.as_deref().map(Arc::from),
-            };
+            let mut origin = Origin::new(
+                m.ret,
+                rec.len,
+                rec.raw_flags,
+                enter.args[2],
+                enter.header.ts_ns,
+                h.ts_ns,
+            );
+            origin.path = rec.path.as_deref().map(|p| self.path_names.intern(p));
             let st = self.state_mut(h.tgid, h.ts_ns);
-            st.origins.insert(m.ret, origin);
+            st.origins.insert(origin);
         }
         Some(rec)
     }
@@ -586,19 +686,10 @@ impl Trace {
             return None;
         }
         let path = kernel_path(m);
-        let st = self.state_mut(h.tgid, h.ts_ns);
-        st.origins.insert(
-            m.ret,
-            Origin {
-                len: m.len,
-                flags: m.flags,
-                prot: m.prot,
-                ts_ns: h.ts_ns,
-                exit_ns: h.ts_ns,
-                kernel: true,
-                path: path.as_deref().map(Arc::from),
-            },
-        );
+        let mut origin = Origin::new(m.ret, m.len, m.flags, m.prot, h.ts_ns, h.ts_ns);
+        origin.kernel = true;
+        origin.path = path.as_deref().map(|p| self.path_names.intern(p));
+        self.state_mut(h.tgid, h.ts_ns).origins.insert(origin);
         Some(MmapRecord {
             ts_ns: h.ts_ns,
             pid: h.tgid,
@@ -688,8 +779,8 @@ impl Trace {
         format!(
             "{}({}, {}) at {} ns",
             if o.kernel { "kernel do_mmap" } else { "mmap" },
-            syscalls::map_flag_names(o.flags).join("|"),
-            syscalls::prot_names(o.prot),
+            syscalls::map_flag_names(o.flags()).join("|"),
+            syscalls::prot_names(o.prot()),
             o.ts_ns
         )
     }
@@ -779,11 +870,18 @@ impl Trace {
         };
         let mut by_process: HashMap<u32, Vec<Candidate>> = HashMap::new();
         for (life, rec) in &self.snapshot.vmas {
-            let Some(rows) = by_pid.get(&rec.tgid).and_then(|g| g.get(&Some(*life))) else {
+            // The final range lies within the one last seen.
+            if !covers_one(rec.tgid, rec.info.vm_start, rec.info.vm_end) {
+                continue;
+            }
+            let Some(rows) = by_pid.get(&rec.tgid).map(|g| g.group_of(Some(*life))) else {
                 continue;
             };
+            if rows.is_empty() {
+                continue;
+            }
             let (start, end) = self.final_range(rec.tgid, rec);
-            let last_ns = rows.values().map(|t| t.last_ns).max().unwrap_or(0);
+            let last_ns = rows.iter().map(|(_, t)| t.last_ns).max().unwrap_or(0);
             let mut c = Candidate {
                 life: *life,
                 start,
@@ -795,9 +893,6 @@ impl Trace {
                 seen_start: rec.info.vm_start,
                 seen_end: rec.info.vm_end,
             };
-            if !covers_one(rec.tgid, c.lo(), c.hi()) {
-                continue;
-            }
             if let Some(o) = self.origin_of(rec.tgid, rec.info.vm_start, rec.first_ns) {
                 c.from_ns = o.ts_ns;
             }
@@ -821,23 +916,17 @@ impl Trace {
                 continue;
             };
             let row = (u.access, u.path);
-            let Some(mut from) = groups.get_mut(&None).and_then(|r| r.remove(&row)) else {
+            let Some(mut from) = groups.take((None, row)) else {
                 continue;
             };
-            if from.total() == 0 {
-                continue;
-            }
-            let latency = (u.access & access::NO_ENTRY == 0).then_some(u.latency_ns);
-            let to = groups
-                .entry(Some(c.life))
-                .or_default()
-                .entry_or_default(row);
-            from.to_mut()
-                .move_one(to.to_mut(), u.major != 0, latency, ts);
             if from.total() > 0 {
-                groups.entry(None).or_default().insert(row, from);
+                let latency = (u.access & access::NO_ENTRY == 0).then_some(u.latency_ns);
+                let mut to = groups.take((Some(c.life), row)).unwrap_or_default();
+                from.move_one(&mut to, u.major != 0, latency, ts);
+                groups.put((Some(c.life), row), to);
+                *resolved.entry(pid).or_default() += 1;
             }
-            *resolved.entry(pid).or_default() += 1;
+            groups.put((None, row), from);
         }
         resolved
     }
@@ -882,14 +971,14 @@ impl Trace {
         pid: u32,
         sp: &Span,
         life: Option<(u64, &VmaRecord)>,
-        rows: &[(u8, u8, &FaultTotals)],
+        rows: &[((u8, u8), &FaultTotals)],
     ) -> VmaSummary {
         let mut totals = FaultTotals::default();
         let mut paths: SmallMap<&'static str, u64> = SmallMap::default();
         let info = life.map(|(_, r)| r.info);
         let kind = sp.kind;
         let vm_flags = info.map_or(0, |i| i.vm_flags);
-        for (acc, path_id, t) in rows {
+        for ((acc, path_id), t) in rows {
             totals.merge(t);
             let name = |major| {
                 path::observed_name(*path_id)
@@ -943,7 +1032,7 @@ impl Trace {
             life: life.map(|(id, _)| id),
             first_seen_ns: life.map(|(_, r)| r.first_ns),
             mapped_ns: origin.map(|o| o.ts_ns),
-            unmapped_ns: sp.unmapped,
+            unmapped_ns: sp.unmapped.map(NonZeroU64::get),
             faults: totals.total(),
             minor: totals.minor,
             major: totals.major,
@@ -966,9 +1055,14 @@ impl Trace {
         }
     }
 
-    /// Lifetime descriptions of the latest snapshot, by id.
-    fn records(&self) -> HashMap<u64, &VmaRecord> {
-        self.snapshot.vmas.iter().map(|(k, v)| (*k, v)).collect()
+    /// When a row was first seen: its lifetime's first sighting, or (rows
+    /// without one) its latest fault. Which of two processes with one pid a row
+    /// is of follows from it.
+    fn row_time(&self, key: &FaultKey, totals: &FaultTotals) -> u64 {
+        match row_life(key).and_then(|l| self.snapshot.record(l)) {
+            Some(r) => r.first_ns,
+            None => totals.last_ns,
+        }
     }
 
     /// Whether something of `pid` seen at `at` (a row's lifetime's first
@@ -992,7 +1086,6 @@ impl Trace {
     fn process_summaries(
         &self,
         only: Option<&[u32]>,
-        records: &HashMap<u64, &VmaRecord>,
         keep: Keep,
         sink: &mut VmaSink<'_>,
     ) -> Vec<ProcessSummary> {
@@ -1000,16 +1093,12 @@ impl Trace {
             only.map(|o| o.iter().copied().collect());
         let wanted = |pid: &u32| only.as_ref().is_none_or(|o| o.contains(pid));
         let mut by_pid: BTreeMap<u32, ProcessRows<'_>> = BTreeMap::new();
-        for (key, totals) in self.snapshot.faults.iter().filter(|(k, _)| wanted(&k.tgid)) {
-            if !self.is_current(key.tgid, row_time(key, totals, records)) {
+        for row in self.snapshot.faults.iter().filter(|(k, _)| wanted(&k.tgid)) {
+            let (key, totals) = row;
+            if !self.is_current(key.tgid, self.row_time(key, totals)) {
                 continue;
             }
-            let life = row_life(key);
-            let rows = by_pid.entry(key.tgid).or_default().entry(life).or_default();
-            match rows.get_mut(&(key.access, key.path)) {
-                Some(t) => t.to_mut().merge(totals),
-                None => rows.insert((key.access, key.path), Cow::Borrowed(totals)),
-            }
+            by_pid.entry(key.tgid).or_default().push(row);
         }
         let resolved = self.resolve(&mut by_pid);
         let live_threads = self.live_thread_counts();
@@ -1031,7 +1120,7 @@ impl Trace {
 
         let mut processes = Vec::new();
         for pid in pids {
-            let empty = BTreeMap::new();
+            let empty = ProcessRows::default();
             let groups = by_pid.get(&pid).unwrap_or(&empty);
             let mut by_kind: BTreeMap<&'static str, u64> = BTreeMap::new();
             let mut faults = FaultCounts::default();
@@ -1041,8 +1130,8 @@ impl Trace {
             // spans (counts, range, times), so that a process with 200k
             // mappings is counted and ordered without describing each.
             let mut spans: Vec<Span> = groups
-                .iter()
-                .filter_map(|(life, rows)| self.span(pid, *life, rows, records))
+                .lives()
+                .filter_map(|(life, at)| self.span(pid, life, at, &groups.group(life, at)))
                 .collect();
             for sp in &spans {
                 *by_kind.entry(sp.kind.as_str()).or_default() += sp.minor + sp.major;
@@ -1051,7 +1140,10 @@ impl Trace {
             }
             spans.sort_unstable_by_key(|sp| (sp.start, sp.first_seen, sp.life));
             end_superseded(&mut spans);
-            let describe = |sp: &Span| self.describe(pid, sp, groups, records);
+            let describe = |sp: &Span| {
+                let life = sp.rows.map(NonZeroU64::get);
+                self.describe(pid, sp, &groups.group(life, sp.at))
+            };
             let mut busiest: Vec<&Span> = spans.iter().collect();
             if busiest.len() > keep.0 {
                 busiest.select_nth_unstable_by_key(keep.0, |sp| {
@@ -1104,50 +1196,44 @@ impl Trace {
         &self,
         pid: u32,
         life: Option<u64>,
-        rows: &SmallMap<(u8, u8), Cow<'_, FaultTotals>>,
-        records: &HashMap<u64, &VmaRecord>,
+        at: (u32, u32),
+        rows: &[((u8, u8), &FaultTotals)],
     ) -> Option<Span> {
         let (minor, major) = rows
-            .values()
-            .fold((0, 0), |(mi, ma), t| (mi + t.minor, ma + t.major));
+            .iter()
+            .fold((0, 0), |(mi, ma), (_, t)| (mi + t.minor, ma + t.major));
         if minor + major == 0 {
             return None;
         }
-        let rec = life.and_then(|l| records.get(&l).copied());
-        let last_ns = rows.values().map(|t| t.last_ns).max().unwrap_or(0);
+        let rec = life.and_then(|l| self.snapshot.record(l));
+        let last_ns = rows.iter().map(|(_, t)| t.last_ns).max().unwrap_or(0);
         let (start, end) = rec.map_or((0, 0), |r| self.final_range(pid, r));
+        let life = life.and_then(NonZeroU64::new);
         Some(Span {
             rows: life,
+            at,
             life: rec.and(life),
             kind: rec.map_or(Kind::Unknown, |r| self.kind_of(&r.info)),
             minor,
             major,
             start,
             end,
-            first_seen: rec.map(|r| r.first_ns),
-            unmapped: rec.and_then(|r| self.unmapped_ns(pid, r, last_ns)),
+            first_seen: rec.and_then(|r| NonZeroU64::new(r.first_ns)),
+            unmapped: rec
+                .and_then(|r| self.unmapped_ns(pid, r, last_ns))
+                .and_then(NonZeroU64::new),
         })
     }
 
     /// A span described in full: names, origin, paths, latency.
-    fn describe(
-        &self,
-        pid: u32,
-        sp: &Span,
-        groups: &ProcessRows<'_>,
-        records: &HashMap<u64, &VmaRecord>,
-    ) -> VmaSummary {
-        let empty = SmallMap::default();
-        let rows: Vec<(u8, u8, &FaultTotals)> = groups
-            .get(&sp.rows)
-            .unwrap_or(&empty)
-            .iter()
-            .map(|((a, p), t)| (*a, *p, t.as_ref()))
-            .collect();
-        match sp.life.and_then(|l| records.get(&l).map(|r| (l, *r))) {
-            Some(l) => self.vma_summary(pid, sp, Some(l), &rows),
+    fn describe(&self, pid: u32, sp: &Span, rows: &[((u8, u8), &FaultTotals)]) -> VmaSummary {
+        match sp
+            .life
+            .and_then(|l| self.snapshot.record(l.get()).map(|r| (l.get(), r)))
+        {
+            Some(l) => self.vma_summary(pid, sp, Some(l), rows),
             None => {
-                let mut v = self.vma_summary(pid, sp, None, &rows);
+                let mut v = self.vma_summary(pid, sp, None, rows);
                 v.file = Some("(no VMA found at fault time)".into());
                 v
             }
@@ -1189,8 +1275,7 @@ impl Trace {
         if exited.is_empty() {
             return Vec::new();
         }
-        let records = self.records();
-        let summaries = self.process_summaries(Some(&exited), &records, Keep(KEEP_VMAS), sink);
+        let summaries = self.process_summaries(Some(&exited), Keep(KEEP_VMAS), sink);
         // What the summaries counted is what is freed: the exited processes'
         // own rows and lifetimes (a reused pid's later ones are not theirs).
         let exited_own = |pid: u32, at: u64| {
@@ -1210,7 +1295,7 @@ impl Trace {
         }
         let mut rows_of: HashMap<u32, Vec<FaultKey>> = HashMap::new();
         for (key, t) in &self.snapshot.faults {
-            if exited_own(key.tgid, row_time(key, t, &records)) {
+            if exited_own(key.tgid, self.row_time(key, t)) {
                 rows_of.entry(key.tgid).or_default().push(*key);
             }
         }
@@ -1242,17 +1327,21 @@ impl Trace {
             });
         }
         self.retired_last = out.iter().map(|g| g.pid).collect();
+        self.path_names.prune();
         out
     }
 
     /// What the model holds, for the debug log of a long trace.
     pub fn held(&self) -> String {
         let unmaps: usize = self.processes.values().map(|p| p.unmaps.len()).sum();
+        let origins: usize = self.processes.values().map(|p| p.origins.len()).sum();
         format!(
-            "{} processes ({} newborn, {} unmaps), {} syscalls pending, {} unresolved, {} kept, {} event VMAs",
+            "{} processes ({} newborn, {} unmaps, {} origins, {} file names), {} syscalls pending, {} unresolved, {} kept, {} event VMAs",
             self.processes.len(),
             self.newborn.len(),
             unmaps,
+            origins,
+            self.path_names.len(),
             self.pending.len(),
             self.unresolved.len(),
             self.kept.len(),
@@ -1304,7 +1393,7 @@ impl Trace {
     /// and written whole to `sink` (the end of a trace: every process still
     /// traced goes to the export).
     pub fn summary_with(&self, now_ns: u64, keep: Keep, sink: &mut VmaSink<'_>) -> Summary {
-        let mut processes = self.process_summaries(None, &self.records(), keep, sink);
+        let mut processes = self.process_summaries(None, keep, sink);
         let mut totals = self.exited_totals.clone();
         for p in &processes {
             totals.add(p);
@@ -1331,16 +1420,6 @@ impl Trace {
 /// The lifetime a row counts faults of; None when no VMA was found.
 fn row_life(key: &FaultKey) -> Option<u64> {
     (key.vma_status == vma_status::FOUND && key.life != 0).then_some(key.life)
-}
-
-/// When a row was first seen: its lifetime's first sighting, or (rows without
-/// one) its latest fault. Which of two processes with one pid a row is of
-/// follows from it.
-fn row_time(key: &FaultKey, totals: &FaultTotals, records: &HashMap<u64, &VmaRecord>) -> u64 {
-    match row_life(key).and_then(|l| records.get(&l)) {
-        Some(r) => r.first_ns,
-        None => totals.last_ns,
-    }
 }
 
 /// Two VMAs of one process never overlap at one instant: a lifetime still

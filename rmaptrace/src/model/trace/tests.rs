@@ -574,16 +574,18 @@ fn an_exited_process_keeps_its_summary_after_its_rows_are_freed() {
 /// A lifetime as `end_superseded` sees it: its range, when first seen, when
 /// unmapped.
 fn lifetime(start: u64, end: u64, first: u64, unmapped: Option<u64>) -> Span {
+    let first = NonZeroU64::new(first);
     Span {
-        rows: Some(first),
-        life: Some(first),
+        rows: first,
+        at: (0, 0),
+        life: first,
         kind: Kind::Anon,
         minor: 1,
         major: 0,
         start,
         end,
-        first_seen: Some(first),
-        unmapped,
+        first_seen: first,
+        unmapped: unmapped.and_then(NonZeroU64::new),
     }
 }
 
@@ -612,7 +614,7 @@ fn superseded_lifetimes_end_as_pairwise_comparison_says() {
             })
             .collect();
         vmas.sort_by_key(|v| (v.start, v.first_seen));
-        let mut want: Vec<Option<u64>> = vmas.iter().map(|v| v.unmapped).collect();
+        let mut want: Vec<Option<NonZeroU64>> = vmas.iter().map(|v| v.unmapped).collect();
         for (i, v) in vmas.iter().enumerate() {
             let (Some(first), None) = (v.first_seen, v.unmapped) else {
                 continue;
