@@ -251,11 +251,33 @@ impl Outputs {
     /// its mappings described one at a time as they are written: a process
     /// with 200k mappings is never held whole.
     fn process(&mut self, p: &ProcessSummary, vmas: &mut dyn Iterator<Item = VmaSummary>) {
+        if p.vmas.len() + p.vmas_dropped < PIPELINED_FROM {
+            self.write(|json| json.write_streamed(&ProcessLine::new(p, vmas)));
+            return;
+        }
+        // Many mappings: they are described here and serialised on a second
+        // thread, the two halves of the work side by side.
         self.write(|json| {
-            json.write_streamed(&ProcessLine {
-                kind: "process",
-                rec: p,
-                vmas: Streamed(std::cell::RefCell::new(vmas)),
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<VmaSummary>>(4);
+            std::thread::scope(|s| {
+                let writer = s.spawn(move || {
+                    let mut described = rx.into_iter().flatten();
+                    json.write_streamed(&ProcessLine::new(p, &mut described))
+                });
+                let mut batch = Vec::with_capacity(BATCH);
+                for v in vmas {
+                    batch.push(v);
+                    if batch.len() == BATCH {
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                        if tx.send(full).is_err() {
+                            // The writer failed: it says why.
+                            break;
+                        }
+                    }
+                }
+                let _ = tx.send(batch);
+                drop(tx);
+                writer.join().expect("the export's writer")
             })
         })
     }
@@ -275,6 +297,11 @@ impl Outputs {
     }
 }
 
+/// A process with this many mappings has its record serialised on a thread
+/// of its own, in batches of `BATCH` mappings.
+const PIPELINED_FROM: usize = 4096;
+const BATCH: usize = 256;
+
 #[derive(serde::Serialize)]
 struct ProcessLine<'a> {
     #[serde(rename = "type")]
@@ -282,6 +309,16 @@ struct ProcessLine<'a> {
     #[serde(flatten)]
     rec: &'a ProcessSummary,
     vmas: Streamed<'a>,
+}
+
+impl<'a> ProcessLine<'a> {
+    fn new(rec: &'a ProcessSummary, vmas: &'a mut dyn Iterator<Item = VmaSummary>) -> Self {
+        ProcessLine {
+            kind: "process",
+            rec,
+            vmas: Streamed(std::cell::RefCell::new(vmas)),
+        }
+    }
 }
 
 /// A JSON array written from an iterator as it goes (serialised once).
