@@ -1,6 +1,6 @@
 //! Installs what the build and the tests need, checking first so that a machine
 //! that has everything passes through in well under a second.
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::{path::PathBuf, process::Command};
 
 use crate::run;
@@ -57,9 +57,22 @@ fn missing_packages() -> Vec<&'static str> {
         .collect()
 }
 
-fn nightly_sysroot() -> Option<PathBuf> {
-    let out = Command::new("rustc")
-        .args(["+nightly", "--print", "sysroot"])
+/// The nightly the eBPF crate is pinned to (rmaptrace-ebpf/rust-toolchain.toml).
+pub fn ebpf_toolchain() -> Result<String> {
+    let file = crate::workspace_root().join("rmaptrace-ebpf/rust-toolchain.toml");
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("channel"))
+        .filter_map(|rest| rest.trim().strip_prefix('='))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .next()
+        .with_context(|| format!("no channel in {}", file.display()))
+}
+
+fn sysroot(toolchain: &str) -> Option<PathBuf> {
+    let out = Command::new("rustup")
+        .args(["run", toolchain, "rustc", "--print", "sysroot"])
         .output()
         .ok()?;
     out.status
@@ -90,29 +103,26 @@ pub fn install() -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
 
-    let sysroot = match nightly_sysroot() {
-        Some(s) => s,
-        None => {
-            eprintln!("xtask deps: installing the nightly toolchain");
-            run(Command::new("rustup").args([
-                "toolchain",
-                "install",
-                "nightly",
-                "--profile",
-                "minimal",
-            ]))?;
-            nightly_sysroot().context("nightly toolchain still missing after install")?
-        }
+    let toolchain = ebpf_toolchain()?;
+    let has = |sysroot: &PathBuf| {
+        sysroot.join("lib/rustlib/src/rust/library/core").is_dir()
+            && sysroot.join("bin/clippy-driver").is_file()
     };
-    if !sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
-        eprintln!("xtask deps: installing nightly's rust-src (eBPF builds build core from source)");
+    if !sysroot(&toolchain).is_some_and(|s| has(&s)) {
+        eprintln!("xtask deps: installing {toolchain} with rust-src and clippy (the eBPF build and its lint)");
         run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
+            "toolchain",
+            "install",
+            &toolchain,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src,clippy",
         ]))?;
+        let s = sysroot(&toolchain).context("the eBPF toolchain is still missing after install")?;
+        if !has(&s) {
+            bail!("{toolchain} has no rust-src or clippy after install");
+        }
     }
 
     if !cargo_bin().join("bpf-linker").is_file() {

@@ -2,10 +2,11 @@
 //!
 //! | command    | does |
 //! |------------|------|
-//! | `deps`     | installs what is missing (nightly rust-src, bpf-linker on Debian's LLVM 22, QEMU, busybox, the musl target), idempotently |
+//! | `deps`     | installs what is missing (the eBPF crate's pinned nightly with rust-src and clippy, bpf-linker on Debian's LLVM 22, QEMU, busybox, the musl target), idempotently |
 //! | `build`    | release build, leaves `target/release/rmaptrace` |
 //! | `run -- A` | build, then run rmaptrace with A (through sudo when not root) |
-//! | `test`     | every test: unit, integration (real eBPF on this kernel), then `vm-test` |
+//! | `test`     | `lint`, then every test: unit, integration (real eBPF on this kernel), then `vm-test` |
+//! | `lint`     | `cargo fmt --check`, clippy -D warnings on the userspace crates and on rmaptrace-ebpf (pinned nightly) |
 //! | `vm-test`  | rmaptrace and the rmapdemo driver in a QEMU guest (Debian 6.1 kernel), checked from here |
 //! | `bench`    | cost per fault against untraced and a bpftrace one-liner; long traces, 200k VMAs, 200 forks (`--sections`); target/bench/*.json |
 use anyhow::{bail, Context, Result};
@@ -40,8 +41,10 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Run every test.
+    /// Run every test (after `lint`).
     Test,
+    /// rustfmt and clippy (-D warnings) on every crate, the eBPF one included.
+    Lint,
     /// Run rmaptrace and the rmapdemo driver in a QEMU guest and check the results.
     VmTest {
         /// Backends to run, comma-separated (`default` runs without --backend).
@@ -116,8 +119,42 @@ pub fn build() -> Result<PathBuf> {
     Ok(workspace_root().join("target/release/rmaptrace"))
 }
 
+/// The style and lint gates, as the README asks of every change: rustfmt over
+/// the workspace, clippy on the userspace crates and on the eBPF crate (its
+/// own target, with its pinned nightly).
+fn lint() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo()
+        .args(["clippy", "--release", "--all-targets"])
+        .args([
+            "-p",
+            "rmaptrace",
+            "-p",
+            "rmaptrace-common",
+            "-p",
+            "xtask",
+            "-p",
+            "rmaptrace-tests",
+        ])
+        .args(["--", "-D", "warnings"]))?;
+    let toolchain = deps::ebpf_toolchain()?;
+    run(Command::new("rustup")
+        .args(["run", &toolchain, "cargo", "clippy", "--release"])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--", "-D", "warnings"])
+        .current_dir(workspace_root().join("rmaptrace-ebpf"))
+        .env("PATH", deps::path_with_cargo_bin())
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO"))
+}
+
 fn test() -> Result<()> {
     let started = Instant::now();
+    lint()?;
+    eprintln!(
+        "xtask: formatting and lints clean after {:.0?}",
+        started.elapsed()
+    );
     let bin = build()?;
     run(cargo()
         .args([
@@ -154,6 +191,10 @@ fn main() -> Result<()> {
         Task::Test => {
             deps::install()?;
             test()
+        }
+        Task::Lint => {
+            deps::install()?;
+            lint()
         }
         Task::VmTest {
             backends,
