@@ -1,10 +1,12 @@
 //! Helpers for the integration tests: they run the real rmaptrace binary, as root,
 //! with its eBPF programs loaded into the running kernel, and read its JSON export.
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::{
     path::PathBuf,
     process::{Command, Output},
 };
+
+pub mod expect;
 
 /// The rmaptrace binary under test (`cargo xtask test` sets RMAPTRACE_BIN).
 pub fn bin() -> PathBuf {
@@ -104,6 +106,22 @@ impl Traced {
 
     pub fn workload_pid(&self) -> u64 {
         self.report["pid"].as_u64().unwrap()
+    }
+
+    /// Checks this trace of `scenario` (`n` pages) against the answer the
+    /// guest tests hold every kernel to ([`expect::check_result`]).
+    pub fn check(&self, scenario: &str, n: usize) {
+        let of_type = |t: &'static str| self.export.iter().filter(move |l| l["type"] == t);
+        let result = json!({"rc": 0, "scenario": scenario, "report": self.report});
+        let run = json!({
+            "rc": self.output.status.code(),
+            "header": of_type("header").next(),
+            "summary": self.summary(),
+            "processes": of_type("process").collect::<Vec<_>>(),
+        });
+        if let Err(e) = expect::check_result(&result, &run, n as u64) {
+            panic!("{scenario}: {e:#}");
+        }
     }
 }
 

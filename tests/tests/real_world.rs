@@ -153,6 +153,7 @@ fn every_thread_region_gets_its_own_exact_row() {
 fn two_mappings_at_one_address_are_two_rows() {
     const N: u64 = 64;
     let t = trace_workload("remap-same-address", N as usize, &[]);
+    t.check("remap-same-address", N as usize);
     let p = t.process(t.workload_pid());
     let start = addr(&t.report["addr"]);
     let at = rows_starting_at(p, start);
@@ -240,6 +241,7 @@ fn heap_growth_stays_one_row() {
 fn stack_growth_stays_one_row() {
     const N: u64 = 500;
     let t = trace_workload("stack-growth", N as usize, &[]);
+    t.check("stack-growth", N as usize);
     let p = t.process(t.workload_pid());
     let deepest = addr(&t.report["addr"]);
     let containing: Vec<&Value> = mapped_rows(p)
@@ -272,6 +274,7 @@ fn stack_growth_stays_one_row() {
 fn split(scenario: &str) {
     const N: u64 = 32;
     let t = trace_workload(scenario, N as usize, &[]);
+    t.check(scenario, N as usize);
     let p = t.process(t.workload_pid());
     let start = addr(&t.report["addr"]);
     let split_at = addr(&t.report["split_at"]);

@@ -1,0 +1,507 @@
+//! The exact answer for each workload scenario on each backend, and the checks
+//! of a trace's export against it: one table for the host tests
+//! (tests/tests/scenarios.rs) and the guest checks (xtask's vm-test), so that
+//! both hold every kernel to the same answers. What differs between backends
+//! follows from the export itself (`paths_source`), never from the machine.
+use anyhow::{bail, Result};
+use serde_json::Value;
+
+/// Faults execve makes with get_user_pages to copy the workload's arguments: no
+/// exception, so unseen by backends that only see exceptions.
+const EXEC_GUP_FAULTS: i64 = 1;
+
+/// What the workload's mapping must show in the summary.
+struct Vma {
+    kind: &'static str,
+    handler: Option<&'static str>,
+    module: Option<&'static str>,
+    faults: u64,
+    paths: Vec<(&'static str, u64)>,
+    /// Exact `prot`, when the scenario is about it.
+    prot: Option<&'static str>,
+    /// Acceptable `file` values, when the scenario is about it.
+    files: &'static [&'static str],
+    /// Text the `origin` must contain, when the scenario is about it.
+    origin: Option<&'static str>,
+}
+
+/// Further answers, for scenarios about more than the one mapping at `addr`.
+enum Check {
+    /// The row starting at the address in the report's `field` (each address,
+    /// for an array) is this.
+    RowAt(&'static str, Vma),
+    /// Exactly this many rows (mapping lifetimes) start at `addr`, one per file
+    /// named in these report fields, each with `faults` faults.
+    RowsAtAddr(&'static [&'static str], u64),
+    /// Exactly one row holds `addr`, with at least this many faults.
+    OneRowHolds(u64),
+    /// At most 1% of the process's faults have no VMA.
+    FewUnknown,
+}
+
+/// The expected answer for one scenario on one backend.
+struct Expect {
+    /// None: the VMA must be absent from the summary or show 0 faults.
+    vma: Option<Vma>,
+    /// Whether `vma` is checked (not for scenarios about several rows at `addr`).
+    main: bool,
+    checks: Vec<Check>,
+    /// For fork-cow, the child's mapping.
+    child_vma: Option<Vma>,
+    unseen: i64,
+    child_unseen: i64,
+}
+
+fn vma(
+    kind: &'static str,
+    handler: Option<&'static str>,
+    faults: u64,
+    paths: &[(&'static str, u64)],
+) -> Option<Vma> {
+    Some(Vma {
+        kind,
+        handler,
+        module: None,
+        faults,
+        paths: paths.to_vec(),
+        prot: None,
+        files: &[],
+        origin: None,
+    })
+}
+
+/// `observed`: the backend sees kernel functions (fentry, kprobe), so it also sees
+/// get_user_pages faults; `derived`: exceptions only (tracepoint).
+fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
+    let gup = if observed { 0 } else { EXEC_GUP_FAULTS };
+    let mut e = Expect {
+        vma: None,
+        main: true,
+        checks: Vec::new(),
+        child_vma: None,
+        unseen: gup,
+        child_unseen: 0,
+    };
+    match scenario {
+        "anon-write" => e.vma = vma("anon", None, n, &[("do_anonymous_page", n)]),
+        "dev-zero-private" => {
+            e.vma = vma("anon", None, n, &[("do_anonymous_page", n)]);
+            // vm_file stays set. Once the process is gone the name comes from the
+            // dentry walk, which stops at devtmpfs's root (docs/json-format.md).
+            if let Some(v) = e.vma.as_mut() {
+                v.files = &["/dev/zero", "/zero"];
+            }
+        }
+        "anon-read-write" => {
+            e.vma = vma(
+                "anon",
+                None,
+                2 * n,
+                &[("do_anonymous_page", n), ("do_wp_page", n)],
+            );
+        }
+        "shared-anon" => {
+            e.vma = vma("shmem", Some("shmem_fault"), n, &[("do_shared_fault", n)]);
+            if let Some(v) = e.vma.as_mut() {
+                v.prot = Some("rw-s");
+            }
+        }
+        "file-private-write" => {
+            e.vma = vma("file", Some("filemap_fault"), n, &[("do_cow_fault", n)])
+        }
+        "file-shared-write" => {
+            e.vma = vma("file", Some("filemap_fault"), n, &[("do_shared_fault", n)])
+        }
+        "fork-cow" => {
+            e.vma = vma("anon", None, n, &[("do_anonymous_page", n)]);
+            e.child_vma = vma("anon", None, n, &[("do_wp_page", n)]);
+            if let Some(v) = e.child_vma.as_mut() {
+                // The child inherits the parent's mmap origin.
+                v.origin = Some("MAP_ANONYMOUS");
+            }
+        }
+        "memfd-secret" => {
+            e.vma = vma(
+                "driver",
+                Some("secretmem_fault"),
+                n,
+                &[("do_shared_fault", n)],
+            )
+        }
+        "populate" => {
+            if observed {
+                // MAP_POPULATE's get_user_pages goes through handle_mm_fault.
+                e.vma = vma("anon", None, n, &[("do_anonymous_page", n)]);
+            } else {
+                e.unseen = gup + n as i64;
+            }
+        }
+        // Prefilled at mmap time: the process never faults on these pages.
+        "driver-pfn" | "driver-pages" => {}
+        "driver-fault" => {
+            e.vma = Some(Vma {
+                kind: "driver",
+                handler: Some("rmapdemo_fault"),
+                module: Some("rmapdemo"),
+                faults: n,
+                paths: vec![("do_shared_fault", n)],
+                prot: Some("rw-s"),
+                files: &["/dev/rmapdemo_fault", "/rmapdemo_fault"],
+                origin: Some("MAP_SHARED"),
+            });
+        }
+        // A split gives the kernel's two VMAs: the one page whose protection
+        // or policy changed (read, or written), and the rest.
+        "mprotect-split" | "mbind-split" => {
+            e.vma = vma("anon", None, 1, &[("do_anonymous_page", 1)]);
+            let rest = vma("anon", None, n, &[("do_anonymous_page", n)])?;
+            e.checks.push(Check::RowAt("split_at", rest));
+        }
+        "remap-same-address" => {
+            e.main = false;
+            e.checks.push(Check::RowsAtAddr(&["file_a", "file_b"], n));
+        }
+        "stack-growth" => {
+            e.main = false;
+            e.checks.push(Check::OneRowHolds(n));
+        }
+        "threads-own-maps" => {
+            e.main = false;
+            let each = vma("anon", None, n, &[("do_anonymous_page", n)])?;
+            e.checks.push(Check::RowAt("addrs", each));
+            e.checks.push(Check::FewUnknown);
+        }
+        // memfd32: 16 anonymous pages, the first written, then a memfd mapped
+        // MAP_FIXED over the other 15 and written; 32-bit syscalls throughout.
+        "compat32" => {
+            e.main = false;
+            let anon = vma("anon", None, 1, &[("do_anonymous_page", 1)])?;
+            e.checks.push(Check::RowAt("addr", anon));
+            let memfd = Vma {
+                prot: Some("rw-s"),
+                // Its origin comes from the 32-bit mmap call's records.
+                origin: Some("MAP_SHARED|MAP_FIXED"),
+                ..vma("shmem", Some("shmem_fault"), 15, &[("do_shared_fault", 15)])?
+            };
+            e.checks.push(Check::RowAt("memfd_addr", memfd));
+        }
+        "threads-churn" => {
+            e.vma = vma("anon", None, n, &[("do_anonymous_page", n)]);
+            e.checks.push(Check::FewUnknown);
+        }
+        _ => return None,
+    }
+    Some(e)
+}
+
+fn hex(v: &Value) -> u64 {
+    u64::from_str_radix(v.as_str().unwrap_or("").trim_start_matches("0x"), 16).unwrap_or(0)
+}
+
+fn check_more(proc_: &Value, report: &Value, check: &Check) -> Result<()> {
+    let vmas = proc_["vmas"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    match check {
+        Check::RowAt(field, want) => {
+            let addrs = match &report[*field] {
+                Value::Array(a) => a.clone(),
+                v => vec![v.clone()],
+            };
+            for a in &addrs {
+                let want = Vma {
+                    paths: want.paths.clone(),
+                    ..*want
+                };
+                check_vma(proc_, a, &Some(want))?;
+            }
+        }
+        Check::RowsAtAddr(files, faults) => {
+            let at: Vec<&Value> = vmas
+                .iter()
+                .filter(|v| v["start"] == report["addr"])
+                .collect();
+            if at.len() != files.len() {
+                bail!(
+                    "{} rows at {}, not {}: {at:?}",
+                    at.len(),
+                    report["addr"],
+                    files.len()
+                );
+            }
+            for f in *files {
+                let Some(v) = at.iter().find(|v| v["file"] == report[*f]) else {
+                    bail!("no row for {} at {}: {at:?}", report[*f], report["addr"]);
+                };
+                if v["faults"] != *faults {
+                    bail!("faults {} != {faults}: {v}", v["faults"]);
+                }
+            }
+            let lives: Vec<&Value> = at.iter().map(|v| &v["life"]).collect();
+            if lives.windows(2).any(|w| w[0] == w[1]) {
+                bail!("rows at one address share a lifetime: {lives:?}");
+            }
+        }
+        Check::OneRowHolds(min) => {
+            let a = hex(&report["addr"]);
+            let holding: Vec<&Value> = vmas
+                .iter()
+                .filter(|v| hex(&v["start"]) <= a && a < hex(&v["end"]))
+                .collect();
+            if holding.len() != 1 || holding[0]["faults"].as_u64().unwrap_or(0) < *min {
+                bail!(
+                    "want one row holding {} with >= {min} faults: {holding:?}",
+                    report["addr"]
+                );
+            }
+        }
+        Check::FewUnknown => {
+            let total = proc_["faults"]["total"].as_u64().unwrap_or(0);
+            let unknown = proc_["by_kind"]["unknown"].as_u64().unwrap_or(0);
+            if unknown * 100 > total {
+                bail!("{unknown} of {total} faults without a VMA");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The `process` record of `pid` among a run's (the guest collects them).
+fn process<'a>(run: &'a Value, pid: &Value) -> Result<&'a Value> {
+    run["processes"]
+        .as_array()
+        .and_then(|ps| ps.iter().rev().find(|p| &p["pid"] == pid))
+        .ok_or_else(|| anyhow::anyhow!("pid {pid} has no process record"))
+}
+
+fn find_vma<'a>(proc_: &'a Value, addr: &Value) -> Option<&'a Value> {
+    proc_["vmas"]
+        .as_array()
+        .and_then(|vs| vs.iter().find(|v| &v["start"] == addr))
+}
+
+fn check_vma(proc_: &Value, addr: &Value, want: &Option<Vma>) -> Result<()> {
+    let got = find_vma(proc_, addr);
+    let Some(want) = want else {
+        if let Some(v) = got {
+            if v["faults"] != 0 {
+                bail!("VMA {addr} should have no faults: {v}");
+            }
+        }
+        return Ok(());
+    };
+    let Some(v) = got else {
+        bail!(
+            "VMA {addr} missing from pid {}: {}",
+            proc_["pid"],
+            proc_["vmas"]
+        );
+    };
+    let mut errs = Vec::new();
+    if v["kind"] != want.kind {
+        errs.push(format!("kind {} != {}", v["kind"], want.kind));
+    }
+    if v["handler"].as_str() != want.handler {
+        errs.push(format!("handler {} != {:?}", v["handler"], want.handler));
+    }
+    if want.module.is_some() && v["module"].as_str() != want.module {
+        errs.push(format!("module {} != {:?}", v["module"], want.module));
+    }
+    if want.prot.is_some() && v["prot"].as_str() != want.prot {
+        errs.push(format!("prot {} != {:?}", v["prot"], want.prot));
+    }
+    if !want.files.is_empty() && !want.files.iter().any(|f| v["file"] == *f) {
+        errs.push(format!("file {} not one of {:?}", v["file"], want.files));
+    }
+    if let Some(o) = want.origin {
+        if !v["origin"].as_str().unwrap_or("").contains(o) {
+            errs.push(format!("origin {} lacks {o}", v["origin"]));
+        }
+    }
+    if v["faults"] != want.faults {
+        errs.push(format!("faults {} != {}", v["faults"], want.faults));
+    }
+    let paths: Vec<(String, u64)> = v["paths"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, n)| (k.clone(), n.as_u64().unwrap_or(0)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let want_paths: Vec<(String, u64)> = want
+        .paths
+        .iter()
+        .map(|(p, n)| (p.to_string(), *n))
+        .collect();
+    if paths != want_paths {
+        errs.push(format!("paths {paths:?} != {want_paths:?}"));
+    }
+    if v["latency_ns"]["samples"] != want.faults {
+        errs.push(format!(
+            "latency samples {} != faults",
+            v["latency_ns"]["samples"]
+        ));
+    }
+    if !errs.is_empty() {
+        bail!("{}: {v}", errs.join(", "));
+    }
+    Ok(())
+}
+
+/// unseen is the kernel's minflt+majflt minus what was seen, and equals `want`.
+fn check_unseen(proc_: &Value, want: i64) -> Result<()> {
+    let k = &proc_["kernel"];
+    let kernel = k["minflt"].as_i64().unwrap_or(-1) + k["majflt"].as_i64().unwrap_or(-1);
+    let seen = proc_["faults"]["total"].as_i64().unwrap_or(-1);
+    let unseen = proc_["unseen"].as_i64();
+    if unseen != Some(kernel - seen) {
+        bail!("unseen {:?} is not kernel {kernel} - seen {seen}", unseen);
+    }
+    if unseen != Some(want) {
+        bail!("unseen {:?} != {want} (pid {})", unseen, proc_["pid"]);
+    }
+    Ok(())
+}
+
+/// Checks one scenario's trace. `r`: the workload's result (`rc`, `scenario`,
+/// `report`: its first stdout line); `run`: rmaptrace's (`rc`, `header`,
+/// `summary` and `processes`, the export's lines of those types).
+pub fn check_result(r: &Value, run: &Value, n: u64) -> Result<()> {
+    if run["rc"] != 0 {
+        bail!(
+            "rmaptrace exited with {} (its stderr is in the serial log)",
+            run["rc"]
+        );
+    }
+    if r["rc"] != 0 {
+        bail!(
+            "the workload exited with {} (its stderr is in the serial log)",
+            r["rc"]
+        );
+    }
+    let (report, header, summary) = (&r["report"], &run["header"], &run["summary"]);
+    if !report.is_object() {
+        bail!("the workload printed no report");
+    }
+    if header["type"] != "header" || summary["type"] != "summary" {
+        bail!("the export has no header or summary line");
+    }
+    let observed = summary["paths_source"] == "observed";
+    let scenario = r["scenario"].as_str().unwrap_or("");
+    let Some(want) = expect(scenario, n, observed) else {
+        bail!("no expectations for scenario {scenario}: add them to tests/src/expect.rs");
+    };
+    let addr = &report["addr"];
+    let parent = process(run, &report["pid"])?;
+    if want.main {
+        check_vma(parent, addr, &want.vma)?;
+    }
+    for c in &want.checks {
+        check_more(parent, report, c)?;
+    }
+    check_unseen(parent, want.unseen)?;
+    // Kernel-function backends see do_mmap: the workload's own executable was
+    // mapped by execve's ELF loader, which no mmap syscall reports.
+    if observed {
+        let from_exec = parent["vmas"].as_array().is_some_and(|vs| {
+            vs.iter().any(|v| {
+                v["origin"]
+                    .as_str()
+                    .is_some_and(|o| o.starts_with("kernel do_mmap("))
+            })
+        });
+        if !from_exec {
+            bail!("no VMA has an origin from the kernel's do_mmap (execve's mappings)");
+        }
+    }
+    if want.child_vma.is_some() {
+        let child = process(run, &report["child_pid"])?;
+        check_vma(child, addr, &want.child_vma)?;
+        check_unseen(child, want.child_unseen)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const ADDR: &str = "0x7f0000000000";
+
+    /// A RUN line whose summary has pid 100 with `vmas`, and kernel counts that
+    /// make `unseen` come out as given.
+    fn run(paths_source: &str, vmas: Value, seen: i64, unseen: i64) -> Value {
+        json!({"rc": 0, "header": {"type": "header", "backend": {"name": "tracepoint"}},
+               "summary": {"type": "summary", "paths_source": paths_source},
+               "processes": [
+                   {"type": "process", "pid": 100,
+                    "faults": {"total": seen, "minor": seen, "major": 0},
+                    "kernel": {"minflt": seen + unseen, "majflt": 0}, "unseen": unseen,
+                    "vmas": vmas}]})
+    }
+
+    fn report(scenario: &str) -> Value {
+        json!({"rc": 0, "scenario": scenario, "report": {"pid": 100, "addr": ADDR}})
+    }
+
+    fn driver_vma(handler: &str, faults: u64) -> Value {
+        json!({"start": ADDR, "kind": "driver", "handler": handler, "module": "rmapdemo",
+               "prot": "rw-s", "file": "/dev/rmapdemo_fault",
+               "origin": "mmap(MAP_SHARED, rw-) at 1 ns",
+               "faults": faults, "paths": {"do_shared_fault": faults},
+               "latency_ns": {"samples": faults}})
+    }
+
+    #[test]
+    fn driver_fault_passes_with_the_exact_answer() {
+        let r = run("derived", json!([driver_vma("rmapdemo_fault", 64)]), 90, 1);
+        check_result(&report("driver-fault"), &r, 64).unwrap();
+    }
+
+    #[test]
+    fn driver_fault_fails_on_a_wrong_handler_count_or_unseen() {
+        let r = run("derived", json!([driver_vma("other_fault", 64)]), 90, 1);
+        assert!(check_result(&report("driver-fault"), &r, 64).is_err());
+        let r = run("derived", json!([driver_vma("rmapdemo_fault", 63)]), 90, 1);
+        assert!(check_result(&report("driver-fault"), &r, 64).is_err());
+        let r = run("derived", json!([driver_vma("rmapdemo_fault", 64)]), 90, 2);
+        assert!(check_result(&report("driver-fault"), &r, 64).is_err());
+        let r = run("derived", json!([]), 90, 1);
+        assert!(check_result(&report("driver-fault"), &r, 64).is_err());
+    }
+
+    #[test]
+    fn prefilled_driver_mappings_must_not_fault() {
+        let r = run("derived", json!([]), 20, 1);
+        check_result(&report("driver-pfn"), &r, 64).unwrap();
+        let r = run("derived", json!([driver_vma("rmapdemo_fault", 0)]), 20, 1);
+        check_result(&report("driver-pages"), &r, 64).unwrap();
+        let r = run("derived", json!([driver_vma("rmapdemo_fault", 3)]), 20, 1);
+        assert!(check_result(&report("driver-pfn"), &r, 64).is_err());
+    }
+
+    #[test]
+    fn populate_is_unseen_on_exceptions_and_seen_on_kernel_functions() {
+        let r = run("derived", json!([]), 20, 65);
+        check_result(&report("populate"), &r, 64).unwrap();
+        let vma = json!({"start": ADDR, "kind": "anon", "handler": null, "faults": 64,
+                         "paths": {"do_anonymous_page": 64}, "latency_ns": {"samples": 64}});
+        // The executable, mapped by execve: kernel-function backends see its origin.
+        let exe = json!({"start": "0x400000", "kind": "file", "faults": 20,
+                         "origin": "kernel do_mmap(MAP_PRIVATE, r-x) at 1 ns"});
+        let r = run("observed", json!([vma, exe]), 84, 0);
+        check_result(&report("populate"), &r, 64).unwrap();
+        let r = run("observed", json!([vma]), 64, 0);
+        assert!(
+            check_result(&report("populate"), &r, 64).is_err(),
+            "execve's mappings must have a do_mmap origin on kernel-function backends"
+        );
+    }
+
+    #[test]
+    fn failed_runs_fail() {
+        let mut r = run("derived", json!([driver_vma("rmapdemo_fault", 64)]), 90, 1);
+        r["rc"] = json!(1);
+        assert!(check_result(&report("driver-fault"), &r, 64).is_err());
+    }
+}
