@@ -109,10 +109,27 @@ pub struct FaultKey {
     pub life: u64,
 }
 
+/// `vm_area_struct.vm_flags` bits (include/linux/mm.h: preprocessor constants,
+/// which the BTF does not carry; unchanged since 2.6), for both sides.
+pub mod vm_flags {
+    pub const VM_READ: u64 = 0x1;
+    pub const VM_WRITE: u64 = 0x2;
+    pub const VM_EXEC: u64 = 0x4;
+    pub const VM_SHARED: u64 = 0x8;
+    pub const VM_PFNMAP: u64 = 0x400;
+    pub const VM_IO: u64 = 0x4000;
+    pub const VM_HUGETLB: u64 = 0x40_0000;
+    pub const VM_MIXEDMAP: u64 = 0x1000_0000;
+}
+
 /// VM_SHARED|VM_PFNMAP|VM_IO|VM_HUGETLB|VM_MIXEDMAP: the vm_flags that say what a
 /// mapping is. Protection bits are left out: mprotect of a whole VMA changes them
 /// without making it another mapping.
-pub const VM_IDENT_FLAGS: u64 = 0x8 | 0x400 | 0x4000 | 0x40_0000 | 0x1000_0000;
+pub const VM_IDENT_FLAGS: u64 = vm_flags::VM_SHARED
+    | vm_flags::VM_PFNMAP
+    | vm_flags::VM_IO
+    | vm_flags::VM_HUGETLB
+    | vm_flags::VM_MIXEDMAP;
 
 /// A 32-bit identity of a mapping's kind: its ops, file and defining flags. A VMA
 /// struct whose identity changed was freed and reused for another mapping.
@@ -309,6 +326,12 @@ pub mod event_kind {
 }
 
 pub const COMM_LEN: usize = 16;
+
+/// What the kernel keeps of a command name: its first COMM_LEN - 1 bytes (then
+/// a NUL), maybe cutting a character in two.
+pub fn comm_prefix(name: &[u8]) -> &[u8] {
+    &name[..name.len().min(COMM_LEN - 1)]
+}
 
 /// Names `--comm` can match at once (the COMMS map's size).
 pub const MAX_COMMS: u32 = 64;
@@ -534,6 +557,17 @@ pub struct KernelOffsets {
     pub raw_enter_args: u32,
     pub raw_exit_id: u32,
     pub raw_exit_ret: u32,
+    /// `enum fault_flag` values (handle_mm_fault's `flags`), from the BTF.
+    pub fault_flag_write: u32,
+    pub fault_flag_tried: u32,
+    pub fault_flag_user: u32,
+    pub fault_flag_instruction: u32,
+    /// `enum vm_fault_reason` values (handle_mm_fault's result), from the BTF;
+    /// `vm_fault_error` is the kernel's VM_FAULT_ERROR made of them.
+    pub vm_fault_major: u32,
+    pub vm_fault_retry: u32,
+    pub vm_fault_fallback: u32,
+    pub vm_fault_error: u32,
     /// Non-zero once userspace filled the struct; programs do nothing before that.
     pub ready: u32,
 }

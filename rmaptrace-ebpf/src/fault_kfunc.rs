@@ -17,24 +17,13 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
-use rmaptrace_common::{access, path_id, vma_status, FaultKey, VmaInfo};
+use rmaptrace_common::{access, path_id, vm_flags, vma_status, FaultKey, VmaInfo};
 
 use crate::{
     aggregate::{self, BPF_NOEXIST},
-    maps::{bump, traced_current},
+    maps::{bump, offsets, traced_current},
     vma,
 };
-
-// include/linux/mm_types.h, enum fault_flag and vm_fault_reason: stable since 5.x.
-const FAULT_FLAG_WRITE: u64 = 1 << 0;
-const FAULT_FLAG_TRIED: u64 = 1 << 5;
-const FAULT_FLAG_USER: u64 = 1 << 6;
-const FAULT_FLAG_INSTRUCTION: u64 = 1 << 8;
-const VM_FAULT_MAJOR: u64 = 0x4;
-const VM_FAULT_RETRY: u64 = 0x400;
-/// OOM | SIGBUS | SIGSEGV | HWPOISON | HWPOISON_LARGE | FALLBACK
-const VM_FAULT_ERROR: u64 = 0x1 | 0x2 | 0x40 | 0x10 | 0x20 | 0x800;
-const VM_SHARED: u64 = 0x8;
 
 /// One fault in progress on a thread, between handle_mm_fault's entry and exit.
 #[repr(C)]
@@ -111,20 +100,24 @@ fn on_fault_exit(ret: u64) {
         return;
     }
     s.active = 0;
-    if ret & (VM_FAULT_RETRY | VM_FAULT_ERROR) != 0 {
+    // The kernel's enum values, from its BTF.
+    let o = offsets();
+    let bit = |v: u32| u64::from(v);
+    if ret & (bit(o.vm_fault_retry) | bit(o.vm_fault_error)) != 0 {
         return;
     }
+    // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let flags = s.flags;
-    let write = flags & FAULT_FLAG_WRITE != 0;
+    let write = flags & bit(o.fault_flag_write) != 0;
     let mut acc = 0;
     if write {
         acc |= access::WRITE;
     }
-    if flags & FAULT_FLAG_INSTRUCTION != 0 {
+    if flags & bit(o.fault_flag_instruction) != 0 {
         acc |= access::EXEC;
     }
-    if flags & FAULT_FLAG_USER == 0 {
+    if flags & bit(o.fault_flag_user) == 0 {
         acc |= access::KERNEL; // kernel mode, or get_user_pages
     }
     // do_read_fault, do_cow_fault and do_shared_fault are inlined in many builds;
@@ -133,7 +126,7 @@ fn on_fault_exit(ret: u64) {
     if path == path_id::DERIVED && s.did_do_fault != 0 {
         path = if !write {
             path_id::DO_READ_FAULT
-        } else if s.vma.vm_flags & VM_SHARED == 0 {
+        } else if s.vma.vm_flags & vm_flags::VM_SHARED == 0 {
             path_id::DO_COW_FAULT
         } else {
             path_id::DO_SHARED_FAULT
@@ -153,7 +146,7 @@ fn on_fault_exit(ret: u64) {
         life: 0,
     };
     c.tid = tid;
-    c.major = (ret & VM_FAULT_MAJOR != 0 || flags & FAULT_FLAG_TRIED != 0) as u8;
+    c.major = (ret & bit(o.vm_fault_major) != 0 || flags & bit(o.fault_flag_tried) != 0) as u8;
     c.now = now;
     c.addr = s.addr;
     c.ip = 0;
@@ -296,8 +289,7 @@ path_probe!(
 /// handle_pte_fault then does (do_anonymous_page, often inlined and unprobed).
 #[inline(always)]
 fn unmark_huge_if_fallback(ret: u64) {
-    const VM_FAULT_FALLBACK: u64 = 0x800;
-    if ret & VM_FAULT_FALLBACK == 0 {
+    if ret & u64::from(offsets().vm_fault_fallback) == 0 {
         return;
     }
     let Some((_, tid)) = traced_current() else {

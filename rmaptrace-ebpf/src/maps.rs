@@ -61,6 +61,14 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     raw_enter_args: 0,
     raw_exit_id: 0,
     raw_exit_ret: 0,
+    fault_flag_write: 0,
+    fault_flag_tried: 0,
+    fault_flag_user: 0,
+    fault_flag_instruction: 0,
+    vm_fault_major: 0,
+    vm_fault_retry: 0,
+    vm_fault_fallback: 0,
+    vm_fault_error: 0,
     ready: 0,
 };
 

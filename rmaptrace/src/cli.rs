@@ -35,13 +35,11 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Backend::Auto)]
         backend: Backend,
     },
-    // Live screen and demo.
     /// Run the workload scenarios in a loop under the live screen: every mapping
     /// kind and its fault handler side by side. With --no-tui: one round, then the summary.
     Demo(DemoArgs),
 }
 
-// Live screen and demo.
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
     /// Pages each scenario touches.
@@ -72,15 +70,6 @@ impl DemoArgs {
             no_tui: self.no_tui,
             ring_mib: 8,
             ..TraceArgs::default()
-        }
-    }
-
-    pub fn opts(&self) -> crate::demo::DemoOpts {
-        let live = crate::live::wants_tui(&self.trace_args());
-        crate::demo::DemoOpts {
-            pages: self.pages,
-            rounds: self.rounds.or(if live { None } else { Some(1) }),
-            pause: std::time::Duration::from_millis(self.pause_ms),
         }
     }
 }

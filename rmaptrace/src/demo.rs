@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use crate::tui::Note;
+use crate::model::summary::Note;
 
 /// One of each kind: anon (first touch, zero page + COW), shmem, file, a driver
 /// (KVM), a driver-like special (secretmem), and COW after fork.

@@ -14,9 +14,10 @@ use crate::{
     bpf::loader::Probes,
     cli::TraceArgs,
     demo::{self, DemoOpts, Driver},
+    kernel::clock::monotonic_ns,
+    model::summary::Note,
     model::trace::{Keep, Trace},
-    session::monotonic_ns,
-    tui::{Note, Ui, Update},
+    tui::{Ui, Update},
 };
 
 pub struct Live {

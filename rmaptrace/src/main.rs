@@ -43,8 +43,7 @@ fn main() {
             }
         }
         Some(cli::Command::Probe { backend }) => session::probe(backend),
-        // Live screen and demo.
-        Some(cli::Command::Demo(d)) => session::run_demo(d.trace_args(), d.opts()),
+        Some(cli::Command::Demo(d)) => session::run_demo(&d),
         None => session::run(cli.trace),
     };
     match result {

@@ -16,19 +16,22 @@ use tokio::{
     signal::unix::{signal, SignalKind},
 };
 
+use rmaptrace_common::comm_prefix;
+
 use crate::{
     bpf::{
         events::decode,
         loader::{KernelFacts, LoadOptions, Probes},
         plan::Backend,
     },
-    cli::TraceArgs,
+    cli::{DemoArgs, TraceArgs},
     export::{
         json::{Header, JsonExport, FORMAT_VERSION},
         table,
     },
     kernel::{
         btf::VMLINUX_BTF,
+        clock::monotonic_ns,
         kallsyms::Kallsyms,
         procfs::{LiveProc, ProcSource},
     },
@@ -37,18 +40,7 @@ use crate::{
         trace::{Keep, Record, Trace},
     },
 };
-// Live screen and demo.
 use crate::{demo::DemoOpts, live::Live};
-
-/// CLOCK_MONOTONIC in ns: the clock of bpf_ktime_get_ns.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// Root and BTF: what every command that loads programs needs first.
 fn check_privileges_and_btf() -> Result<()> {
@@ -207,7 +199,15 @@ pub fn run(args: TraceArgs) -> Result<i32> {
 }
 
 /// `rmaptrace demo`: the same session, tracing the demo's own children.
-pub fn run_demo(args: TraceArgs, demo: DemoOpts) -> Result<i32> {
+pub fn run_demo(d: &DemoArgs) -> Result<i32> {
+    let args = d.trace_args();
+    // On the live screen the scenarios loop until quit; without it, one round.
+    let live = crate::live::wants_tui(&args);
+    let demo = DemoOpts {
+        pages: d.pages,
+        rounds: d.rounds.or(if live { None } else { Some(1) }),
+        pause: std::time::Duration::from_millis(d.pause_ms),
+    };
     run_with(args, Some(demo))
 }
 
@@ -408,11 +408,10 @@ async fn trace(
             let Some(stat) = procfs.stat(pid) else {
                 continue;
             };
-            // The kernel keeps a comm's first 15 bytes, maybe cutting a character.
             if args
                 .comms
                 .iter()
-                .any(|c| crate::text::from_bytes(&c.as_bytes()[..15.min(c.len())]) == stat.comm)
+                .any(|c| crate::text::from_bytes(comm_prefix(c.as_bytes())) == stat.comm)
             {
                 probes.trace_pid(pid, rmaptrace_common::traced::YES)?;
                 trace.add_target(pid);
@@ -434,7 +433,7 @@ async fn trace(
             format: FORMAT_VERSION,
             version: env!("CARGO_PKG_VERSION"),
             kernel: kernel_release(),
-            backend: &probes.plan,
+            backend: serde_json::to_value(&probes.plan)?,
             limits: &limits,
             start_ts_ns: start,
         })?;

@@ -1,19 +1,8 @@
 //! Decodes ring buffer records. Records come from the kernel but are still checked
 //! for size before they are read: a short record is an error, never a panic.
-use rmaptrace_common::{
-    event_kind, EventHeader, ExitEvent, FaultEvent, MmapExitEvent, SyscallEvent, TaskEvent,
-    UnresolvedFault,
-};
+use rmaptrace_common::{event_kind, EventHeader};
 
-#[derive(Clone, Debug)]
-pub enum Event {
-    Fault(FaultEvent),
-    Syscall(SyscallEvent),
-    MmapExit(MmapExitEvent),
-    Exit(ExitEvent),
-    Task(TaskEvent),
-    Unresolved(UnresolvedFault),
-}
+use crate::model::event::Event;
 
 fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
     if bytes.len() < std::mem::size_of::<T>() {
@@ -40,37 +29,10 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
     }
 }
 
-/// The path of an mmap exit record: components come leaf first, up to the mount
-/// root (whose own name is "/"). None for anonymous memory.
-pub fn kernel_path(ev: &MmapExitEvent) -> Option<String> {
-    let depth = (ev.depth as usize).min(ev.path.len());
-    if depth == 0 {
-        return None;
-    }
-    if ev.truncated == 2 {
-        // A pseudo file: /proc/PID/maps would show "anon_inode:" and this name.
-        return Some(c_str(&ev.path[0]));
-    }
-    let mut parts: Vec<String> = ev.path[..depth]
-        .iter()
-        .map(|c| c_str(c))
-        .filter(|c| c != "/")
-        .collect();
-    parts.reverse();
-    let prefix = if ev.truncated != 0 { "..." } else { "" };
-    Some(format!("{prefix}/{}", parts.join("/")))
-}
-
-/// NUL-terminated kernel string to text (losslessly: names are the traced
-/// process's bytes, not necessarily UTF-8).
-pub fn c_str(bytes: &[u8]) -> String {
-    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-    crate::text::from_bytes(&bytes[..end])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rmaptrace_common::ExitEvent;
 
     #[test]
     fn short_or_unknown_records_are_rejected() {
@@ -86,40 +48,5 @@ mod tests {
             decode(&bytes).is_none(),
             "an exit-sized record is too short for a fault"
         );
-    }
-
-    #[test]
-    fn kernel_paths_cross_mount_points() {
-        let mut ev = MmapExitEvent {
-            header: EventHeader::default(),
-            ret: 0,
-            len: 0,
-            prot: 0,
-            flags: 0,
-            depth: 0,
-            truncated: 0,
-            path: [[0; 32]; 8],
-        };
-        assert_eq!(kernel_path(&ev), None, "anonymous memory has no path");
-        // Leaf first: /dev/zero on a devtmpfs mounted at /dev.
-        for (i, part) in ["zero", "/", "dev", "/"].iter().enumerate() {
-            ev.path[i][..part.len()].copy_from_slice(part.as_bytes());
-        }
-        ev.depth = 4;
-        assert_eq!(kernel_path(&ev).as_deref(), Some("/dev/zero"));
-        ev.truncated = 1;
-        assert_eq!(kernel_path(&ev).as_deref(), Some(".../dev/zero"));
-        ev.truncated = 2;
-        assert_eq!(
-            kernel_path(&ev).as_deref(),
-            Some("zero"),
-            "a pseudo file's own name"
-        );
-    }
-
-    #[test]
-    fn c_strings() {
-        assert_eq!(c_str(b"cat\0\0\0"), "cat");
-        assert_eq!(c_str(b"full"), "full");
     }
 }

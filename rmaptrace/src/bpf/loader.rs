@@ -668,12 +668,11 @@ fn traced_rows() -> u32 {
         .unwrap_or(16384)
 }
 
-/// The kernel truncates comm to 15 bytes plus NUL.
+/// A name as the kernel keeps it in `task_struct.comm`, NUL-padded.
 pub fn comm_key(name: &str) -> [u8; COMM_LEN] {
     let mut key = [0u8; COMM_LEN];
-    for (d, s) in key.iter_mut().zip(name.bytes().take(COMM_LEN - 1)) {
-        *d = s;
-    }
+    let kept = rmaptrace_common::comm_prefix(name.as_bytes());
+    key[..kept.len()].copy_from_slice(kept);
     key
 }
 

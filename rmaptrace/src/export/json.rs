@@ -8,7 +8,7 @@ use std::{
     path::Path,
 };
 
-use crate::{bpf::plan::Plan, files::Replacement};
+use crate::files::Replacement;
 
 pub const FORMAT_VERSION: u32 = 2;
 
@@ -19,8 +19,9 @@ pub struct Header<'a> {
     pub format: u32,
     pub version: &'static str,
     pub kernel: String,
-    /// The attach plan: `backend` counts faults, `paths` says observed or derived.
-    pub backend: &'a Plan,
+    /// The attach plan, as the loader describes it: `backend` counts faults,
+    /// `paths` says observed or derived.
+    pub backend: serde_json::Value,
     pub limits: &'a [String],
     /// CLOCK_MONOTONIC at start; every ts_ns in the file is on this clock.
     pub start_ts_ns: u64,

@@ -161,6 +161,17 @@ impl KernelBtf {
         .ok();
         let [mm_mt_root, mr64_pivot, mr64_slot, ma64_pivot, ma64_slot, maple_leaf_64, maple_range_64, maple_arange_64] =
             maple.unwrap_or([0; 8]);
+        // The fault flags and results are enums the BTF names (5.x on); where
+        // one is missing, the value it has had since then.
+        let from_enum = |name: &'static str| {
+            move |member: &str, stable: u32| {
+                self.enum_value(name, member).unwrap_or_else(|e| {
+                    log::debug!("{e:#}: taking {member} as {stable:#x}");
+                    stable
+                })
+            }
+        };
+        let (flag, reason) = (from_enum("fault_flag"), from_enum("vm_fault_reason"));
         Ok(KernelOffsets {
             vma_vm_mm: o("vm_area_struct", "vm_mm")?,
             // Read either way (see VmaInfo::lock_seq): any valid offset will do.
@@ -215,6 +226,24 @@ impl KernelBtf {
             task_maj_flt: o("task_struct", "maj_flt")?,
             syscall_args: 0,
             syscall_ret: 0,
+            fault_flag_write: flag("FAULT_FLAG_WRITE", 1 << 0),
+            fault_flag_tried: flag("FAULT_FLAG_TRIED", 1 << 5),
+            fault_flag_user: flag("FAULT_FLAG_USER", 1 << 6),
+            fault_flag_instruction: flag("FAULT_FLAG_INSTRUCTION", 1 << 8),
+            vm_fault_major: reason("VM_FAULT_MAJOR", 0x4),
+            vm_fault_retry: reason("VM_FAULT_RETRY", 0x400),
+            vm_fault_fallback: reason("VM_FAULT_FALLBACK", 0x800),
+            // include/linux/mm_types.h's VM_FAULT_ERROR.
+            vm_fault_error: [
+                ("VM_FAULT_OOM", 0x1),
+                ("VM_FAULT_SIGBUS", 0x2),
+                ("VM_FAULT_SIGSEGV", 0x40),
+                ("VM_FAULT_HWPOISON", 0x10),
+                ("VM_FAULT_HWPOISON_LARGE", 0x20),
+                ("VM_FAULT_FALLBACK", 0x800),
+            ]
+            .iter()
+            .fold(0, |all, (name, v)| all | reason(name, *v)),
             ready: 1,
         })
     }
@@ -240,5 +269,10 @@ mod tests {
             "exported, never inlined"
         );
         assert!(!btf.has_function("no_such_function_rmaptrace"));
+        // Read from the BTF's enums, not taken from constants here.
+        assert_eq!(btf.enum_value("fault_flag", "FAULT_FLAG_WRITE").unwrap(), 1);
+        assert_eq!(o.fault_flag_write, 1);
+        assert_eq!(o.vm_fault_retry, 0x400);
+        assert_eq!(o.vm_fault_error, 0x1 | 0x2 | 0x40 | 0x10 | 0x20 | 0x800);
     }
 }

@@ -1,16 +1,7 @@
 //! What kind of memory a VMA is, decided the way mm/ decides which code serves it.
+pub use rmaptrace_common::vm_flags::*;
 use rmaptrace_common::VmaInfo;
 use serde::Serialize;
-
-// vm_flags bits (include/linux/mm.h); their values have been stable since 2.6.
-pub const VM_WRITE: u64 = 0x2;
-pub const VM_READ: u64 = 0x1;
-pub const VM_EXEC: u64 = 0x4;
-pub const VM_SHARED: u64 = 0x8;
-pub const VM_PFNMAP: u64 = 0x400;
-pub const VM_IO: u64 = 0x4000;
-pub const VM_HUGETLB: u64 = 0x40_0000;
-pub const VM_MIXEDMAP: u64 = 0x1000_0000;
 
 const S_IFMT: u16 = 0o170000;
 const S_IFCHR: u16 = 0o020000;

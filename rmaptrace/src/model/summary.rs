@@ -181,3 +181,12 @@ impl Summary {
         }
     }
 }
+
+/// A line about what runs beside the trace (the demo's scenarios), shown with
+/// its summary.
+#[derive(Clone, Debug)]
+pub struct Note {
+    pub text: String,
+    /// false: shown as a problem.
+    pub ok: bool,
+}

@@ -12,6 +12,7 @@ use rmaptrace_common::{
 use serde::Serialize;
 
 use super::{
+    event::{c_str, kernel_path, Event},
     kind::{char_device, classify, prot_string, Kind},
     origins::{Origin, Origins, PathNames},
     path,
@@ -23,10 +24,7 @@ use super::{
     },
     syscalls::{self, MmapRecord},
 };
-use crate::{
-    bpf::events::{c_str, kernel_path, Event},
-    kernel::{kallsyms::Kallsyms, procfs::ProcSource},
-};
+use crate::kernel::{kallsyms::Kallsyms, procfs::ProcSource};
 use candidates::{Candidate, Candidates};
 
 /// One completed fault as exported with `--events`.

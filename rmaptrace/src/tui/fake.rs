@@ -9,7 +9,8 @@ use crate::model::{
     summary::{FaultCounts, KernelCounts, Latency, ProcessSummary, Summary, Totals, VmaSummary},
 };
 
-use super::{Note, Update};
+use super::Update;
+use crate::model::summary::Note;
 
 fn hist(samples: &[(u64, u64)]) -> Hist {
     let mut h = Hist::default();

@@ -20,7 +20,7 @@ use std::{collections::BTreeMap, sync::Arc, thread::JoinHandle, time::Duration};
 
 use anyhow::{anyhow, Result};
 
-use crate::model::summary::Summary;
+use crate::model::summary::{Note, Summary};
 use feed::Feed;
 
 /// What the screen shows at one moment.
@@ -33,13 +33,6 @@ pub struct Update {
     pub labels: BTreeMap<u32, String>,
     /// What is traced, for the top line.
     pub title: String,
-}
-
-#[derive(Clone, Debug)]
-pub struct Note {
-    pub text: String,
-    /// false: shown as a problem.
-    pub ok: bool,
 }
 
 /// The running screen, seen from the session loop.

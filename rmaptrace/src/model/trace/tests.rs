@@ -1,8 +1,8 @@
 //! The attribution end to end, from fake probe output and a fake /proc.
 use super::*;
 use crate::{
-    bpf::events::Event,
     kernel::procfs::{MapsEntry, ProcStat},
+    model::event::Event,
     model::snapshot::{Counters, Hist, ProcTotals},
 };
 use rmaptrace_common::{access, path_id, EventHeader, ExitEvent, FaultKey, TaskEvent, ThreadAcct};
