@@ -276,7 +276,8 @@ pub mod counter {
     /// Traced-process table full: a child could not be followed.
     pub const TRACED_TABLE_FULL: u32 = 5;
     /// An entry was replaced before its completion arrived: the fault failed
-    /// (SIGSEGV, SIGBUS, EFAULT fixup) or its completion event was throttled.
+    /// (SIGSEGV, SIGBUS, EFAULT fixup), its completion event was throttled, or
+    /// (kretprobe) its return probe was missed.
     pub const ENTRY_WITHOUT_COMPLETION: u32 = 6;
     /// Completions served from the thread's VMA cache / by a bpf_find_vma lookup.
     pub const VMA_CACHE_HIT: u32 = 7;
@@ -293,7 +294,10 @@ pub mod counter {
     /// writer, or its irq_work still queued), and no VMA at the address.
     pub const VMA_LOOKUP_BUSY: u32 = 12;
     pub const VMA_LOOKUP_NONE: u32 = 13;
-    pub const COUNT: u32 = 14;
+    /// do_mmap's argument table (kprobe flavour) full: that call's origin is
+    /// not recorded.
+    pub const MMAP_ARGS_FULL: u32 = 14;
+    pub const COUNT: u32 = 15;
 }
 
 /// Values of the `TRACED` map.

@@ -48,12 +48,16 @@ static VMA_LOOKED_UP: PerCpuArray<VmaInfo> = PerCpuArray::with_max_entries(1, 0)
 
 #[inline(always)]
 pub fn looked_up_slot() -> Option<&'static mut VmaInfo> {
+    // SAFETY: this CPU's slot: a program runs to its end on its CPU, and the
+    // programs that use the slot take it once each.
     VMA_LOOKED_UP.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
 /// This CPU's slot for the fault being completed.
 #[inline(always)]
 pub fn completed_slot() -> Option<&'static mut Completed> {
+    // SAFETY: this CPU's slot: a program runs to its end on its CPU, and the
+    // programs that use the slot take it once each.
     COMPLETED.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
@@ -175,14 +179,21 @@ fn count_overflow(tgid: u32, major: bool) {
     let mut stats = PROCS.get_ptr_mut(tgid);
     if stats.is_none() {
         let mut zero = core::mem::MaybeUninit::<ProcStats>::uninit();
-        crate::mem::zero(zero.as_mut_ptr());
-        let _ = PROCS.insert(tgid, unsafe { zero.assume_init_ref() }, BPF_NOEXIST);
+        // SAFETY: a local ProcStats (plain integers) on the stack, zeroed
+        // before it is read.
+        let zero = unsafe {
+            crate::mem::zero(zero.as_mut_ptr());
+            zero.assume_init_ref()
+        };
+        let _ = PROCS.insert(tgid, zero, BPF_NOEXIST);
         stats = PROCS.get_ptr_mut(tgid);
     }
     let Some(stats) = stats else {
         bump(counter::PROC_TABLE_FULL);
         return;
     };
+    // SAFETY: this CPU's value for the process, reached through this one
+    // reference.
     let stats = unsafe { &mut *stats };
     if major {
         stats.major += 1;
@@ -198,6 +209,8 @@ fn send_event(c: &Completed, vma: Option<&VmaInfo>) {
         return;
     };
     let ev = entry.as_mut_ptr();
+    // SAFETY: `ev` points at the reserved record, ours until it is submitted;
+    // `info` is another object.
     unsafe {
         (*ev).header.kind = rmaptrace_common::event_kind::FAULT;
         (*ev).header.tgid = c.key.tgid;

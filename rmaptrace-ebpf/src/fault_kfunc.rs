@@ -53,6 +53,8 @@ static ZERO_INFLIGHT: PerCpuArray<KfuncInflight> = PerCpuArray::with_max_entries
 #[inline(always)]
 fn slot(tid: u32, create: bool) -> Option<&'static mut KfuncInflight> {
     if let Some(p) = KFUNC_INFLIGHT.get_ptr_mut(tid) {
+        // SAFETY: this thread's in-flight value: only this thread's probes
+        // touch it, one at a time, each taking it once.
         return Some(unsafe { &mut *p });
     }
     if !create {
@@ -62,6 +64,7 @@ fn slot(tid: u32, create: bool) -> Option<&'static mut KfuncInflight> {
     if KFUNC_INFLIGHT.insert(tid, zero, BPF_NOEXIST).is_err() {
         bump(rmaptrace_common::counter::INFLIGHT_FULL);
     }
+    // SAFETY: as above.
     KFUNC_INFLIGHT.get_ptr_mut(tid).map(|p| unsafe { &mut *p })
 }
 
@@ -73,11 +76,19 @@ fn on_fault_entry(vma: u64, addr: u64, flags: u64) {
     let Some(s) = slot(tid, true) else {
         return;
     };
+    // A fault still in flight on this thread lost its completion (a kretprobe
+    // over its maxactive): counted, never silently replaced.
+    if s.active != 0 {
+        bump(rmaptrace_common::counter::ENTRY_WITHOUT_COMPLETION);
+    }
+    // SAFETY: a helper without arguments.
     s.ts_ns = unsafe { bpf_ktime_get_ns() };
     s.addr = addr;
     s.flags = flags;
     // Volatile: LLVM would merge these zero stores into a memset call (a byte
     // loop for the verifier).
+    // SAFETY: pointers to fields of `s`, a valid reference not otherwise used
+    // meanwhile.
     unsafe {
         core::ptr::write_volatile(&raw mut s.handler_start_ns, 0);
         core::ptr::write_volatile(&raw mut s.handler_ns, 0);
@@ -175,6 +186,7 @@ fn on_do_fault_entry() {
     };
     if let Some(s) = slot(tid, false) {
         if s.active != 0 {
+            // SAFETY: a helper without arguments.
             s.handler_start_ns = unsafe { bpf_ktime_get_ns() };
             s.did_do_fault = 1;
         }
@@ -188,6 +200,7 @@ fn on_do_fault_exit() {
     };
     if let Some(s) = slot(tid, false) {
         if s.active != 0 && s.handler_start_ns != 0 {
+            // SAFETY: a helper without arguments.
             let now = unsafe { bpf_ktime_get_ns() };
             s.handler_ns += now.saturating_sub(s.handler_start_ns);
             s.handler_start_ns = 0;

@@ -48,9 +48,11 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
         return;
     };
     let error_code: u64 = ctx.arg(2);
+    // SAFETY: a helper without arguments.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
     let access = access::from_x86_error_code(error_code, kernel_mode);
     match INFLIGHT.get_ptr_mut(tid) {
+        // SAFETY: this thread's map value, reached through this one pointer.
         Some(slot) => unsafe {
             if (*slot).ts_ns != 0 {
                 bump(counter::ENTRY_WITHOUT_COMPLETION);
@@ -131,6 +133,7 @@ fn on_completion<const LOCK_SEQ: bool>(ctx: &PerfEventContext, major: bool) {
     // to the verifier, so the paths below merge into one state before the VMA
     // lookup instead of multiplying (Linux 6.1 gives up past a million
     // instructions otherwise).
+    // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: the perf event context the kernel passed in.
     let (addr, ip) = unsafe { ((*ctx.ctx).addr, (*ctx.ctx).regs.rip) };
@@ -177,6 +180,8 @@ fn on_completion<const LOCK_SEQ: bool>(ctx: &PerfEventContext, major: bool) {
     // Counting continues in programs of their own, verified apart: the VMA
     // lookup (on a cache miss) and then the counting. Each stays within older
     // verifiers' limits; together they did not (Linux 6.1).
+    // SAFETY (both): a tail call with this program's own context, into
+    // programs of its type; where it fails it returns, and that is counted.
     if c.key.life != 0 {
         bump(counter::VMA_CACHE_HIT);
         unsafe { TAILS.tail_call(ctx, TAIL_RECORD) };
@@ -209,6 +214,7 @@ pub fn fault_lookup_tail_vls(ctx: PerfEventContext) -> u32 {
 fn lookup_then_count<const LOCK_SEQ: bool>(ctx: &PerfEventContext) {
     if let Some(c) = aggregate::completed_slot() {
         lookup::<LOCK_SEQ>(c);
+        // SAFETY: as above.
         unsafe { TAILS.tail_call(ctx, TAIL_RECORD) };
         bump(counter::TAIL_CALL_FAILED);
     }
@@ -224,9 +230,12 @@ fn lookup<const LOCK_SEQ: bool>(c: &mut Completed) {
     let gen = mm_gen(mm);
     // On the stack: bpf_find_vma's callback context must be.
     let mut info = core::mem::MaybeUninit::<VmaInfo>::uninit();
-    crate::mem::zero(info.as_mut_ptr());
-    // SAFETY: zeroed above; VmaInfo is plain data.
-    let info = unsafe { info.assume_init_mut() };
+    // SAFETY: a local VmaInfo (plain data) on the stack, zeroed before it is
+    // read.
+    let info = unsafe {
+        crate::mem::zero(info.as_mut_ptr());
+        info.assume_init_mut()
+    };
     let status = if vma::lookup_lockless::<LOCK_SEQ>(mm, c.addr, info) {
         vma_status::FOUND
     } else {
@@ -255,7 +264,8 @@ fn lookup<const LOCK_SEQ: bool>(c: &mut Completed) {
         }
     }
     if let Some(looked_up) = aggregate::looked_up_slot() {
-        crate::mem::copy(looked_up, info);
+        // SAFETY: two distinct VmaInfo, both valid.
+        unsafe { crate::mem::copy(looked_up, info) };
         c.has_vma = 1;
     }
 }

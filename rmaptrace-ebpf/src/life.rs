@@ -64,6 +64,7 @@ pub fn life_of(info: &VmaInfo, tgid: u32, now: u64) -> u64 {
                         || (*r).info.vm_end != info.vm_end
                         || (*r).info.vm_flags != info.vm_flags
                     {
+                        // SAFETY: the record's own field; `info` is another object.
                         crate::mem::copy(&raw mut (*r).info, info);
                     }
                 }
@@ -88,6 +89,7 @@ pub fn life_of(info: &VmaInfo, tgid: u32, now: u64) -> u64 {
         (*rec)._pad = 0;
         (*rec).first_ns = now;
         (*rec).ended_ns = 0;
+        // SAFETY: the scratch record's own field; `info` is another object.
         crate::mem::copy(&raw mut (*rec).info, info);
         // By reference: by value would copy the record through memcpy.
         #[allow(clippy::needless_borrows_for_generic_args)]

@@ -84,11 +84,13 @@ static CONFIG: Config = Config {
 #[inline(always)]
 pub fn offsets() -> KernelOffsets {
     // Volatile so the compiler does not fold the zero initialiser into the code.
+    // SAFETY: a static the loader fills before load; nothing writes it after.
     unsafe { core::ptr::read_volatile(&OFFSETS) }
 }
 
 #[inline(always)]
 pub fn config() -> Config {
+    // SAFETY: as for OFFSETS.
     unsafe { core::ptr::read_volatile(&CONFIG) }
 }
 
@@ -204,6 +206,7 @@ pub fn event_header(kind: u32, tgid: u32, tid: u32) -> rmaptrace_common::EventHe
         tgid,
         tid,
         _pad: 0,
+        // SAFETY: a helper without arguments.
         ts_ns: unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() },
     }
 }
@@ -232,6 +235,7 @@ pub fn current_mm() -> u64 {
 #[inline(always)]
 pub fn bump(counter: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter) {
+        // SAFETY: this CPU's counter, reached through this one pointer.
         unsafe { *slot += 1 };
     }
 }
@@ -249,6 +253,7 @@ pub fn traced_current() -> Option<(u32, u32)> {
         }
         return Some((tgid, tid));
     }
+    // SAFETY: the value is copied out at once.
     match unsafe { TRACED.get(tgid) } {
         Some(&v) if v == rmaptrace_common::traced::YES => Some((tgid, tid)),
         _ => None,

@@ -53,10 +53,13 @@ fn mmap_returned(tgid: u32, tid: u32, ret: u64) {
     else {
         return;
     };
+    // The helper's callback writes the path into the same scratch record: no
+    // reference to it is held across the call.
     if (ret as i64) >= 0 {
         vma::mapped_file_path(ret);
     }
-    if EVENTS.output::<MmapExitEvent>(ev, 0).is_err() {
+    // SAFETY: this CPU's scratch record, complete; the only reference now.
+    if EVENTS.output::<MmapExitEvent>(unsafe { &*ev }, 0).is_err() {
         bump(counter::EVENTS_LOST);
     }
 }
@@ -188,6 +191,8 @@ pub fn do_mmap_fexit(ctx: FExitContext) -> i32 {
     let Some(ev) = start_record(header, ret, ctx.arg(2), ctx.arg(3), ctx.arg(4)) else {
         return 0;
     };
+    // SAFETY: this CPU's scratch record, reached through this one reference.
+    let ev = unsafe { &mut *ev };
     vma::walk_file(ctx.arg(0), ev);
     if EVENTS.output::<MmapExitEvent>(ev, 0).is_err() {
         bump(counter::EVENTS_LOST);
@@ -196,6 +201,7 @@ pub fn do_mmap_fexit(ctx: FExitContext) -> i32 {
 }
 
 /// The mmap record being built in this CPU's scratch slot, path still empty.
+/// A raw pointer: the path walk of bpf_find_vma's callback writes the same slot.
 #[inline(always)]
 fn start_record(
     header: EventHeader,
@@ -203,15 +209,18 @@ fn start_record(
     len: u64,
     prot: u64,
     flags: u64,
-) -> Option<&'static mut MmapExitEvent> {
-    let ev = unsafe { &mut *MMAP_SCRATCH.get_ptr_mut(0)? };
-    ev.header = header;
-    ev.ret = ret;
-    ev.len = len;
-    ev.prot = prot;
-    ev.flags = flags;
-    ev.depth = 0;
-    ev.truncated = 0;
+) -> Option<*mut MmapExitEvent> {
+    let ev = MMAP_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's scratch slot; no reference to it is live.
+    unsafe {
+        (*ev).header = header;
+        (*ev).ret = ret;
+        (*ev).len = len;
+        (*ev).prot = prot;
+        (*ev).flags = flags;
+        (*ev).depth = 0;
+        (*ev).truncated = 0;
+    }
     Some(ev)
 }
 
@@ -241,7 +250,7 @@ pub fn do_mmap_kprobe(ctx: ProbeContext) -> u32 {
         flags: ctx.arg(4).unwrap_or(0),
     };
     if DO_MMAP_ARGS.insert(tid, args, 0).is_err() {
-        bump(counter::INFLIGHT_FULL);
+        bump(counter::MMAP_ARGS_FULL);
     }
     0
 }
@@ -251,6 +260,7 @@ pub fn do_mmap_kretprobe(ctx: RetProbeContext) -> u32 {
     let Some((tgid, tid)) = traced_current() else {
         return 0;
     };
+    // SAFETY: copied out at once.
     let Some(args) = (unsafe { DO_MMAP_ARGS.get(tid) }).copied() else {
         return 0;
     };
@@ -263,6 +273,8 @@ pub fn do_mmap_kretprobe(ctx: RetProbeContext) -> u32 {
     let Some(ev) = start_record(header, ret, args.len, args.prot, args.flags) else {
         return 0;
     };
+    // SAFETY: this CPU's scratch record, reached through this one reference.
+    let ev = unsafe { &mut *ev };
     vma::walk_file(args.file, ev);
     if EVENTS.output::<MmapExitEvent>(ev, 0).is_err() {
         bump(counter::EVENTS_LOST);
@@ -301,6 +313,8 @@ fn send(ctx: &TracePointContext, kind: u32, enter: bool) {
         header: event_header(kind, tgid, tid),
         args: [0; 6],
     };
+    // SAFETY: offsets of this tracepoint's record, from its tracefs format;
+    // read_at checks each read.
     unsafe {
         if enter {
             let args = o.syscall_args as usize;

@@ -140,6 +140,7 @@ pub fn sched_process_exec(_ctx: BtfTracePointContext) -> i32 {
     let mut started_here = 0;
     if config().match_comms != 0 && traced_current().is_none() {
         if let Ok(comm) = bpf_get_current_comm() {
+            // SAFETY: only compared with None; the value is never read.
             if unsafe { COMMS.get(comm) }.is_some() {
                 if TRACED.insert(tgid, traced::YES, 0).is_err() {
                     bump(counter::TRACED_TABLE_FULL);

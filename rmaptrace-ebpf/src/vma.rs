@@ -15,6 +15,8 @@ const ENOENT: i64 = 2;
 
 // The callback must have static BTF linkage for the verifier, so no #[no_mangle].
 extern "C" fn describe_vma(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the VmaInfo `lookup` passed, which holds no other
+    // reference to it until the helper returns.
     describe(vma as u64, unsafe { &mut *(ctx as *mut VmaInfo) });
     0
 }
@@ -24,7 +26,8 @@ extern "C" fn describe_vma(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_voi
 #[inline(always)]
 pub fn describe(vma: u64, info: &mut VmaInfo) {
     let o = offsets();
-    crate::mem::zero(info);
+    // SAFETY: `info` is a valid VmaInfo (plain data).
+    unsafe { crate::mem::zero(info) };
     // SAFETY: bpf_probe_read_kernel checks every read; `vma` is the kernel's.
     unsafe {
         info.vma = vma;
@@ -165,6 +168,8 @@ pub fn lookup_lockless<const LOCK_SEQ: bool>(mm: u64, addr: u64, info: &mut VmaI
 /// `vma_status` value.
 #[inline(always)]
 pub fn lookup(addr: u64, info: &mut VmaInfo) -> u8 {
+    // SAFETY: the callback has the helper's signature and takes `ctx` as a
+    // VmaInfo; `info` is not used while the helper runs.
     let ret = unsafe {
         bpf_find_vma(
             bpf_get_current_task_btf(),
@@ -208,6 +213,8 @@ extern "C" fn file_path(_task: *mut c_void, vma: *mut c_void, _ctx: *mut c_void)
 #[inline(always)]
 pub fn walk_file(file: u64, ev: &mut MmapExitEvent) {
     let o = offsets();
+    // SAFETY: kernel memory is read through bpf_probe_read_kernel, which
+    // checks every read; `ev` is a valid record.
     unsafe {
         if file == 0 {
             return;
@@ -265,6 +272,8 @@ pub fn walk_file(file: u64, ev: &mut MmapExitEvent) {
 #[inline(always)]
 pub fn mapped_file_path(addr: u64) {
     let mut unused = 0u64;
+    // SAFETY: the callback has the helper's signature and writes this CPU's
+    // scratch record, which the caller does not hold meanwhile.
     unsafe {
         bpf_find_vma(
             bpf_get_current_task_btf(),

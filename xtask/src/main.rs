@@ -7,7 +7,7 @@
 //! | `run -- A` | build, then run rmaptrace with A (through sudo when not root) |
 //! | `test`     | `lint`, then every test: unit, integration (real eBPF on this kernel), then `vm-test` |
 //! | `lint`     | `cargo fmt --check`, clippy -D warnings on the userspace crates and on rmaptrace-ebpf (pinned nightly) |
-//! | `vm-test`  | rmaptrace and the rmapdemo driver in a QEMU guest (Debian 6.1 kernel), checked from here |
+//! | `vm-test`  | rmaptrace and the rmapdemo driver in QEMU guests (Debian's 6.1 and 6.12 kernels), checked from here |
 //! | `bench`    | cost per fault against untraced and a bpftrace one-liner; long traces, 200k VMAs, 200 forks (`--sections`); target/bench/*.json |
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -45,8 +45,11 @@ enum Task {
     Test,
     /// rustfmt and clippy (-D warnings) on every crate, the eBPF one included.
     Lint,
-    /// Run rmaptrace and the rmapdemo driver in a QEMU guest and check the results.
+    /// Run rmaptrace and the rmapdemo driver in QEMU guests and check the results.
     VmTest {
+        /// Guest kernels to boot, comma-separated (default: 6.1 and 6.12).
+        #[arg(long, value_delimiter = ',')]
+        kernels: Vec<String>,
         /// Backends to run, comma-separated (`default` runs without --backend).
         #[arg(long, value_delimiter = ',')]
         backends: Vec<String>,
@@ -59,7 +62,7 @@ enum Task {
         /// One rmaptrace per scenario (isolated, ~15 s each under TCG) instead of one per backend.
         #[arg(long)]
         isolate: bool,
-        /// Check target/vm/serial.log again without booting (same --backends/--scenarios).
+        /// Check target/vm/serial-KERNEL.log again without booting (same --kernels/--backends/--scenarios).
         #[arg(long)]
         recheck: bool,
     },
@@ -197,6 +200,7 @@ fn main() -> Result<()> {
             lint()
         }
         Task::VmTest {
+            kernels,
             backends,
             scenarios,
             timeout_secs,
@@ -205,6 +209,9 @@ fn main() -> Result<()> {
         } => {
             deps::install()?;
             let mut opts = vm::Options::default();
+            if !kernels.is_empty() {
+                opts.kernels = kernels;
+            }
             if !backends.is_empty() {
                 opts.backends = backends;
             }

@@ -198,6 +198,9 @@ pub struct Counters {
     pub thread_table_full: u64,
     /// Faults lost because the tracepoint backend's tail call failed.
     pub tail_call_failed: u64,
+    /// Kernel mmaps whose origin was not recorded: do_mmap's argument table
+    /// (kprobe backend) was full.
+    pub mmap_args_table_full: u64,
 }
 
 impl Counters {
@@ -218,6 +221,7 @@ impl Counters {
             vma_lookups_failed: at(counter::VMA_LOOKUP_NONE),
             life_table_full: at(counter::LIFE_TABLE_FULL),
             thread_table_full: at(counter::THREAD_TABLE_FULL),
+            mmap_args_table_full: at(counter::MMAP_ARGS_FULL),
         }
     }
 
@@ -231,6 +235,7 @@ impl Counters {
             ("TRACED", self.traced_table_full),
             ("LIVES", self.life_table_full),
             ("THREADS", self.thread_table_full),
+            ("DO_MMAP_ARGS", self.mmap_args_table_full),
         ]
         .into_iter()
         .filter(|(_, n)| *n > 0)
