@@ -27,6 +27,7 @@ use crate::{
     cli::{DemoArgs, TraceArgs},
     export::{
         json::{Header, JsonExport, FORMAT_VERSION},
+        outputs::Outputs,
         table,
     },
     kernel::{
@@ -35,10 +36,7 @@ use crate::{
         kallsyms::Kallsyms,
         procfs::{LiveProc, ProcSource},
     },
-    model::{
-        summary::{ProcessSummary, VmaSummary},
-        trace::{Keep, Record, Trace},
-    },
+    model::trace::{Keep, Trace},
 };
 use crate::{demo::DemoOpts, live::Live};
 
@@ -223,126 +221,6 @@ fn run_with(args: TraceArgs, demo: Option<DemoOpts>) -> Result<i32> {
     runtime.block_on(trace(args, json, demo, started))
 }
 
-/// Where the trace goes besides the screen. A write that fails (disk full, a
-/// closed pipe) closes the export and is remembered: the loop then ends the
-/// trace the way every other stop does, and says why.
-struct Outputs {
-    json: Option<JsonExport>,
-    failed: Option<String>,
-}
-
-impl Outputs {
-    fn new(json: Option<JsonExport>) -> Self {
-        Outputs { json, failed: None }
-    }
-
-    fn write(&mut self, f: impl FnOnce(&mut JsonExport) -> Result<()>) {
-        let Some(json) = &mut self.json else {
-            return;
-        };
-        if let Err(e) = f(json) {
-            json.cut_torn_line();
-            self.failed = Some(format!("{e:#}"));
-            self.json = None;
-        }
-    }
-
-    /// A process's whole summary, once final (it exited, or the trace ends),
-    /// its mappings described one at a time as they are written: a process
-    /// with 200k mappings is never held whole.
-    fn process(&mut self, p: &ProcessSummary, vmas: &mut dyn Iterator<Item = VmaSummary>) {
-        if p.vmas.len() + p.vmas_dropped < PIPELINED_FROM {
-            self.write(|json| json.write_streamed(&ProcessLine::new(p, vmas)));
-            return;
-        }
-        // Many mappings: they are described here and serialised on a second
-        // thread, the two halves of the work side by side.
-        self.write(|json| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<VmaSummary>>(4);
-            std::thread::scope(|s| {
-                let writer = s.spawn(move || {
-                    let mut described = rx.into_iter().flatten();
-                    json.write_streamed(&ProcessLine::new(p, &mut described))
-                });
-                let mut batch = Vec::with_capacity(BATCH);
-                for v in vmas {
-                    batch.push(v);
-                    if batch.len() == BATCH {
-                        let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-                        if tx.send(full).is_err() {
-                            // The writer failed: it says why.
-                            break;
-                        }
-                    }
-                }
-                let _ = tx.send(batch);
-                drop(tx);
-                writer.join().expect("the export's writer")
-            })
-        })
-    }
-
-    fn record(&mut self, r: &Record) {
-        self.write(|json| match r {
-            Record::Mmap(m) => json.write(&MmapLine {
-                kind: "mmap",
-                rec: m,
-            }),
-            Record::Fault(f) => json.write(f),
-        })
-    }
-
-    fn flush(&mut self) {
-        self.write(|json| json.flush())
-    }
-}
-
-/// A process with this many mappings has its record serialised on a thread
-/// of its own, in batches of `BATCH` mappings.
-const PIPELINED_FROM: usize = 4096;
-const BATCH: usize = 256;
-
-#[derive(serde::Serialize)]
-struct ProcessLine<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    #[serde(flatten)]
-    rec: &'a ProcessSummary,
-    vmas: Streamed<'a>,
-}
-
-impl<'a> ProcessLine<'a> {
-    fn new(rec: &'a ProcessSummary, vmas: &'a mut dyn Iterator<Item = VmaSummary>) -> Self {
-        ProcessLine {
-            kind: "process",
-            rec,
-            vmas: Streamed(std::cell::RefCell::new(vmas)),
-        }
-    }
-}
-
-/// A JSON array written from an iterator as it goes (serialised once).
-struct Streamed<'a>(std::cell::RefCell<&'a mut dyn Iterator<Item = VmaSummary>>);
-
-impl serde::Serialize for Streamed<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        let mut seq = s.serialize_seq(None)?;
-        for v in &mut *self.0.borrow_mut() {
-            seq.serialize_element(&v)?;
-        }
-        seq.end()
-    }
-}
-
-#[derive(serde::Serialize)]
-struct MmapLine<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    #[serde(flatten)]
-    rec: &'a crate::model::syscalls::MmapRecord,
-}
-
 fn drain(ring: &mut RingBuf<MapData>, trace: &mut Trace, out: &mut Outputs) {
     while let Some(item) = ring.next() {
         if let Some(ev) = decode(&item) {
@@ -426,20 +304,15 @@ async fn trace(
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut out = Outputs::new(json);
-    if let Some(j) = &mut out.json {
-        j.start()?;
-        j.write(&Header {
-            kind: "header",
-            format: FORMAT_VERSION,
-            version: env!("CARGO_PKG_VERSION"),
-            kernel: kernel_release(),
-            backend: serde_json::to_value(&probes.plan)?,
-            limits: &limits,
-            start_ts_ns: start,
-        })?;
-        // Readers may wait for the header to know rmaptrace is attached.
-        j.flush()?;
-    }
+    out.start(&Header {
+        kind: "header",
+        format: FORMAT_VERSION,
+        version: env!("CARGO_PKG_VERSION"),
+        kernel: kernel_release(),
+        backend: serde_json::to_value(&probes.plan)?,
+        limits: &limits,
+        start_ts_ns: start,
+    })?;
 
     // Live screen and demo (after the attach, so errors before it print plainly).
     let mut live = Live::start(&args, demo, &mut probes)?;

@@ -13,8 +13,8 @@ use aya::{
 use rmaptrace_common::{Config, KernelOffsets, COMM_LEN};
 
 use super::plan::{
-    Backend, HookPoint, KfuncPoint, Mechanism, Plan, PlanRow, Rejection, Role, ALWAYS,
-    KFUNC_POINTS, TRACEPOINT_COUNTING,
+    attempt_failed, choose, counting_order, sub_order, Backend, HookPoint, KfuncPoint, Mechanism,
+    Offer, Plan, PlanRow, Rejection, Role, ALWAYS, KFUNC_POINTS, TRACEPOINT_COUNTING,
 };
 use crate::kernel::{btf::KernelBtf, kallsyms::Kallsyms, tracefs};
 
@@ -96,6 +96,13 @@ fn disabled_programs() -> Vec<String> {
         .collect()
 }
 
+/// The errno under an error (aya's load and attach errors carry the syscall's).
+fn errno(err: &anyhow::Error) -> Option<i32> {
+    err.chain()
+        .find_map(|c| c.downcast_ref::<std::io::Error>())
+        .and_then(std::io::Error::raw_os_error)
+}
+
 /// A verifier rejection is hundreds of lines; keep the error and the verifier's
 /// last word, which is the one that says what it refused.
 fn short_reason(err: &anyhow::Error) -> String {
@@ -117,6 +124,19 @@ fn short_reason(err: &anyhow::Error) -> String {
     format!("{head} verifier: {last}")
 }
 
+/// A program switched off by RMAPTRACE_DISABLE_PROGRAMS: never an error that
+/// stops the run, even for a required hook.
+#[derive(Debug)]
+struct Disabled;
+
+impl std::fmt::Display for Disabled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("disabled by RMAPTRACE_DISABLE_PROGRAMS")
+    }
+}
+
+impl std::error::Error for Disabled {}
+
 struct Attacher<'a> {
     ebpf: &'a mut Ebpf,
     btf: &'a Btf,
@@ -129,7 +149,7 @@ struct Attacher<'a> {
 impl Attacher<'_> {
     fn check_disabled(&self, program: &str) -> Result<()> {
         if self.disabled.iter().any(|d| d == program) {
-            bail!("disabled by RMAPTRACE_DISABLE_PROGRAMS");
+            return Err(Disabled.into());
         }
         Ok(())
     }
@@ -220,60 +240,20 @@ impl Attacher<'_> {
         }
     }
 
-    /// Tries one mechanism for a kernel function: the kernel must have it, then it
-    /// must load and attach (entry and, where there is one, exit).
-    fn try_kfunc(&mut self, point: &KfuncPoint, mech: Mechanism) -> Result<Vec<&'static str>> {
+    /// Loads and attaches one mechanism's programs for a kernel function (entry
+    /// and, where there is one, exit); the plan has checked that the kernel has
+    /// the function.
+    fn attach_kfunc(&mut self, point: &KfuncPoint, mech: Mechanism) -> Result<Vec<&'static str>> {
         let (entry, exit) = match mech {
-            Mechanism::Fentry => {
-                if !self.facts.btf_functions.contains(&point.function) {
-                    bail!(
-                        "no BTF function {} (inlined or absent in this build)",
-                        point.function
-                    );
-                }
-                (point.fentry, point.fexit)
-            }
-            _ => {
-                match self.symbols.count(point.function) {
-                    0 => bail!(
-                        "no symbol {} in kallsyms (inlined in this build)",
-                        point.function
-                    ),
-                    1 => {}
-                    n => bail!(
-                        "{n} symbols named {} in kallsyms: ambiguous",
-                        point.function
-                    ),
-                }
-                (point.kprobe, point.kretprobe)
-            }
+            Mechanism::Fentry => (point.fentry, point.fexit),
+            _ => (point.kprobe, point.kretprobe),
         };
-        if mech == Mechanism::Kprobe
-            && !std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists()
-        {
-            bail!("no kprobe PMU (/sys/bus/event_source/devices/kprobe): this kernel is built without CONFIG_KPROBES");
-        }
         if entry.is_empty() {
-            let exit = exit.expect("checked above");
-            self.kfunc_program(exit, point.function, mech, true)
-                .map_err(|e| {
-                    if format!("{e:#}").contains("os error 524") {
-                        anyhow!("the kernel's BPF trampoline cannot take {}'s arguments (more than six need Linux 6.5+)", point.function)
-                    } else {
-                        e
-                    }
-                })?;
+            let exit = exit.expect("a point has an entry or an exit program");
+            self.kfunc_program(exit, point.function, mech, true)?;
             return Ok(vec![exit]);
         }
-        self.kfunc_program(entry, point.function, mech, false)
-            .map_err(|e| {
-                let text = format!("{e:#}");
-                if mech == Mechanism::Fentry && text.contains("Operation not permitted") {
-                    anyhow!("the kernel refused to load an fentry program (EPERM): function tracing is locked down here")
-                } else {
-                    e
-                }
-            })?;
+        self.kfunc_program(entry, point.function, mech, false)?;
         if let Some(exit) = exit {
             if let Err(e) = self.kfunc_program(exit, point.function, mech, true) {
                 self.unload(entry);
@@ -284,28 +264,21 @@ impl Attacher<'_> {
         Ok(vec![entry])
     }
 
+    /// The plan's row for a kernel function: the policy (plan::choose) over
+    /// what this kernel offers, with real loads and attaches.
     fn kfunc_row(&mut self, point: &KfuncPoint, order: &[Mechanism]) -> PlanRow {
-        let mut row = PlanRow {
-            point: point.function.to_string(),
-            purpose: point.purpose,
-            chosen: None,
-            programs: Vec::new(),
-            rejected: Vec::new(),
+        let offer = Offer {
+            btf_function: self.facts.btf_functions.contains(&point.function),
+            symbols: self.symbols.count(point.function) as usize,
+            kprobe_pmu: std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists(),
         };
-        for &mech in order {
-            match self.try_kfunc(point, mech) {
-                Ok(programs) => {
-                    row.chosen = Some(mech);
-                    row.programs = programs;
-                    break;
-                }
-                Err(e) => row.rejected.push(Rejection {
-                    mechanism: mech,
-                    reason: short_reason(&e),
-                }),
-            }
-        }
-        row
+        let exit_only = point.fentry.is_empty();
+        choose(point, order, &offer, |mech| {
+            self.attach_kfunc(point, mech).map_err(|e| {
+                attempt_failed(point.function, mech, exit_only, errno(&e))
+                    .unwrap_or_else(|| short_reason(&e))
+            })
+        })
     }
 
     /// Loads the tracepoint backend's tail-called programs into the TAILS array
@@ -383,7 +356,7 @@ impl Attacher<'_> {
             Ok(()) => row.chosen = Some(point.mechanism),
             Err(e) => {
                 let reason = short_reason(&e);
-                if point.required && !reason.contains("RMAPTRACE_DISABLE_PROGRAMS") {
+                if point.required && e.downcast_ref::<Disabled>().is_none() {
                     bail!(
                         "cannot attach {} to {}: {reason}",
                         point.program,
@@ -446,12 +419,7 @@ impl Probes {
                 .context("listing CPUs")?,
             disabled: disabled_programs(),
         };
-        let order: &[Mechanism] = match opts.backend {
-            Backend::Auto => &[Mechanism::Fentry, Mechanism::Kprobe],
-            Backend::Fentry => &[Mechanism::Fentry],
-            Backend::Kprobe => &[Mechanism::Kprobe],
-            Backend::Tracepoint => &[],
-        };
+        let order = counting_order(opts.backend);
 
         let mut rows = Vec::new();
         let count_point = KFUNC_POINTS
@@ -472,13 +440,7 @@ impl Probes {
             );
         }
         rows.push(count_row);
-        // Path and handler probes only mean something next to handle_mm_fault;
-        // prefer the counting mechanism, then the other kernel-function one.
-        let sub_order: Vec<Mechanism> = match counting {
-            Some(Mechanism::Kprobe) => vec![Mechanism::Kprobe, Mechanism::Fentry],
-            Some(_) => vec![Mechanism::Fentry, Mechanism::Kprobe],
-            None => Vec::new(),
-        };
+        let sub_order = sub_order(counting);
         for point in KFUNC_POINTS.iter().filter(|p| p.role != Role::Count) {
             let mut row = a.kfunc_row(point, &sub_order);
             if counting.is_none() {

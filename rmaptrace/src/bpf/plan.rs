@@ -366,9 +366,246 @@ impl Plan {
     }
 }
 
+/// The mechanisms tried for the counting point (handle_mm_fault), in order;
+/// none: faults are counted on tracepoints.
+pub fn counting_order(backend: Backend) -> &'static [Mechanism] {
+    match backend {
+        Backend::Auto => &[Mechanism::Fentry, Mechanism::Kprobe],
+        Backend::Fentry => &[Mechanism::Fentry],
+        Backend::Kprobe => &[Mechanism::Kprobe],
+        Backend::Tracepoint => &[],
+    }
+}
+
+/// The mechanisms tried for the path and handler points: they only mean
+/// something next to handle_mm_fault, so the counting mechanism first, then
+/// the other kernel-function one.
+pub fn sub_order(counting: Option<Mechanism>) -> Vec<Mechanism> {
+    match counting {
+        Some(Mechanism::Kprobe) => vec![Mechanism::Kprobe, Mechanism::Fentry],
+        Some(_) => vec![Mechanism::Fentry, Mechanism::Kprobe],
+        None => Vec::new(),
+    }
+}
+
+/// What the running kernel offers for one kernel function, known before
+/// anything is loaded.
+#[derive(Clone, Copy, Debug)]
+pub struct Offer {
+    /// The BTF has the function (fentry needs it; an inlined one has none).
+    pub btf_function: bool,
+    /// kallsyms entries of that name (a kprobe needs exactly one).
+    pub symbols: usize,
+    /// The kprobe PMU exists (CONFIG_KPROBES).
+    pub kprobe_pmu: bool,
+}
+
+/// Why `mech` cannot hook `function` on a kernel offering `offer`; None: try it.
+pub fn unavailable(function: &str, mech: Mechanism, offer: &Offer) -> Option<String> {
+    match mech {
+        Mechanism::Fentry if !offer.btf_function => Some(format!(
+            "no BTF function {function} (inlined or absent in this build)"
+        )),
+        Mechanism::Fentry => None,
+        _ if offer.symbols == 0 => Some(format!(
+            "no symbol {function} in kallsyms (inlined in this build)"
+        )),
+        _ if offer.symbols > 1 => Some(format!(
+            "{} symbols named {function} in kallsyms: ambiguous",
+            offer.symbols
+        )),
+        _ if !offer.kprobe_pmu => Some(
+            "no kprobe PMU (/sys/bus/event_source/devices/kprobe): this kernel is built without CONFIG_KPROBES"
+                .into(),
+        ),
+        _ => None,
+    }
+}
+
+const EPERM: i32 = 1;
+/// The kernel's internal ENOTSUPP, which reaches userspace as is.
+const ENOTSUPP: i32 = 524;
+
+/// What a failed load or attach means, where its errno says more than its
+/// message: the fentry of a point with only an exit program (fexit) that the
+/// trampoline refuses takes more than six arguments; an fentry refused with
+/// EPERM is function tracing locked down. None: the error's own words.
+pub fn attempt_failed(
+    function: &str,
+    mech: Mechanism,
+    exit_only: bool,
+    errno: Option<i32>,
+) -> Option<String> {
+    match (mech, errno) {
+        (Mechanism::Fentry, Some(ENOTSUPP)) if exit_only => Some(format!(
+            "the kernel's BPF trampoline cannot take {function}'s arguments (more than six need Linux 6.5+)"
+        )),
+        (Mechanism::Fentry, Some(EPERM)) => Some(
+            "the kernel refused to load an fentry program (EPERM): function tracing is locked down here"
+                .into(),
+        ),
+        _ => None,
+    }
+}
+
+/// The row of one kernel function: the first mechanism of `order` that the
+/// kernel offers and whose `attempt` (a real load and attach, or a test's
+/// fake) succeeds, and why each one before it was rejected.
+pub fn choose(
+    point: &KfuncPoint,
+    order: &[Mechanism],
+    offer: &Offer,
+    mut attempt: impl FnMut(Mechanism) -> Result<Vec<&'static str>, String>,
+) -> PlanRow {
+    let mut row = PlanRow {
+        point: point.function.to_string(),
+        purpose: point.purpose,
+        chosen: None,
+        programs: Vec::new(),
+        rejected: Vec::new(),
+    };
+    for &mech in order {
+        let tried = match unavailable(point.function, mech, offer) {
+            Some(why) => Err(why),
+            None => attempt(mech),
+        };
+        match tried {
+            Ok(programs) => {
+                row.chosen = Some(mech);
+                row.programs = programs;
+                break;
+            }
+            Err(reason) => row.rejected.push(Rejection {
+                mechanism: mech,
+                reason,
+            }),
+        }
+    }
+    row
+}
+
 #[cfg(test)]
 mod tests {
-    use super::vma_lookup;
+    use super::*;
+
+    const ALL: Offer = Offer {
+        btf_function: true,
+        symbols: 1,
+        kprobe_pmu: true,
+    };
+
+    fn point(function: &str) -> &'static KfuncPoint {
+        KFUNC_POINTS
+            .iter()
+            .find(|p| p.function == function)
+            .unwrap()
+    }
+
+    type Calls = std::rc::Rc<std::cell::RefCell<Vec<Mechanism>>>;
+
+    /// A fake attach: each mechanism's outcome as given, and the calls made.
+    fn fake<'a>(
+        outcomes: &'a [(Mechanism, Result<(), &'static str>)],
+    ) -> (
+        impl FnMut(Mechanism) -> Result<Vec<&'static str>, String> + 'a,
+        Calls,
+    ) {
+        let calls = Calls::default();
+        let seen = calls.clone();
+        let attempt = move |m: Mechanism| {
+            seen.borrow_mut().push(m);
+            match outcomes.iter().find(|(o, _)| *o == m).map(|(_, r)| *r) {
+                Some(Ok(())) => Ok(vec![m.name()]),
+                Some(Err(e)) => Err(e.to_string()),
+                None => Err("not expected".to_string()),
+            }
+        };
+        (attempt, calls)
+    }
+
+    #[test]
+    fn auto_prefers_fentry_and_falls_back_to_kprobe() {
+        let order = counting_order(Backend::Auto);
+        let outcomes = [(Mechanism::Fentry, Ok(())), (Mechanism::Kprobe, Ok(()))];
+        let (attempt, calls) = fake(&outcomes);
+        let row = choose(point("handle_mm_fault"), order, &ALL, attempt);
+        assert_eq!(row.chosen, Some(Mechanism::Fentry));
+        assert_eq!(*calls.borrow(), vec![Mechanism::Fentry], "kprobe not tried");
+
+        let refused = attempt_failed("handle_mm_fault", Mechanism::Fentry, false, Some(EPERM));
+        let outcomes = [
+            (Mechanism::Fentry, Err("locked down")),
+            (Mechanism::Kprobe, Ok(())),
+        ];
+        let (attempt, _) = fake(&outcomes);
+        let row = choose(point("handle_mm_fault"), order, &ALL, attempt);
+        assert_eq!(row.chosen, Some(Mechanism::Kprobe));
+        assert_eq!(row.rejected.len(), 1);
+        assert!(refused.unwrap().contains("locked down"));
+    }
+
+    #[test]
+    fn what_the_kernel_lacks_is_not_tried() {
+        let inlined = Offer {
+            btf_function: false,
+            symbols: 0,
+            kprobe_pmu: true,
+        };
+        let (attempt, calls) = fake(&[]);
+        let row = choose(
+            point("do_anonymous_page"),
+            &sub_order(Some(Mechanism::Fentry)),
+            &inlined,
+            attempt,
+        );
+        assert_eq!(row.chosen, None);
+        assert!(
+            calls.borrow().is_empty(),
+            "nothing loaded for an inlined function"
+        );
+        let reasons: Vec<&str> = row.rejected.iter().map(|r| r.reason.as_str()).collect();
+        assert!(reasons[0].contains("no BTF function"), "{reasons:?}");
+        assert!(reasons[1].contains("no symbol"), "{reasons:?}");
+
+        let twice = Offer { symbols: 2, ..ALL };
+        assert!(unavailable("f", Mechanism::Kprobe, &twice)
+            .unwrap()
+            .contains("ambiguous"));
+        let no_pmu = Offer {
+            kprobe_pmu: false,
+            ..ALL
+        };
+        assert!(unavailable("f", Mechanism::Kprobe, &no_pmu)
+            .unwrap()
+            .contains("CONFIG_KPROBES"));
+        assert_eq!(unavailable("f", Mechanism::Fentry, &no_pmu), None);
+    }
+
+    #[test]
+    fn errors_are_read_by_errno() {
+        let six = attempt_failed("do_mmap", Mechanism::Fentry, true, Some(ENOTSUPP)).unwrap();
+        assert!(six.contains("more than six"), "{six}");
+        assert_eq!(
+            attempt_failed("do_mmap", Mechanism::Fentry, false, Some(ENOTSUPP)),
+            None
+        );
+        assert_eq!(
+            attempt_failed("do_mmap", Mechanism::Kprobe, true, Some(EPERM)),
+            None
+        );
+        assert_eq!(
+            attempt_failed("do_mmap", Mechanism::Fentry, false, None),
+            None
+        );
+    }
+
+    #[test]
+    fn forced_backends_try_one_mechanism_and_paths_follow_the_counting_one() {
+        assert_eq!(counting_order(Backend::Kprobe), &[Mechanism::Kprobe]);
+        assert!(counting_order(Backend::Tracepoint).is_empty());
+        assert_eq!(sub_order(Some(Mechanism::Kprobe))[0], Mechanism::Kprobe);
+        assert!(sub_order(None).is_empty());
+    }
 
     #[test]
     fn the_vma_lookup_follows_what_the_kernel_has() {

@@ -1,3 +1,5 @@
-//! Outputs of a trace: the NDJSON export and the end-of-trace table.
+//! Outputs of a trace: the NDJSON export, the records written to it as the
+//! trace runs, and the end-of-trace table.
 pub mod json;
+pub mod outputs;
 pub mod table;

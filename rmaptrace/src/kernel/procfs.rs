@@ -46,6 +46,10 @@ pub trait ProcSource: Send {
         let _ = pid;
         None
     }
+    /// The kernel's symbols as of now (/proc/kallsyms): None if unreadable.
+    fn kallsyms(&self) -> Option<super::kallsyms::Kallsyms> {
+        None
+    }
 }
 
 pub struct LiveProc {
@@ -61,6 +65,10 @@ impl Default for LiveProc {
 }
 
 impl ProcSource for LiveProc {
+    fn kallsyms(&self) -> Option<super::kallsyms::Kallsyms> {
+        super::kallsyms::Kallsyms::load().ok()
+    }
+
     // Read as bytes: a comm or a file name need not be UTF-8.
     fn stat(&self, pid: u32) -> Option<ProcStat> {
         let bytes = std::fs::read(self.root.join(pid.to_string()).join("stat")).ok()?;

@@ -84,15 +84,19 @@ pub struct FaultTotals {
 }
 
 impl FaultTotals {
+    /// Adds one CPU's share of a kernel row.
     pub fn add(&mut self, s: &FaultStats) {
-        self.minor += s.minor;
-        self.major += s.major;
-        self.timed += s.timed;
-        self.latency_sum_ns += s.latency_sum_ns;
-        self.latency_max_ns = self.latency_max_ns.max(s.latency_max_ns);
-        self.handler_calls += s.handler_calls;
-        self.handler_ns += s.handler_ns;
-        self.last_ns = self.last_ns.max(s.last_ns);
+        self.merge(&FaultTotals {
+            minor: s.minor,
+            major: s.major,
+            timed: s.timed,
+            latency_sum_ns: s.latency_sum_ns,
+            latency_max_ns: s.latency_max_ns,
+            handler_calls: s.handler_calls,
+            handler_ns: s.handler_ns,
+            last_ns: s.last_ns,
+            hist: Hist::default(),
+        });
         for (i, &n) in s.latency_hist.iter().enumerate() {
             if n != 0 {
                 self.hist.add(i, n as u64);

@@ -123,6 +123,9 @@ pub struct Trace {
     group_exits: u64,
     /// File names of the mappings in `processes`' origins.
     path_names: PathNames,
+    /// Fault handler addresses that no symbol named even after the symbols
+    /// were read again.
+    unnamed: std::collections::HashSet<u64>,
 }
 
 /// A process retired by [`Trace::retire_exited`]: its summary, final, and the
@@ -294,6 +297,7 @@ impl Trace {
             newborn: HashMap::new(),
             group_exits: 0,
             path_names: PathNames::default(),
+            unnamed: Default::default(),
         }
     }
 
@@ -333,6 +337,7 @@ impl Trace {
     pub fn set_snapshot(&mut self, mut snap: Snapshot) {
         snap.sort();
         self.snapshot = snap;
+        self.name_new_handlers();
         self.refresh_names();
     }
 
@@ -443,6 +448,37 @@ impl Trace {
             Some(p) if !p.comm.is_empty() => p.comm.clone(),
             _ => self.procfs.stat(pid).map(|s| s.comm).unwrap_or_default(),
         }
+    }
+
+    /// A fault handler no symbol names is most likely in a module loaded since
+    /// the symbols were read (a driver under test): they are read again, once
+    /// for each such address.
+    fn name_new_handlers(&mut self) {
+        // Without addresses (kptr_restrict) a second read names nothing either.
+        if !self.symbols.has_addresses() {
+            return;
+        }
+        let handlers: std::collections::HashSet<u64> = self
+            .snapshot
+            .vmas
+            .iter()
+            .map(|(_, r)| r.info.fault_fn)
+            .filter(|&f| f != 0)
+            .collect();
+        let missing: Vec<u64> = handlers
+            .into_iter()
+            .filter(|f| self.symbols.exact(*f).is_none() && !self.unnamed.contains(f))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        if let Some(fresh) = self.procfs.kallsyms() {
+            self.symbols = fresh;
+        }
+        let still = missing
+            .into_iter()
+            .filter(|f| self.symbols.exact(*f).is_none());
+        self.unnamed.extend(still);
     }
 
     fn handler_of(&self, fault_fn: u64) -> (Option<String>, Option<String>) {

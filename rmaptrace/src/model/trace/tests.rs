@@ -11,6 +11,8 @@ use rmaptrace_common::{access, path_id, EventHeader, ExitEvent, FaultKey, TaskEv
 struct FakeProc {
     stats: HashMap<u32, ProcStat>,
     maps: HashMap<u32, Vec<MapsEntry>>,
+    /// /proc/kallsyms as read again during the trace.
+    kallsyms: Option<&'static str>,
 }
 
 impl ProcSource for FakeProc {
@@ -25,6 +27,9 @@ impl ProcSource for FakeProc {
     }
     fn started_ns(&self, pid: u32) -> Option<u64> {
         self.stats.get(&pid).map(|s| s.start_ticks)
+    }
+    fn kallsyms(&self) -> Option<Kallsyms> {
+        self.kallsyms.map(Kallsyms::parse)
     }
 }
 
@@ -678,4 +683,56 @@ fn exits_lost_with_other_events_are_found() {
     // The reused pid's old process ended before the new one started.
     assert_eq!(t.retired_until.get(&5), Some(&499));
     assert_eq!(t.mark_unseen_exits(2_000), 0, "found once");
+}
+
+/// A driver loaded after rmaptrace read the kernel's symbols: its handler is
+/// named from a second read, made once for that address.
+#[test]
+fn handlers_of_modules_loaded_later_are_named() {
+    let fake = FakeProc {
+        kallsyms: Some(KALLSYMS),
+        ..Default::default()
+    };
+    let mut t = Trace::new(
+        Kallsyms::parse("ffffffff81000000 t shmem_fault\n"),
+        Box::new(fake),
+        1_000,
+    );
+    t.add_target(42);
+    let driver = VmaInfo {
+        vm_end: 0x3000,
+        vm_flags: 0xb,
+        vm_ops: 1,
+        fault_fn: 0xffff_ffff_c000_1000,
+        file: 1,
+        ..Default::default()
+    };
+    let unknown = VmaInfo {
+        fault_fn: 0xffff_ffff_c000_2000,
+        ..driver
+    };
+    t.set_snapshot(Snapshot {
+        faults: vec![
+            (key(42, 1, access::WRITE), totals(4, 0)),
+            (key(42, 2, access::WRITE), totals(1, 0)),
+        ],
+        vmas: vec![
+            life(42, 1, 5, 0x2000, driver),
+            life(42, 2, 5, 0x8000, unknown),
+        ],
+        ..Default::default()
+    });
+    let s = t.summary(2_000);
+    let v = &s.processes[0].vmas;
+    assert_eq!(v[0].handler.as_deref(), Some("rmapdemo_fault"));
+    assert_eq!(v[0].module.as_deref(), Some("rmapdemo"));
+    assert_eq!(
+        v[1].handler.as_deref(),
+        Some("0xffffffffc0002000"),
+        "still unnamed: its address"
+    );
+    assert!(
+        t.unnamed.contains(&0xffff_ffff_c000_2000),
+        "not read again for it"
+    );
 }

@@ -1,0 +1,144 @@
+//! Where a trace's records go: the NDJSON export, written record by record as
+//! the trace runs (mmap calls, faults with --events, each process once final)
+//! and closed on the first failed write.
+use anyhow::Result;
+
+use super::json::{Header, JsonExport};
+use crate::model::{
+    summary::{ProcessSummary, VmaSummary},
+    syscalls::MmapRecord,
+    trace::Record,
+};
+
+/// Where the trace goes besides the screen. A write that fails (disk full, a
+/// closed pipe) closes the export and is remembered: the loop then ends the
+/// trace the way every other stop does, and says why.
+pub struct Outputs {
+    json: Option<JsonExport>,
+    /// Why the export failed, once it did.
+    pub failed: Option<String>,
+}
+
+impl Outputs {
+    pub fn new(json: Option<JsonExport>) -> Self {
+        Outputs { json, failed: None }
+    }
+
+    /// Puts the export in place and writes its header, the sign for readers
+    /// that rmaptrace is attached. An error here stops the run before anything
+    /// is traced.
+    pub fn start(&mut self, header: &Header<'_>) -> Result<()> {
+        if let Some(j) = &mut self.json {
+            j.start()?;
+            j.write(header)?;
+            j.flush()?;
+        }
+        Ok(())
+    }
+
+    pub fn write(&mut self, f: impl FnOnce(&mut JsonExport) -> Result<()>) {
+        let Some(json) = &mut self.json else {
+            return;
+        };
+        if let Err(e) = f(json) {
+            json.cut_torn_line();
+            self.failed = Some(format!("{e:#}"));
+            self.json = None;
+        }
+    }
+
+    /// A process's whole summary, once final (it exited, or the trace ends),
+    /// its mappings described one at a time as they are written: a process
+    /// with 200k mappings is never held whole.
+    pub fn process(&mut self, p: &ProcessSummary, vmas: &mut dyn Iterator<Item = VmaSummary>) {
+        if p.vmas.len() + p.vmas_dropped < PIPELINED_FROM {
+            self.write(|json| json.write_streamed(&ProcessLine::new(p, vmas)));
+            return;
+        }
+        // Many mappings: they are described here and serialised on a second
+        // thread, the two halves of the work side by side.
+        self.write(|json| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<VmaSummary>>(4);
+            std::thread::scope(|s| {
+                let writer = s.spawn(move || {
+                    let mut described = rx.into_iter().flatten();
+                    json.write_streamed(&ProcessLine::new(p, &mut described))
+                });
+                let mut batch = Vec::with_capacity(BATCH);
+                for v in vmas {
+                    batch.push(v);
+                    if batch.len() == BATCH {
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                        if tx.send(full).is_err() {
+                            // The writer failed: it says why.
+                            break;
+                        }
+                    }
+                }
+                let _ = tx.send(batch);
+                drop(tx);
+                writer.join().expect("the export's writer")
+            })
+        })
+    }
+
+    pub fn record(&mut self, r: &Record) {
+        self.write(|json| match r {
+            Record::Mmap(m) => json.write(&MmapLine {
+                kind: "mmap",
+                rec: m,
+            }),
+            Record::Fault(f) => json.write(f),
+        })
+    }
+
+    pub fn flush(&mut self) {
+        self.write(|json| json.flush())
+    }
+}
+
+/// A process with this many mappings has its record serialised on a thread
+/// of its own, in batches of `BATCH` mappings.
+const PIPELINED_FROM: usize = 4096;
+const BATCH: usize = 256;
+
+#[derive(serde::Serialize)]
+struct ProcessLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    rec: &'a ProcessSummary,
+    vmas: Streamed<'a>,
+}
+
+impl<'a> ProcessLine<'a> {
+    fn new(rec: &'a ProcessSummary, vmas: &'a mut dyn Iterator<Item = VmaSummary>) -> Self {
+        ProcessLine {
+            kind: "process",
+            rec,
+            vmas: Streamed(std::cell::RefCell::new(vmas)),
+        }
+    }
+}
+
+/// A JSON array written from an iterator as it goes (serialised once).
+struct Streamed<'a>(std::cell::RefCell<&'a mut dyn Iterator<Item = VmaSummary>>);
+
+impl serde::Serialize for Streamed<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(None)?;
+        for v in &mut *self.0.borrow_mut() {
+            seq.serialize_element(&v)?;
+        }
+        seq.end()
+    }
+}
+
+#[derive(serde::Serialize)]
+struct MmapLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(flatten)]
+    rec: &'a MmapRecord,
+}
