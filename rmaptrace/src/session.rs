@@ -231,21 +231,20 @@ fn drain(ring: &mut RingBuf<MapData>, trace: &mut Trace, out: &mut Outputs) {
     }
 }
 
-async fn trace(
-    args: TraceArgs,
-    json: Option<JsonExport>,
-    demo: Option<DemoOpts>,
+/// Reads what the kernel is (BTF, symbols), loads the programs and attaches
+/// what the plan allows.
+fn attach(
+    args: &TraceArgs,
+    trace_all: bool,
     started: std::time::Instant,
-) -> Result<i32> {
-    let trace_all =
-        args.pids.is_empty() && args.comms.is_empty() && args.command.is_empty() && demo.is_none();
+) -> Result<(Probes, Kallsyms)> {
     let facts = KernelFacts::read(Path::new(&btf_path()))?;
     // btf-rs's parse is freed; return it before aya parses the BTF again.
     release_freed_memory();
     log::info!("kernel BTF parsed after {:?}", started.elapsed());
     let symbols = Kallsyms::load().context("reading /proc/kallsyms")?;
     log::info!("kallsyms read after {:?}", started.elapsed());
-    let mut probes = Probes::load(
+    let probes = Probes::load(
         &facts,
         &symbols,
         &LoadOptions {
@@ -267,35 +266,121 @@ async fn trace(
             log::warn!("no CAP_SYSLOG, so /proc/kallsyms shows no addresses: fault handlers are shown as addresses (grant CAP_SYSLOG to name them)");
         }
     }
+    Ok((probes, symbols))
+}
+
+/// Follows the processes named by --pid, and those running now whose name
+/// --comm gives (later ones are matched in the kernel at exec).
+fn add_targets(args: &TraceArgs, probes: &mut Probes, trace: &mut Trace) -> Result<()> {
+    for &pid in &args.pids {
+        probes.trace_pid(pid, rmaptrace_common::traced::YES)?;
+        trace.add_target(pid);
+    }
+    if args.comms.is_empty() {
+        return Ok(());
+    }
+    let procfs = LiveProc::default();
+    for comm in &args.comms {
+        probes.add_comm(comm)?;
+    }
+    for pid in procfs.pids() {
+        let Some(stat) = procfs.stat(pid) else {
+            continue;
+        };
+        if args
+            .comms
+            .iter()
+            .any(|c| crate::text::from_bytes(comm_prefix(c.as_bytes())) == stat.comm)
+        {
+            probes.trace_pid(pid, rmaptrace_common::traced::YES)?;
+            trace.add_target(pid);
+        }
+    }
+    Ok(())
+}
+
+/// Starts `-- CMD`, followed from its first instruction: rmaptrace marks itself
+/// "children only" before the fork, so the fork hook adds the child in-kernel.
+/// Returns its pid and the guard that stops its tree if rmaptrace panics.
+fn spawn_command(
+    args: &TraceArgs,
+    probes: &mut Probes,
+    trace: &mut Trace,
+    live: &mut Live,
+) -> Result<Option<(u32, TreeGuard)>> {
+    let Some((program, rest)) = args.command.split_first() else {
+        return Ok(None);
+    };
+    let me = std::process::id();
+    probes.trace_pid(me, rmaptrace_common::traced::CHILDREN_ONLY)?;
+    let mut cmd = std::process::Command::new(program);
+    cmd.args(rest);
+    live.command_stdio(&mut cmd)?;
+    if args.json.as_deref() == Some("-") && !live.used_tui() {
+        // stdout carries the NDJSON stream: the command writes to stderr.
+        cmd.stdout(std::io::stderr().as_fd().try_clone_to_owned()?);
+    }
+    // Its status must be ours to collect, whatever our parent ignores.
+    // SAFETY: resetting a signal's disposition to the default.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", crate::text::shown(program.as_bytes())));
+    probes.untrace_pid(me)?;
+    let child = child?;
+    trace.add_target(child.id());
+    let guard = TreeGuard::arm(probes.traced_map_id()?);
+    // std's Child is dropped without waiting; it is reaped with wait4.
+    Ok(Some((child.id(), guard)))
+}
+
+/// The end's table: on stdout when nothing else uses it, else on stderr; after
+/// the live screen, one line (the screen showed the rest).
+fn report(
+    args: &TraceArgs,
+    summary: &crate::model::summary::Summary,
+    end_reason: &str,
+    used_tui: bool,
+) {
+    if used_tui {
+        eprintln!(
+            "rmaptrace: {end_reason}: {} faults in {} processes over {:.1}s{}",
+            summary.totals.faults.total,
+            summary.totals.processes,
+            summary.duration_ns as f64 / 1e9,
+            if args.json.is_some() {
+                "; the full summary is in the JSON export"
+            } else {
+                "; --no-tui prints the full table"
+            }
+        );
+        return;
+    }
+    let text = table::render(summary, TABLE_PROCESSES, TABLE_VMAS);
+    if args.command.is_empty() && args.json.as_deref() != Some("-") {
+        // Not print!: a closed stdout (`| head`) is not a reason to panic.
+        let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
+    } else {
+        eprint!("{text}");
+    }
+}
+
+async fn trace(
+    args: TraceArgs,
+    json: Option<JsonExport>,
+    demo: Option<DemoOpts>,
+    started: std::time::Instant,
+) -> Result<i32> {
+    let trace_all =
+        args.pids.is_empty() && args.comms.is_empty() && args.command.is_empty() && demo.is_none();
+    let (mut probes, symbols) = attach(&args, trace_all, started)?;
     let start = monotonic_ns();
     let mut trace = Trace::new(symbols, Box::new(LiveProc::default()), start);
     let limits = probes.plan.limits();
     trace.set_limits(limits.clone());
     trace.set_backend(probes.plan.backend, probes.plan.paths);
 
-    for &pid in &args.pids {
-        probes.trace_pid(pid, rmaptrace_common::traced::YES)?;
-        trace.add_target(pid);
-    }
-    if !args.comms.is_empty() {
-        let procfs = LiveProc::default();
-        for comm in &args.comms {
-            probes.add_comm(comm)?;
-        }
-        for pid in procfs.pids() {
-            let Some(stat) = procfs.stat(pid) else {
-                continue;
-            };
-            if args
-                .comms
-                .iter()
-                .any(|c| crate::text::from_bytes(comm_prefix(c.as_bytes())) == stat.comm)
-            {
-                probes.trace_pid(pid, rmaptrace_common::traced::YES)?;
-                trace.add_target(pid);
-            }
-        }
-    }
+    add_targets(&args, &mut probes, &mut trace)?;
     trace.set_swap_in_use(swap_in_use());
 
     // Before the header says rmaptrace is attached: from then on a signal
@@ -317,33 +402,11 @@ async fn trace(
     // Live screen and demo (after the attach, so errors before it print plainly).
     let mut live = Live::start(&args, demo, &mut probes)?;
 
-    // The command is followed from its first instruction: rmaptrace marks itself
-    // "children only" before the fork, so the fork hook adds the child in-kernel.
-    let mut child_pid = None;
-    let mut tree_guard = None;
-    if let Some((program, rest)) = args.command.split_first() {
-        let me = std::process::id();
-        probes.trace_pid(me, rmaptrace_common::traced::CHILDREN_ONLY)?;
-        let mut cmd = std::process::Command::new(program);
-        cmd.args(rest);
-        live.command_stdio(&mut cmd)?;
-        if args.json.as_deref() == Some("-") && !live.used_tui() {
-            // stdout carries the NDJSON stream: the command writes to stderr.
-            cmd.stdout(std::io::stderr().as_fd().try_clone_to_owned()?);
-        }
-        // Its status must be ours to collect, whatever our parent ignores.
-        // SAFETY: resetting a signal's disposition to the default.
-        unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", crate::text::shown(program.as_bytes())));
-        probes.untrace_pid(me)?;
-        let child = child?;
-        trace.add_target(child.id());
-        child_pid = Some(child.id());
-        tree_guard = Some(TreeGuard::arm(probes.traced_map_id()?));
-        // std's Child is dropped without waiting; we reap it with wait4 below.
-    }
+    let (mut child_pid, tree_guard) =
+        match spawn_command(&args, &mut probes, &mut trace, &mut live)? {
+            Some((pid, guard)) => (Some(pid), Some(guard)),
+            None => (None, None),
+        };
 
     // SAFETY: the ring buffer owns its fd for as long as the AsyncFd holds it.
     let mut ring = unsafe { AsyncFd::register(probes.take_ring()?) }
@@ -491,26 +554,8 @@ async fn trace(
         finish(probes.snapshot()?)
     };
     log::debug!("end: programs detached by {:?}", ending.elapsed());
-    let text = table::render(&summary, TABLE_PROCESSES, TABLE_VMAS);
-    if live.used_tui() {
-        eprintln!(
-            "rmaptrace: {end_reason}: {} faults in {} processes over {:.1}s{}",
-            summary.totals.faults.total,
-            summary.totals.processes,
-            summary.duration_ns as f64 / 1e9,
-            if args.json.is_some() {
-                "; the full summary is in the JSON export"
-            } else {
-                "; --no-tui prints the full table"
-            }
-        );
-        live_result?;
-    } else if args.command.is_empty() && args.json.as_deref() != Some("-") {
-        // Not print!: a closed stdout (`| head`) is not a reason to panic.
-        let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
-    } else {
-        eprint!("{text}");
-    }
+    report(&args, &summary, &end_reason, live.used_tui());
+    live_result?;
     if internal_error {
         bail!("{end_reason}: the trace was stopped and its summary written; please report this with the output of `RUST_BACKTRACE=1`");
     }
