@@ -47,18 +47,16 @@ static COMPLETED: PerCpuArray<Completed> = PerCpuArray::with_max_entries(1, 0);
 static VMA_LOOKED_UP: PerCpuArray<VmaInfo> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
-pub fn looked_up_slot() -> Option<&'static mut VmaInfo> {
-    // SAFETY: this CPU's slot: a program runs to its end on its CPU, and the
-    // programs that use the slot take it once each.
-    VMA_LOOKED_UP.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+pub fn looked_up_slot() -> Option<*mut VmaInfo> {
+    VMA_LOOKED_UP.get_ptr_mut(0)
 }
 
-/// This CPU's slot for the fault being completed.
+/// This CPU's slot for the fault being completed, as a raw pointer: a program
+/// runs to its end on its CPU, and each function that fills or reads the slot
+/// makes one reference of it for as long as it needs it.
 #[inline(always)]
-pub fn completed_slot() -> Option<&'static mut Completed> {
-    // SAFETY: this CPU's slot: a program runs to its end on its CPU, and the
-    // programs that use the slot take it once each.
-    COMPLETED.get_ptr_mut(0).map(|p| unsafe { &mut *p })
+pub fn completed_slot() -> Option<*mut Completed> {
+    COMPLETED.get_ptr_mut(0)
 }
 
 /// Counts the fault in the COMPLETED slot. `vma` is its VMA when the backend has
@@ -71,9 +69,13 @@ pub fn record(vma: Option<&VmaInfo>) {
     let Some(c) = completed_slot() else {
         return;
     };
+    // SAFETY: this CPU's slot (see `completed_slot`), reached through this one
+    // reference; the caller's own ended before this call.
+    let c = unsafe { &mut *c };
     let vma = match vma {
         Some(v) => Some(v),
-        None if c.has_vma != 0 => looked_up_slot().map(|v| &*v),
+        // SAFETY: this CPU's looked-up VMA, only read here.
+        None if c.has_vma != 0 => looked_up_slot().map(|v| unsafe { &*v }),
         None => None,
     };
     if c.key.vma_status == vma_status::FOUND && c.key.life == 0 {

@@ -51,11 +51,12 @@ pub static KFUNC_INFLIGHT: HashMap<u32, KfuncInflight> = HashMap::with_max_entri
 static ZERO_INFLIGHT: PerCpuArray<KfuncInflight> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
-fn slot(tid: u32, create: bool) -> Option<&'static mut KfuncInflight> {
+/// This thread's in-flight value (created if `create`), as a raw pointer:
+/// each probe makes one reference of it, for its own run. Only this thread's
+/// probes touch it, one at a time.
+fn slot(tid: u32, create: bool) -> Option<*mut KfuncInflight> {
     if let Some(p) = KFUNC_INFLIGHT.get_ptr_mut(tid) {
-        // SAFETY: this thread's in-flight value: only this thread's probes
-        // touch it, one at a time, each taking it once.
-        return Some(unsafe { &mut *p });
+        return Some(p);
     }
     if !create {
         return None;
@@ -64,8 +65,7 @@ fn slot(tid: u32, create: bool) -> Option<&'static mut KfuncInflight> {
     if KFUNC_INFLIGHT.insert(tid, zero, BPF_NOEXIST).is_err() {
         bump(rmaptrace_common::counter::INFLIGHT_FULL);
     }
-    // SAFETY: as above.
-    KFUNC_INFLIGHT.get_ptr_mut(tid).map(|p| unsafe { &mut *p })
+    KFUNC_INFLIGHT.get_ptr_mut(tid)
 }
 
 #[inline(always)]
@@ -76,6 +76,8 @@ fn on_fault_entry(vma: u64, addr: u64, flags: u64) {
     let Some(s) = slot(tid, true) else {
         return;
     };
+    // SAFETY: this thread's value (see `slot`), reached through this one reference.
+    let s = unsafe { &mut *s };
     // A fault still in flight on this thread lost its completion (a kretprobe
     // over its maxactive): counted, never silently replaced.
     if s.active != 0 {
@@ -107,6 +109,8 @@ fn on_fault_exit(ret: u64) {
     let Some(s) = slot(tid, false) else {
         return;
     };
+    // SAFETY: this thread's value (see `slot`), reached through this one reference.
+    let s = unsafe { &mut *s };
     if s.active == 0 {
         return;
     }
@@ -147,6 +151,9 @@ fn on_fault_exit(ret: u64) {
     let Some(c) = aggregate::completed_slot() else {
         return;
     };
+    // SAFETY: this CPU's slot; this reference ends before `record` takes the
+    // slot again.
+    let c = unsafe { &mut *c };
     c.key = FaultKey {
         tgid,
         access: acc,
@@ -173,6 +180,8 @@ fn mark_path(path: u8) {
         return;
     };
     if let Some(s) = slot(tid, false) {
+        // SAFETY: this thread's value (see `slot`), reached through this one reference.
+        let s = unsafe { &mut *s };
         if s.active != 0 && s.path == path_id::DERIVED {
             s.path = path;
         }
@@ -185,6 +194,8 @@ fn on_do_fault_entry() {
         return;
     };
     if let Some(s) = slot(tid, false) {
+        // SAFETY: this thread's value (see `slot`), reached through this one reference.
+        let s = unsafe { &mut *s };
         if s.active != 0 {
             // SAFETY: a helper without arguments.
             s.handler_start_ns = unsafe { bpf_ktime_get_ns() };
@@ -199,6 +210,8 @@ fn on_do_fault_exit() {
         return;
     };
     if let Some(s) = slot(tid, false) {
+        // SAFETY: this thread's value (see `slot`), reached through this one reference.
+        let s = unsafe { &mut *s };
         if s.active != 0 && s.handler_start_ns != 0 {
             // SAFETY: a helper without arguments.
             let now = unsafe { bpf_ktime_get_ns() };
@@ -309,6 +322,8 @@ fn unmark_huge_if_fallback(ret: u64) {
         return;
     };
     if let Some(s) = slot(tid, false) {
+        // SAFETY: this thread's value (see `slot`), reached through this one reference.
+        let s = unsafe { &mut *s };
         if s.active != 0 && s.path == path_id::DO_HUGE_PMD_ANONYMOUS_PAGE {
             s.path = path_id::DERIVED;
         }

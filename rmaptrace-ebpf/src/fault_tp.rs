@@ -128,6 +128,9 @@ fn on_completion<const LOCK_SEQ: bool>(ctx: &PerfEventContext, major: bool) {
     let Some(c) = aggregate::completed_slot() else {
         return;
     };
+    // SAFETY: this CPU's slot (see `completed_slot`), reached through this one
+    // reference until the tail call.
+    let c = unsafe { &mut *c };
     // Everything known about the fault goes straight into the per-CPU COMPLETED
     // slot, not into locals: read back from map memory they are unknown values
     // to the verifier, so the paths below merge into one state before the VMA
@@ -213,7 +216,9 @@ pub fn fault_lookup_tail_vls(ctx: PerfEventContext) -> u32 {
 #[inline(always)]
 fn lookup_then_count<const LOCK_SEQ: bool>(ctx: &PerfEventContext) {
     if let Some(c) = aggregate::completed_slot() {
-        lookup::<LOCK_SEQ>(c);
+        // SAFETY: this CPU's slot (see `completed_slot`), reached through this
+        // one reference until the tail call.
+        lookup::<LOCK_SEQ>(unsafe { &mut *c });
         // SAFETY: as above.
         unsafe { TAILS.tail_call(ctx, TAIL_RECORD) };
         bump(counter::TAIL_CALL_FAILED);

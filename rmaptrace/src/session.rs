@@ -714,6 +714,7 @@ async fn stop_tree(
 /// otherwise); the static musl build for the guest has no malloc_trim.
 fn release_freed_memory() {
     #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
     unsafe {
         libc::malloc_trim(0);
     }
@@ -755,6 +756,7 @@ impl Pacer {
 fn wait_for(pid: u32) -> i32 {
     let mut status = 0;
     loop {
+        // SAFETY: `status` is a valid int to write.
         let r = unsafe { libc::waitpid(pid as i32, &mut status, 0) };
         if r >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
             break;

@@ -18,6 +18,8 @@ pub fn ensure_mounted() -> Result<()> {
     if root.join("events").is_dir() {
         return Ok(());
     }
+    // SAFETY: NUL-terminated static strings and a null data pointer, as
+    // mount(2) takes them for tracefs.
     let ret = unsafe {
         libc::mount(
             c"tracefs".as_ptr(),
