@@ -144,6 +144,8 @@ struct Attacher<'a> {
     symbols: &'a Kallsyms,
     cpus: Vec<u32>,
     disabled: Vec<String>,
+    /// The kprobe PMU exists (CONFIG_KPROBES).
+    kprobe_pmu: bool,
 }
 
 impl Attacher<'_> {
@@ -270,7 +272,7 @@ impl Attacher<'_> {
         let offer = Offer {
             btf_function: self.facts.btf_functions.contains(&point.function),
             symbols: self.symbols.count(point.function) as usize,
-            kprobe_pmu: std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists(),
+            kprobe_pmu: self.kprobe_pmu,
         };
         let exit_only = point.fentry.is_empty();
         choose(point, order, &offer, |mech| {
@@ -418,6 +420,7 @@ impl Probes {
                 .map_err(|(_, e)| e)
                 .context("listing CPUs")?,
             disabled: disabled_programs(),
+            kprobe_pmu: std::path::Path::new("/sys/bus/event_source/devices/kprobe/type").exists(),
         };
         let order = counting_order(opts.backend);
 

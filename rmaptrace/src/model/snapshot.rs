@@ -247,6 +247,11 @@ impl Counters {
     }
 }
 
+/// The lifetime a fault row counts faults of; None when no VMA was found.
+pub fn row_life(key: &FaultKey) -> Option<u64> {
+    (key.vma_status == rmaptrace_common::vma_status::FOUND && key.life != 0).then_some(key.life)
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub faults: Vec<(FaultKey, FaultTotals)>,
@@ -264,11 +269,8 @@ impl Snapshot {
     /// process, lifetime (none first), access and path.
     pub fn sort(&mut self) {
         self.vmas.sort_unstable_by_key(|(life, _)| *life);
-        self.faults.sort_unstable_by_key(|(k, _)| {
-            let life = (k.vma_status == rmaptrace_common::vma_status::FOUND && k.life != 0)
-                .then_some(k.life);
-            (k.tgid, life, k.access, k.path, k.vma_status)
-        });
+        self.faults
+            .sort_unstable_by_key(|(k, _)| (k.tgid, row_life(k), k.access, k.path, k.vma_status));
     }
 
     /// A lifetime's description (the snapshot sorted).

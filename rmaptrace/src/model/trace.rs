@@ -17,7 +17,7 @@ use super::{
     origins::{Origin, Origins, PathNames},
     path,
     small_map::SmallMap,
-    snapshot::{FaultTotals, Snapshot},
+    snapshot::{row_life, FaultTotals, Snapshot},
     summary::{
         FaultCounts, HandlerTime, KernelCounts, Latency, ProcessSummary, Summary, Totals,
         VmaSummary,
@@ -1449,11 +1449,6 @@ impl Trace {
             processes,
         }
     }
-}
-
-/// The lifetime a row counts faults of; None when no VMA was found.
-fn row_life(key: &FaultKey) -> Option<u64> {
-    (key.vma_status == vma_status::FOUND && key.life != 0).then_some(key.life)
 }
 
 /// Two VMAs of one process never overlap at one instant: a lifetime still
