@@ -297,7 +297,12 @@ pub mod counter {
     /// do_mmap's argument table (kprobe flavour) full: that call's origin is
     /// not recorded.
     pub const MMAP_ARGS_FULL: u32 = 14;
-    pub const COUNT: u32 = 15;
+    /// Mapping lifetimes stored in `VMAS`, and those the kernel was seen to
+    /// end by a split or shrink: with the unmaps userspace sees, they tell it
+    /// when ended lifetimes of running processes are worth collecting.
+    pub const LIFE_STARTED: u32 = 15;
+    pub const LIFE_SPLIT: u32 = 16;
+    pub const COUNT: u32 = 17;
 }
 
 /// Values of the `TRACED` map.
@@ -572,6 +577,10 @@ pub struct KernelOffsets {
     pub vm_fault_retry: u32,
     pub vm_fault_fallback: u32,
     pub vm_fault_error: u32,
+    /// `sizeof(struct vm_area_struct)` and `kmem_cache.object_size`: VMA
+    /// structs freed are recognised by their cache's object size (0: off).
+    pub vma_size: u32,
+    pub kmem_cache_object_size: u32,
     /// Non-zero once userspace filled the struct; programs do nothing before that.
     pub ready: u32,
 }

@@ -10,12 +10,13 @@
 //! same kind, by the mmap that made it (`reborn`).
 use aya_ebpf::{
     helpers::bpf_get_smp_processor_id,
-    macros::map,
+    macros::{map, raw_tracepoint},
     maps::{HashMap, PerCpuArray},
+    programs::RawTracePointContext,
 };
 use rmaptrace_common::{counter, vma_ident, LifeEntry, VmaInfo, VmaRecord};
 
-use crate::maps::{bump, VMAS};
+use crate::maps::{bump, kernel_read, offsets, VMAS};
 
 /// Live lifetimes by `struct vm_area_struct *`.
 #[map]
@@ -49,7 +50,10 @@ pub fn life_of(info: &VmaInfo, tgid: u32, now: u64) -> u64 {
             let grown_or_same = info.vm_start <= (*e).start && (*e).end <= info.vm_end;
             if same && !grown_or_same {
                 if let Some(r) = VMAS.get_ptr_mut((*e).life) {
-                    (*r).ended_ns = now;
+                    if (*r).ended_ns == 0 {
+                        (*r).ended_ns = now;
+                        bump(counter::LIFE_SPLIT);
+                    }
                 }
             }
             if same && grown_or_same {
@@ -99,6 +103,7 @@ pub fn life_of(info: &VmaInfo, tgid: u32, now: u64) -> u64 {
             return 0;
         }
     }
+    bump(counter::LIFE_STARTED);
     let entry = LifeEntry {
         life,
         mm: info.mm,
@@ -113,6 +118,28 @@ pub fn life_of(info: &VmaInfo, tgid: u32, now: u64) -> u64 {
         bump(counter::LIFE_TABLE_FULL);
     }
     life
+}
+
+/// `kmem:kmem_cache_free(call_site, ptr, s)`: a slab object is freed. When it
+/// is a VMA struct (its cache's objects are VMA-sized: any other object at the
+/// address of a known VMA struct means that struct was freed too), its
+/// lifetime entry goes, so that the slab handing the pointer to a new VMA of
+/// the same shape at the same address (a split part, a new mapping) never has
+/// the new one taken for the old. A raw tracepoint: `ptr` is a `void *`,
+/// which tp_btf programs cannot read before 6.5.
+#[raw_tracepoint(tracepoint = "kmem_cache_free")]
+pub fn kmem_cache_free(ctx: RawTracePointContext) -> i32 {
+    let o = offsets();
+    if o.ready == 0 || o.vma_size == 0 {
+        return 0;
+    }
+    let cache: u64 = ctx.arg(2);
+    if kernel_read::<u32>(cache, o.kmem_cache_object_size) != o.vma_size {
+        return 0;
+    }
+    let vma: u64 = ctx.arg(1);
+    let _ = LIVES.remove(vma);
+    0
 }
 
 /// An mmap just returned `start` and `vma` covers it, starting there: the

@@ -6,7 +6,7 @@
 //! | `fault_kfunc.rs` | fentry/fexit or kprobe/kretprobe on `handle_mm_fault`, `__do_fault`, `do_*` | the kernel-function backends: counts, observed paths, handler time |
 //! | `aggregate.rs` | (called by both backends) | per-VMA counts, latency histograms, per-process totals, fault records |
 //! | `vma.rs`    | `bpf_find_vma` callback                            | describe the faulting VMA from BTF offsets |
-//! | `life.rs`   | (called when a VMA is looked up)                   | number mapping lifetimes |
+//! | `life.rs`   | (called when a VMA is looked up), `kmem:kmem_cache_free` (tp_btf) | number mapping lifetimes; forget a VMA struct when it is freed |
 //! | `mmap.rs`   | `syscalls:sys_{enter,exit}_{mmap,munmap,mremap}`, `raw_syscalls` (32-bit) | where each mapping came from |
 //! | `task.rs`   | `sched_process_{fork,exec,exit}` (tp_btf)          | follow children, names, the kernel's own fault counters |
 //!

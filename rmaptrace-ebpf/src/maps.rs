@@ -69,6 +69,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     vm_fault_retry: 0,
     vm_fault_fallback: 0,
     vm_fault_error: 0,
+    vma_size: 0,
+    kmem_cache_object_size: 0,
     ready: 0,
 };
 

@@ -16,7 +16,7 @@ use tokio::{
     signal::unix::{signal, SignalKind},
 };
 
-use rmaptrace_common::comm_prefix;
+use rmaptrace_common::{comm_prefix, counter};
 
 use crate::{
     bpf::{
@@ -36,7 +36,7 @@ use crate::{
         kallsyms::Kallsyms,
         procfs::{LiveProc, ProcSource},
     },
-    model::trace::{Keep, Trace},
+    model::trace::{collect_due, Keep, Trace},
 };
 use crate::{demo::DemoOpts, live::Live};
 
@@ -431,6 +431,7 @@ async fn trace(
     let mut group_exits = 0;
     let mut internal_error = false;
     let mut lost_at_sweep = 0;
+    let mut collector = EndedCollector::default();
     let end_reason: String = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -462,12 +463,15 @@ async fn trace(
                     // (paced); nothing else needs them while the trace runs.
                     // Exits may have been lost with other events: look for
                     // processes that ended unseen, or their rows stay for ever.
-                    let lost = probes.events_lost()?;
+                    let lost = probes.counter(counter::EVENTS_LOST)?;
                     let sweep = lost != lost_at_sweep;
                     lost_at_sweep = lost;
-                    if sweep || trace.has_exited() || (live.shows_data() && pacer.due()) {
+                    // Mappings that ended in running processes: collected
+                    // once enough ended, or their lifetimes fill the table.
+                    collector.due = collector.check(&probes, &trace)?;
+                    if sweep || collector.due || trace.has_exited() || (live.shows_data() && pacer.due()) {
                         let started_tick = std::time::Instant::now();
-                        tick_tables(&mut probes, ring.get_mut(), &mut trace, &mut out, &mut live, sweep)?;
+                        tick_tables(&mut probes, ring.get_mut(), &mut trace, &mut out, &mut live, sweep, &mut collector)?;
                         pacer.took(started_tick.elapsed());
                     }
                     Ok(())
@@ -575,6 +579,7 @@ fn tick_tables(
     out: &mut Outputs,
     live: &mut Live,
     sweep: bool,
+    collector: &mut EndedCollector,
 ) -> Result<()> {
     let started = std::time::Instant::now();
     trace.release_snapshot();
@@ -587,9 +592,26 @@ fn tick_tables(
         log::debug!("events were lost: {n} processes had exited unseen");
     }
     // Processes that ended go to the export; their kernel rows are freed.
-    let gone = trace.retire_exited_into(&mut |p, vmas| out.process(p, vmas));
+    let mut gone = trace.retire_exited_into(&mut |p, vmas| out.process(p, vmas));
+    if collector.due {
+        let ended = trace.collect_ended_into(&mut |pid, comm, vmas| out.mappings(pid, comm, vmas));
+        log::debug!(
+            "collected the ended mappings of {} running processes",
+            ended.len()
+        );
+        collector.collected(probes, trace)?;
+        gone.extend(ended);
+    }
     let written = started.elapsed();
-    probes.forget(&gone)?;
+    let forgotten = probes.forget(&gone)?;
+    collector.freed += forgotten.lifetimes;
+    if !forgotten.late.is_empty() {
+        log::debug!(
+            "faults counted on collected lifetimes since: {:?}",
+            forgotten.late
+        );
+    }
+    trace.count_late(&forgotten.late);
     // The events that came meanwhile, before the screen's summary: the ring
     // buffer is read on this thread, and a process mapping fast fills it in
     // well under a second.
@@ -604,6 +626,35 @@ fn tick_tables(
     live.on_tick(trace);
     log::debug!("model: {}", trace.held());
     Ok(())
+}
+
+/// When the ended mappings of running processes are collected: counts of
+/// what ended (unmapping calls seen, lifetimes the kernel saw split) and of
+/// lifetimes freed, against the kernel's count of lifetimes stored.
+#[derive(Default)]
+struct EndedCollector {
+    ends_at_last: u64,
+    freed: u64,
+    due: bool,
+}
+
+impl EndedCollector {
+    fn ends(probes: &Probes, trace: &Trace) -> Result<u64> {
+        Ok(trace.unmaps_seen() + probes.counter(counter::LIFE_SPLIT)?)
+    }
+
+    fn check(&self, probes: &Probes, trace: &Trace) -> Result<bool> {
+        let ended = Self::ends(probes, trace)?.saturating_sub(self.ends_at_last);
+        let held = probes
+            .counter(counter::LIFE_STARTED)?
+            .saturating_sub(self.freed);
+        Ok(collect_due(ended, held, probes.lifetime_capacity.into()))
+    }
+
+    fn collected(&mut self, probes: &Probes, trace: &Trace) -> Result<()> {
+        self.ends_at_last = Self::ends(probes, trace)?;
+        Ok(())
+    }
 }
 
 /// Runs one step of the loop, turning a panic in it (a bug in rmaptrace) into

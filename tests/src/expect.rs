@@ -10,6 +10,16 @@ use serde_json::Value;
 /// exception, so unseen by backends that only see exceptions.
 const EXEC_GUP_FAULTS: i64 = 1;
 
+/// `unseen` of a process started by execve that maps and faults nothing
+/// unusual: the argument copy, where the backend sees only exceptions.
+pub fn exec_unseen(summary: &Value) -> i64 {
+    if summary["paths_source"] == "observed" {
+        0
+    } else {
+        EXEC_GUP_FAULTS
+    }
+}
+
 /// What the workload's mapping must show in the summary.
 struct Vma {
     kind: &'static str,
@@ -37,6 +47,10 @@ enum Check {
     OneRowHolds(u64),
     /// At most 1% of the process's faults have no VMA.
     FewUnknown,
+    /// `mmap-churn`: `n` cycles at `addr`, each one row of 4 pages with 2
+    /// faults (ended by a split) and one of 3 pages with 1 fault: a VMA
+    /// struct the slab reuses is never taken for its predecessor.
+    Churn,
 }
 
 /// The expected answer for one scenario on one backend.
@@ -185,6 +199,10 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
             };
             e.checks.push(Check::RowAt("memfd_addr", memfd));
         }
+        "mmap-churn" => {
+            e.main = false;
+            e.checks.push(Check::Churn);
+        }
         "threads-churn" => {
             e.vma = vma("anon", None, n, &[("do_anonymous_page", n)]);
             e.checks.push(Check::FewUnknown);
@@ -249,6 +267,32 @@ fn check_more(proc_: &Value, report: &Value, check: &Check) -> Result<()> {
             if holding.len() != 1 || holding[0]["faults"].as_u64().unwrap_or(0) < *min {
                 bail!(
                     "want one row holding {} with >= {min} faults: {holding:?}",
+                    report["addr"]
+                );
+            }
+        }
+        Check::Churn => {
+            let cycles = report["cycles"].as_u64().unwrap_or(0);
+            let at: Vec<&Value> = vmas
+                .iter()
+                .filter(|v| v["start"] == report["addr"])
+                .collect();
+            let a = hex(&report["addr"]);
+            let shape = |pages: u64, faults: u64| {
+                at.iter()
+                    .filter(|v| {
+                        hex(&v["end"]) == a + pages * 4096
+                            && v["faults"] == faults
+                            && v["kind"] == "anon"
+                    })
+                    .count() as u64
+            };
+            let (whole, rest) = (shape(4, 2), shape(3, 1));
+            if (whole, rest, at.len() as u64) != (cycles, cycles, 2 * cycles) {
+                bail!(
+                    "{cycles} cycles: {whole} rows of 4 pages and 2 faults, {rest} of 3 pages \
+                     and 1 fault, {} rows at {} in all",
+                    at.len(),
                     report["addr"]
                 );
             }

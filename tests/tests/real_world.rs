@@ -149,6 +149,15 @@ fn every_thread_region_gets_its_own_exact_row() {
     assert_few_unknown(&t, p);
 }
 
+/// 500 cycles of map, split, map away at one address: the slab hands the
+/// same VMA struct pointers out again and again, and each cycle is still its
+/// own two rows.
+#[test]
+fn mappings_churned_at_one_address_are_each_their_own_rows() {
+    let t = trace_workload("mmap-churn", 500, &[]);
+    t.check("mmap-churn", 500);
+}
+
 #[test]
 fn two_mappings_at_one_address_are_two_rows() {
     const N: u64 = 64;

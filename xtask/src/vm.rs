@@ -55,6 +55,7 @@ const SCENARIOS: &[&str] = &[
     "stack-growth",
     "threads-own-maps",
     "threads-churn",
+    "mmap-churn",
     // A 32-bit process (tests/programs/memfd32.c), not an rmaptrace workload.
     "compat32",
 ];

@@ -4,6 +4,8 @@
 use std::{io, os::fd::RawFd};
 
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// Entries asked for per call; the kernel answers ENOSPC when one hash bucket
 /// holds more, and the call is retried with room for more.
@@ -105,6 +107,21 @@ struct ElemAttr {
 /// The value bytes (`value_len` of them, per-CPU values as in [`for_each`])
 /// at `key` of the map `fd`.
 pub fn lookup<K: Copy>(fd: RawFd, key: &K, value_len: usize) -> io::Result<Vec<u8>> {
+    elem(BPF_MAP_LOOKUP_ELEM, fd, key, value_len)
+}
+
+/// [`lookup`], deleting the entry in the same step (hash maps, Linux 5.14+):
+/// nothing counted between the read and the delete is lost.
+pub fn take<K: Copy>(fd: RawFd, key: &K, value_len: usize) -> io::Result<Vec<u8>> {
+    elem(BPF_MAP_LOOKUP_AND_DELETE_ELEM, fd, key, value_len)
+}
+
+/// Deletes the entry at `key` of the map `fd`.
+pub fn delete<K: Copy>(fd: RawFd, key: &K) -> io::Result<()> {
+    elem(BPF_MAP_DELETE_ELEM, fd, key, 0).map(drop)
+}
+
+fn elem<K: Copy>(cmd: libc::c_long, fd: RawFd, key: &K, value_len: usize) -> io::Result<Vec<u8>> {
     let mut value = vec![0u8; value_len];
     let mut attr = ElemAttr {
         map_fd: fd as u32,
@@ -117,7 +134,7 @@ pub fn lookup<K: Copy>(fd: RawFd, key: &K, value_len: usize) -> io::Result<Vec<u
     let ret = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_MAP_LOOKUP_ELEM,
+            cmd,
             &mut attr as *mut ElemAttr,
             std::mem::size_of::<ElemAttr>(),
         )

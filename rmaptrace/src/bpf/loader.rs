@@ -6,7 +6,7 @@ use aya::{
     maps::{HashMap, MapData, ProgramArray, RingBuf},
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        BtfTracePoint, FEntry, FExit, KProbe, PerfEvent, TracePoint,
+        BtfTracePoint, FEntry, FExit, KProbe, PerfEvent, RawTracePoint, TracePoint,
     },
     Btf, Ebpf, EbpfLoader,
 };
@@ -52,6 +52,8 @@ impl KernelFacts {
 pub struct Probes {
     ebpf: Ebpf,
     pub plan: Plan,
+    /// How many lifetimes the lifetime table (`VMAS`) holds.
+    pub lifetime_capacity: u32,
 }
 
 /// Offsets of the syscall tracepoint records, from tracefs.
@@ -168,6 +170,11 @@ impl Attacher<'_> {
                 let p: &mut BtfTracePoint = prog.try_into()?;
                 p.load(name, self.btf)?;
                 p.attach()?;
+            }
+            Mechanism::RawTp => {
+                let p: &mut RawTracePoint = prog.try_into()?;
+                p.load()?;
+                p.attach(name)?;
             }
             Mechanism::Tracepoint => {
                 let p: &mut TracePoint = prog.try_into()?;
@@ -510,7 +517,11 @@ impl Probes {
             },
             rows,
         };
-        Ok(Self { ebpf, plan })
+        Ok(Self {
+            ebpf,
+            plan,
+            lifetime_capacity: vma_rows,
+        })
     }
 
     /// Adds a process to the traced set (`traced::YES` or `traced::CHILDREN_ONLY`).
@@ -584,24 +595,30 @@ impl Probes {
         std::thread::scope(|s| self.detach_in(s));
     }
 
-    /// Detaches every program, one thread per program in `scope`: each detach
-    /// waits for an RCU grace period (tens of ms here), and the waits overlap
-    /// instead of adding up.
+    /// Detaches every program, one after another on a thread of `scope`, so
+    /// that the caller's work overlaps the detach. One at a time on purpose:
+    /// each detach patches the kernel's text (a tracepoint's static key) and
+    /// then waits for an RCU grace period; patches made back to back, while
+    /// other CPUs run through the patched sites, crashed 6.12 guests with an
+    /// int3 Oops (a kernel race in x86's text_poke), and the waits between
+    /// them rule that out.
     pub fn detach_in<'scope>(&'scope mut self, scope: &'scope std::thread::Scope<'scope, '_>) {
         use aya::programs::Program;
-        for (_, prog) in self.ebpf.programs_mut() {
-            scope.spawn(move || {
+        let programs = self.ebpf.programs_mut();
+        scope.spawn(move || {
+            for (_, prog) in programs {
                 let _ = match prog {
                     Program::TracePoint(p) => p.unload(),
                     Program::BtfTracePoint(p) => p.unload(),
+                    Program::RawTracePoint(p) => p.unload(),
                     Program::PerfEvent(p) => p.unload(),
                     Program::FEntry(p) => p.unload(),
                     Program::FExit(p) => p.unload(),
                     Program::KProbe(p) => p.unload(),
                     _ => Ok(()),
                 };
-            });
-        }
+            }
+        });
     }
 }
 
@@ -614,13 +631,18 @@ fn table_sizes() -> (u32, u32) {
     let cpus = aya::util::nr_cpus().unwrap_or(1).max(1);
     let row = std::mem::size_of::<rmaptrace_common::FaultStats>() * cpus;
     let fault_rows = (FAULT_TABLE_BUDGET / row).clamp(4096, 131072) as u32;
-    // Test hook: a small table, to show that the rows of exited processes are
-    // freed as a trace goes on.
-    let fault_rows = std::env::var("RMAPTRACE_FAULT_ENTRIES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(fault_rows);
-    (fault_rows, 131072)
+    // Test hooks: small tables, to show that the rows of exited processes and
+    // of ended mappings are freed as a trace goes on.
+    let from_env = |name: &str, default: u32| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    (
+        from_env("RMAPTRACE_FAULT_ENTRIES", fault_rows),
+        from_env("RMAPTRACE_VMA_ENTRIES", 131072),
+    )
 }
 
 /// Processes followed at once. RMAPTRACE_TRACED_ENTRIES (a test hook) makes it

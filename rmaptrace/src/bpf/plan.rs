@@ -22,6 +22,9 @@ pub enum Mechanism {
     Kprobe,
     /// BTF-enabled raw tracepoint (5.5+).
     TpBtf,
+    /// Raw tracepoint: the arguments untyped (a `void *` argument, which
+    /// tp_btf cannot read before 6.5).
+    RawTp,
     /// Classic tracepoint with a tracefs format.
     Tracepoint,
     /// Perf software event with a BPF overflow handler.
@@ -34,6 +37,7 @@ impl Mechanism {
             Mechanism::Fentry => "fentry",
             Mechanism::Kprobe => "kprobe",
             Mechanism::TpBtf => "tp_btf",
+            Mechanism::RawTp => "raw_tp",
             Mechanism::Tracepoint => "tracepoint",
             Mechanism::PerfSoftware => "perf_software",
         }
@@ -203,6 +207,13 @@ pub const ALWAYS: &[HookPoint] = &[
         purpose: "the kernel's own minflt/majflt of each exiting thread",
     },
     HookPoint {
+        program: "kmem_cache_free",
+        mechanism: Mechanism::RawTp,
+        hook: VMA_FREED_HOOK,
+        required: false,
+        purpose: "a VMA struct freed ends its lifetime: the slab reuses the pointer",
+    },
+    HookPoint {
         program: "sys_enter_mmap",
         mechanism: Mechanism::Tracepoint,
         hook: "syscalls/sys_enter_mmap",
@@ -312,6 +323,10 @@ pub const TRACEPOINT_LIMITS: &[&str] = &[
     "a fault whose completion event is throttled by perf or that fails (SIGSEGV, SIGBUS) is counted in counters.entries_without_completion, not in fault totals, as the kernel does",
 ];
 
+/// Where freed VMA structs are seen, and what is lost without it.
+const VMA_FREED_HOOK: &str = "kmem/kmem_cache_free";
+const VMA_FREED_LIMIT: &str = "freed VMA structs are not seen (kmem:kmem_cache_free is off): a new VMA that the slab gives a freed one's address, at the same place and of the same shape (a split part, a mapping replaced in place), may continue the old one's row";
+
 /// What the kernel-function backends cannot see.
 pub const KFUNC_LIMITS: &[&str] = &[
     "latency is measured from handle_mm_fault's entry to its return, not from the exception",
@@ -322,10 +337,21 @@ pub const KFUNC_LIMITS: &[&str] = &[
 impl Plan {
     /// The limits of this plan: the backend's own, plus every path probe that is off.
     pub fn limits(&self) -> Vec<String> {
-        if self.backend == "tracepoint" {
-            return TRACEPOINT_LIMITS.iter().map(|s| s.to_string()).collect();
+        let mut limits: Vec<String> = if self.backend == "tracepoint" {
+            TRACEPOINT_LIMITS.iter().map(|s| s.to_string()).collect()
+        } else {
+            KFUNC_LIMITS.iter().map(|s| s.to_string()).collect()
+        };
+        if self
+            .rows
+            .iter()
+            .any(|r| r.point == VMA_FREED_HOOK && r.chosen.is_none())
+        {
+            limits.push(VMA_FREED_LIMIT.to_string());
         }
-        let mut limits: Vec<String> = KFUNC_LIMITS.iter().map(|s| s.to_string()).collect();
+        if self.backend == "tracepoint" {
+            return limits;
+        }
         for row in &self.rows {
             let is_path = KFUNC_POINTS
                 .iter()

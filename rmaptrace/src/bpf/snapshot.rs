@@ -9,30 +9,23 @@ use super::{batch, loader::Probes};
 use crate::model::snapshot::{Counters, FaultTotals, ProcTotals, Snapshot};
 
 impl Probes {
-    /// Frees the kernel rows of processes the model retired, as found in the
-    /// snapshot they were retired from: their aggregate rows, their lifetimes'
-    /// descriptions and live-VMA entries (the LIVES key is the VMA struct; one
-    /// that already names another lifetime, the struct reused, stays), and their
+    /// Frees the kernel rows of processes the model retired, or of mappings
+    /// that ended in running ones, as found in the snapshot they were retired
+    /// from: their aggregate rows, their lifetimes' descriptions and live-VMA
+    /// entries (the LIVES key is the VMA struct; one that already names
+    /// another lifetime, the struct reused, stays), and a retired process's
     /// overflow counts. No table is walked: the cost is that of the rows freed.
-    pub fn forget(&mut self, gone: &[crate::model::trace::Retired]) -> Result<()> {
+    ///
+    /// For ended mappings the live-VMA entries go first, then each row is read
+    /// and deleted in one step: a VMA struct freed and reused for a mapping of
+    /// the same shape can still be counted on the old lifetime until its entry
+    /// is gone, and those faults come back as `late` instead of being lost.
+    pub fn forget(&mut self, gone: &[crate::model::trace::Retired]) -> Result<Forgotten> {
+        let mut out = Forgotten::default();
         if gone.is_empty() {
-            return Ok(());
+            return Ok(out);
         }
         let ebpf = self.ebpf_mut();
-        {
-            let mut faults: PerCpuHashMap<&mut MapData, FaultKey, FaultStats> =
-                PerCpuHashMap::try_from(ebpf.map_mut("FAULTS").context("FAULTS map")?)?;
-            for k in gone.iter().flat_map(|g| &g.rows) {
-                let _ = faults.remove(k);
-            }
-        }
-        {
-            let mut vmas: HashMap<&mut MapData, u64, VmaRecord> =
-                HashMap::try_from(ebpf.map_mut("VMAS").context("VMAS map")?)?;
-            for (life, _) in gone.iter().flat_map(|g| &g.lives) {
-                let _ = vmas.remove(life);
-            }
-        }
         {
             let mut live: HashMap<&mut MapData, u64, LifeEntry> =
                 HashMap::try_from(ebpf.map_mut("LIVES").context("LIVES map")?)?;
@@ -42,12 +35,51 @@ impl Probes {
                 }
             }
         }
+        {
+            let mut vmas: HashMap<&mut MapData, u64, VmaRecord> =
+                HashMap::try_from(ebpf.map_mut("VMAS").context("VMAS map")?)?;
+            for (life, _) in gone.iter().flat_map(|g| &g.lives) {
+                out.lifetimes += u64::from(vmas.remove(life).is_ok());
+            }
+        }
+        let faults_fd = self.map_fd("FAULTS")?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        let stats = std::mem::size_of::<FaultStats>().next_multiple_of(8);
+        for g in gone {
+            for (i, key) in g.rows.iter().enumerate() {
+                let v = match batch::take(faults_fd, key, stats * cpus) {
+                    Ok(v) => v,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+                    // A kernel without the combined step (before 5.14): read,
+                    // then delete.
+                    Err(_) => match batch::lookup(faults_fd, key, stats * cpus) {
+                        Ok(v) => {
+                            batch::delete(faults_fd, key)?;
+                            v
+                        }
+                        Err(_) => continue,
+                    },
+                };
+                let Some(&(minor, major, kind)) = g.counted.get(i) else {
+                    continue;
+                };
+                let mut t = FaultTotals::default();
+                for cpu in v.chunks(stats) {
+                    t.add(&batch::value::<FaultStats>(cpu));
+                }
+                let late = (t.minor.saturating_sub(minor), t.major.saturating_sub(major));
+                if late != (0, 0) {
+                    out.late.push((g.pid, kind, late.0, late.1));
+                }
+            }
+        }
+        let ebpf = self.ebpf_mut();
         let mut procs: PerCpuHashMap<&mut MapData, u32, ProcStats> =
             PerCpuHashMap::try_from(ebpf.map_mut("PROCS").context("PROCS map")?)?;
-        for g in gone {
+        for g in gone.iter().filter(|g| g.whole) {
             let _ = procs.remove(&g.pid);
         }
-        Ok(())
+        Ok(out)
     }
 
     pub fn snapshot(&self) -> Result<Snapshot> {
@@ -102,6 +134,15 @@ impl Probes {
     }
 }
 
+/// What [`Probes::forget`] freed: lifetime descriptions, and faults counted
+/// on ended lifetimes after the snapshot they were collected from (pid, kind,
+/// minor, major).
+#[derive(Debug, Default)]
+pub struct Forgotten {
+    pub lifetimes: u64,
+    pub late: Vec<(u32, &'static str, u64, u64)>,
+}
+
 fn batches_allowed() -> bool {
     std::env::var_os("RMAPTRACE_NO_BATCH").is_none()
 }
@@ -118,12 +159,24 @@ struct TableFds {
 }
 
 /// The tables, a few thousand rows per syscall; None where the kernel has no
-/// batch lookup. The fault table, most of the bytes, is read on a second
-/// thread.
+/// batch lookup. The lifetimes are read first, the fault rows after them:
+/// a lifetime seen ended (split, or replaced by a later one) ended before
+/// that read, and its faults were counted before it ended (under the lock
+/// its change waited for), so the rows read next hold all of them and the
+/// lifetime can be collected. The fault table, most of the bytes, is read on
+/// a second thread beside the small tables.
 fn read_batched(fds: TableFds) -> Result<Option<Snapshot>> {
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
     let per_cpu = |len: usize| len.next_multiple_of(8) * cpus;
     let mut snap = Snapshot::default();
+    let t0 = std::time::Instant::now();
+    let batched = batch::for_each(fds.vmas, std::mem::size_of::<VmaRecord>(), |key: u64, v| {
+        snap.vmas.push((key, batch::value(v)))
+    })?;
+    if !batched {
+        return Ok(None);
+    }
+    log::debug!("lifetimes: {} in {:?}", snap.vmas.len(), t0.elapsed());
     let (faults, rest) = std::thread::scope(|s| {
         let faults = s.spawn(|| {
             let t0 = std::time::Instant::now();
@@ -139,12 +192,7 @@ fn read_batched(fds: TableFds) -> Result<Option<Snapshot>> {
             log::debug!("fault table: {} rows in {:?}", rows.len(), t0.elapsed());
             read.map(|supported| supported.then_some(rows))
         });
-        let rest = (|| -> std::io::Result<bool> {
-            let t0 = std::time::Instant::now();
-            let vmas =
-                batch::for_each(fds.vmas, std::mem::size_of::<VmaRecord>(), |key: u64, v| {
-                    snap.vmas.push((key, batch::value(v)))
-                })?;
+        let rest = (|| -> std::io::Result<()> {
             batch::for_each(
                 fds.threads,
                 std::mem::size_of::<ThreadAcct>(),
@@ -164,34 +212,27 @@ fn read_batched(fds: TableFds) -> Result<Option<Snapshot>> {
                 *slot = v.chunks(8).map(batch::value::<u64>).sum();
             }
             snap.counters = Counters::from_raw(&raw);
-            log::debug!(
-                "other tables: {} lifetimes in {:?}",
-                snap.vmas.len(),
-                t0.elapsed()
-            );
-            Ok(vmas)
+            Ok(())
         })();
         (faults.join().expect("the fault table's reader"), rest)
     });
-    match (faults?, rest?) {
-        (Some(rows), true) => {
+    rest?;
+    match faults? {
+        Some(rows) => {
             snap.faults = rows;
             Ok(Some(snap))
         }
-        _ => Ok(None),
+        None => Ok(None),
     }
 }
 
 impl Probes {
-    /// Events the ring buffer had no room for so far (one read, cheap enough
-    /// for every tick).
-    pub fn events_lost(&self) -> Result<u64> {
+    /// One of the programs' counters (`rmaptrace_common::counter`), summed
+    /// over CPUs: one read, cheap enough for every tick.
+    pub fn counter(&self, which: u32) -> Result<u64> {
         let counters: PerCpuArray<&MapData, u64> =
             PerCpuArray::try_from(self.ebpf().map("COUNTERS").context("COUNTERS map")?)?;
-        Ok(counters
-            .get(&rmaptrace_common::counter::EVENTS_LOST, 0)?
-            .iter()
-            .sum())
+        Ok(counters.get(&which, 0)?.iter().sum())
     }
 
     /// The tables entry by entry (two syscalls a row).
@@ -205,6 +246,10 @@ impl Probes {
             HashMap::try_from(ebpf.map("THREADS").context("THREADS map")?)?;
         let procs: PerCpuHashMap<&MapData, u32, ProcStats> =
             PerCpuHashMap::try_from(ebpf.map("PROCS").context("PROCS map")?)?;
+        // Lifetimes before fault rows, as in `read_batched`.
+        for item in vmas.iter() {
+            snap.vmas.push(item?);
+        }
         for item in faults.iter() {
             let (key, per_cpu) = item?;
             let mut t = FaultTotals::default();
@@ -212,9 +257,6 @@ impl Probes {
                 t.add(s);
             }
             snap.faults.push((key, t));
-        }
-        for item in vmas.iter() {
-            snap.vmas.push(item?);
         }
         for item in threads.iter() {
             snap.threads.push(item?);

@@ -82,6 +82,20 @@ impl Outputs {
         })
     }
 
+    /// Mappings that ended while their process runs on, described one at a
+    /// time as they are written; the process's own record comes later and
+    /// counts them in its sums.
+    pub fn mappings(&mut self, pid: u32, comm: &str, vmas: &mut dyn Iterator<Item = VmaSummary>) {
+        self.write(|json| {
+            json.write_streamed(&MappingsLine {
+                kind: "mappings",
+                pid,
+                comm,
+                vmas: Streamed(std::cell::RefCell::new(vmas)),
+            })
+        })
+    }
+
     pub fn record(&mut self, r: &Record) {
         self.write(|json| match r {
             Record::Mmap(m) => json.write(&MmapLine {
@@ -119,6 +133,15 @@ impl<'a> ProcessLine<'a> {
             vmas: Streamed(std::cell::RefCell::new(vmas)),
         }
     }
+}
+
+#[derive(serde::Serialize)]
+struct MappingsLine<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    pid: u32,
+    comm: &'a str,
+    vmas: Streamed<'a>,
 }
 
 /// A JSON array written from an iterator as it goes (serialised once).

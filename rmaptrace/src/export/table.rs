@@ -99,6 +99,13 @@ pub fn render(s: &Summary, max_procs: usize, max_vmas: usize) -> String {
         if more > 0 {
             let _ = writeln!(out, "  ... {more} more VMAs in the JSON export");
         }
+        if p.vmas_ended > 0 {
+            let _ = writeln!(
+                out,
+                "  ... {} VMAs that ended while it ran (in `mappings` records of the JSON export)",
+                p.vmas_ended
+            );
+        }
     }
     let shown: u64 = procs.iter().map(|p| p.faults.total).sum();
     let hidden = t.processes.saturating_sub(procs.len() as u64);

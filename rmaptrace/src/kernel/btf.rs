@@ -172,6 +172,8 @@ impl KernelBtf {
             }
         };
         let (flag, reason) = (from_enum("fault_flag"), from_enum("vm_fault_reason"));
+        let vma_size = self.struct_named("vm_area_struct")?.size() as u32;
+        let kmem_cache_object_size = self.offset_of("kmem_cache", "object_size").ok();
         Ok(KernelOffsets {
             vma_vm_mm: o("vm_area_struct", "vm_mm")?,
             // Read either way (see VmaInfo::lock_seq): any valid offset will do.
@@ -244,6 +246,9 @@ impl KernelBtf {
             ]
             .iter()
             .fold(0, |all, (name, v)| all | reason(name, *v)),
+            // 0 (VMA structs freed go unnoticed) where either is missing.
+            vma_size: kmem_cache_object_size.map_or(0, |_| vma_size),
+            kmem_cache_object_size: kmem_cache_object_size.unwrap_or(0),
             ready: 1,
         })
     }

@@ -190,6 +190,23 @@ impl Origins {
             })
     }
 
+    /// Keeps only the calls `keep` accepts, as one layer of this process's own
+    /// (layers shared with forked children stay theirs).
+    pub fn retain(&mut self, mut keep: impl FnMut(&Origin) -> bool) {
+        let mut all: Vec<Origin> = std::mem::take(&mut self.own)
+            .into_values()
+            .filter(|o| keep(o))
+            .collect();
+        for layer in std::mem::take(&mut self.frozen) {
+            all.extend(layer.calls.iter().filter(|o| keep(o)).cloned());
+        }
+        all.sort_unstable_by_key(Origin::key);
+        self.own_longest = 0;
+        if !all.is_empty() {
+            self.frozen.push(Arc::new(Layer::new(all)));
+        }
+    }
+
     /// How many calls are held (shared layers counted in full).
     pub fn len(&self) -> usize {
         self.own.len() + self.frozen.iter().map(|l| l.len()).sum::<usize>()

@@ -205,6 +205,10 @@ pub struct Counters {
     /// Kernel mmaps whose origin was not recorded: do_mmap's argument table
     /// (kprobe backend) was full.
     pub mmap_args_table_full: u64,
+    /// Mapping lifetimes stored in the lifetime table so far, and those the
+    /// kernel was seen to end by splitting or shrinking their VMA.
+    pub lifetimes_started: u64,
+    pub lifetimes_split: u64,
 }
 
 impl Counters {
@@ -226,6 +230,8 @@ impl Counters {
             life_table_full: at(counter::LIFE_TABLE_FULL),
             thread_table_full: at(counter::THREAD_TABLE_FULL),
             mmap_args_table_full: at(counter::MMAP_ARGS_FULL),
+            lifetimes_started: at(counter::LIFE_STARTED),
+            lifetimes_split: at(counter::LIFE_SPLIT),
         }
     }
 

@@ -96,6 +96,13 @@ pub struct ProcessSummary {
     /// Mappings left out of `vmas` (the export has them all).
     #[serde(skip)]
     pub vmas_dropped: usize,
+    /// Mappings that ended while the process ran and were written to the
+    /// export then (`mappings` records), counted in its sums, not in `vmas`.
+    pub vmas_ended: u64,
+    /// Faults counted on one of those after it was written: a new mapping of
+    /// the same shape at the same address, in a VMA struct the kernel reused,
+    /// taken for the old one until its entry was freed. In the sums, in no row.
+    pub ended_late: u64,
     /// Already written to the export as a `process` record.
     #[serde(skip)]
     pub written: bool,

@@ -85,6 +85,8 @@ struct ProcessState {
     unmaps: Vec<Unmap>,
     /// Lifetime → name from /proc/PID/maps ("" when it had none or was gone).
     names: HashMap<u64, String>,
+    /// Its mappings that ended and were collected while it ran.
+    ended: ended::Ended,
 }
 
 pub struct Trace {
@@ -126,16 +128,24 @@ pub struct Trace {
     /// Fault handler addresses that no symbol named even after the symbols
     /// were read again.
     unnamed: std::collections::HashSet<u64>,
+    /// Calls seen that unmapped something.
+    unmaps_seen: u64,
 }
 
-/// A process retired by [`Trace::retire_exited`]: its summary, final, and the
-/// kernel rows to free.
+/// Kernel rows to free: of a process retired by [`Trace::retire_exited`]
+/// (whole), or of mappings that ended in a running one
+/// ([`Trace::collect_ended_into`]).
 pub struct Retired {
     pub pid: u32,
     /// Its aggregate rows.
     pub rows: Vec<FaultKey>,
     /// Its lifetimes, with their VMA structs.
     pub lives: Vec<(u64, u64)>,
+    /// For mappings that ended in a running process, what each of `rows`
+    /// counted as collected (minor, major) and its kind; empty otherwise.
+    pub counted: Vec<(u64, u64, &'static str)>,
+    /// The whole process: its per-process counts go too.
+    pub whole: bool,
 }
 
 /// Exited processes whose summaries stay in memory (for the live screen and the
@@ -159,6 +169,8 @@ impl Keep {
 
 /// Receives each process summarised with every one of its mappings, described
 /// one at a time (in address order) as the iterator is advanced.
+pub use ended::collect_due;
+
 pub type VmaSink<'s> = dyn FnMut(&ProcessSummary, &mut dyn Iterator<Item = VmaSummary>) + 's;
 
 /// A mapping lifetime as the first pass of a summary sees it: plain numbers
@@ -298,6 +310,7 @@ impl Trace {
             group_exits: 0,
             path_names: PathNames::default(),
             unnamed: Default::default(),
+            unmaps_seen: 0,
         }
     }
 
@@ -528,6 +541,7 @@ impl Trace {
                 let comm = c_str(&t.comm);
                 match t.header.kind {
                     event_kind::EXEC => {
+                        self.unmaps_seen += 1;
                         let st = self.state_mut(t.header.tgid, t.header.ts_ns);
                         st.comm = comm;
                         if t.other == 1 {
@@ -777,6 +791,7 @@ impl Trace {
     /// Notes that `[start, start + len)` of the caller's process stopped being
     /// mapped by the call `enter` began, returning at `exit_ns`.
     fn unmapped(&mut self, enter: &SyscallEvent, start: u64, len: u64, exit_ns: u64) {
+        self.unmaps_seen += 1;
         let st = self.state_mut(enter.header.tgid, exit_ns);
         st.unmaps.push(Unmap {
             start,
@@ -1142,7 +1157,7 @@ impl Trace {
         pids.extend(
             self.processes
                 .iter()
-                .filter(|(_, p)| p.targeted)
+                .filter(|(_, p)| p.targeted || p.ended.lifetimes > 0)
                 .map(|(pid, _)| *pid),
         );
         // A retired pid is listed again only for a new process that got it.
@@ -1188,6 +1203,15 @@ impl Trace {
             }
             let vmas: Vec<VmaSummary> = busiest.into_iter().map(describe).collect();
             let vmas_dropped = spans.len() - vmas.len();
+            // Mappings that ended earlier, already written: their sums.
+            let ended = self.processes.get(&pid).map(|p| &p.ended);
+            if let Some(e) = ended {
+                faults.minor += e.minor;
+                faults.major += e.major;
+                for (k, n) in &e.by_kind {
+                    *by_kind.entry(k).or_default() += n;
+                }
+            }
             // Faults that found the per-VMA table full: counted, kind unknown.
             let t = overflow.get(&pid).copied().unwrap_or_default();
             if t.minor + t.major > 0 {
@@ -1216,6 +1240,8 @@ impl Trace {
                 exited,
                 vmas,
                 vmas_dropped,
+                vmas_ended: ended.map_or(0, |e| e.lifetimes),
+                ended_late: ended.map_or(0, |e| e.late),
                 written: false,
             };
             // Every mapping, described one at a time for the export.
@@ -1358,6 +1384,8 @@ impl Trace {
                 pid,
                 rows: rows_of.remove(&pid).unwrap_or_default(),
                 lives,
+                counted: Vec::new(),
+                whole: true,
             });
         }
         self.retired_last = out.iter().map(|g| g.pid).collect();
@@ -1492,6 +1520,7 @@ fn end_superseded(spans: &mut [Span]) {
 }
 
 mod candidates;
+mod ended;
 #[cfg(test)]
 mod fuzz;
 #[cfg(test)]

@@ -84,6 +84,8 @@ pub fn summary() -> Summary {
         resolved_later: 0,
         exited: false,
         vmas_dropped: 0,
+        vmas_ended: 0,
+        ended_late: 0,
         written: false,
         vmas: vec![
             vma(
@@ -139,6 +141,8 @@ pub fn summary() -> Summary {
         resolved_later: 0,
         exited: false,
         vmas_dropped: 0,
+        vmas_ended: 0,
+        ended_late: 0,
         written: false,
         vmas: vec![vma(
             0x5555_0000_0000,
@@ -165,6 +169,8 @@ pub fn summary() -> Summary {
         resolved_later: 0,
         exited: true,
         vmas_dropped: 0,
+        vmas_ended: 0,
+        ended_late: 0,
         written: false,
         vmas: vec![],
     };

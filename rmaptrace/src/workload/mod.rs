@@ -234,7 +234,7 @@ pub fn run(scenario: &str, pages: usize, wait: bool) -> Result<()> {
         }
         "threads-churn" | "threads-own-maps" | "remap-same-address" | "heap-growth"
         | "stack-growth" | "mprotect-split" | "mbind-split" | "populate-race" | "dead-threads"
-        | "exec-threads" | "fork-storm" => real::run(scenario, pages)?,
+        | "exec-threads" | "fork-storm" | "mmap-churn" => real::run(scenario, pages)?,
         other if other.starts_with("bench-") => bench::run(other, pages)?,
         other => {
             let names: Vec<&str> = SCENARIOS

@@ -81,6 +81,7 @@ pub fn run(scenario: &str, pages: usize) -> Result<()> {
         "dead-threads" => dead_threads(scenario, pages),
         "exec-threads" => exec_threads(pages),
         "fork-storm" => fork_storm(scenario, pages),
+        "mmap-churn" => mmap_churn(scenario, pages),
         other => bail!("{other} is not one of the real-world scenarios"),
     }
 }
@@ -413,6 +414,58 @@ fn populate_race(scenario: &str, pages: usize) -> Result<()> {
         pages,
         addr as *mut u8,
         json!({"replacements": replacements, "reader_passes": passes}),
+    );
+    Ok(())
+}
+
+/// Pages of each mapping of the churn, and how many cycles between pauses.
+const CHURN_PAGES: usize = 4;
+const CHURN_BURST: usize = 8;
+
+/// A server's buffer churn, `cycles` times at one address: map 4 pages, write
+/// 2, make the last one PROT_NONE (a split: the first lifetime ends), write the
+/// third, and map the range away (PROT_NONE over it: the second lifetime
+/// ends). 3 faults and 2 lifetimes a cycle, paced at about 8000 cycles a
+/// second, so that a lifetime table the tests make small holds a tick's worth.
+/// Guard pages around the range keep it from merging with anything.
+fn mmap_churn(scenario: &str, cycles: usize) -> Result<()> {
+    let addr = isolated(CHURN_PAGES, PRIVATE_ANON)?;
+    for i in 0..cycles {
+        let p = fixed(addr, CHURN_PAGES, PRIVATE_ANON)?;
+        write_pages(p as *mut u8, 2);
+        // SAFETY: the last page of the mapping just made, no reference into it.
+        let last = unsafe {
+            libc::mprotect(
+                (p + (CHURN_PAGES - 1) * PAGE) as *mut _,
+                PAGE,
+                libc::PROT_NONE,
+            )
+        };
+        check(last, "mprotect")?;
+        write_pages((p + 2 * PAGE) as *mut u8, 1);
+        // SAFETY: MAP_FIXED over this workload's own range, nothing refers to it.
+        let away = unsafe {
+            libc::mmap(
+                p as *mut _,
+                CHURN_PAGES * PAGE,
+                libc::PROT_NONE,
+                PRIVATE_ANON | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if away == libc::MAP_FAILED {
+            bail!("mmap PROT_NONE over {}: {}", hex(p), os_err());
+        }
+        if i % CHURN_BURST == CHURN_BURST - 1 {
+            thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    report(
+        scenario,
+        CHURN_PAGES,
+        addr as *mut u8,
+        json!({"cycles": cycles, "faults_per_cycle": 3, "lifetimes_per_cycle": 2}),
     );
     Ok(())
 }

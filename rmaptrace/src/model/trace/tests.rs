@@ -318,39 +318,48 @@ fn live_threads_count_from_their_kernel_counters_not_proc() {
 #[test]
 fn a_mapping_replaced_at_the_same_address_is_a_new_row() {
     let mut t = trace_with(FakeProc::default());
+    replaced_mapping(&mut t);
+    let s = t.summary(40);
+    let rows = &s.processes[0].vmas;
+    assert_eq!(rows.len(), 2, "two lifetimes at one address: {rows:?}");
+    let (ra, rb) = (&rows[0], &rows[1]);
+    assert_eq!((ra.start.as_str(), rb.start.as_str()), ("0x7000", "0x7000"));
+    assert_eq!(ra.file.as_deref(), Some("/a"));
+    assert_eq!(rb.file.as_deref(), Some("/b"));
+    assert_eq!((ra.life, rb.life), (Some(1), Some(2)));
+    assert_eq!((ra.mapped_ns, ra.unmapped_ns), (Some(10), Some(21)));
+    assert_eq!((rb.mapped_ns, rb.unmapped_ns), (Some(30), None));
+    assert!(ra.origin.as_deref().unwrap().ends_with("at 10 ns"));
+}
+
+/// mmap(A) at 0x7000, 4 faults, munmap; mmap(B) there with MAP_FIXED, 4
+/// faults; the process still runs.
+fn replaced_mapping(t: &mut Trace) {
     let file = |name: &str| {
         let mut p = [[0u8; 32]; 8];
         p[0][..name.len()].copy_from_slice(name.as_bytes());
         p[1][0] = b'/';
         p
     };
-    // mmap(A) at 0x7000, munmap, mmap(B) at 0x7000 with MAP_FIXED.
-    t.on_event(Event::Syscall(SyscallEvent {
-        header: header(event_kind::MMAP_ENTER, 3, 10),
-        args: [0, 0x4000, 3, 0x1, 5, 0],
-    }));
-    t.on_event(Event::MmapExit(MmapExitEvent {
-        path: file("a"),
-        depth: 2,
-        ..mmap_exit(3, 11, 0x7000)
-    }));
-    t.on_event(Event::Syscall(SyscallEvent {
-        header: header(event_kind::MUNMAP, 3, 20),
-        args: [0x7000, 0x4000, 0, 0, 0, 0],
-    }));
-    t.on_event(Event::Syscall(SyscallEvent {
-        header: header(event_kind::MUNMAP_EXIT, 3, 21),
-        args: [0; 6],
-    }));
-    t.on_event(Event::Syscall(SyscallEvent {
-        header: header(event_kind::MMAP_ENTER, 3, 30),
-        args: [0x7000, 0x4000, 3, 0x11, 6, 0],
-    }));
-    t.on_event(Event::MmapExit(MmapExitEvent {
-        path: file("b"),
-        depth: 2,
-        ..mmap_exit(3, 31, 0x7000)
-    }));
+    let calls = [
+        (event_kind::MMAP_ENTER, 10, [0, 0x4000, 3, 0x1, 5, 0]),
+        (event_kind::MUNMAP, 20, [0x7000, 0x4000, 0, 0, 0, 0]),
+        (event_kind::MUNMAP_EXIT, 21, [0; 6]),
+        (event_kind::MMAP_ENTER, 30, [0x7000, 0x4000, 3, 0x11, 6, 0]),
+    ];
+    for (kind, ts, args) in calls {
+        t.on_event(Event::Syscall(SyscallEvent {
+            header: header(kind, 3, ts),
+            args,
+        }));
+        if kind == event_kind::MMAP_ENTER {
+            t.on_event(Event::MmapExit(MmapExitEvent {
+                path: file(if ts == 10 { "a" } else { "b" }),
+                depth: 2,
+                ..mmap_exit(3, ts + 1, 0x7000)
+            }));
+        }
+    }
     let file_vma = VmaInfo {
         vm_end: 0xb000,
         vm_flags: 0xb,
@@ -370,17 +379,54 @@ fn a_mapping_replaced_at_the_same_address_is_a_new_row() {
         ],
         ..Default::default()
     });
-    let s = t.summary(40);
-    let rows = &s.processes[0].vmas;
-    assert_eq!(rows.len(), 2, "two lifetimes at one address: {rows:?}");
-    let (ra, rb) = (&rows[0], &rows[1]);
-    assert_eq!((ra.start.as_str(), rb.start.as_str()), ("0x7000", "0x7000"));
-    assert_eq!(ra.file.as_deref(), Some("/a"));
-    assert_eq!(rb.file.as_deref(), Some("/b"));
-    assert_eq!((ra.life, rb.life), (Some(1), Some(2)));
-    assert_eq!((ra.mapped_ns, ra.unmapped_ns), (Some(10), Some(21)));
-    assert_eq!((rb.mapped_ns, rb.unmapped_ns), (Some(30), None));
-    assert!(ra.origin.as_deref().unwrap().ends_with("at 10 ns"));
+}
+
+#[test]
+fn ended_mappings_of_a_running_process_are_written_once_and_stay_counted() {
+    let mut t = trace_with(FakeProc::default());
+    replaced_mapping(&mut t);
+    let mut written = Vec::new();
+    let freed = t.collect_ended_into(&mut |pid, _, vmas| {
+        written.extend(vmas.map(|v| (pid, v.life, v.file, v.faults, v.unmapped_ns)))
+    });
+    assert_eq!(
+        written,
+        vec![(3, Some(1), Some("/a".to_string()), 4, Some(21))],
+        "the unmapped mapping, described in full"
+    );
+    assert_eq!(freed.len(), 1);
+    assert_eq!(freed[0].rows, vec![key(3, 1, access::WRITE)]);
+    assert_eq!(freed[0].lives, vec![(1, 0)]);
+    assert_eq!(freed[0].counted, vec![(4, 0, "driver")]);
+    assert!(!freed[0].whole, "the process's own counts stay");
+
+    let p = t.summary(40).processes.remove(0);
+    assert_eq!(
+        p.faults.total, 8,
+        "the collected mapping's faults still count"
+    );
+    assert_eq!(p.by_kind.get("driver"), Some(&8));
+    assert_eq!(p.vmas_ended, 1);
+    let lives: Vec<_> = p.vmas.iter().map(|v| v.life).collect();
+    assert_eq!(
+        lives,
+        vec![Some(2)],
+        "written once: not again with the process"
+    );
+    assert_eq!(p.vmas[0].file.as_deref(), Some("/b"), "its origin is kept");
+    assert!(
+        t.held().contains("0 unmaps"),
+        "no lifetime left needs the unmaps: {}",
+        t.held()
+    );
+
+    // A fault counted on the old lifetime after the snapshot (its struct
+    // reused for a mapping of the same shape) joins the sums.
+    t.count_late(&[(3, "driver", 1, 0)]);
+    let p = t.summary(40).processes.remove(0);
+    assert_eq!((p.faults.total, p.ended_late), (9, 1));
+    let again = t.collect_ended_into(&mut |_, _, _| panic!("nothing more ended"));
+    assert!(again.is_empty());
 }
 
 #[test]

@@ -37,6 +37,10 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         0 => String::new(),
         n => format!("; {n} quieter mappings not shown (all in --json)"),
     };
+    let dropped = match p.vmas_ended {
+        0 => dropped,
+        n => format!("{dropped}; {n} ended mappings counted, not shown (in --json)"),
+    };
     f.render_widget(
         Paragraph::new(format!(
             " pid {} {}{label}{exited}: {} faults ({} major), {}/s{kernel}{dropped}",
