@@ -4,7 +4,10 @@
 //! - `vmas`: a process with 200,000 VMAs, by `--pid`, with `--no-tui` and under
 //!   the live screen (peak RSS, summary time after its exit, CPU per tick while it
 //!   sleeps against a 1,000-VMA process, events lost);
-//! - `forks`: 200 forks of a process with 20,000 mappings (peak RSS).
+//! - `forks`: 200 forks of a process with 20,000 mappings (peak RSS);
+//! - `churn`: 30 s of one process mapping, splitting and unmapping at one
+//!   address (RSS at 10 s and at the end, lifetimes collected while it runs,
+//!   full tables, unknown faults).
 use crate::bench::{bench_dir, cpu_seconds, wait_for_header};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -32,18 +35,104 @@ fn mib(kib: u64) -> f64 {
 
 /// The export's summary, and its `process` records' count.
 fn read_export(json: &Path) -> Result<(Value, u64)> {
+    let (summary, records, _) = read_export_all(json)?;
+    Ok((summary, records))
+}
+
+/// The export's summary, its `process` records' count and how many mappings
+/// its `mappings` records hold.
+fn read_export_all(json: &Path) -> Result<(Value, u64, u64)> {
     let file = std::fs::File::open(json).with_context(|| format!("{}", json.display()))?;
     let mut summary = Value::Null;
-    let mut records = 0;
+    let (mut records, mut ended) = (0, 0);
     for line in BufReader::new(file).lines() {
         let line = line?;
         if line.starts_with("{\"type\":\"process\"") {
             records += 1;
+        } else if line.starts_with("{\"type\":\"mappings\"") {
+            let v: Value = serde_json::from_str(&line)?;
+            ended += v["vmas"].as_array().map_or(0, |a| a.len() as u64);
         } else if line.starts_with("{\"type\":\"summary\"") {
             summary = serde_json::from_str(&line)?;
         }
     }
-    Ok((summary, records))
+    Ok((summary, records, ended))
+}
+
+/// Runs `rmaptrace --no-tui --duration SECS --json JSON -- CMD` and samples
+/// its RSS at 10 s, half way and 2 s before the end: (at s, KiB).
+fn sampled_run(bin: &Path, secs: u64, json: &Path, cmd: &[&str]) -> Result<Vec<(u64, u64)>> {
+    let _ = std::fs::remove_file(json);
+    let mut tracer = Command::new(bin)
+        .args(["--no-tui", "--duration", &secs.to_string(), "--json"])
+        .arg(json)
+        .arg("--")
+        .args(cmd)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let pid = tracer.id();
+    wait_for_header(json, Duration::from_secs(60))?;
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    for at in [10, secs / 2, secs - 2] {
+        std::thread::sleep(Duration::from_secs(at).saturating_sub(started.elapsed()));
+        samples.push((at, status_kib(pid, "VmRSS").unwrap_or(0)));
+    }
+    tracer.wait()?;
+    Ok(samples)
+}
+
+fn rss_line(samples: &[(u64, u64)]) -> (String, f64) {
+    let rss = |i: usize| mib(samples[i].1);
+    let growth = (rss(2) - rss(0)) / rss(0) * 100.0;
+    let line = format!(
+        "RSS {:.1} MiB at {} s, {:.1} MiB at {} s, {:.1} MiB at {} s ({growth:+.1}% from 10 s; goal within 10%)",
+        rss(0),
+        samples[0].0,
+        rss(1),
+        samples[1].0,
+        rss(2),
+        samples[2].0
+    );
+    (line, growth)
+}
+
+/// A server's buffer churn for `secs`: one process maps, splits and unmaps at
+/// one address about 8000 times a second, two lifetimes a cycle, several
+/// times the lifetime table's size in all.
+fn churn(bin: &Path, secs: u64) -> Result<Value> {
+    let json = bench_dir().join("churn.json");
+    let wl = bin.to_string_lossy().into_owned();
+    let samples = sampled_run(
+        bin,
+        secs,
+        &json,
+        &[&wl, "workload", "mmap-churn", "--pages", "100000000"],
+    )?;
+    let (summary, _, ended) = read_export_all(&json)?;
+    let t = &summary["totals"];
+    let (rss, growth) = rss_line(&samples);
+    println!(
+        "churn: {secs} s of mmap/mprotect/unmap at one address: {} lifetimes started, {ended} \
+         written while it ran, {} faults, unknown {}, unseen {}, tables full {}, events lost {}",
+        summary["counters"]["lifetimes_started"],
+        t["faults"]["total"],
+        t["by_kind"]["unknown"].as_u64().unwrap_or(0),
+        t["unseen"],
+        summary["tables_full"],
+        summary["events_lost"]
+    );
+    println!("churn: {rss}");
+    Ok(json!({
+        "seconds": secs, "lifetimes_started": summary["counters"]["lifetimes_started"],
+        "lifetimes_written_while_running": ended,
+        "faults": t["faults"]["total"], "unknown": t["by_kind"]["unknown"],
+        "unseen": t["unseen"], "tables_full": summary["tables_full"],
+        "events_lost": summary["events_lost"],
+        "rss_mib": samples.iter().map(|(at, k)| json!({"at_s": at, "mib": mib(*k)})).collect::<Vec<_>>(),
+        "rss_growth_percent": growth,
+    }))
 }
 
 /// Polls the tracer's peak RSS (VmHWM) until it exits; returns it in KiB and
@@ -59,27 +148,15 @@ fn watch_peak(pid: u32) -> (u64, Instant) {
 
 fn long(bin: &Path, secs: u64) -> Result<Value> {
     let json = bench_dir().join("long.json");
-    let _ = std::fs::remove_file(&json);
-    let mut tracer = Command::new(bin)
-        .args(["--no-tui", "--duration", &secs.to_string(), "--json"])
-        .arg(&json)
-        .args(["--", "sh", "-c", "while :; do /bin/true; done"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let pid = tracer.id();
-    wait_for_header(&json, Duration::from_secs(60))?;
-    let started = Instant::now();
-    let mut samples = Vec::new();
-    for at in [10, secs / 2, secs - 2] {
-        std::thread::sleep(Duration::from_secs(at).saturating_sub(started.elapsed()));
-        samples.push((at, status_kib(pid, "VmRSS").unwrap_or(0)));
-    }
-    tracer.wait()?;
+    let samples = sampled_run(
+        bin,
+        secs,
+        &json,
+        &["sh", "-c", "while :; do /bin/true; done"],
+    )?;
     let (summary, records) = read_export(&json)?;
     let t = &summary["totals"];
-    let rss = |i: usize| mib(samples[i].1);
-    let growth = (rss(2) - rss(0)) / rss(0) * 100.0;
+    let (rss, growth) = rss_line(&samples);
     println!(
         "long: {secs} s of `while :; do /bin/true; done`: {} processes, {} process records, \
          {} faults, unknown {}, unseen {}, tables full {}, events lost {}",
@@ -91,15 +168,7 @@ fn long(bin: &Path, secs: u64) -> Result<Value> {
         summary["tables_full"],
         summary["events_lost"]
     );
-    println!(
-        "long: RSS {:.1} MiB at {} s, {:.1} MiB at {} s, {:.1} MiB at {} s ({growth:+.1}% from 10 s; goal within 10%)",
-        rss(0),
-        samples[0].0,
-        rss(1),
-        samples[1].0,
-        rss(2),
-        samples[2].0
-    );
+    println!("long: {rss}");
     Ok(json!({
         "seconds": secs, "processes": t["processes"], "process_records": records,
         "faults": t["faults"]["total"], "unknown": t["by_kind"]["unknown"],
@@ -224,5 +293,6 @@ pub fn run(bin: &Path) -> Result<Value> {
         forks["peak_rss_mib"].as_f64().unwrap_or(0.0),
         forks["process_records"]
     );
-    Ok(json!({"long": long, "vmas": vmas, "forks": forks}))
+    let churn = churn(bin, 30)?;
+    Ok(json!({"long": long, "vmas": vmas, "forks": forks, "churn": churn}))
 }

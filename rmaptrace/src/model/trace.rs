@@ -82,11 +82,28 @@ struct ProcessState {
     targeted: bool,
     /// Successful mmaps: where each mapping came from.
     origins: Origins,
+    /// By the time each call was entered ([`ProcessState::add_unmap`]).
     unmaps: Vec<Unmap>,
     /// Lifetime → name from /proc/PID/maps ("" when it had none or was gone).
     names: HashMap<u64, String>,
     /// Its mappings that ended and were collected while it ran.
     ended: ended::Ended,
+}
+
+impl ProcessState {
+    /// Records an unmap, keeping `unmaps` in the order the calls were entered
+    /// (they arrive nearly so, as they return).
+    fn add_unmap(&mut self, u: Unmap) {
+        let at = self.unmaps.partition_point(|x| x.enter_ns <= u.enter_ns);
+        self.unmaps.insert(at, u);
+    }
+
+    /// The unmaps entered after `ns`: those that can have changed a lifetime
+    /// first seen then. A search, so that a process that unmaps all day does
+    /// not cost each lifetime a scan of its history.
+    fn unmaps_after(&self, ns: u64) -> &[Unmap] {
+        &self.unmaps[self.unmaps.partition_point(|u| u.enter_ns <= ns)..]
+    }
 }
 
 pub struct Trace {
@@ -548,7 +565,7 @@ impl Trace {
                             st.targeted = true;
                         }
                         // A new mm: every mapping of the old one is gone.
-                        st.unmaps.push(Unmap {
+                        st.add_unmap(Unmap {
                             start: 0,
                             end: u64::MAX,
                             enter_ns: t.header.ts_ns,
@@ -793,7 +810,7 @@ impl Trace {
     fn unmapped(&mut self, enter: &SyscallEvent, start: u64, len: u64, exit_ns: u64) {
         self.unmaps_seen += 1;
         let st = self.state_mut(enter.header.tgid, exit_ns);
-        st.unmaps.push(Unmap {
+        st.add_unmap(Unmap {
             start,
             end: start.saturating_add(len.next_multiple_of(4096)),
             enter_ns: enter.header.ts_ns,
@@ -844,28 +861,31 @@ impl Trace {
         if rec.ended_ns != 0 {
             return Some(rec.ended_ns);
         }
-        p.unmaps
-            .iter()
-            .filter(|u| {
-                u.start <= start
-                    && end <= u.end
-                    && u.enter_ns > rec.first_ns
-                    && u.exit_ns >= last_ns
-            })
-            .map(|u| u.exit_ns)
-            .min()
-            .or(p.exit_ns)
+        // In the order the calls were entered: none entered after the
+        // earliest return found can return before it.
+        let mut first: Option<u64> = None;
+        for u in p.unmaps_after(rec.first_ns) {
+            if first.is_some_and(|f| u.enter_ns > f) {
+                break;
+            }
+            if u.start <= start && end <= u.end && u.exit_ns >= last_ns {
+                first = Some(first.map_or(u.exit_ns, |f| f.min(u.exit_ns)));
+            }
+        }
+        first.or(p.exit_ns)
     }
 
     /// The range a lifetime last looked up as [start, end) had at the end of its
     /// life: an unmap of its first or last part after it was seen (munmap, an
-    /// mmap with MAP_FIXED over it) leaves the kernel's VMA shorter.
-    fn final_range(&self, pid: u32, rec: &VmaRecord) -> (u64, u64) {
+    /// mmap with MAP_FIXED over it) leaves the kernel's VMA shorter. Calls
+    /// entered after `until` (when it ended, if known) changed it no more.
+    fn final_range(&self, pid: u32, rec: &VmaRecord, until: Option<u64>) -> (u64, u64) {
         let (mut start, mut end) = (rec.info.vm_start, rec.info.vm_end);
         let Some(p) = self.processes.get(&pid) else {
             return (start, end);
         };
-        for u in p.unmaps.iter().filter(|u| u.enter_ns > rec.first_ns) {
+        let before_end = |u: &&Unmap| until.is_none_or(|t| u.enter_ns < t);
+        for u in p.unmaps_after(rec.first_ns).iter().take_while(before_end) {
             if u.start <= start && start < u.end && u.end < end {
                 start = u.end;
             } else if start < u.start && u.start < end && end <= u.end {
@@ -929,7 +949,7 @@ impl Trace {
             if rows.is_empty() {
                 continue;
             }
-            let (start, end) = self.final_range(rec.tgid, rec);
+            let (start, end) = self.final_range(rec.tgid, rec, None);
             let last_ns = rows.iter().map(|(_, t)| t.last_ns).max().unwrap_or(0);
             let mut c = Candidate {
                 life: *life,
@@ -1267,7 +1287,8 @@ impl Trace {
         }
         let rec = life.and_then(|l| self.snapshot.record(l));
         let last_ns = rows.iter().map(|(_, t)| t.last_ns).max().unwrap_or(0);
-        let (start, end) = rec.map_or((0, 0), |r| self.final_range(pid, r));
+        let unmapped = rec.and_then(|r| self.unmapped_ns(pid, r, last_ns));
+        let (start, end) = rec.map_or((0, 0), |r| self.final_range(pid, r, unmapped));
         let life = life.and_then(NonZeroU64::new);
         Some(Span {
             rows: life,
@@ -1279,9 +1300,7 @@ impl Trace {
             start,
             end,
             first_seen: rec.and_then(|r| NonZeroU64::new(r.first_ns)),
-            unmapped: rec
-                .and_then(|r| self.unmapped_ns(pid, r, last_ns))
-                .and_then(NonZeroU64::new),
+            unmapped: unmapped.and_then(NonZeroU64::new),
         })
     }
 

@@ -266,9 +266,16 @@ impl Trace {
                     .take_while(|u| u.start + longest >= end)
                     .any(|u| u.end >= end && u.enter_ns > o.exit_ns())
             };
+            // The call each remaining lifetime takes as its origin.
+            let taken: HashSet<(u64, u64)> = live
+                .items
+                .iter()
+                .filter_map(|&(start, _, first)| st.origins.covering(start, first))
+                .map(|o| (o.start, o.ts_ns))
+                .collect();
             st.origins.retain(|o| {
                 let end = o.start.saturating_add(o.len);
-                let needed = live.overlapping(o.start, end).next().is_some()
+                let needed = taken.contains(&(o.start, o.ts_ns))
                     || waiting.iter().any(|&(a, _)| o.start <= a && a < end);
                 needed || !undone(o)
             });
