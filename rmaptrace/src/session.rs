@@ -583,7 +583,19 @@ fn tick_tables(
 ) -> Result<()> {
     let started = std::time::Instant::now();
     trace.release_snapshot();
-    let snap = probes.snapshot()?;
+    // The ring buffer is read while the tables are, its events kept for after
+    // them: the model takes the tables as of before those events.
+    let mut later = Vec::new();
+    let snap = probes.snapshot_beside(|| {
+        let mut any = false;
+        while let Some(item) = ring.next() {
+            later.extend(decode(&item));
+            any = true;
+        }
+        if !any {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    })?;
     let rows = (snap.faults.len(), snap.vmas.len());
     trace.set_snapshot(snap);
     let read = started.elapsed();
@@ -615,6 +627,11 @@ fn tick_tables(
     // The events that came meanwhile, before the screen's summary: the ring
     // buffer is read on this thread, and a process mapping fast fills it in
     // well under a second.
+    for ev in later {
+        if let Some(rec) = trace.on_event(ev) {
+            out.record(&rec);
+        }
+    }
     drain(ring, trace, out);
     // Each tick's tables come and go in sizes that vary: give the freed
     // memory back so that a long trace's RSS stays flat.

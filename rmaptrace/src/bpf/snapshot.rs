@@ -6,7 +6,7 @@ use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap};
 use rmaptrace_common::{FaultKey, FaultStats, LifeEntry, ProcStats, ThreadAcct, VmaRecord};
 
 use super::{batch, loader::Probes};
-use crate::model::snapshot::{Counters, FaultTotals, ProcTotals, Snapshot};
+use crate::model::snapshot::{Counters, FaultTotals, Lifetime, Names, ProcTotals, Snapshot};
 
 impl Probes {
     /// Frees the kernel rows of processes the model retired, or of mappings
@@ -102,6 +102,26 @@ impl Probes {
         Ok(snap)
     }
 
+    /// [`Probes::snapshot`], read on a second thread while this one calls
+    /// `meanwhile` again and again (to keep the ring buffer read: a process
+    /// mapping fast fills it in less time than 131k lifetimes take to read).
+    pub fn snapshot_beside(&self, mut meanwhile: impl FnMut()) -> Result<Snapshot> {
+        if batches_allowed() {
+            let fds = self.table_fds()?;
+            let read = std::thread::scope(|s| {
+                let reader = s.spawn(move || read_batched(fds));
+                while !reader.is_finished() {
+                    meanwhile();
+                }
+                reader.join().expect("the tables' reader")
+            })?;
+            if let Some(snap) = read {
+                return Ok(snap);
+            }
+        }
+        self.snapshot()
+    }
+
     /// Detaches the programs and, meanwhile, hands `f` the tables: for an end
     /// where nothing can change them (every traced process exited, and none
     /// can join). Where the kernel cannot read them in batches, they are read
@@ -170,8 +190,11 @@ fn read_batched(fds: TableFds) -> Result<Option<Snapshot>> {
     let per_cpu = |len: usize| len.next_multiple_of(8) * cpus;
     let mut snap = Snapshot::default();
     let t0 = std::time::Instant::now();
+    let mut names = Names::default();
     let batched = batch::for_each(fds.vmas, std::mem::size_of::<VmaRecord>(), |key: u64, v| {
-        snap.vmas.push((key, batch::value(v)))
+        let rec: VmaRecord = batch::value(v);
+        snap.vmas
+            .push((key, Lifetime::from_kernel(&rec, &mut names)))
     })?;
     if !batched {
         return Ok(None);
@@ -247,8 +270,11 @@ impl Probes {
         let procs: PerCpuHashMap<&MapData, u32, ProcStats> =
             PerCpuHashMap::try_from(ebpf.map("PROCS").context("PROCS map")?)?;
         // Lifetimes before fault rows, as in `read_batched`.
+        let mut names = Names::default();
         for item in vmas.iter() {
-            snap.vmas.push(item?);
+            let (life, rec) = item?;
+            snap.vmas
+                .push((life, Lifetime::from_kernel(&rec, &mut names)));
         }
         for item in faults.iter() {
             let (key, per_cpu) = item?;

@@ -1,6 +1,6 @@
 //! What kind of memory a VMA is, decided the way mm/ decides which code serves it.
+use super::snapshot::Vma;
 pub use rmaptrace_common::vm_flags::*;
-use rmaptrace_common::VmaInfo;
 use serde::Serialize;
 
 const S_IFMT: u16 = 0o170000;
@@ -41,13 +41,13 @@ impl Kind {
 
 /// Classifies a VMA from what the kernel said about it and the name of its
 /// `vm_ops->fault` handler (None when the handler is absent or unnamed).
-pub fn classify(info: &VmaInfo, handler: Option<&str>) -> Kind {
+pub fn classify(info: &Vma, handler: Option<&str>) -> Kind {
     if info.vm_flags & VM_HUGETLB != 0 {
         return Kind::Hugetlb;
     }
     // The kernel's own test (vma_is_anonymous): private /dev/zero lands here too,
     // with vm_file still set.
-    if info.vm_ops == 0 {
+    if !info.has_ops {
         return Kind::Anon;
     }
     match handler {
@@ -59,7 +59,7 @@ pub fn classify(info: &VmaInfo, handler: Option<&str>) -> Kind {
     if info.vm_flags & (VM_IO | VM_PFNMAP | VM_MIXEDMAP) != 0 {
         return Kind::Driver;
     }
-    if info.file == 0 {
+    if !info.has_file {
         return Kind::Special;
     }
     if info.i_mode & S_IFMT == S_IFCHR {
@@ -84,8 +84,8 @@ pub fn prot_string(vm_flags: u64) -> String {
 }
 
 /// The device number of a char-device mapping, as `major:minor`.
-pub fn char_device(info: &VmaInfo) -> Option<String> {
-    if info.file != 0 && info.i_mode & S_IFMT == S_IFCHR {
+pub fn char_device(info: &Vma) -> Option<String> {
+    if info.has_file && info.i_mode & S_IFMT == S_IFCHR {
         // The kernel's internal dev_t: 12 bits major, 20 bits minor.
         Some(format!("{}:{}", info.rdev >> 20, info.rdev & 0xfffff))
     } else {
@@ -97,10 +97,10 @@ pub fn char_device(info: &VmaInfo) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn vma(vm_ops: u64, file: u64, i_mode: u16, vm_flags: u64) -> VmaInfo {
-        VmaInfo {
-            vm_ops,
-            file,
+    fn vma(vm_ops: u64, file: u64, i_mode: u16, vm_flags: u64) -> Vma {
+        Vma {
+            has_ops: vm_ops != 0,
+            has_file: file != 0,
             i_mode,
             vm_flags,
             ..Default::default()
@@ -159,13 +159,13 @@ mod tests {
     fn prot_and_device() {
         assert_eq!(prot_string(VM_READ | VM_WRITE), "rw-p");
         assert_eq!(prot_string(VM_READ | VM_EXEC | VM_SHARED), "r-xs");
-        let dev = VmaInfo {
-            file: 1,
+        let dev = Vma {
+            has_file: true,
             i_mode: S_IFCHR,
             rdev: (10 << 20) | 232,
             ..Default::default()
         };
         assert_eq!(char_device(&dev).as_deref(), Some("10:232"));
-        assert_eq!(char_device(&VmaInfo::default()), None);
+        assert_eq!(char_device(&Vma::default()), None);
     }
 }

@@ -1,9 +1,98 @@
 //! A point-in-time copy of the in-kernel aggregates, as plain data. The kernel maps
 //! are cumulative, so each snapshot replaces the previous one.
+use std::sync::Arc;
+
 use rmaptrace_common::{
-    counter, latency_bucket_floor, FaultKey, FaultStats, ThreadAcct, VmaRecord, LAT_BUCKETS,
+    counter, latency_bucket_floor, FaultKey, FaultStats, ThreadAcct, VmaInfo, VmaRecord,
+    LAT_BUCKETS,
 };
 use serde::Serialize;
+
+/// What userspace uses of the kernel's description of a VMA ([`VmaInfo`]):
+/// half its size, its file name shared. A process with 131k mappings holds
+/// one per mapping.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Vma {
+    /// The `struct vm_area_struct *`, to free its live-VMA entry.
+    pub vma: u64,
+    pub vm_start: u64,
+    pub vm_end: u64,
+    pub vm_flags: u64,
+    /// `vm_ops->fault`.
+    pub fault_fn: u64,
+    pub ino: u64,
+    pub rdev: u32,
+    pub lock_seq: u32,
+    pub i_mode: u16,
+    /// `vm_ops` set: the kernel's own test for a VMA that is not anonymous.
+    pub has_ops: bool,
+    pub has_file: bool,
+    /// Base name of the mapped file's dentry.
+    pub name: Option<Arc<str>>,
+}
+
+impl Vma {
+    /// The kernel's description, its name taken from `names` where it is
+    /// already there.
+    pub fn from_kernel(info: &VmaInfo, names: &mut Names) -> Self {
+        Vma {
+            vma: info.vma,
+            vm_start: info.vm_start,
+            vm_end: info.vm_end,
+            vm_flags: info.vm_flags,
+            fault_fn: info.fault_fn,
+            ino: info.ino,
+            rdev: info.rdev,
+            lock_seq: info.lock_seq,
+            i_mode: info.i_mode,
+            has_ops: info.vm_ops != 0,
+            has_file: info.file != 0,
+            name: names.get(&info.name),
+        }
+    }
+}
+
+/// Dentry names as the kernel's records carry them (NUL-padded), one copy
+/// each.
+#[derive(Default)]
+pub struct Names(std::collections::HashMap<[u8; rmaptrace_common::VMA_NAME_LEN], Arc<str>>);
+
+impl Names {
+    fn get(&mut self, raw: &[u8; rmaptrace_common::VMA_NAME_LEN]) -> Option<Arc<str>> {
+        if raw[0] == 0 {
+            return None;
+        }
+        Some(
+            self.0
+                .entry(*raw)
+                .or_insert_with(|| crate::model::event::c_str(raw).into())
+                .clone(),
+        )
+    }
+}
+
+/// A mapping lifetime as userspace keeps it ([`VmaRecord`], compact).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lifetime {
+    pub tgid: u32,
+    /// When it was first seen, and when the kernel saw it end (split or
+    /// shrunk; 0 while it did not).
+    pub first_ns: u64,
+    pub ended_ns: u64,
+    /// The VMA as last looked up.
+    pub info: Vma,
+}
+
+impl Lifetime {
+    pub fn from_kernel(r: &VmaRecord, names: &mut Names) -> Self {
+        Lifetime {
+            tgid: r.tgid,
+            first_ns: r.first_ns,
+            ended_ns: r.ended_ns,
+            info: Vma::from_kernel(&r.info, names),
+        }
+    }
+}
 
 /// A latency histogram that stores only its non-empty buckets, sorted: most VMAs
 /// use a handful of the 96, and rmaptrace holds one per VMA (100k VMAs at 768
@@ -262,7 +351,7 @@ pub fn row_life(key: &FaultKey) -> Option<u64> {
 pub struct Snapshot {
     pub faults: Vec<(FaultKey, FaultTotals)>,
     /// Mapping lifetimes by id.
-    pub vmas: Vec<(u64, VmaRecord)>,
+    pub vmas: Vec<(u64, Lifetime)>,
     /// The kernel's counters of each followed thread, by tid.
     pub threads: Vec<(u32, ThreadAcct)>,
     /// Per process, faults that found the per-VMA table full.
@@ -280,7 +369,7 @@ impl Snapshot {
     }
 
     /// A lifetime's description (the snapshot sorted).
-    pub fn record(&self, life: u64) -> Option<&VmaRecord> {
+    pub fn record(&self, life: u64) -> Option<&Lifetime> {
         self.vmas
             .binary_search_by_key(&life, |(l, _)| *l)
             .ok()

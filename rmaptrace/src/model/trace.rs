@@ -7,7 +7,7 @@ use std::{
 
 use rmaptrace_common::{
     access, event_kind, vma_status, FaultEvent, FaultKey, MmapExitEvent, SyscallEvent,
-    UnresolvedFault, VmaInfo, VmaRecord,
+    UnresolvedFault,
 };
 use serde::Serialize;
 
@@ -17,7 +17,7 @@ use super::{
     origins::{Origin, Origins, PathNames},
     path,
     small_map::SmallMap,
-    snapshot::{row_life, FaultTotals, Snapshot},
+    snapshot::{row_life, FaultTotals, Lifetime, Names, Snapshot, Vma},
     summary::{
         FaultCounts, HandlerTime, KernelCounts, Latency, ProcessSummary, Summary, Totals,
         VmaSummary,
@@ -115,7 +115,9 @@ pub struct Trace {
     pending: HashMap<u32, SyscallEvent>,
     snapshot: Snapshot,
     /// VMA descriptions carried by fault records, for the records that carry none.
-    event_vmas: HashMap<u64, VmaInfo>,
+    event_vmas: HashMap<u64, Vma>,
+    /// File names of the VMAs that fault records carried.
+    event_names: Names,
     backend: &'static str,
     paths_source: &'static str,
     limits: Vec<String>,
@@ -314,6 +316,7 @@ impl Trace {
             pending: HashMap::new(),
             snapshot: Snapshot::default(),
             event_vmas: HashMap::new(),
+            event_names: Names::default(),
             backend: "tracepoint",
             paths_source: "derived",
             limits: Vec::new(),
@@ -377,7 +380,7 @@ impl Trace {
     fn refresh_names(&mut self) {
         let mut wanted: HashMap<u32, Vec<(u64, u64, u64)>> = HashMap::new();
         for (life, rec) in &self.snapshot.vmas {
-            if rec.info.file == 0 {
+            if !rec.info.has_file {
                 continue;
             }
             let named = self
@@ -519,7 +522,7 @@ impl Trace {
         }
     }
 
-    fn kind_of(&self, info: &VmaInfo) -> Kind {
+    fn kind_of(&self, info: &Vma) -> Kind {
         let handler = self.symbols.exact(info.fault_fn).map(|s| s.name);
         classify(info, handler)
     }
@@ -599,21 +602,19 @@ impl Trace {
     /// The VMA of a fault record: carried by the record when the probe had it (the
     /// first fault on every VMA does), else remembered from an earlier record or a
     /// snapshot of the VMA table.
-    fn vma_of_event(&mut self, f: &FaultEvent) -> Option<VmaInfo> {
+    fn vma_of_event(&mut self, f: &FaultEvent) -> Option<Vma> {
         if f.vma_status != vma_status::FOUND {
             return None;
         }
         if f.vma.vm_end != 0 {
-            self.event_vmas.insert(f.life, f.vma);
-            return Some(f.vma);
+            let v = Vma::from_kernel(&f.vma, &mut self.event_names);
+            self.event_vmas.insert(f.life, v.clone());
+            return Some(v);
         }
-        self.event_vmas.get(&f.life).copied().or_else(|| {
-            self.snapshot
-                .vmas
-                .iter()
-                .find(|(k, _)| *k == f.life)
-                .map(|(_, v)| v.info)
-        })
+        self.event_vmas
+            .get(&f.life)
+            .cloned()
+            .or_else(|| self.snapshot.record(f.life).map(|r| r.info.clone()))
     }
 
     fn fault_record(&mut self, f: &FaultEvent) -> FaultRecord {
@@ -628,7 +629,7 @@ impl Trace {
             Some(v) => self.handler_of(v.fault_fn),
             None => (None, None),
         };
-        let vm_flags = vma.map(|v| v.vm_flags).unwrap_or(0);
+        let vm_flags = vma.as_ref().map_or(0, |v| v.vm_flags);
         let path = path::observed_name(f.path).unwrap_or_else(|| {
             path::derive(kind, vm_flags, f.access, f.major != 0, self.swap_in_use)
         });
@@ -855,7 +856,7 @@ impl Trace {
     /// `last_ns`, stopped being mapped: the first call that unmapped its whole
     /// range, entered after the lifetime was first seen and returning after its
     /// last fault; else the process's end.
-    fn unmapped_ns(&self, pid: u32, rec: &VmaRecord, last_ns: u64) -> Option<u64> {
+    fn unmapped_ns(&self, pid: u32, rec: &Lifetime, last_ns: u64) -> Option<u64> {
         let p = self.processes.get(&pid)?;
         let (start, end) = (rec.info.vm_start, rec.info.vm_end);
         if rec.ended_ns != 0 {
@@ -879,7 +880,7 @@ impl Trace {
     /// life: an unmap of its first or last part after it was seen (munmap, an
     /// mmap with MAP_FIXED over it) leaves the kernel's VMA shorter. Calls
     /// entered after `until` (when it ended, if known) changed it no more.
-    fn final_range(&self, pid: u32, rec: &VmaRecord, until: Option<u64>) -> (u64, u64) {
+    fn final_range(&self, pid: u32, rec: &Lifetime, until: Option<u64>) -> (u64, u64) {
         let (mut start, mut end) = (rec.info.vm_start, rec.info.vm_end);
         let Some(p) = self.processes.get(&pid) else {
             return (start, end);
@@ -1039,12 +1040,12 @@ impl Trace {
         &self,
         pid: u32,
         sp: &Span,
-        life: Option<(u64, &VmaRecord)>,
+        life: Option<(u64, &Lifetime)>,
         rows: &[((u8, u8), &FaultTotals)],
     ) -> VmaSummary {
         let mut totals = FaultTotals::default();
         let mut paths: SmallMap<&'static str, u64> = SmallMap::default();
-        let info = life.map(|(_, r)| r.info);
+        let info = life.map(|(_, r)| &r.info);
         let kind = sp.kind;
         let vm_flags = info.map_or(0, |i| i.vm_flags);
         for ((acc, path_id), t) in rows {
@@ -1070,7 +1071,7 @@ impl Trace {
         let origin = self
             .origin_of(pid, seen_start, first_ns.max(1))
             .filter(|_| life.is_some());
-        let has_file = info.is_some_and(|i| i.file != 0);
+        let has_file = info.is_some_and(|i| i.has_file);
         let file = origin
             .and_then(|o| o.path.as_deref())
             .filter(|_| has_file)
@@ -1083,9 +1084,9 @@ impl Trace {
                     .filter(|n| !n.is_empty())
             })
             .or_else(|| {
-                info.filter(|i| i.file != 0)
-                    .map(|i| c_str(&i.name))
-                    .filter(|n| !n.is_empty())
+                info.filter(|i| i.has_file)
+                    .and_then(|i| i.name.as_deref())
+                    .map(str::to_string)
             });
         let (vm_start, vm_end) = (sp.start, sp.end);
         VmaSummary {
@@ -1095,7 +1096,7 @@ impl Trace {
             handler,
             module,
             file,
-            device: info.as_ref().and_then(char_device),
+            device: info.and_then(char_device),
             prot: info.map(|i| prot_string(i.vm_flags)).unwrap_or_default(),
             origin: origin.map(Self::describe_origin),
             life: life.map(|(id, _)| id),

@@ -98,12 +98,12 @@ fn fault_row() -> impl Strategy<Value = (FaultKey, FaultTotals)> {
         )
 }
 
-fn lifetime() -> impl Strategy<Value = (u64, VmaRecord)> {
+fn lifetime() -> impl Strategy<Value = (u64, Lifetime)> {
     (0u64..8, 1u32..4, prop::collection::vec(any::<u8>(), 0..300)).prop_map(
         |(life, tgid, bytes)| {
-            let mut rec: VmaRecord = from_bytes(&bytes);
+            let mut rec: rmaptrace_common::VmaRecord = from_bytes(&bytes);
             rec.tgid = tgid;
-            (life, rec)
+            (life, Lifetime::from_kernel(&rec, &mut Names::default()))
         },
     )
 }

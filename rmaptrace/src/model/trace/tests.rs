@@ -5,7 +5,9 @@ use crate::{
     model::event::Event,
     model::snapshot::{Counters, Hist, ProcTotals},
 };
-use rmaptrace_common::{access, path_id, EventHeader, ExitEvent, FaultKey, TaskEvent, ThreadAcct};
+use rmaptrace_common::{
+    access, path_id, EventHeader, ExitEvent, FaultKey, TaskEvent, ThreadAcct, VmaInfo, VmaRecord,
+};
 
 #[derive(Default)]
 struct FakeProc {
@@ -75,20 +77,18 @@ fn key(tgid: u32, life: u64, access: u8) -> FaultKey {
 }
 
 /// Lifetime `life` of process `tgid`, first seen at `first_ns`, starting at `start`.
-fn life(tgid: u32, life: u64, first_ns: u64, start: u64, info: VmaInfo) -> (u64, VmaRecord) {
-    (
-        life,
-        VmaRecord {
-            tgid,
-            _pad: 0,
-            first_ns,
-            ended_ns: 0,
-            info: VmaInfo {
-                vm_start: start,
-                ..info
-            },
+fn life(tgid: u32, life: u64, first_ns: u64, start: u64, info: VmaInfo) -> (u64, Lifetime) {
+    let rec = VmaRecord {
+        tgid,
+        _pad: 0,
+        first_ns,
+        ended_ns: 0,
+        info: VmaInfo {
+            vm_start: start,
+            ..info
         },
-    )
+    };
+    (life, Lifetime::from_kernel(&rec, &mut Names::default()))
 }
 
 /// A thread followed by the kernel side, `min` faults counted over the trace.
