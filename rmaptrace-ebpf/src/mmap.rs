@@ -58,8 +58,19 @@ fn mmap_returned(tgid: u32, tid: u32, ret: u64) {
     if (ret as i64) >= 0 {
         vma::mapped_file_path(ret);
     }
-    // SAFETY: this CPU's scratch record, complete; the only reference now.
-    if EVENTS.output::<MmapExitEvent>(unsafe { &*ev }, 0).is_err() {
+    send_record(ev);
+}
+
+/// Sends the record built in this CPU's scratch slot, as much of its path as
+/// was filled.
+#[inline(always)]
+fn send_record(ev: *const MmapExitEvent) {
+    // SAFETY: this CPU's scratch record, complete; no reference to it is live.
+    let depth = unsafe { (*ev).depth } as usize;
+    let len = MmapExitEvent::sent_len(depth);
+    // SAFETY: `len` is at most the record's size: these bytes are the record's.
+    let bytes = unsafe { core::slice::from_raw_parts(ev.cast::<u8>(), len) };
+    if EVENTS.output::<[u8]>(bytes, 0).is_err() {
         bump(counter::EVENTS_LOST);
     }
 }
@@ -192,11 +203,8 @@ pub fn do_mmap_fexit(ctx: FExitContext) -> i32 {
         return 0;
     };
     // SAFETY: this CPU's scratch record, reached through this one reference.
-    let ev = unsafe { &mut *ev };
-    vma::walk_file(ctx.arg(0), ev);
-    if EVENTS.output::<MmapExitEvent>(ev, 0).is_err() {
-        bump(counter::EVENTS_LOST);
-    }
+    vma::walk_file(ctx.arg(0), unsafe { &mut *ev });
+    send_record(ev);
     0
 }
 
@@ -274,11 +282,8 @@ pub fn do_mmap_kretprobe(ctx: RetProbeContext) -> u32 {
         return 0;
     };
     // SAFETY: this CPU's scratch record, reached through this one reference.
-    let ev = unsafe { &mut *ev };
-    vma::walk_file(args.file, ev);
-    if EVENTS.output::<MmapExitEvent>(ev, 0).is_err() {
-        bump(counter::EVENTS_LOST);
-    }
+    vma::walk_file(args.file, unsafe { &mut *ev });
+    send_record(ev);
     0
 }
 

@@ -68,7 +68,7 @@ impl DemoArgs {
             json: self.json.clone(),
             duration: self.duration,
             no_tui: self.no_tui,
-            ring_mib: 8,
+            ring_mib: 4,
             ..TraceArgs::default()
         }
     }
@@ -97,8 +97,9 @@ pub struct TraceArgs {
     /// How to hook the fault path: fentry, kprobe, tracepoint, or the best available.
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     pub backend: Backend,
-    /// Ring buffer size in MiB (a power of two).
-    #[arg(long, default_value_t = 8, value_name = "MIB")]
+    /// Ring buffer size in MiB (a power of two). It is mapped twice into
+    /// rmaptrace (records wrap around), so it costs twice this in RSS.
+    #[arg(long, default_value_t = 4, value_name = "MIB")]
     pub ring_mib: u32,
     /// Command to run and trace from its first instruction; rmaptrace exits with its status.
     /// (Taken as bytes: a program's name need not be UTF-8.)

@@ -1,6 +1,6 @@
 //! Decodes ring buffer records. Records come from the kernel but are still checked
 //! for size before they are read: a short record is an error, never a panic.
-use rmaptrace_common::{event_kind, EventHeader};
+use rmaptrace_common::{event_kind, EventHeader, MmapExitEvent};
 
 use crate::model::event::Event;
 
@@ -12,11 +12,23 @@ fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
     Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr() as *const T) })
 }
 
+/// An mmap record, sent with only the path components it filled.
+fn read_mmap(bytes: &[u8]) -> Option<MmapExitEvent> {
+    if bytes.len() < MmapExitEvent::sent_len(0) {
+        return None;
+    }
+    let mut whole = [0u8; std::mem::size_of::<MmapExitEvent>()];
+    let n = bytes.len().min(whole.len());
+    whole[..n].copy_from_slice(&bytes[..n]);
+    let ev: MmapExitEvent = read(&whole)?;
+    (bytes.len() >= MmapExitEvent::sent_len(ev.depth as usize)).then_some(ev)
+}
+
 pub fn decode(bytes: &[u8]) -> Option<Event> {
     let header: EventHeader = read(bytes)?;
     match header.kind {
         event_kind::FAULT => read(bytes).map(Event::Fault),
-        event_kind::MMAP_EXIT | event_kind::KERNEL_MMAP => read(bytes).map(Event::MmapExit),
+        event_kind::MMAP_EXIT | event_kind::KERNEL_MMAP => read_mmap(bytes).map(Event::MmapExit),
         event_kind::MMAP_ENTER
         | event_kind::MUNMAP
         | event_kind::MREMAP_ENTER
@@ -47,6 +59,31 @@ mod tests {
         assert!(
             decode(&bytes).is_none(),
             "an exit-sized record is too short for a fault"
+        );
+    }
+
+    #[test]
+    fn mmap_records_carry_only_their_filled_path() {
+        let mut ev: MmapExitEvent =
+            read(&[0u8; std::mem::size_of::<MmapExitEvent>()]).expect("a whole record");
+        ev.depth = 2;
+        ev.header.kind = event_kind::MMAP_EXIT;
+        ev.path[1][0] = b'x';
+        // SAFETY: a repr(C) plain-data record, viewed as its bytes.
+        let whole = unsafe {
+            std::slice::from_raw_parts(
+                (&ev as *const MmapExitEvent).cast::<u8>(),
+                std::mem::size_of::<MmapExitEvent>(),
+            )
+        };
+        let sent = &whole[..MmapExitEvent::sent_len(2)];
+        match decode(sent) {
+            Some(Event::MmapExit(m)) => assert_eq!((m.depth, m.path[1][0]), (2, b'x')),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            decode(&sent[..MmapExitEvent::sent_len(1)]).is_none(),
+            "shorter than its own depth says"
         );
     }
 }
