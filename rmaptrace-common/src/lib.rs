@@ -590,10 +590,12 @@ pub struct KernelOffsets {
     pub vm_fault_retry: u32,
     pub vm_fault_fallback: u32,
     pub vm_fault_error: u32,
-    /// `sizeof(struct vm_area_struct)` and `kmem_cache.object_size`: VMA
-    /// structs freed are recognised by their cache's object size (0: off).
+    /// `sizeof(struct vm_area_struct)`, `kmem_cache.object_size` and
+    /// `kmem_cache.name`: the VMA cache is recognised by its object size and
+    /// its name (`vma_size` 0: freed VMA structs are not looked for).
     pub vma_size: u32,
     pub kmem_cache_object_size: u32,
+    pub kmem_cache_name: u32,
     /// Non-zero once userspace filled the struct; programs do nothing before that.
     pub ready: u32,
 }

@@ -11,7 +11,7 @@
 use aya_ebpf::{
     helpers::bpf_get_smp_processor_id,
     macros::{map, raw_tracepoint},
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::RawTracePointContext,
 };
 use rmaptrace_common::{counter, vma_ident, LifeEntry, VmaInfo, VmaRecord};
@@ -31,6 +31,7 @@ static NEXT_LIFE: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 static SCRATCH_RECORD: PerCpuArray<VmaRecord> = PerCpuArray::with_max_entries(1, 0);
 
 const BPF_ANY: u64 = 0;
+const BPF_NOEXIST: u64 = 1;
 
 /// The lifetime of the VMA `info` describes (just looked up), starting one if it
 /// is new; 0 when the tables are full. Keeps the lifetime's description current
@@ -39,7 +40,8 @@ const BPF_ANY: u64 = 0;
 pub fn life_of(info: &VmaInfo, tgid: u32, now: u64) -> u64 {
     let base = info.vm_pgoff.wrapping_sub(info.vm_start >> 12);
     let ident = vma_ident(info.vm_ops, info.file, info.vm_flags);
-    if let Some(e) = LIVES.get_ptr_mut(info.vma) {
+    let known = LIVES.get_ptr_mut(info.vma);
+    if let Some(e) = known {
         // SAFETY: a map value pointer, valid for this run; only this raw pointer
         // is used to reach it.
         unsafe {
@@ -103,7 +105,6 @@ pub fn life_of(info: &VmaInfo, tgid: u32, now: u64) -> u64 {
             return 0;
         }
     }
-    bump(counter::LIFE_STARTED);
     let entry = LifeEntry {
         life,
         mm: info.mm,
@@ -114,32 +115,84 @@ pub fn life_of(info: &VmaInfo, tgid: u32, now: u64) -> u64 {
         ident,
         _pad: 0,
     };
-    if LIVES.insert(info.vma, entry, BPF_ANY).is_err() {
-        bump(counter::LIFE_TABLE_FULL);
+    // A VMA seen for the first time may be seen by two CPUs at once (threads
+    // faulting on a new mapping): the first entry wins, and the other CPU
+    // counts on its lifetime.
+    let flags = if known.is_some() {
+        BPF_ANY
+    } else {
+        BPF_NOEXIST
+    };
+    if LIVES.insert(info.vma, entry, flags).is_err() {
+        // SAFETY: read once, copied out.
+        match unsafe { LIVES.get(info.vma) }.copied() {
+            Some(e)
+                if known.is_none()
+                    && e.mm == info.mm
+                    && e.file == info.file
+                    && e.pgoff_base == base
+                    && e.ident == ident =>
+            {
+                let _ = VMAS.remove(life);
+                return e.life;
+            }
+            _ => bump(counter::LIFE_TABLE_FULL),
+        }
     }
+    bump(counter::LIFE_STARTED);
     life
 }
 
+/// The VMA slab cache (`struct kmem_cache *`), once a free from it was
+/// recognised; 0 before.
+#[map]
+static VMA_CACHE: Array<u64> = Array::with_max_entries(1, 0);
+
 /// `kmem:kmem_cache_free(call_site, ptr, s)`: a slab object is freed. When it
-/// is a VMA struct (its cache's objects are VMA-sized: any other object at the
-/// address of a known VMA struct means that struct was freed too), its
-/// lifetime entry goes, so that the slab handing the pointer to a new VMA of
-/// the same shape at the same address (a split part, a new mapping) never has
-/// the new one taken for the old. A raw tracepoint: `ptr` is a `void *`,
-/// which tp_btf programs cannot read before 6.5.
+/// is a VMA struct, its lifetime entry goes, so that the slab handing the
+/// pointer to a new VMA of the same shape at the same address (a split part, a
+/// new mapping) never has the new one taken for the old. It runs for every
+/// slab free in the system, so after the first VMA free it is a compare of
+/// two pointers (~15 ns) for any other. A raw tracepoint: `ptr` is a
+/// `void *`, which tp_btf programs cannot read before 6.5.
 #[raw_tracepoint(tracepoint = "kmem_cache_free")]
 pub fn kmem_cache_free(ctx: RawTracePointContext) -> i32 {
-    let o = offsets();
-    if o.ready == 0 || o.vma_size == 0 {
+    let Some(known) = VMA_CACHE.get_ptr_mut(0) else {
         return 0;
-    }
+    };
     let cache: u64 = ctx.arg(2);
-    if kernel_read::<u32>(cache, o.kmem_cache_object_size) != o.vma_size {
-        return 0;
+    // SAFETY: the map's one slot; a racing first write stores the same value.
+    unsafe {
+        if cache != *known {
+            if *known != 0 || !is_vma_cache(cache) {
+                return 0;
+            }
+            *known = cache;
+        }
     }
     let vma: u64 = ctx.arg(1);
     let _ = LIVES.remove(vma);
     0
+}
+
+/// Whether `cache` is the kernel's VMA cache: objects of a VMA's size, named
+/// so (another cache may have objects of that size).
+#[inline(always)]
+fn is_vma_cache(cache: u64) -> bool {
+    let o = offsets();
+    if o.ready == 0 || o.vma_size == 0 {
+        return false;
+    }
+    if kernel_read::<u32>(cache, o.kmem_cache_object_size) != o.vma_size {
+        return false;
+    }
+    // "vm_area_struct" and its NUL, as two little-endian words (a byte
+    // compare would be a loop the verifier walks).
+    let name: u64 = kernel_read(cache, o.kmem_cache_name);
+    let head: u64 = kernel_read(name, 0);
+    let tail: u64 = kernel_read(name, 8);
+    head == u64::from_le_bytes(*b"vm_area_")
+        && tail & 0x00ff_ffff_ffff_ffff == u64::from_le_bytes(*b"struct\0\0")
 }
 
 /// An mmap just returned `start` and `vma` covers it, starting there: the

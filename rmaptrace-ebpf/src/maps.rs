@@ -71,6 +71,7 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     vm_fault_error: 0,
     vma_size: 0,
     kmem_cache_object_size: 0,
+    kmem_cache_name: 0,
     ready: 0,
 };
 

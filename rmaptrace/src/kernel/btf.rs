@@ -173,7 +173,13 @@ impl KernelBtf {
         };
         let (flag, reason) = (from_enum("fault_flag"), from_enum("vm_fault_reason"));
         let vma_size = self.struct_named("vm_area_struct")?.size() as u32;
-        let kmem_cache_object_size = self.offset_of("kmem_cache", "object_size").ok();
+        let kmem_cache = (|| -> Result<(u32, u32)> {
+            Ok((
+                self.offset_of("kmem_cache", "object_size")?,
+                self.offset_of("kmem_cache", "name")?,
+            ))
+        })()
+        .ok();
         Ok(KernelOffsets {
             vma_vm_mm: o("vm_area_struct", "vm_mm")?,
             // Read either way (see VmaInfo::lock_seq): any valid offset will do.
@@ -247,8 +253,9 @@ impl KernelBtf {
             .iter()
             .fold(0, |all, (name, v)| all | reason(name, *v)),
             // 0 (VMA structs freed go unnoticed) where either is missing.
-            vma_size: kmem_cache_object_size.map_or(0, |_| vma_size),
-            kmem_cache_object_size: kmem_cache_object_size.unwrap_or(0),
+            vma_size: kmem_cache.map_or(0, |_| vma_size),
+            kmem_cache_object_size: kmem_cache.map_or(0, |k| k.0),
+            kmem_cache_name: kmem_cache.map_or(0, |k| k.1),
             ready: 1,
         })
     }
