@@ -431,7 +431,7 @@ async fn trace(
     let mut group_exits = 0;
     let mut internal_error = false;
     let mut lost_at_sweep = 0;
-    let mut collector = EndedCollector::default();
+    let mut ticks = TickState::default();
     let end_reason: String = loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -468,10 +468,10 @@ async fn trace(
                     lost_at_sweep = lost;
                     // Mappings that ended in running processes: collected
                     // once enough ended, or their lifetimes fill the table.
-                    collector.due = collector.check(&probes, &trace)?;
-                    if sweep || collector.due || trace.has_exited() || (live.shows_data() && pacer.due()) {
+                    ticks.due = ticks.check(&probes, &trace)?;
+                    if sweep || ticks.due || trace.has_exited() || (live.shows_data() && pacer.due()) {
                         let started_tick = std::time::Instant::now();
-                        tick_tables(&mut probes, ring.get_mut(), &mut trace, &mut out, &mut live, sweep, &mut collector)?;
+                        tick_tables(&mut probes, ring.get_mut(), &mut trace, &mut out, &mut live, sweep, &mut ticks)?;
                         pacer.took(started_tick.elapsed());
                     }
                     Ok(())
@@ -579,10 +579,13 @@ fn tick_tables(
     out: &mut Outputs,
     live: &mut Live,
     sweep: bool,
-    collector: &mut EndedCollector,
+    ticks: &mut TickState,
 ) -> Result<()> {
     let started = std::time::Instant::now();
     trace.release_snapshot();
+    // What the programs sent so far is applied before the tables are read.
+    drain(ring, trace, out);
+    let read_ns = monotonic_ns();
     // The ring buffer is read while the tables are, its events kept for after
     // them: the model takes the tables as of before those events.
     let mut later = Vec::new();
@@ -604,19 +607,20 @@ fn tick_tables(
         log::debug!("events were lost: {n} processes had exited unseen");
     }
     // Processes that ended go to the export; their kernel rows are freed.
-    let mut gone = trace.retire_exited_into(&mut |p, vmas| out.process(p, vmas));
-    if collector.due {
+    let settled_ns = std::mem::replace(&mut ticks.last_read_ns, read_ns);
+    let mut gone = trace.retire_exited_into(&mut |p, vmas| out.process(p, vmas), settled_ns);
+    if ticks.due {
         let ended = trace.collect_ended_into(&mut |pid, comm, vmas| out.mappings(pid, comm, vmas));
         log::debug!(
             "collected the ended mappings of {} running processes",
             ended.len()
         );
-        collector.collected(probes, trace)?;
+        ticks.collected(probes, trace)?;
         gone.extend(ended);
     }
     let written = started.elapsed();
     let forgotten = probes.forget(&gone)?;
-    collector.freed += forgotten.lifetimes;
+    ticks.freed += forgotten.lifetimes;
     if !forgotten.late.is_empty() {
         log::debug!(
             "faults counted on collected lifetimes since: {:?}",
@@ -645,17 +649,21 @@ fn tick_tables(
     Ok(())
 }
 
-/// When the ended mappings of running processes are collected: counts of
-/// what ended (unmapping calls seen, lifetimes the kernel saw split) and of
-/// lifetimes freed, against the kernel's count of lifetimes stored.
+/// What the table ticks keep from one to the next: when the ended mappings of
+/// running processes are collected (counts of what ended: unmapping calls
+/// seen, lifetimes the kernel saw split; and of lifetimes freed, against the
+/// kernel's count of lifetimes stored), and when the tables were last read.
 #[derive(Default)]
-struct EndedCollector {
+struct TickState {
     ends_at_last: u64,
     freed: u64,
     due: bool,
+    /// When the previous tick's tables were read (processes that exited
+    /// before are retired).
+    last_read_ns: u64,
 }
 
-impl EndedCollector {
+impl TickState {
     fn ends(probes: &Probes, trace: &Trace) -> Result<u64> {
         Ok(trace.unmaps_seen() + probes.counter(counter::LIFE_SPLIT)?)
     }

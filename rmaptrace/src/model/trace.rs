@@ -1325,12 +1325,15 @@ impl Trace {
     #[cfg(test)]
     pub fn retire_exited(&mut self) -> (Vec<Retired>, Vec<ProcessSummary>) {
         let mut written = Vec::new();
-        let gone = self.retire_exited_into(&mut |p, vmas| {
-            let mut p = p.clone();
-            p.vmas = vmas.collect();
-            p.vmas_dropped = 0;
-            written.push(p);
-        });
+        let gone = self.retire_exited_into(
+            &mut |p, vmas| {
+                let mut p = p.clone();
+                p.vmas = vmas.collect();
+                p.vmas_dropped = 0;
+                written.push(p);
+            },
+            u64::MAX,
+        );
         (gone, written)
     }
 
@@ -1343,27 +1346,30 @@ impl Trace {
     /// The caller frees the returned rows before the next snapshot is taken:
     /// the next retirement then forgets these pids (a later process with one of
     /// them is a new process).
-    pub fn retire_exited_into(&mut self, sink: &mut VmaSink<'_>) -> Vec<Retired> {
+    ///
+    /// Only processes that exited before `settled_ns` go: the threads of a
+    /// process exit at nearly the same moment but one at a time, and more than
+    /// one may see the last one's exit (its count of live threads read after
+    /// the decrement), so the first exit seen is not the last to come. The
+    /// caller gives the time the previous snapshot was read: every thread's
+    /// exit record has been applied by then, and its counters row is gone.
+    pub fn retire_exited_into(&mut self, sink: &mut VmaSink<'_>, settled_ns: u64) -> Vec<Retired> {
         let freed = std::mem::take(&mut self.retired_last);
         self.forget_retired(&freed);
         let exited: Vec<u32> = self
             .processes
             .iter()
-            .filter(|(_, p)| p.exit_ns.is_some())
+            .filter(|(_, p)| p.exit_ns.is_some_and(|t| t < settled_ns))
             .map(|(pid, _)| *pid)
             .collect();
+        let leaving: std::collections::HashSet<u32> = exited.iter().copied().collect();
         if exited.is_empty() {
             return Vec::new();
         }
         let summaries = self.process_summaries(Some(&exited), Keep(KEEP_VMAS), sink);
         // What the summaries counted is what is freed: the exited processes'
         // own rows and lifetimes (a reused pid's later ones are not theirs).
-        let exited_own = |pid: u32, at: u64| {
-            self.processes
-                .get(&pid)
-                .is_some_and(|p| p.exit_ns.is_some())
-                && self.is_current(pid, at)
-        };
+        let exited_own = |pid: u32, at: u64| leaving.contains(&pid) && self.is_current(pid, at);
         let mut lives_of: HashMap<u32, Vec<(u64, u64)>> = HashMap::new();
         for (life, r) in &self.snapshot.vmas {
             if exited_own(r.tgid, r.first_ns) {
