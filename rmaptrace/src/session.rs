@@ -36,7 +36,10 @@ use crate::{
         kallsyms::Kallsyms,
         procfs::{LiveProc, ProcSource},
     },
-    model::trace::{collect_due, Keep, Trace},
+    model::{
+        event::Event,
+        trace::{collect_due, Keep, Trace},
+    },
 };
 use crate::{demo::DemoOpts, live::Live};
 
@@ -224,10 +227,15 @@ fn run_with(args: TraceArgs, demo: Option<DemoOpts>) -> Result<i32> {
 fn drain(ring: &mut RingBuf<MapData>, trace: &mut Trace, out: &mut Outputs) {
     while let Some(item) = ring.next() {
         if let Some(ev) = decode(&item) {
-            if let Some(rec) = trace.on_event(ev) {
-                out.record(&rec);
-            }
+            apply(ev, trace, out);
         }
+    }
+}
+
+/// One event into the model, and its record (if it makes one) to the export.
+fn apply(ev: Event, trace: &mut Trace, out: &mut Outputs) {
+    if let Some(rec) = trace.on_event(ev) {
+        out.record(&rec);
     }
 }
 
@@ -632,9 +640,7 @@ fn tick_tables(
     // buffer is read on this thread, and a process mapping fast fills it in
     // well under a second.
     for ev in later {
-        if let Some(rec) = trace.on_event(ev) {
-            out.record(&rec);
-        }
+        apply(ev, trace, out);
     }
     drain(ring, trace, out);
     // Each tick's tables come and go in sizes that vary: give the freed

@@ -302,6 +302,19 @@ impl<'s> ProcessRows<'s> {
     }
 }
 
+/// Addresses per process, sorted.
+struct AddrsByPid(HashMap<u32, Vec<u64>>);
+
+impl AddrsByPid {
+    /// Whether one of `pid`'s addresses lies in [lo, hi).
+    fn any_in(&self, pid: u32, lo: u64, hi: u64) -> bool {
+        self.0.get(&pid).is_some_and(|a| {
+            let i = a.partition_point(|&x| x < lo);
+            a.get(i).is_some_and(|&x| x < hi)
+        })
+    }
+}
+
 fn hex(v: u64) -> String {
     format!("{v:#x}")
 }
@@ -925,19 +938,8 @@ impl Trace {
         }
         // The addresses to resolve, per process: a lifetime over none of them
         // is no candidate, and its mmap history need not be looked up.
-        let mut wanted: HashMap<u32, Vec<u64>> = HashMap::new();
-        for u in &self.unresolved {
-            wanted.entry(u.header.tgid).or_default().push(u.addr);
-        }
-        for addrs in wanted.values_mut() {
-            addrs.sort_unstable();
-        }
-        let covers_one = |pid: u32, lo: u64, hi: u64| {
-            wanted.get(&pid).is_some_and(|a| {
-                let i = a.partition_point(|&x| x < lo);
-                a.get(i).is_some_and(|&x| x < hi)
-            })
-        };
+        let wanted = self.unresolved_addrs();
+        let covers_one = |pid: u32, lo: u64, hi: u64| wanted.any_in(pid, lo, hi);
         let mut by_process: HashMap<u32, Vec<Candidate>> = HashMap::new();
         for (life, rec) in &self.snapshot.vmas {
             // The final range lies within the one last seen.
@@ -999,6 +1001,18 @@ impl Trace {
             groups.put((None, row), from);
         }
         resolved
+    }
+
+    /// The addresses of the faults waiting to be attributed, per process.
+    fn unresolved_addrs(&self) -> AddrsByPid {
+        let mut by_pid: HashMap<u32, Vec<u64>> = HashMap::new();
+        for u in &self.unresolved {
+            by_pid.entry(u.header.tgid).or_default().push(u.addr);
+        }
+        for addrs in by_pid.values_mut() {
+            addrs.sort_unstable();
+        }
+        AddrsByPid(by_pid)
     }
 
     /// What the kernel counted for `pid` over the same span as rmaptrace: per

@@ -94,13 +94,7 @@ impl Trace {
         {
             by_pid.entry(row.0.tgid).or_default().push(row);
         }
-        let mut waiting: HashMap<u32, Vec<u64>> = HashMap::new();
-        for u in &self.unresolved {
-            waiting.entry(u.header.tgid).or_default().push(u.addr);
-        }
-        for addrs in waiting.values_mut() {
-            addrs.sort_unstable();
-        }
+        let waiting = self.unresolved_addrs();
 
         let mut freed: Vec<Retired> = Vec::new();
         let mut sums: Vec<(u32, Ended)> = Vec::new();
@@ -111,12 +105,7 @@ impl Trace {
                 .collect();
             spans.sort_unstable_by_key(|sp| (sp.start, sp.first_seen, sp.life));
             end_superseded(&mut spans);
-            let awaited = |lo: u64, hi: u64| {
-                waiting.get(&pid).is_some_and(|a| {
-                    let i = a.partition_point(|&x| x < lo);
-                    a.get(i).is_some_and(|&x| x < hi)
-                })
-            };
+            let awaited = |lo: u64, hi: u64| waiting.any_in(pid, lo, hi);
             let ended: Vec<&Span> = spans
                 .iter()
                 .filter(|sp| sp.unmapped.is_some())
