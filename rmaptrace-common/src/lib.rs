@@ -456,8 +456,13 @@ pub struct ExitEvent {
     /// [`ThreadAcct`]); meaningful when `has_base` is 1.
     pub base_min: u64,
     pub base_maj: u64,
+    /// The start time of the process's group leader: which process this was,
+    /// when its pid is already another's (a thread can report its exit after
+    /// the one that saw the process die, and the pid be reused in between).
+    pub leader_start_ns: u64,
     pub has_base: u32,
-    /// 1 when this was the process's last thread (`signal->live` reached 0).
+    /// 1 when no thread of the process was running any more (`signal->live`
+    /// was 0): a process's last threads can each see it.
     pub group_dead: u32,
     pub comm: [u8; COMM_LEN],
 }
@@ -567,6 +572,9 @@ pub struct KernelOffsets {
     /// `task_struct.signal` and `signal_struct.live`: threads still running.
     pub task_signal: u32,
     pub signal_live: u32,
+    /// `task_struct.group_leader` and `task_struct.start_time`.
+    pub task_group_leader: u32,
+    pub task_start_time: u32,
     /// Offset of the first syscall argument in a `syscalls:sys_enter_*` record and of
     /// `ret` in `sys_exit_*`, from the tracepoints' format files.
     pub syscall_args: u32,

@@ -53,6 +53,8 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     task_ti_status: 0,
     task_signal: 0,
     signal_live: 0,
+    task_group_leader: 0,
+    task_start_time: 0,
     syscall_args: 0,
     syscall_ret: 0,
     mmap_lock_mm: 0,

@@ -168,12 +168,21 @@ pub fn sched_process_exec(_ctx: BtfTracePointContext) -> i32 {
 
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
-    let Some((tgid, tid)) = traced_current() else {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    // SAFETY: read once, copied out.
+    let acct = unsafe { THREADS.get(tid) }.copied();
+    // A followed thread reports its exit even when a sibling that saw the
+    // process die first already took it out of TRACED: signal->live reaches 0
+    // before the last threads get here, in any order.
+    let followed = acct.is_some_and(|a| a.tgid == tgid);
+    if traced_current().is_none() && !followed {
         return 0;
-    };
+    }
     // The thread's per-fault state dies with it.
     let _ = crate::maps::INFLIGHT.remove(tid);
     let _ = crate::fault_kfunc::KFUNC_INFLIGHT.remove(tid);
+    let _ = THREADS.remove(tid);
     let o = offsets();
     if o.ready == 0 {
         return 0;
@@ -192,15 +201,14 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
     if group_dead && config().trace_all == 0 {
         let _ = TRACED.remove(tgid);
     }
-    // SAFETY: read once, copied out.
-    let acct = unsafe { THREADS.get(tid) }.copied();
-    let _ = THREADS.remove(tid);
+    let leader: u64 = current_task_field(o.task_group_leader);
     let ev = ExitEvent {
         header: event_header(event_kind::EXIT, tgid, tid),
         min_flt,
         maj_flt,
         base_min: acct.map(|a| a.base_min).unwrap_or(0),
         base_maj: acct.map(|a| a.base_maj).unwrap_or(0),
+        leader_start_ns: kernel_read(leader, o.task_start_time),
         has_base: acct.is_some() as u32,
         group_dead: group_dead as u32,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),

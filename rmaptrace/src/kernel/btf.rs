@@ -198,6 +198,8 @@ impl KernelBtf {
             task_pid: o("task_struct", "pid")?,
             task_signal: o("task_struct", "signal")?,
             signal_live: o("signal_struct", "live")?,
+            task_group_leader: o("task_struct", "group_leader")?,
+            task_start_time: o("task_struct", "start_time")?,
             task_mm: o("task_struct", "mm")?,
             // x86 keeps thread_info inside task_struct; without it, no 32-bit
             // syscall is recognised (the raw_syscalls hooks stay off).

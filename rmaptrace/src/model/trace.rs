@@ -6,7 +6,7 @@ use std::{
 };
 
 use rmaptrace_common::{
-    access, event_kind, vma_status, FaultEvent, FaultKey, MmapExitEvent, SyscallEvent,
+    access, event_kind, vma_status, ExitEvent, FaultEvent, FaultKey, MmapExitEvent, SyscallEvent,
     UnresolvedFault,
 };
 use serde::Serialize;
@@ -75,8 +75,10 @@ struct ProcessState {
     /// The kernel's counts (final - base) of its exited threads.
     exited_threads: (u64, u64),
     threads_exited: u32,
-    /// When its main thread exited.
+    /// When a thread first saw no thread of it running any more.
     exit_ns: Option<u64>,
+    /// Its group leader's start time, from its first thread exit (0 before).
+    leader_start_ns: u64,
     /// When rmaptrace first heard of it.
     seen_ns: u64,
     targeted: bool,
@@ -444,6 +446,24 @@ impl Trace {
         self.processes.entry(pid).or_insert_with(new)
     }
 
+    /// The process a thread's exit belongs to. The last threads of a process
+    /// each see it dead, and report in any order: one that reports after the
+    /// process's exit was recorded is still that process's (same group leader),
+    /// not a new process that took the pid.
+    fn exit_state_mut(&mut self, e: &ExitEvent) -> &mut ProcessState {
+        let pid = e.header.tgid;
+        let same = |p: &ProcessState| {
+            p.exit_ns.is_some() && p.leader_start_ns != 0 && p.leader_start_ns == e.leader_start_ns
+        };
+        if self.newborn.get(&pid).is_some_and(same) {
+            return self.newborn.get_mut(&pid).expect("just seen");
+        }
+        if self.processes.get(&pid).is_some_and(same) {
+            return self.processes.get_mut(&pid).expect("just seen");
+        }
+        self.state_mut(pid, e.header.ts_ns)
+    }
+
     /// Processes whose exit went unseen (its event lost with others when the
     /// ring buffer overflowed), marked exited so that the next retirement frees
     /// their rows: gone from /proc (or a zombie), or their pid now another
@@ -553,19 +573,20 @@ impl Trace {
             Event::Syscall(s) => self.on_syscall(s).map(Record::Mmap),
             Event::MmapExit(m) => self.on_mmap_exit(&m).map(Record::Mmap),
             Event::Exit(e) => {
-                let st = self.state_mut(e.header.tgid, e.header.ts_ns);
+                let st = self.exit_state_mut(&e);
                 if e.has_base != 0 {
                     st.exited_threads.0 += e.min_flt.saturating_sub(e.base_min);
                     st.exited_threads.1 += e.maj_flt.saturating_sub(e.base_maj);
                 }
                 st.threads_exited += 1;
-                if e.group_dead != 0 {
-                    st.exit_ns = Some(e.header.ts_ns);
+                if st.leader_start_ns == 0 {
+                    st.leader_start_ns = e.leader_start_ns;
                 }
                 if e.header.tid == e.header.tgid || st.comm.is_empty() {
                     st.comm = c_str(&e.comm);
                 }
-                if e.group_dead != 0 {
+                if e.group_dead != 0 && st.exit_ns.is_none() {
+                    st.exit_ns = Some(e.header.ts_ns);
                     self.group_exits += 1;
                 }
                 None

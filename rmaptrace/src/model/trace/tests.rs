@@ -234,31 +234,37 @@ fn attributes_faults_to_vmas_kinds_handlers_and_paths() {
     assert_eq!(shm.paths.get("do_shared_fault"), Some(&100));
 }
 
+fn exit(tid: u32, ts_ns: u64, min: u64, group_dead: bool, leader_start_ns: u64) -> ExitEvent {
+    ExitEvent {
+        header: EventHeader {
+            kind: event_kind::EXIT,
+            tgid: 7,
+            tid,
+            _pad: 0,
+            ts_ns,
+        },
+        // Counters from before the thread was followed are not the trace's.
+        min_flt: min + 500,
+        maj_flt: 1,
+        base_min: 500,
+        base_maj: 0,
+        leader_start_ns,
+        has_base: 1,
+        group_dead: group_dead as u32,
+        comm: *b"worker\0\0\0\0\0\0\0\0\0\0",
+    }
+}
+
 #[test]
 fn exited_processes_use_the_kernel_counters_from_their_exits() {
     let mut t = trace_with(FakeProc::default());
     t.add_target(7);
-    for (tid, min) in [(7u32, 40u64), (8, 2)] {
-        let ev = ExitEvent {
-            header: EventHeader {
-                kind: event_kind::EXIT,
-                tgid: 7,
-                tid,
-                _pad: 0,
-                ts_ns: 5,
-            },
-            // Counters from before the thread was followed are not the trace's.
-            min_flt: min + 500,
-            maj_flt: 1,
-            base_min: 500,
-            base_maj: 0,
-            has_base: 1,
-            // The last of the two threads to exit ends the process.
-            group_dead: (tid == 8) as u32,
-            comm: *b"worker\0\0\0\0\0\0\0\0\0\0",
-        };
-        assert_eq!(t.on_event(Event::Exit(ev)), None);
-    }
+    // The last two threads both saw the process dead, and the one that saw it
+    // first reported first: the other's counts are still this process's.
+    assert_eq!(t.on_event(Event::Exit(exit(8, 5, 2, true, 100))), None);
+    assert_eq!(t.on_event(Event::Exit(exit(7, 6, 40, true, 100))), None);
+    // The pid, reused by another process that exits at once.
+    assert_eq!(t.on_event(Event::Exit(exit(7, 9, 1_000, true, 200))), None);
     t.set_snapshot(Snapshot {
         overflow: vec![(
             7,
@@ -269,7 +275,8 @@ fn exited_processes_use_the_kernel_counters_from_their_exits() {
         )],
         ..Default::default()
     });
-    let p = &t.summary(10).processes[0];
+    let s = t.summary(10);
+    let p = &s.processes[0];
     assert_eq!(p.comm, "worker");
     assert_eq!(
         p.kernel,
@@ -280,6 +287,7 @@ fn exited_processes_use_the_kernel_counters_from_their_exits() {
     );
     assert_eq!(p.unseen, Some(2));
     assert!(p.exited);
+    assert_eq!(t.group_exits(), 2, "one end per process, not per thread");
 }
 
 #[test]
@@ -578,6 +586,7 @@ fn an_exited_process_keeps_its_summary_after_its_rows_are_freed() {
         maj_flt: 0,
         base_min: 0,
         base_maj: 0,
+        leader_start_ns: 1,
         has_base: 1,
         group_dead: 1,
         comm: *b"short\0\0\0\0\0\0\0\0\0\0\0",
