@@ -20,7 +20,7 @@ use rmaptrace_common::{comm_prefix, counter};
 
 use crate::{
     bpf::{
-        events::decode,
+        events::{decode, Kept},
         loader::{KernelFacts, LoadOptions, Probes},
         plan::Backend,
     },
@@ -383,7 +383,10 @@ async fn trace(
         args.pids.is_empty() && args.comms.is_empty() && args.command.is_empty() && demo.is_none();
     let (mut probes, symbols) = attach(&args, trace_all, started)?;
     let start = monotonic_ns();
-    let mut trace = Trace::new(symbols, Box::new(LiveProc::default()), start);
+    // The trace names the handlers it meets as it meets them (a read of
+    // /proc/kallsyms keeping only those): the table the probes needed goes.
+    let mut trace = Trace::new(symbols.emptied(), Box::new(LiveProc::default()), start);
+    release_freed_memory();
     let limits = probes.plan.limits();
     trace.set_limits(limits.clone());
     trace.set_backend(probes.plan.backend, probes.plan.paths);
@@ -596,11 +599,11 @@ fn tick_tables(
     let read_ns = monotonic_ns();
     // The ring buffer is read while the tables are, its events kept for after
     // them: the model takes the tables as of before those events.
-    let mut later = Vec::new();
+    let mut later = Kept::default();
     let snap = probes.snapshot_beside(|| {
         let mut any = false;
         while let Some(item) = ring.next() {
-            later.extend(decode(&item));
+            later.push(&item);
             any = true;
         }
         if !any {
@@ -639,9 +642,10 @@ fn tick_tables(
     // The events that came meanwhile, before the screen's summary: the ring
     // buffer is read on this thread, and a process mapping fast fills it in
     // well under a second.
-    for ev in later {
+    for ev in later.iter().filter_map(decode) {
         apply(ev, trace, out);
     }
+    drop(later);
     drain(ring, trace, out);
     // Each tick's tables come and go in sizes that vary: give the freed
     // memory back so that a long trace's RSS stays flat.

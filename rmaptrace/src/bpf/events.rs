@@ -41,10 +41,45 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
     }
 }
 
+/// Ring buffer records kept to be decoded later, as the bytes they came in: a
+/// process mapping fast sends tens of thousands during one table read, and a
+/// decoded mmap record is four times its record (the path at full size).
+#[derive(Default)]
+pub struct Kept(Vec<u8>);
+
+impl Kept {
+    pub fn push(&mut self, record: &[u8]) {
+        let len = u32::try_from(record.len()).expect("a ring buffer record is < 4 GiB");
+        self.0.extend_from_slice(&len.to_ne_bytes());
+        self.0.extend_from_slice(record);
+    }
+
+    /// The records, in the order kept.
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let mut rest = self.0.as_slice();
+        std::iter::from_fn(move || {
+            let (len, tail) = rest.split_first_chunk::<4>()?;
+            let (record, tail) = tail.split_at(u32::from_ne_bytes(*len) as usize);
+            rest = tail;
+            Some(record)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rmaptrace_common::ExitEvent;
+
+    #[test]
+    fn kept_records_come_back_in_order() {
+        let mut k = Kept::default();
+        k.push(&[1, 2, 3]);
+        k.push(&[]);
+        k.push(&[4]);
+        let back: Vec<&[u8]> = k.iter().collect();
+        assert_eq!(back, [&[1u8, 2, 3][..], &[], &[4]]);
+    }
 
     #[test]
     fn short_or_unknown_records_are_rejected() {

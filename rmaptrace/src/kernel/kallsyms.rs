@@ -33,16 +33,37 @@ pub struct Kallsyms {
     text: Vec<Entry>,
     names: String,
     modules: Vec<String>,
+    /// Whether the file showed real addresses (kptr_restrict zeroes them).
+    readable: bool,
 }
 
 impl Kallsyms {
     pub fn load() -> std::io::Result<Self> {
+        Self::read(Self::open()?)
+    }
+
+    /// Only the symbols at `wanted` (sorted): a trace names the few handlers
+    /// it meets and keeps nothing else, where the whole table is ~5 MB.
+    pub fn load_only(wanted: &[u64]) -> std::io::Result<Self> {
+        Self::read_only(Self::open()?, wanted)
+    }
+
+    fn open() -> std::io::Result<impl BufRead> {
         let file = std::fs::File::open("/proc/kallsyms")?;
-        Self::read(std::io::BufReader::with_capacity(1 << 16, file))
+        Ok(std::io::BufReader::with_capacity(1 << 16, file))
     }
 
     /// Parses kallsyms line by line, as bytes (the whole file is ~10 MB).
-    pub fn read(mut input: impl BufRead) -> std::io::Result<Self> {
+    pub fn read(input: impl BufRead) -> std::io::Result<Self> {
+        Self::read_with(input, |_| true)
+    }
+
+    /// [`Self::read`], keeping only the symbols at `wanted` (sorted).
+    pub fn read_only(input: impl BufRead, wanted: &[u64]) -> std::io::Result<Self> {
+        Self::read_with(input, |addr| wanted.binary_search(&addr).is_ok())
+    }
+
+    fn read_with(mut input: impl BufRead, keep: impl Fn(u64) -> bool) -> std::io::Result<Self> {
         let mut syms = Self::default();
         let mut line = Vec::new();
         loop {
@@ -50,7 +71,7 @@ impl Kallsyms {
             if input.read_until(b'\n', &mut line)? == 0 {
                 break;
             }
-            syms.add_line(&line);
+            syms.add_line(&line, &keep);
         }
         syms.text.sort_by_key(|e| e.addr);
         syms.text.shrink_to_fit();
@@ -63,7 +84,7 @@ impl Kallsyms {
         Self::read(text.as_bytes()).expect("reading from memory")
     }
 
-    fn add_line(&mut self, line: &[u8]) {
+    fn add_line(&mut self, line: &[u8], keep: impl Fn(u64) -> bool) {
         let mut it = line
             .split(|c| c.is_ascii_whitespace())
             .filter(|f| !f.is_empty());
@@ -80,6 +101,10 @@ impl Kallsyms {
             return;
         };
         let Ok(addr) = addr else { return };
+        self.readable |= addr != 0;
+        if !keep(addr) {
+            return;
+        }
         let (Ok(name_at), Ok(name_len)) =
             (u32::try_from(self.names.len()), u16::try_from(name.len()))
         else {
@@ -118,7 +143,21 @@ impl Kallsyms {
 
     /// Whether kallsyms is readable with real addresses (kptr_restrict zeroes them).
     pub fn has_addresses(&self) -> bool {
-        self.text.iter().any(|e| e.addr != 0)
+        self.readable
+    }
+
+    /// The same readability, without the symbols: what a trace starts from
+    /// once the probes, which needed them all, are attached.
+    pub fn emptied(self) -> Self {
+        Self {
+            readable: self.readable,
+            ..Self::default()
+        }
+    }
+
+    /// The addresses of the symbols held, in order.
+    pub fn addresses(&self) -> impl Iterator<Item = u64> + '_ {
+        self.text.iter().map(|e| e.addr)
     }
 
     /// The symbol that starts exactly at `addr`: function pointers point at starts.
@@ -171,5 +210,26 @@ ffffffffc0b00000 t do_fault\t[amd_iommu]
         assert_eq!(k.count("do_fault"), 2, "ambiguous: not attachable by name");
         assert_eq!(k.count("not_text"), 0);
         assert!(k.has_addresses());
+    }
+
+    #[test]
+    fn keeps_only_the_wanted_symbols() {
+        let k = Kallsyms::read_only(SAMPLE.as_bytes(), &[0xffffffff815cdc10, 0xffffffffc0a01000])
+            .unwrap();
+        assert_eq!(
+            k.addresses().collect::<Vec<_>>(),
+            [0xffffffff815cdc10, 0xffffffffc0a01000]
+        );
+        assert_eq!(
+            k.exact(0xffffffffc0a01000).unwrap().module,
+            Some("rmapdemo")
+        );
+        assert_eq!(k.exact(0xffffffff815a71c0), None, "not wanted");
+        assert!(
+            k.emptied().has_addresses(),
+            "readability outlives the symbols"
+        );
+        let hidden = Kallsyms::parse("0000000000000000 T filemap_fault\n");
+        assert!(!hidden.has_addresses());
     }
 }

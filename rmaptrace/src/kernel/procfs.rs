@@ -46,8 +46,10 @@ pub trait ProcSource: Send {
         let _ = pid;
         None
     }
-    /// The kernel's symbols as of now (/proc/kallsyms): None if unreadable.
-    fn kallsyms(&self) -> Option<super::kallsyms::Kallsyms> {
+    /// The kernel's symbols at `wanted` (sorted) as of now (/proc/kallsyms):
+    /// None if unreadable.
+    fn kallsyms(&self, wanted: &[u64]) -> Option<super::kallsyms::Kallsyms> {
+        let _ = wanted;
         None
     }
 }
@@ -65,8 +67,8 @@ impl Default for LiveProc {
 }
 
 impl ProcSource for LiveProc {
-    fn kallsyms(&self) -> Option<super::kallsyms::Kallsyms> {
-        super::kallsyms::Kallsyms::load().ok()
+    fn kallsyms(&self, wanted: &[u64]) -> Option<super::kallsyms::Kallsyms> {
+        super::kallsyms::Kallsyms::load_only(wanted).ok()
     }
 
     // Read as bytes: a comm or a file name need not be UTF-8.

@@ -5,41 +5,46 @@
 //! mappings, so it starts with the parent's origins: shared, never copied, so
 //! that a process with many mappings forking many times costs one copy.
 use std::{
+    borrow::Borrow,
     collections::{BTreeMap, HashSet},
+    ops::Deref,
     sync::Arc,
 };
 
-/// An mmap call, as much of it as a lifetime's `origin` needs.
+/// An mmap call, as much of it as a lifetime's `origin` needs: 40 bytes, as
+/// a process with 200k mappings holds 200k of them.
 #[derive(Clone, Debug)]
 pub struct Origin {
     pub start: u64,
     pub len: u64,
     /// When the call was entered (do_mmap's return for kernel mappings).
     pub ts_ns: u64,
-    pub path: Option<Arc<str>>,
+    pub path: Option<FileName>,
     /// The flags that have names (all below bit 32).
     flags: u32,
     /// How long the call took, in microseconds rounded up (so that a call is
-    /// never taken as over before it was); `u32::MAX`: too long to tell.
-    took_us: u32,
-    /// PROT_READ|PROT_WRITE|PROT_EXEC.
-    prot: u8,
-    /// Made by the kernel's do_mmap outside any mmap syscall.
-    pub kernel: bool,
+    /// never taken as over before it was; TOOK_MAX: too long to tell), then
+    /// PROT_READ|PROT_WRITE|PROT_EXEC, then whether the kernel's do_mmap made
+    /// it outside any mmap syscall.
+    meta: u32,
 }
+
+const TOOK_BITS: u32 = 28;
+/// 268 s: a call that took longer is taken as still in progress.
+const TOOK_MAX: u32 = (1 << TOOK_BITS) - 1;
+const KERNEL_BIT: u32 = 1 << 31;
 
 impl Origin {
     pub fn new(start: u64, len: u64, flags: u64, prot: u64, ts_ns: u64, exit_ns: u64) -> Self {
         let took_us = exit_ns.saturating_sub(ts_ns).div_ceil(1000);
+        let took_us = u32::try_from(took_us).map_or(TOOK_MAX, |us| us.min(TOOK_MAX));
         Origin {
             start,
             len,
             ts_ns,
             path: None,
             flags: flags as u32,
-            took_us: u32::try_from(took_us).unwrap_or(u32::MAX),
-            prot: (prot & 0x7) as u8,
-            kernel: false,
+            meta: took_us | ((prot & 0x7) as u32) << TOOK_BITS,
         }
     }
 
@@ -48,13 +53,22 @@ impl Origin {
     }
 
     pub fn prot(&self) -> u64 {
-        self.prot.into()
+        ((self.meta >> TOOK_BITS) & 0x7).into()
+    }
+
+    /// Made by the kernel's do_mmap outside any mmap syscall.
+    pub fn kernel(&self) -> bool {
+        self.meta & KERNEL_BIT != 0
+    }
+
+    pub fn set_kernel(&mut self) {
+        self.meta |= KERNEL_BIT;
     }
 
     /// When the call returned, at the latest.
     pub fn exit_ns(&self) -> u64 {
-        match self.took_us {
-            u32::MAX => u64::MAX,
+        match self.meta & TOOK_MAX {
+            TOOK_MAX => u64::MAX,
             us => self.ts_ns.saturating_add(u64::from(us) * 1000),
         }
     }
@@ -231,23 +245,49 @@ fn merge(a: &Layer, b: &Layer) -> Layer {
     Layer::new(out)
 }
 
+/// A shared file name, one pointer wide: a process's mmap history holds one
+/// per call, and a fat `Arc<str>` was 8 of its 56 bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FileName(Arc<Box<str>>);
+
+impl FileName {
+    pub fn new(name: &str) -> Self {
+        FileName(Arc::new(name.into()))
+    }
+}
+
+impl Deref for FileName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+// Hashes as the str it holds (Arc and Box hash their contents), so a set of
+// them is searched by &str.
+impl Borrow<str> for FileName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 /// File names of mappings, one copy each however many mappings name them.
 #[derive(Default)]
-pub struct PathNames(HashSet<Arc<str>>);
+pub struct PathNames(HashSet<FileName>);
 
 impl PathNames {
-    pub fn intern(&mut self, name: &str) -> Arc<str> {
+    pub fn intern(&mut self, name: &str) -> FileName {
         if let Some(n) = self.0.get(name) {
             return n.clone();
         }
-        let n: Arc<str> = Arc::from(name);
+        let n = FileName::new(name);
         self.0.insert(n.clone());
         n
     }
 
     /// Forgets the names no mapping holds any more.
     pub fn prune(&mut self) {
-        self.0.retain(|n| Arc::strong_count(n) > 1);
+        self.0.retain(|n| Arc::strong_count(&n.0) > 1);
     }
 
     pub fn len(&self) -> usize {
@@ -335,11 +375,26 @@ mod tests {
     }
 
     #[test]
+    fn a_call_is_five_words_with_its_facts_packed() {
+        let mut o = Origin::new(0x1000, 0x2000, 0x22, 7, 5, 5 + 3_000);
+        assert!(!o.kernel());
+        o.set_kernel();
+        assert_eq!((o.prot(), o.kernel(), o.exit_ns()), (7, true, 3_005));
+        assert_eq!(std::mem::size_of::<Origin>(), 40);
+        let slow = Origin::new(0, 1, 0, 3, 5, 5 + 300_000_000_000);
+        assert_eq!(
+            (slow.exit_ns(), slow.prot()),
+            (u64::MAX, 3),
+            "too long to tell"
+        );
+    }
+
+    #[test]
     fn names_are_shared_and_pruned() {
         let mut names = PathNames::default();
         let a = names.intern("/usr/lib/libc.so.6");
         let b = names.intern("/usr/lib/libc.so.6");
-        assert!(Arc::ptr_eq(&a, &b));
+        assert!(Arc::ptr_eq(&a.0, &b.0));
         drop(names.intern("/tmp/x"));
         names.prune();
         assert_eq!(names.len(), 1);

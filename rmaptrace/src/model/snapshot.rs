@@ -1,6 +1,6 @@
 //! A point-in-time copy of the in-kernel aggregates, as plain data. The kernel maps
 //! are cumulative, so each snapshot replaces the previous one.
-use std::sync::Arc;
+use crate::model::origins::FileName;
 
 use rmaptrace_common::{
     counter, latency_bucket_floor, FaultKey, FaultStats, ThreadAcct, VmaInfo, VmaRecord,
@@ -22,13 +22,12 @@ pub struct Vma {
     pub fault_fn: u64,
     pub ino: u64,
     pub rdev: u32,
-    pub lock_seq: u32,
     pub i_mode: u16,
     /// `vm_ops` set: the kernel's own test for a VMA that is not anonymous.
     pub has_ops: bool,
     pub has_file: bool,
     /// Base name of the mapped file's dentry.
-    pub name: Option<Arc<str>>,
+    pub name: Option<FileName>,
 }
 
 impl Vma {
@@ -43,7 +42,6 @@ impl Vma {
             fault_fn: info.fault_fn,
             ino: info.ino,
             rdev: info.rdev,
-            lock_seq: info.lock_seq,
             i_mode: info.i_mode,
             has_ops: info.vm_ops != 0,
             has_file: info.file != 0,
@@ -55,17 +53,17 @@ impl Vma {
 /// Dentry names as the kernel's records carry them (NUL-padded), one copy
 /// each.
 #[derive(Default)]
-pub struct Names(std::collections::HashMap<[u8; rmaptrace_common::VMA_NAME_LEN], Arc<str>>);
+pub struct Names(std::collections::HashMap<[u8; rmaptrace_common::VMA_NAME_LEN], FileName>);
 
 impl Names {
-    fn get(&mut self, raw: &[u8; rmaptrace_common::VMA_NAME_LEN]) -> Option<Arc<str>> {
+    fn get(&mut self, raw: &[u8; rmaptrace_common::VMA_NAME_LEN]) -> Option<FileName> {
         if raw[0] == 0 {
             return None;
         }
         Some(
             self.0
                 .entry(*raw)
-                .or_insert_with(|| crate::model::event::c_str(raw).into())
+                .or_insert_with(|| FileName::new(&crate::model::event::c_str(raw)))
                 .clone(),
         )
     }
@@ -75,6 +73,9 @@ impl Names {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Lifetime {
     pub tgid: u32,
+    /// The VMA's `vm_lock_seq` when last looked up (beside `tgid`, not in
+    /// `info`: 8 bytes less for each of 131k lifetimes).
+    pub lock_seq: u32,
     /// When it was first seen, and when the kernel saw it end (split or
     /// shrunk; 0 while it did not).
     pub first_ns: u64,
@@ -87,6 +88,7 @@ impl Lifetime {
     pub fn from_kernel(r: &VmaRecord, names: &mut Names) -> Self {
         Lifetime {
             tgid: r.tgid,
+            lock_seq: r.info.lock_seq,
             first_ns: r.first_ns,
             ended_ns: r.ended_ns,
             info: Vma::from_kernel(&r.info, names),
@@ -96,9 +98,22 @@ impl Lifetime {
 
 /// A latency histogram that stores only its non-empty buckets, sorted: most VMAs
 /// use a handful of the 96, and rmaptrace holds one per VMA (100k VMAs at 768
-/// bytes each were most of its memory). Two buckets fit without an allocation.
+/// bytes each were most of its memory). A bucket is one word, its index in the
+/// top byte and its count below (2^56 faults: never reached), so two fit in
+/// the struct without an allocation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Hist(smallvec::SmallVec<[(u8, u64); 2]>);
+pub struct Hist(smallvec::SmallVec<[u64; 2]>);
+
+const COUNT_BITS: u32 = 56;
+const COUNT_MAX: u64 = (1 << COUNT_BITS) - 1;
+
+fn bucket_of(word: u64) -> u8 {
+    (word >> COUNT_BITS) as u8
+}
+
+fn count_of(word: u64) -> u64 {
+    word & COUNT_MAX
+}
 
 impl Hist {
     /// A histogram with the given buckets set, for tests.
@@ -116,36 +131,43 @@ impl Hist {
             return;
         }
         let b = bucket as u8;
-        match self.0.binary_search_by_key(&b, |(i, _)| *i) {
-            Ok(pos) => self.0[pos].1 += n,
-            Err(pos) => self.0.insert(pos, (b, n)),
+        match self.0.binary_search_by_key(&b, |w| bucket_of(*w)) {
+            Ok(pos) => {
+                let n = count_of(self.0[pos]).saturating_add(n).min(COUNT_MAX);
+                self.0[pos] = u64::from(b) << COUNT_BITS | n;
+            }
+            Err(pos) => self
+                .0
+                .insert(pos, u64::from(b) << COUNT_BITS | n.min(COUNT_MAX)),
         }
     }
 
     /// Takes `n` out of `bucket` (never below zero).
     pub fn sub(&mut self, bucket: usize, n: u64) {
         let b = bucket as u8;
-        if let Ok(pos) = self.0.binary_search_by_key(&b, |(i, _)| *i) {
-            self.0[pos].1 = self.0[pos].1.saturating_sub(n);
-            if self.0[pos].1 == 0 {
+        if let Ok(pos) = self.0.binary_search_by_key(&b, |w| bucket_of(*w)) {
+            let left = count_of(self.0[pos]).saturating_sub(n);
+            if left == 0 {
                 self.0.remove(pos);
+            } else {
+                self.0[pos] = u64::from(b) << COUNT_BITS | left;
             }
         }
     }
 
     pub fn merge(&mut self, other: &Hist) {
-        for &(i, n) in &other.0 {
-            self.add(i as usize, n);
+        for (i, n) in other.buckets() {
+            self.add(i, n);
         }
     }
 
     pub fn total(&self) -> u64 {
-        self.0.iter().map(|(_, n)| n).sum()
+        self.0.iter().map(|w| count_of(*w)).sum()
     }
 
     /// (bucket, count) of the non-empty buckets, in bucket order.
     pub fn buckets(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
-        self.0.iter().map(|&(i, n)| (i as usize, n))
+        self.0.iter().map(|&w| (bucket_of(w) as usize, count_of(w)))
     }
 
     /// All LAT_BUCKETS counts, for display.
@@ -392,5 +414,25 @@ mod tests {
         assert_eq!(t.percentile(1.0), Some(2048));
         t.latency_max_ns = 100;
         assert_eq!(t.percentile(0.5), Some(100), "never above the true maximum");
+    }
+
+    #[test]
+    fn histogram_buckets_stay_sorted_and_counted() {
+        let mut h = Hist::from_buckets(&[(40, 3), (2, 5), (95, 1), (96, 7)]);
+        h.add(2, 1);
+        assert_eq!(h.buckets().collect::<Vec<_>>(), [(2, 6), (40, 3), (95, 1)]);
+        h.sub(40, 3);
+        h.sub(95, 9);
+        assert_eq!(h.buckets().collect::<Vec<_>>(), [(2, 6)]);
+        h.add(2, u64::MAX);
+        assert_eq!(h.total(), COUNT_MAX, "saturates within its bits");
+        assert_eq!(std::mem::size_of::<Hist>(), 24, "two buckets inline");
+    }
+
+    #[test]
+    fn a_snapshot_row_stays_small() {
+        // 131k of each at once in a process with that many mappings.
+        assert_eq!(std::mem::size_of::<(u64, Lifetime)>(), 96);
+        assert_eq!(std::mem::size_of::<(FaultKey, FaultTotals)>(), 104);
     }
 }

@@ -197,12 +197,10 @@ pub type VmaSink<'s> = dyn FnMut(&ProcessSummary, &mut dyn Iterator<Item = VmaSu
 /// A mapping lifetime as the first pass of a summary sees it: plain numbers
 /// (ids and times are never 0), as a process may have 200k of them.
 struct Span {
-    /// Its rows' lifetime (None: faults with no VMA found), and where they
-    /// are in its process's rows (first, count).
+    /// Its rows' lifetime (None: faults with no VMA found).
     rows: Option<NonZeroU64>,
-    at: (u32, u32),
-    /// The lifetime, when its description was read (None: kind unknown).
-    life: Option<NonZeroU64>,
+    /// Whether the lifetime's description was read (false: kind unknown).
+    described: bool,
     kind: Kind,
     minor: u64,
     major: u64,
@@ -211,6 +209,13 @@ struct Span {
     end: u64,
     first_seen: Option<NonZeroU64>,
     unmapped: Option<NonZeroU64>,
+}
+
+impl Span {
+    /// The lifetime, when its description was read.
+    fn life(&self) -> Option<NonZeroU64> {
+        self.rows.filter(|_| self.described)
+    }
 }
 
 /// A row's place in a process: its lifetime (None: no VMA found), then (access, path).
@@ -264,9 +269,15 @@ impl<'s> ProcessRows<'s> {
 
     /// One lifetime's rows, found by a search.
     fn group_of(&self, life: Option<u64>) -> Vec<((u8, u8), &FaultTotals)> {
+        let at = self.range_of(life);
+        self.group(life, (at.start as u32, at.len() as u32))
+    }
+
+    /// Where one lifetime's rows are, found by a search (a span does not keep
+    /// it: 8 bytes in each of 200k spans).
+    fn range_of(&self, life: Option<u64>) -> std::ops::Range<usize> {
         let lo = self.rows.partition_point(|r| row_life(&r.0) < life);
-        let len = self.rows[lo..].partition_point(|r| row_life(&r.0) <= life);
-        self.group(life, (lo as u32, len as u32))
+        lo..lo + self.rows[lo..].partition_point(|r| row_life(&r.0) <= life)
     }
 
     /// One lifetime's rows (`at` as [`Self::lives`] gives it), in (access,
@@ -516,9 +527,9 @@ impl Trace {
         }
     }
 
-    /// A fault handler no symbol names is most likely in a module loaded since
-    /// the symbols were read (a driver under test): they are read again, once
-    /// for each such address.
+    /// Names the fault handlers met for the first time: the symbols are read
+    /// again, once for each such address, which also names handlers of
+    /// modules loaded since the trace began (a driver under test).
     fn name_new_handlers(&mut self) {
         // Without addresses (kptr_restrict) a second read names nothing either.
         if !self.symbols.has_addresses() {
@@ -538,7 +549,16 @@ impl Trace {
         if missing.is_empty() {
             return;
         }
-        if let Some(fresh) = self.procfs.kallsyms() {
+        // Read again with only the handlers met so far: the whole table is
+        // megabytes the trace would carry for a handful of names.
+        let mut wanted: Vec<u64> = self
+            .symbols
+            .addresses()
+            .chain(missing.iter().copied())
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        if let Some(fresh) = self.procfs.kallsyms(&wanted) {
             self.symbols = fresh;
         }
         let still = missing
@@ -787,7 +807,7 @@ impl Trace {
         }
         let path = kernel_path(m);
         let mut origin = Origin::new(m.ret, m.len, m.flags, m.prot, h.ts_ns, h.ts_ns);
-        origin.kernel = true;
+        origin.set_kernel();
         origin.path = path.as_deref().map(|p| self.path_names.intern(p));
         self.state_mut(h.tgid, h.ts_ns).origins.insert(origin);
         Some(MmapRecord {
@@ -879,7 +899,7 @@ impl Trace {
     fn describe_origin(o: &Origin) -> String {
         format!(
             "{}({}, {}) at {} ns",
-            if o.kernel { "kernel do_mmap" } else { "mmap" },
+            if o.kernel() { "kernel do_mmap" } else { "mmap" },
             syscalls::map_flag_names(o.flags()).join("|"),
             syscalls::prot_names(o.prot()),
             o.ts_ns
@@ -982,7 +1002,7 @@ impl Trace {
                 // Until the mmap history is looked up, below.
                 from_ns: rec.first_ns,
                 to_ns: last_ns.max(rec.first_ns),
-                lock_seq: rec.info.lock_seq,
+                lock_seq: rec.lock_seq,
                 seen_start: rec.info.vm_start,
                 seen_end: rec.info.vm_end,
             };
@@ -1236,26 +1256,26 @@ impl Trace {
             // mappings is counted and ordered without describing each.
             let mut spans: Vec<Span> = groups
                 .lives()
-                .filter_map(|(life, at)| self.span(pid, life, at, &groups.group(life, at)))
+                .filter_map(|(life, at)| self.span(pid, life, &groups.group(life, at)))
                 .collect();
             for sp in &spans {
                 *by_kind.entry(sp.kind.as_str()).or_default() += sp.minor + sp.major;
                 faults.minor += sp.minor;
                 faults.major += sp.major;
             }
-            spans.sort_unstable_by_key(|sp| (sp.start, sp.first_seen, sp.life));
+            spans.sort_unstable_by_key(|sp| (sp.start, sp.first_seen, sp.life()));
             end_superseded(&mut spans);
             let describe = |sp: &Span| {
                 let life = sp.rows.map(NonZeroU64::get);
-                self.describe(pid, sp, &groups.group(life, sp.at))
+                self.describe(pid, sp, &groups.group_of(life))
             };
             let mut busiest: Vec<&Span> = spans.iter().collect();
             if busiest.len() > keep.0 {
                 busiest.select_nth_unstable_by_key(keep.0, |sp| {
-                    (std::cmp::Reverse(sp.minor + sp.major), sp.start, sp.life)
+                    (std::cmp::Reverse(sp.minor + sp.major), sp.start, sp.life())
                 });
                 busiest.truncate(keep.0);
-                busiest.sort_unstable_by_key(|sp| (sp.start, sp.first_seen, sp.life));
+                busiest.sort_unstable_by_key(|sp| (sp.start, sp.first_seen, sp.life()));
             }
             let vmas: Vec<VmaSummary> = busiest.into_iter().map(describe).collect();
             let vmas_dropped = spans.len() - vmas.len();
@@ -1308,13 +1328,7 @@ impl Trace {
     }
 
     /// A lifetime's counts, final range and times; None when it counted nothing.
-    fn span(
-        &self,
-        pid: u32,
-        life: Option<u64>,
-        at: (u32, u32),
-        rows: &[((u8, u8), &FaultTotals)],
-    ) -> Option<Span> {
+    fn span(&self, pid: u32, life: Option<u64>, rows: &[((u8, u8), &FaultTotals)]) -> Option<Span> {
         let (minor, major) = rows
             .iter()
             .fold((0, 0), |(mi, ma), (_, t)| (mi + t.minor, ma + t.major));
@@ -1328,8 +1342,7 @@ impl Trace {
         let life = life.and_then(NonZeroU64::new);
         Some(Span {
             rows: life,
-            at,
-            life: rec.and(life),
+            described: rec.is_some(),
             kind: rec.map_or(Kind::Unknown, |r| self.kind_of(&r.info)),
             minor,
             major,
@@ -1343,7 +1356,7 @@ impl Trace {
     /// A span described in full: names, origin, paths, latency.
     fn describe(&self, pid: u32, sp: &Span, rows: &[((u8, u8), &FaultTotals)]) -> VmaSummary {
         match sp
-            .life
+            .life()
             .and_then(|l| self.snapshot.record(l.get()).map(|r| (l.get(), r)))
         {
             Some(l) => self.vma_summary(pid, sp, Some(l), rows),
@@ -1570,7 +1583,7 @@ fn end_superseded(spans: &mut [Span]) {
             .filter(|o| o.end > s);
         let superseded = after
             .chain(before)
-            .filter(|o| o.life.is_some())
+            .filter(|o| o.life().is_some())
             .filter_map(|o| o.first_seen)
             .filter(|&f| f > first)
             .min();

@@ -101,16 +101,16 @@ impl Trace {
         for (&pid, groups) in &by_pid {
             let mut spans: Vec<Span> = groups
                 .lives()
-                .filter_map(|(life, at)| self.span(pid, life, at, &groups.group(life, at)))
+                .filter_map(|(life, at)| self.span(pid, life, &groups.group(life, at)))
                 .collect();
-            spans.sort_unstable_by_key(|sp| (sp.start, sp.first_seen, sp.life));
+            spans.sort_unstable_by_key(|sp| (sp.start, sp.first_seen, sp.life()));
             end_superseded(&mut spans);
             let awaited = |lo: u64, hi: u64| waiting.any_in(pid, lo, hi);
             let ended: Vec<&Span> = spans
                 .iter()
                 .filter(|sp| sp.unmapped.is_some())
                 .filter(|sp| {
-                    let rec = sp.life.and_then(|l| self.snapshot.record(l.get()));
+                    let rec = sp.life().and_then(|l| self.snapshot.record(l.get()));
                     rec.is_some_and(|r| !awaited(r.info.vm_start, r.info.vm_end))
                 })
                 .collect();
@@ -126,18 +126,18 @@ impl Trace {
                 sum.minor += sp.minor;
                 sum.major += sp.major;
                 *sum.by_kind.entry(sp.kind.as_str()).or_default() += sp.minor + sp.major;
-                let (lo, n) = (sp.at.0 as usize, sp.at.1 as usize);
-                for (key, t) in &groups.rows[lo..lo + n] {
+                let at = groups.range_of(sp.rows.map(std::num::NonZeroU64::get));
+                for (key, t) in &groups.rows[at] {
                     rows.push(*key);
                     counted.push((t.minor, t.major, sp.kind.as_str()));
                 }
-                let life = sp.life.expect("ended spans have a lifetime").get();
+                let life = sp.life().expect("ended spans have a lifetime").get();
                 let vma = self.snapshot.record(life).map_or(0, |r| r.info.vma);
                 lives.push((life, vma));
             }
             let describe = |sp: &&Span| {
                 let life = sp.rows.map(std::num::NonZeroU64::get);
-                self.describe(pid, sp, &groups.group(life, sp.at))
+                self.describe(pid, sp, &groups.group_of(life))
             };
             sink(pid, &self.comm_of(pid), &mut ended.iter().map(describe));
             sums.push((pid, sum));
@@ -244,7 +244,7 @@ impl Trace {
                 .max();
             let undone = |o: &crate::model::origins::Origin| {
                 let end = o.start.saturating_add(o.len);
-                if !o.kernel && exec.is_some_and(|e| e > o.exit_ns()) {
+                if !o.kernel() && exec.is_some_and(|e| e > o.exit_ns()) {
                     return true;
                 }
                 let upto = by_start.partition_point(|u| u.start <= o.start);

@@ -30,8 +30,9 @@ impl ProcSource for FakeProc {
     fn started_ns(&self, pid: u32) -> Option<u64> {
         self.stats.get(&pid).map(|s| s.start_ticks)
     }
-    fn kallsyms(&self) -> Option<Kallsyms> {
-        self.kallsyms.map(Kallsyms::parse)
+    fn kallsyms(&self, wanted: &[u64]) -> Option<Kallsyms> {
+        self.kallsyms
+            .map(|k| Kallsyms::read_only(k.as_bytes(), wanted).expect("reading from memory"))
     }
 }
 
@@ -637,8 +638,7 @@ fn lifetime(start: u64, end: u64, first: u64, unmapped: Option<u64>) -> Span {
     let first = NonZeroU64::new(first);
     Span {
         rows: first,
-        at: (0, 0),
-        life: first,
+        described: true,
         kind: Kind::Anon,
         minor: 1,
         major: 0,
@@ -748,11 +748,8 @@ fn handlers_of_modules_loaded_later_are_named() {
         kallsyms: Some(KALLSYMS),
         ..Default::default()
     };
-    let mut t = Trace::new(
-        Kallsyms::parse("ffffffff81000000 t shmem_fault\n"),
-        Box::new(fake),
-        1_000,
-    );
+    // As a trace starts: no symbol held, each handler named when first met.
+    let mut t = Trace::new(Kallsyms::parse(KALLSYMS).emptied(), Box::new(fake), 1_000);
     t.add_target(42);
     let driver = VmaInfo {
         vm_end: 0x3000,
@@ -789,5 +786,10 @@ fn handlers_of_modules_loaded_later_are_named() {
     assert!(
         t.unnamed.contains(&0xffff_ffff_c000_2000),
         "not read again for it"
+    );
+    assert_eq!(
+        t.symbols.addresses().collect::<Vec<_>>(),
+        [0xffff_ffff_c000_1000],
+        "only the handlers met are kept"
     );
 }
