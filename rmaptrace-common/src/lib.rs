@@ -211,6 +211,12 @@ pub struct VmaInfo {
     pub fault_fn: u64,
     /// `vma->vm_ops->huge_fault`, 0 when absent.
     pub huge_fault_fn: u64,
+    /// What set the mapping up: `vma->vm_file->f_op->mmap`, and
+    /// `f_op->mmap_prepare` (6.17+; the same `mmap` where the kernel has no
+    /// such field), which the kernel calls instead when set. Both are sent
+    /// (userspace chooses): a branch here made the 6.1 verifier give up.
+    pub setup_fn: u64,
+    pub setup_prepare_fn: u64,
     pub vm_pgoff: u64,
     /// `vma->vm_file` (0 for none); only compared against 0 by userspace.
     pub file: u64,
@@ -238,6 +244,8 @@ impl Default for VmaInfo {
             vm_ops: 0,
             fault_fn: 0,
             huge_fault_fn: 0,
+            setup_fn: 0,
+            setup_prepare_fn: 0,
             vm_pgoff: 0,
             file: 0,
             ino: 0,
@@ -548,6 +556,11 @@ pub struct KernelOffsets {
     pub vm_ops_fault: u32,
     pub vm_ops_huge_fault: u32,
     pub file_f_inode: u32,
+    /// `file.f_op`, `file_operations.mmap`, and `file_operations.mmap_prepare`
+    /// (6.17+; the `mmap` offset where the kernel has none).
+    pub file_f_op: u32,
+    pub fops_mmap: u32,
+    pub fops_mmap_prepare: u32,
     /// `file.f_path.dentry`, both offsets added.
     pub file_dentry: u32,
     /// `dentry.d_name.name`, both offsets added.

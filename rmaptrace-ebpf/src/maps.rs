@@ -35,6 +35,9 @@ static OFFSETS: KernelOffsets = KernelOffsets {
     vm_ops_fault: 0,
     vm_ops_huge_fault: 0,
     file_f_inode: 0,
+    file_f_op: 0,
+    fops_mmap: 0,
+    fops_mmap_prepare: 0,
     file_dentry: 0,
     dentry_name: 0,
     dentry_parent: 0,
@@ -222,6 +225,24 @@ pub fn event_header(kind: u32, tgid: u32, tid: u32) -> rmaptrace_common::EventHe
 pub fn kernel_read<T: Copy + Default>(base: u64, off: u32) -> T {
     // SAFETY: bpf_probe_read_kernel accepts any address and checks the read.
     unsafe { bpf_probe_read_kernel((base + off as u64) as *const T) }.unwrap_or_default()
+}
+
+/// [`kernel_read`] without a branch on the helper's result, which zeroes the
+/// destination when the read fails: for code inlined into the lookup, where
+/// every branch multiplies the states the 6.1 verifier walks.
+#[inline(always)]
+pub fn kernel_read_flat<T: Copy + Default>(base: u64, off: u32) -> T {
+    let mut v = T::default();
+    // SAFETY: the helper checks the source address; `v` is a local of the
+    // size given, written only by the helper.
+    unsafe {
+        aya_ebpf::helpers::generated::bpf_probe_read_kernel(
+            &mut v as *mut T as *mut core::ffi::c_void,
+            core::mem::size_of::<T>() as u32,
+            (base + off as u64) as *const core::ffi::c_void,
+        )
+    };
+    v
 }
 
 /// A field of the current task, at `off` in `task_struct`.

@@ -8,7 +8,7 @@ use aya_ebpf::helpers::{
 use core::ffi::c_void;
 use rmaptrace_common::{vma_status, MmapExitEvent, VmaInfo, PATH_COMPONENTS};
 
-use crate::maps::{kernel_read as read, offsets};
+use crate::maps::{kernel_read as read, kernel_read_flat as read_flat, offsets};
 
 const EBUSY: i64 = 16;
 const ENOENT: i64 = 2;
@@ -48,6 +48,11 @@ pub fn describe(vma: u64, info: &mut VmaInfo) {
         let file: u64 = read(vma, o.vma_vm_file);
         info.file = file;
         if file != 0 {
+            // No branch: on the kernel's version (where mmap_prepare does not
+            // exist its offset is mmap's), on which one is set, on a failed read.
+            let fops: u64 = read_flat(file, o.file_f_op);
+            info.setup_fn = read_flat(fops, o.fops_mmap);
+            info.setup_prepare_fn = read_flat(fops, o.fops_mmap_prepare);
             let inode: u64 = read(file, o.file_f_inode);
             if inode != 0 {
                 info.i_mode = read(inode, o.inode_i_mode);

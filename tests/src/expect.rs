@@ -33,7 +33,37 @@ struct Vma {
     files: &'static [&'static str],
     /// Text the `origin` must contain, when the scenario is about it.
     origin: Option<&'static str>,
+    /// What `setup.by` must be.
+    by: By,
+    /// Flags `setup.vm_flags` must hold.
+    flags: &'static [&'static str],
 }
+
+/// The function that set a mapping up, as the kernel's file operations name
+/// it (the `_prepare` form on 6.17+).
+#[derive(Clone, Copy, Debug)]
+enum By {
+    /// Not checked.
+    Any,
+    /// null: no file (private anonymous memory).
+    Nothing,
+    OneOf(&'static [&'static str]),
+    /// A filesystem's handler: which one depends on where the file is.
+    Containing(&'static str),
+}
+
+impl By {
+    fn accepts(self, by: &Value) -> bool {
+        match self {
+            By::Any => true,
+            By::Nothing => by.is_null(),
+            By::OneOf(names) => names.iter().any(|n| by == *n),
+            By::Containing(part) => by.as_str().is_some_and(|b| b.contains(part)),
+        }
+    }
+}
+
+const SHMEM_MMAP: By = By::OneOf(&["shmem_mmap", "shmem_mmap_prepare"]);
 
 /// Further answers, for scenarios about more than the one mapping at `addr`.
 enum Check {
@@ -81,6 +111,9 @@ fn vma(
         prot: None,
         files: &[],
         origin: None,
+        // Private anonymous memory has no file, so nothing set it up.
+        by: if kind == "anon" { By::Nothing } else { By::Any },
+        flags: &[],
     })
 }
 
@@ -104,6 +137,8 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
             // dentry walk, which stops at devtmpfs's root (docs/json-format.md).
             if let Some(v) = e.vma.as_mut() {
                 v.files = &["/dev/zero", "/zero"];
+                // The driver's mmap made it anonymous; its file stays.
+                v.by = By::OneOf(&["mmap_zero", "mmap_zero_prepare"]);
             }
         }
         "anon-read-write" => {
@@ -118,13 +153,22 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
             e.vma = vma("shmem", Some("shmem_fault"), n, &[("do_shared_fault", n)]);
             if let Some(v) = e.vma.as_mut() {
                 v.prot = Some("rw-s");
+                v.by = By::OneOf(&["shmem_zero_setup"]);
+                v.flags = &["VM_SHARED", "VM_MAYSHARE"];
             }
         }
         "file-private-write" => {
-            e.vma = vma("file", Some("filemap_fault"), n, &[("do_cow_fault", n)])
+            e.vma = Some(Vma {
+                by: By::Containing("mmap"),
+                ..vma("file", Some("filemap_fault"), n, &[("do_cow_fault", n)])?
+            })
         }
         "file-shared-write" => {
-            e.vma = vma("file", Some("filemap_fault"), n, &[("do_shared_fault", n)])
+            e.vma = Some(Vma {
+                by: By::Containing("mmap"),
+                flags: &["VM_SHARED"],
+                ..vma("file", Some("filemap_fault"), n, &[("do_shared_fault", n)])?
+            })
         }
         "fork-cow" => {
             e.vma = vma("anon", None, n, &[("do_anonymous_page", n)]);
@@ -135,12 +179,18 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
             }
         }
         "memfd-secret" => {
-            e.vma = vma(
-                "driver",
-                Some("secretmem_fault"),
-                n,
-                &[("do_shared_fault", n)],
-            )
+            e.vma = Some(Vma {
+                by: By::OneOf(&["secretmem_mmap", "secretmem_mmap_prepare"]),
+                // Left out of core dumps by its mmap handler (which also
+                // sets VM_LOCKED on 6.18, not on 6.1).
+                flags: &["VM_SHARED", "VM_DONTDUMP"],
+                ..vma(
+                    "driver",
+                    Some("secretmem_fault"),
+                    n,
+                    &[("do_shared_fault", n)],
+                )?
+            })
         }
         "populate" => {
             if observed {
@@ -162,6 +212,8 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
                 prot: Some("rw-s"),
                 files: &["/dev/rmapdemo_fault", "/rmapdemo_fault"],
                 origin: Some("MAP_SHARED"),
+                by: By::OneOf(&["rmapdemo_mmap"]),
+                flags: &["VM_SHARED"],
             });
         }
         // A split gives the kernel's two VMAs: the one page whose protection
@@ -195,6 +247,7 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
                 prot: Some("rw-s"),
                 // Its origin comes from the 32-bit mmap call's records.
                 origin: Some("MAP_SHARED|MAP_FIXED"),
+                by: SHMEM_MMAP,
                 ..vma("shmem", Some("shmem_fault"), 15, &[("do_shared_fault", 15)])?
             };
             e.checks.push(Check::RowAt("memfd_addr", memfd));
@@ -360,6 +413,25 @@ fn check_vma(proc_: &Value, addr: &Value, want: &Option<Vma>) -> Result<()> {
             errs.push(format!("origin {} lacks {o}", v["origin"]));
         }
     }
+    if !want.by.accepts(&v["setup"]["by"]) {
+        errs.push(format!(
+            "setup.by {} is not {:?}",
+            v["setup"]["by"], want.by
+        ));
+    }
+    // A module's mapping: its own mmap handler sets it up too.
+    if want.module.is_some() && v["setup"]["by_module"].as_str() != want.module {
+        errs.push(format!(
+            "setup.by_module {} != {:?}",
+            v["setup"]["by_module"], want.module
+        ));
+    }
+    let flags = &v["setup"]["vm_flags"];
+    for f in want.flags {
+        if !flags.as_array().is_some_and(|a| a.iter().any(|g| g == *f)) {
+            errs.push(format!("setup.vm_flags {flags} lack {f}"));
+        }
+    }
     if v["faults"] != want.faults {
         errs.push(format!("faults {} != {}", v["faults"], want.faults));
     }
@@ -492,6 +564,8 @@ mod tests {
         json!({"start": ADDR, "kind": "driver", "handler": handler, "module": "rmapdemo",
                "prot": "rw-s", "file": "/dev/rmapdemo_fault",
                "origin": "mmap(MAP_SHARED, rw-) at 1 ns",
+               "setup": {"by": "rmapdemo_mmap", "by_module": "rmapdemo",
+                         "vm_flags": ["VM_READ", "VM_WRITE", "VM_SHARED"]},
                "faults": faults, "paths": {"do_shared_fault": faults},
                "latency_ns": {"samples": faults}})
     }
@@ -511,6 +585,10 @@ mod tests {
         let r = run("derived", json!([driver_vma("rmapdemo_fault", 64)]), 90, 2);
         assert!(check_result(&report("driver-fault"), &r, 64).is_err());
         let r = run("derived", json!([]), 90, 1);
+        assert!(check_result(&report("driver-fault"), &r, 64).is_err());
+        let mut v = driver_vma("rmapdemo_fault", 64);
+        v["setup"]["by"] = json!("shmem_mmap");
+        let r = run("derived", json!([v]), 90, 1);
         assert!(check_result(&report("driver-fault"), &r, 64).is_err());
     }
 

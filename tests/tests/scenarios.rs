@@ -137,6 +137,16 @@ fn kvm_vcpu_mapping_is_a_driver_fault() {
     // "anon_inode:kvm-vcpu:0" from /proc/PID/maps, or the dentry name read at fault
     // time when the process was gone before rmaptrace read its maps.
     assert!(t.vma(pid)["file"].as_str().unwrap().contains("kvm-vcpu"));
+    // KVM's own mmap handler set it up, shared.
+    let setup = &t.vma(pid)["setup"];
+    assert_eq!(setup["by"], "kvm_vcpu_mmap", "{setup}");
+    assert!(
+        setup["vm_flags"]
+            .as_array()
+            .unwrap()
+            .contains(&"VM_SHARED".into()),
+        "{setup}"
+    );
     assert_kernel_agrees(&t, pid, exec_gup_faults(&t));
 }
 

@@ -69,20 +69,20 @@ pub fn render(s: &Summary, max_procs: usize, max_vmas: usize) -> String {
         if !vmas.is_empty() {
             let _ = writeln!(
                 out,
-                "  {:<29} {:<4} {:<7} {:>8} {:>6} {:>8} {:>8}  {:<24} FILE | PATHS",
-                "VMA", "PROT", "KIND", "FAULTS", "MAJOR", "P50", "P99", "HANDLER"
+                "  {:<29} {:<4} {:<7} {:>8} {:>6} {:>8} {:>8}  {:<22} {:<24} FILE | PATHS",
+                "VMA", "PROT", "KIND", "FAULTS", "MAJOR", "P50", "P99", "SETUP", "HANDLER"
             );
         }
         for v in vmas.iter().take(max_vmas) {
-            let handler = match (&v.handler, &v.module) {
-                (Some(h), Some(m)) => format!("{} [{}]", visible(h), visible(m)),
-                (Some(h), None) => visible(h).into_owned(),
-                _ => "-".into(),
-            };
+            let handler = function(v.handler.as_deref(), v.module.as_deref());
+            let setup = v.setup.as_ref().map_or_else(
+                || "-".into(),
+                |s| function(s.by.as_deref(), s.by_module.as_deref()),
+            );
             let paths: Vec<String> = v.paths.iter().map(|(k, n)| format!("{k} {n}")).collect();
             let _ = writeln!(
                 out,
-                "  {:<29} {:<4} {:<7} {:>8} {:>6} {:>8} {:>8}  {:<24} {} | {}",
+                "  {:<29} {:<4} {:<7} {:>8} {:>6} {:>8} {:>8}  {:<22} {:<24} {} | {}",
                 format!("{}-{}", v.start, v.end),
                 v.prot,
                 v.kind,
@@ -90,6 +90,7 @@ pub fn render(s: &Summary, max_procs: usize, max_vmas: usize) -> String {
                 v.major,
                 ns(v.latency_ns.p50),
                 ns(v.latency_ns.p99),
+                setup,
                 handler,
                 visible(v.file.as_deref().unwrap_or("")),
                 paths.join(", ")
@@ -123,4 +124,13 @@ pub fn render(s: &Summary, max_procs: usize, max_vmas: usize) -> String {
         }
     }
     out
+}
+
+/// A kernel function as `name [module]`, names escaped; `-` for none.
+fn function(name: Option<&str>, module: Option<&str>) -> String {
+    match (name, module) {
+        (Some(h), Some(m)) => format!("{} [{}]", visible(h), visible(m)),
+        (Some(h), None) => visible(h).into_owned(),
+        _ => "-".into(),
+    }
 }

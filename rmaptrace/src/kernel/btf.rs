@@ -221,6 +221,10 @@ impl KernelBtf {
             vm_ops_fault: o("vm_operations_struct", "fault")?,
             vm_ops_huge_fault: o("vm_operations_struct", "huge_fault")?,
             file_f_inode: o("file", "f_inode")?,
+            file_f_op: o("file", "f_op")?,
+            fops_mmap: o("file_operations", "mmap")?,
+            fops_mmap_prepare: o("file_operations", "mmap_prepare")
+                .or_else(|_| o("file_operations", "mmap"))?,
             file_dentry: o("file", "f_path.dentry")?,
             dentry_name: o("dentry", "d_name.name")?,
             dentry_parent: o("dentry", "d_parent")?,

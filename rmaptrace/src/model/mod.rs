@@ -1,7 +1,9 @@
 //! Attribution: turns what the probes counted into processes, VMAs, mapping kinds,
 //! fault handlers and kernel paths. No kernel access here: every input is handed in,
 //! so all of it runs in unit tests.
+pub mod code;
 pub mod event;
+pub mod flags;
 pub mod kind;
 pub mod origins;
 pub mod path;

@@ -1,6 +1,6 @@
 //! A point-in-time copy of the in-kernel aggregates, as plain data. The kernel maps
 //! are cumulative, so each snapshot replaces the previous one.
-use crate::model::origins::FileName;
+use crate::model::{code::Code, origins::FileName};
 
 use rmaptrace_common::{
     counter, latency_bucket_floor, FaultKey, FaultStats, ThreadAcct, VmaInfo, VmaRecord,
@@ -19,7 +19,9 @@ pub struct Vma {
     pub vm_end: u64,
     pub vm_flags: u64,
     /// `vm_ops->fault`.
-    pub fault_fn: u64,
+    pub fault_fn: Code,
+    /// The file's `f_op->mmap_prepare` or `f_op->mmap` (none without a file).
+    pub setup_fn: Code,
     pub ino: u64,
     pub rdev: u32,
     pub i_mode: u16,
@@ -39,7 +41,12 @@ impl Vma {
             vm_start: info.vm_start,
             vm_end: info.vm_end,
             vm_flags: info.vm_flags,
-            fault_fn: info.fault_fn,
+            fault_fn: Code::of(info.fault_fn),
+            // The kernel calls mmap_prepare instead of mmap when a file has it.
+            setup_fn: Code::of(match info.setup_prepare_fn {
+                0 => info.setup_fn,
+                prepare => prepare,
+            }),
             ino: info.ino,
             rdev: info.rdev,
             i_mode: info.i_mode,

@@ -34,6 +34,19 @@ pub struct HandlerTime {
     pub mean_ns: u64,
 }
 
+/// How the mapping was set up, as the kernel left it.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Setup {
+    /// The function that set it up: the mapped file's `f_op->mmap_prepare` or
+    /// `f_op->mmap`, `shmem_zero_setup` for shared anonymous memory; None for
+    /// private anonymous memory, brk and the stack (no file).
+    pub by: Option<String>,
+    /// Its module, None for vmlinux.
+    pub by_module: Option<String>,
+    /// `vm_flags` by name (include/linux/mm.h), as the VMA was last looked up.
+    pub vm_flags: Vec<std::borrow::Cow<'static, str>>,
+}
+
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct VmaSummary {
     pub start: String,
@@ -47,6 +60,8 @@ pub struct VmaSummary {
     pub prot: String,
     /// The mmap call that created the mapping, when it was seen.
     pub origin: Option<String>,
+    /// None where no VMA was found for its faults.
+    pub setup: Option<Setup>,
     /// The mapping lifetime: one kernel VMA from its creation to its unmap.
     pub life: Option<u64>,
     /// When rmaptrace first saw the lifetime (its first fault, usually).

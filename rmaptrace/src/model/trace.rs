@@ -13,13 +13,14 @@ use serde::Serialize;
 
 use super::{
     event::{c_str, kernel_path, Event},
+    flags,
     kind::{char_device, classify, prot_string, Kind},
     origins::{Origin, Origins, PathNames},
     path,
     small_map::SmallMap,
     snapshot::{row_life, FaultTotals, Lifetime, Names, Snapshot, Vma},
     summary::{
-        FaultCounts, HandlerTime, KernelCounts, Latency, ProcessSummary, Summary, Totals,
+        FaultCounts, HandlerTime, KernelCounts, Latency, ProcessSummary, Setup, Summary, Totals,
         VmaSummary,
     },
     syscalls::{self, MmapRecord},
@@ -539,7 +540,7 @@ impl Trace {
             .snapshot
             .vmas
             .iter()
-            .map(|(_, r)| r.info.fault_fn)
+            .flat_map(|(_, r)| [r.info.fault_fn.addr(), r.info.setup_fn.addr()])
             .filter(|&f| f != 0)
             .collect();
         let missing: Vec<u64> = handlers
@@ -575,8 +576,30 @@ impl Trace {
         }
     }
 
+    /// What set a VMA up, from the function its file's operations name.
+    /// MAP_SHARED|MAP_ANONYMOUS (and MAP_SHARED of /dev/zero) get a shmem file
+    /// from shmem_zero_setup, named `dev/zero`: no other dentry name holds a
+    /// '/', so the name tells it from a memfd's, whose operations are the same.
+    fn setup_of(&self, info: &Vma) -> Setup {
+        let (mut by, mut by_module) = match info.setup_fn.addr() {
+            0 => (None, None),
+            f => self.handler_of(f),
+        };
+        if info.has_file
+            && info.name.as_deref() == Some("dev/zero")
+            && by.as_deref().is_some_and(|b| b.starts_with("shmem_"))
+        {
+            (by, by_module) = (Some("shmem_zero_setup".into()), None);
+        }
+        Setup {
+            by,
+            by_module,
+            vm_flags: flags::names(info.vm_flags),
+        }
+    }
+
     fn kind_of(&self, info: &Vma) -> Kind {
-        let handler = self.symbols.exact(info.fault_fn).map(|s| s.name);
+        let handler = self.symbols.exact(info.fault_fn.addr()).map(|s| s.name);
         classify(info, handler)
     }
 
@@ -680,7 +703,7 @@ impl Trace {
             None => Kind::Unknown,
         };
         let (handler, module) = match &vma {
-            Some(v) => self.handler_of(v.fault_fn),
+            Some(v) => self.handler_of(v.fault_fn.addr()),
             None => (None, None),
         };
         let vm_flags = vma.as_ref().map_or(0, |v| v.vm_flags);
@@ -1117,7 +1140,7 @@ impl Trace {
             }
         }
         let (handler, module) = info
-            .map(|i| self.handler_of(i.fault_fn))
+            .map(|i| self.handler_of(i.fault_fn.addr()))
             .unwrap_or((None, None));
         // The origin is found by the start the VMA had when last looked up; the
         // row shows the range it had at the end of its life.
@@ -1154,6 +1177,7 @@ impl Trace {
             device: info.and_then(char_device),
             prot: info.map(|i| prot_string(i.vm_flags)).unwrap_or_default(),
             origin: origin.map(Self::describe_origin),
+            setup: info.map(|i| self.setup_of(i)),
             life: life.map(|(id, _)| id),
             first_seen_ns: life.map(|(_, r)| r.first_ns),
             mapped_ns: origin.map(|o| o.ts_ns),

@@ -42,6 +42,7 @@ fn vma(
         device: None,
         prot: prot.into(),
         origin: None,
+        setup: None,
         life: Some(start),
         first_seen_ns: Some(1),
         mapped_ns: None,
