@@ -340,6 +340,9 @@ pub mod event_kind {
     pub const MUNMAP_EXIT: u32 = 11;
     /// A fault whose VMA the kernel could not look up (see [`UnresolvedFault`]).
     pub const UNRESOLVED_FAULT: u32 = 12;
+    /// An mmap syscall left a mapping the fault path does not serve (see
+    /// [`MmapSetupEvent`]).
+    pub const MMAP_SETUP: u32 = 13;
 }
 
 pub const COMM_LEN: usize = 16;
@@ -451,6 +454,22 @@ impl MmapExitEvent {
         };
         core::mem::offset_of!(MmapExitEvent, path) + depth * PATH_COMPONENT_LEN
     }
+}
+
+/// The VMA an mmap syscall left, when its setup made it one the fault path does
+/// not serve (VM_PFNMAP, VM_MIXEDMAP or VM_IO: a driver's `remap_pfn_range` or
+/// `vm_insert_pages`): such a mapping may never fault, so nothing else would
+/// show it. Sent before the call's [`MmapExitEvent`], from the same lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MmapSetupEvent {
+    pub header: EventHeader,
+    pub vm_start: u64,
+    pub vm_end: u64,
+    pub vm_flags: u64,
+    /// As in [`VmaInfo`].
+    pub setup_fn: u64,
+    pub setup_prepare_fn: u64,
 }
 
 /// A thread exited: its own fault counters as the kernel kept them.

@@ -6,7 +6,10 @@ use aya_ebpf::helpers::{
     bpf_probe_read_kernel_str_bytes, generated::bpf_find_vma, generated::bpf_get_current_task_btf,
 };
 use core::ffi::c_void;
-use rmaptrace_common::{vma_status, MmapExitEvent, VmaInfo, PATH_COMPONENTS};
+use rmaptrace_common::{
+    counter, event_kind, vm_flags, vma_status, EventHeader, MmapExitEvent, MmapSetupEvent, VmaInfo,
+    PATH_COMPONENTS,
+};
 
 use crate::maps::{kernel_read as read, kernel_read_flat as read_flat, offsets};
 
@@ -208,6 +211,27 @@ extern "C" fn file_path(_task: *mut c_void, vma: *mut c_void, _ctx: *mut c_void)
     );
     if start == ev.ret {
         crate::life::reborn(vma, start, end);
+    }
+    let flags: u64 = read_flat(vma, o.vma_vm_flags);
+    if flags & (vm_flags::VM_PFNMAP | vm_flags::VM_MIXEDMAP | vm_flags::VM_IO) != 0 {
+        let fops: u64 = read_flat(file, o.file_f_op);
+        let setup = MmapSetupEvent {
+            header: EventHeader {
+                kind: event_kind::MMAP_SETUP,
+                ..ev.header
+            },
+            vm_start: start,
+            vm_end: end,
+            vm_flags: flags,
+            setup_fn: read_flat(fops, o.fops_mmap),
+            setup_prepare_fn: read_flat(fops, o.fops_mmap_prepare),
+        };
+        if crate::maps::EVENTS
+            .output::<MmapSetupEvent>(&setup, 0)
+            .is_err()
+        {
+            crate::maps::bump(counter::EVENTS_LOST);
+        }
     }
     walk_file(file, ev);
     0

@@ -463,9 +463,13 @@ async fn trace(
             }
             _ = tick.tick() => {
                 let step = guarded(|| -> Result<()> {
-                    // Test hook: a bug in the session itself, mid-trace.
+                    // Test hook: a bug in the session itself, mid-trace (2 s in,
+                    // and once RMAPTRACE_TEST_PANIC_FILE exists, if set: the
+                    // test's command says when its tree is up).
                     if started.elapsed() > Duration::from_secs(2)
                         && std::env::var_os("RMAPTRACE_TEST_PANIC").is_some_and(|v| v == "session")
+                        && std::env::var_os("RMAPTRACE_TEST_PANIC_FILE")
+                            .is_none_or(|f| Path::new(&f).exists())
                     {
                         panic!("RMAPTRACE_TEST_PANIC=session");
                     }

@@ -120,6 +120,13 @@ fn fork_then_child_writes_copy_on_write() {
     check("fork-cow");
 }
 
+/// A kernel object whose mmap handler installs every page: a row from the
+/// mmap call, its setup and flags, and no fault.
+#[test]
+fn prefilled_mapping_is_a_row_without_faults() {
+    check("bpf-map-mmap");
+}
+
 #[test]
 fn kvm_vcpu_mapping_is_a_driver_fault() {
     let t = trace_workload("kvm-vcpu", 1, &[]);

@@ -211,11 +211,16 @@ fn a_panic_in_the_session_kills_the_commands_tree() {
     require_root();
     let m = marker("panic");
     let json = temp_json("panic");
-    let script = format!("{0} {0} wait", background_sleep(&m));
+    // The panic waits for both sleeps (a loaded machine may take over 2 s to
+    // start them).
+    let up = json.with_extension("up");
+    let _ = std::fs::remove_file(&up);
+    let script = format!("{0} {0} : > {1}; wait", background_sleep(&m), up.display());
     // Output to a file, not a pipe: survivors would hold a pipe open.
     let stderr = json.with_extension("stderr");
     let mut child = Command::new(bin())
         .env("RMAPTRACE_TEST_PANIC", "session")
+        .env("RMAPTRACE_TEST_PANIC_FILE", &up)
         .args(["--no-tui", "--json"])
         .arg(&json)
         .args(["--", "sh", "-c", &format!("{script} # {m}")])
@@ -246,8 +251,9 @@ fn a_panic_in_the_session_kills_the_commands_tree() {
         summary_of(&json)["end_reason"],
         "internal error (RMAPTRACE_TEST_PANIC=session)"
     );
-    // The panic comes 2 s into the trace: both sleeps had started by then.
+    // The panic came once both sleeps had started.
     assert_tree_gone(&m, 2);
+    let _ = std::fs::remove_file(&up);
 }
 
 /// `--json - | head -1`: the reader goes away mid-trace. The trace stops like

@@ -48,6 +48,7 @@ const SCENARIOS: &[&str] = &[
     "driver-pfn",
     "driver-pages",
     "driver-fault",
+    "bpf-map-mmap",
     // Mapping lifetimes and VMA lookups under concurrent mapping changes.
     "mprotect-split",
     "mbind-split",

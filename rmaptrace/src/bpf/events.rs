@@ -34,6 +34,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
         | event_kind::MREMAP_ENTER
         | event_kind::MREMAP_EXIT
         | event_kind::MUNMAP_EXIT => read(bytes).map(Event::Syscall),
+        event_kind::MMAP_SETUP => read(bytes).map(Event::MmapSetup),
         event_kind::EXIT => read(bytes).map(Event::Exit),
         event_kind::EXEC | event_kind::FORK => read(bytes).map(Event::Task),
         event_kind::UNRESOLVED_FAULT => read(bytes).map(Event::Unresolved),

@@ -1,7 +1,7 @@
 //! The records the kernel side sends, as the model takes them in (bpf::events
 //! decodes the ring buffer's bytes into these), and the names they carry.
 use rmaptrace_common::{
-    ExitEvent, FaultEvent, MmapExitEvent, SyscallEvent, TaskEvent, UnresolvedFault,
+    ExitEvent, FaultEvent, MmapExitEvent, MmapSetupEvent, SyscallEvent, TaskEvent, UnresolvedFault,
 };
 
 #[derive(Clone, Debug)]
@@ -9,6 +9,7 @@ pub enum Event {
     Fault(FaultEvent),
     Syscall(SyscallEvent),
     MmapExit(MmapExitEvent),
+    MmapSetup(MmapSetupEvent),
     Exit(ExitEvent),
     Task(TaskEvent),
     Unresolved(UnresolvedFault),

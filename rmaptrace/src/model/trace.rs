@@ -12,6 +12,7 @@ use rmaptrace_common::{
 use serde::Serialize;
 
 use super::{
+    code::Code,
     event::{c_str, kernel_path, Event},
     flags,
     kind::{char_device, classify, prot_string, Kind},
@@ -91,6 +92,20 @@ struct ProcessState {
     names: HashMap<u64, String>,
     /// Its mappings that ended and were collected while it ran.
     ended: ended::Ended,
+    /// Mappings its mmap calls left that the fault path does not serve (a
+    /// driver's prefilled pages): listed even if they never fault.
+    unfaulted: Vec<Unfaulted>,
+}
+
+/// A mapping as its mmap call left it, for one that may never fault.
+#[derive(Clone, Copy, Debug)]
+struct Unfaulted {
+    start: u64,
+    end: u64,
+    /// When the call that made it returned.
+    ts_ns: u64,
+    vm_flags: u64,
+    setup: Code,
 }
 
 impl ProcessState {
@@ -329,6 +344,15 @@ impl AddrsByPid {
     }
 }
 
+/// When an unmap entered after the mapping was made removed all of it.
+fn unfaulted_until(p: &ProcessState, u: &Unfaulted) -> Option<u64> {
+    p.unmaps_after(u.ts_ns)
+        .iter()
+        .filter(|x| x.start <= u.start && u.end <= x.end)
+        .map(|x| x.exit_ns)
+        .min()
+}
+
 fn hex(v: u64) -> String {
     format!("{v:#x}")
 }
@@ -541,6 +565,12 @@ impl Trace {
             .vmas
             .iter()
             .flat_map(|(_, r)| [r.info.fault_fn.addr(), r.info.setup_fn.addr()])
+            .chain(
+                self.processes
+                    .values()
+                    .chain(self.newborn.values())
+                    .flat_map(|p| p.unfaulted.iter().map(|u| u.setup.addr())),
+            )
             .filter(|&f| f != 0)
             .collect();
         let missing: Vec<u64> = handlers
@@ -581,20 +611,76 @@ impl Trace {
     /// from shmem_zero_setup, named `dev/zero`: no other dentry name holds a
     /// '/', so the name tells it from a memfd's, whose operations are the same.
     fn setup_of(&self, info: &Vma) -> Setup {
-        let (mut by, mut by_module) = match info.setup_fn.addr() {
+        let zero_shmem = info.has_file && info.name.as_deref() == Some("dev/zero");
+        self.setup_from(info.setup_fn, info.vm_flags, zero_shmem)
+    }
+
+    fn setup_from(&self, setup_fn: Code, vm_flags: u64, zero_shmem: bool) -> Setup {
+        let (mut by, mut by_module) = match setup_fn.addr() {
             0 => (None, None),
             f => self.handler_of(f),
         };
-        if info.has_file
-            && info.name.as_deref() == Some("dev/zero")
-            && by.as_deref().is_some_and(|b| b.starts_with("shmem_"))
-        {
+        if zero_shmem && by.as_deref().is_some_and(|b| b.starts_with("shmem_")) {
             (by, by_module) = (Some("shmem_zero_setup".into()), None);
         }
         Setup {
             by,
             by_module,
-            vm_flags: flags::names(info.vm_flags),
+            vm_flags: flags::names(vm_flags),
+        }
+    }
+
+    /// The mappings of `pid` the fault path does not serve that no lifetime
+    /// took (none was first seen over them after they were made): they never
+    /// faulted, and are rows of their own, from their mmap calls.
+    fn unfaulted_rows(&self, pid: u32, spans: &[Span]) -> Vec<VmaSummary> {
+        let Some(p) = self.processes.get(&pid).filter(|p| !p.unfaulted.is_empty()) else {
+            return Vec::new();
+        };
+        let lives = ended::Ranges::new(
+            spans
+                .iter()
+                .filter_map(|sp| Some((sp.start, sp.end, sp.first_seen?.get())))
+                .collect(),
+        );
+        p.unfaulted
+            .iter()
+            .filter(|u| {
+                !lives
+                    .overlapping(u.start, u.end)
+                    .any(|&(_, _, first)| first >= u.ts_ns)
+            })
+            .map(|u| self.unfaulted_summary(p, u))
+            .collect()
+    }
+
+    fn unfaulted_summary(&self, p: &ProcessState, u: &Unfaulted) -> VmaSummary {
+        let origin = p.origins.covering(u.start, u.ts_ns);
+        VmaSummary {
+            start: hex(u.start),
+            end: hex(u.end),
+            kind: Kind::Driver.as_str(),
+            handler: None,
+            module: None,
+            file: origin.and_then(|o| o.path.as_deref()).map(str::to_string),
+            device: None,
+            prot: prot_string(u.vm_flags),
+            origin: origin.map(Self::describe_origin),
+            setup: Some(self.setup_from(u.setup, u.vm_flags, false)),
+            life: None,
+            first_seen_ns: None,
+            mapped_ns: origin.map(|o| o.ts_ns),
+            unmapped_ns: unfaulted_until(p, u).or(p.exit_ns),
+            faults: 0,
+            minor: 0,
+            major: 0,
+            paths: SmallMap::default(),
+            latency_ns: Latency::default(),
+            handler_time: None,
+            start_addr: u.start,
+            end_addr: u.end,
+            key: u.ts_ns,
+            latency_hist: Default::default(),
         }
     }
 
@@ -609,6 +695,20 @@ impl Trace {
             // A fault whose VMA found the lifetime table full has no lifetime
             // to go to: it stays unknown, counted in its row, and is not kept.
             Event::Unresolved(u) if u.vma_status == vma_status::UNTRACKED => None,
+            Event::MmapSetup(m) => {
+                let st = self.state_mut(m.header.tgid, m.header.ts_ns);
+                st.unfaulted.push(Unfaulted {
+                    start: m.vm_start,
+                    end: m.vm_end,
+                    ts_ns: m.header.ts_ns,
+                    vm_flags: m.vm_flags,
+                    setup: Code::of(match m.setup_prepare_fn {
+                        0 => m.setup_fn,
+                        prepare => prepare,
+                    }),
+                });
+                None
+            }
             Event::Unresolved(u) => {
                 self.unresolved.push(u);
                 None
@@ -1257,7 +1357,7 @@ impl Trace {
         pids.extend(
             self.processes
                 .iter()
-                .filter(|(_, p)| p.targeted || p.ended.lifetimes > 0)
+                .filter(|(_, p)| p.targeted || p.ended.lifetimes > 0 || !p.unfaulted.is_empty())
                 .map(|(pid, _)| *pid),
         );
         // A retired pid is listed again only for a new process that got it.
@@ -1301,8 +1401,13 @@ impl Trace {
                 busiest.truncate(keep.0);
                 busiest.sort_unstable_by_key(|sp| (sp.start, sp.first_seen, sp.life()));
             }
-            let vmas: Vec<VmaSummary> = busiest.into_iter().map(describe).collect();
-            let vmas_dropped = spans.len() - vmas.len();
+            let unfaulted = self.unfaulted_rows(pid, &spans);
+            let mut vmas: Vec<VmaSummary> = busiest.into_iter().map(describe).collect();
+            if !unfaulted.is_empty() {
+                vmas.extend(unfaulted.iter().cloned());
+                vmas.sort_by_key(|v| v.start_addr);
+            }
+            let vmas_dropped = spans.len() + unfaulted.len() - vmas.len();
             // Mappings that ended earlier, already written: their sums.
             let ended = self.processes.get(&pid).map(|p| &p.ended);
             if let Some(e) = ended {
@@ -1345,7 +1450,7 @@ impl Trace {
                 written: false,
             };
             // Every mapping, described one at a time for the export.
-            sink(&summary, &mut spans.iter().map(describe));
+            sink(&summary, &mut spans.iter().map(describe).chain(unfaulted));
             processes.push(summary);
         }
         processes

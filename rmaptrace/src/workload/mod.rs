@@ -24,6 +24,7 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("kvm-vcpu", "mmap of a KVM vCPU fd, read each page: driver, kvm_vcpu_fault"),
     ("memfd-secret", "memfd_secret, write: driver-like, secretmem_fault, N x do_shared_fault"),
     ("populate", "MAP_POPULATE then write: no faults, N faults unseen (get_user_pages)"),
+    ("bpf-map-mmap", "a BPF array map with BPF_F_MMAPABLE, mapped MAP_SHARED and written: bpf_map_mmap prefills every page (VM_MIXEDMAP), no faults"),
     ("driver-pfn", "rmapdemo.ko, /dev/rmapdemo_pfn MAP_SHARED, write: remap_pfn_range at mmap, no faults"),
     ("driver-pages", "rmapdemo.ko, /dev/rmapdemo_pages MAP_SHARED, write: vm_insert_pages at mmap, no faults"),
     ("driver-fault", "rmapdemo.ko, /dev/rmapdemo_fault MAP_SHARED, write: driver, rmapdemo_fault, N x do_shared_fault"),
@@ -82,6 +83,34 @@ fn report(scenario: &str, pages: usize, addr: *mut u8, extra: serde_json::Value)
         o.extend(e.clone());
     }
     println!("{v}");
+}
+
+/// A BPF array of `len` bytes that can be mmapped (BPF_F_MMAPABLE): a kernel
+/// object whose mmap handler installs every page (remap_vmalloc_range), as a
+/// driver's vm_insert_pages does. Needs CAP_BPF.
+fn mmapable_bpf_array(len: usize) -> Result<i32> {
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_MAP_TYPE_ARRAY: u32 = 2;
+    const BPF_F_MMAPABLE: u32 = 1 << 10;
+    // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size,
+    // max_entries, map_flags, then fields left zero.
+    let mut attr = [0u32; 32];
+    attr[..5].copy_from_slice(&[
+        BPF_MAP_TYPE_ARRAY,
+        4,
+        PAGE as u32,
+        (len / PAGE) as u32,
+        BPF_F_MMAPABLE,
+    ]);
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_CREATE,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    } as i32;
+    check(fd, "bpf(BPF_MAP_CREATE, BPF_F_MMAPABLE) (run as root)")
 }
 
 /// A file of `pages` pages on a disk filesystem (not tmpfs, which is shmem).
@@ -214,6 +243,13 @@ pub fn run(scenario: &str, pages: usize, wait: bool) -> Result<()> {
         }
         "populate" => {
             let p = map(len, rw, private_anon | libc::MAP_POPULATE, -1)?;
+            write_pages(p, pages);
+            report(scenario, pages, p, json!({}));
+        }
+        "bpf-map-mmap" => {
+            let fd = mmapable_bpf_array(len)?;
+            let p = map(len, rw, libc::MAP_SHARED, fd)?;
+            unsafe { libc::close(fd) };
             write_pages(p, pages);
             report(scenario, pages, p, json!({}));
         }

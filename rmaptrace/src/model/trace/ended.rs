@@ -36,14 +36,14 @@ pub fn collect_due(ended_since: u64, held: u64, capacity: u64) -> bool {
 
 /// Ranges sorted by start with the running maximum of their ends, for the
 /// question "does any of them overlap [lo, hi)?".
-struct Ranges {
+pub(super) struct Ranges {
     /// (start, end, first seen), by start.
     items: Vec<(u64, u64, u64)>,
     reach: Vec<u64>,
 }
 
 impl Ranges {
-    fn new(mut items: Vec<(u64, u64, u64)>) -> Self {
+    pub(super) fn new(mut items: Vec<(u64, u64, u64)>) -> Self {
         items.sort_unstable();
         let reach = items
             .iter()
@@ -56,7 +56,7 @@ impl Ranges {
     }
 
     /// The ranges that overlap [lo, hi).
-    fn overlapping(&self, lo: u64, hi: u64) -> impl Iterator<Item = &(u64, u64, u64)> {
+    pub(super) fn overlapping(&self, lo: u64, hi: u64) -> impl Iterator<Item = &(u64, u64, u64)> {
         let from = self.reach.partition_point(|&r| r <= lo);
         self.items[from..]
             .iter()
@@ -80,6 +80,7 @@ impl Trace {
     /// attributed stay, so that the attribution sees every candidate. Returns
     /// the kernel rows to free; the snapshot no longer has them.
     pub fn collect_ended_into(&mut self, sink: &mut EndedSink<'_>) -> Vec<Retired> {
+        self.collect_unfaulted_into(sink);
         let running = |pid: &u32| {
             !self.newborn.contains_key(pid)
                 && !self.retired_until.contains_key(pid)
@@ -179,6 +180,47 @@ impl Trace {
         self.forget_history(&pids);
         self.path_names.prune();
         freed
+    }
+
+    /// Mappings that never faulted (a driver's prefilled ones), unmapped since
+    /// in processes still running: written once, then forgotten like ended
+    /// lifetimes, so that a process mapping a device in a loop holds only
+    /// what it has mapped.
+    fn collect_unfaulted_into(&mut self, sink: &mut EndedSink<'_>) {
+        let pids: Vec<u32> = self
+            .processes
+            .iter()
+            .filter(|(pid, p)| {
+                p.exit_ns.is_none()
+                    && !self.newborn.contains_key(pid)
+                    && p.unfaulted
+                        .iter()
+                        .any(|u| super::unfaulted_until(p, u).is_some())
+            })
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in pids {
+            let Some(p) = self.processes.get(&pid) else {
+                continue;
+            };
+            let ended: Vec<VmaSummary> = p
+                .unfaulted
+                .iter()
+                .filter(|u| super::unfaulted_until(p, u).is_some())
+                .map(|u| self.unfaulted_summary(p, u))
+                .collect();
+            let left: Vec<_> = p
+                .unfaulted
+                .iter()
+                .filter(|u| super::unfaulted_until(p, u).is_none())
+                .copied()
+                .collect();
+            let n = ended.len() as u64;
+            sink(pid, &self.comm_of(pid), &mut ended.into_iter());
+            let p = self.processes.get_mut(&pid).expect("just seen");
+            p.unfaulted = left;
+            p.ended.lifetimes += n;
+        }
     }
 
     /// Faults counted on collected lifetimes after the snapshot they were

@@ -6,7 +6,8 @@ use crate::{
     model::snapshot::{Counters, Hist, ProcTotals},
 };
 use rmaptrace_common::{
-    access, path_id, EventHeader, ExitEvent, FaultKey, TaskEvent, ThreadAcct, VmaInfo, VmaRecord,
+    access, path_id, EventHeader, ExitEvent, FaultKey, MmapSetupEvent, TaskEvent, ThreadAcct,
+    VmaInfo, VmaRecord,
 };
 
 #[derive(Default)]
@@ -792,4 +793,85 @@ fn handlers_of_modules_loaded_later_are_named() {
         [0xffff_ffff_c000_1000],
         "only the handlers met are kept"
     );
+}
+
+/// A driver mapping that never faults (its pages installed by its mmap) is a
+/// row from its mmap call; written once when unmapped while the process runs,
+/// then gone; and a lifetime that took its range instead wins.
+#[test]
+fn mappings_the_fault_path_never_serves_are_rows_of_their_own() {
+    let mut t = trace_with(FakeProc::default());
+    t.add_target(3);
+    let pfn = 0xb | 0x400 | 0x4000 | 0x40000; // rw shared, PFNMAP|IO|DONTEXPAND
+    let mapped = |t: &mut Trace, ts: u64, start: u64| {
+        t.on_event(Event::Syscall(SyscallEvent {
+            header: header(event_kind::MMAP_ENTER, 3, ts),
+            args: [0, 0x4000, 3, 0x1, 5, 0],
+        }));
+        t.on_event(Event::MmapSetup(MmapSetupEvent {
+            header: header(event_kind::MMAP_SETUP, 3, ts + 1),
+            vm_start: start,
+            vm_end: start + 0x4000,
+            vm_flags: pfn,
+            setup_fn: 0xffff_ffff_c000_1000,
+            setup_prepare_fn: 0,
+        }));
+        t.on_event(Event::MmapExit(mmap_exit(3, ts + 2, start)));
+    };
+    mapped(&mut t, 10, 0x7000);
+    mapped(&mut t, 20, 0x20000);
+    t.set_snapshot(Snapshot::default());
+    let p = t.summary(30).processes.remove(0);
+    let rows: Vec<_> = p
+        .vmas
+        .iter()
+        .map(|v| (v.start.as_str(), v.kind, v.faults, v.life, v.unmapped_ns))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("0x7000", "driver", 0, None, None),
+            ("0x20000", "driver", 0, None, None)
+        ]
+    );
+    let setup = p.vmas[0].setup.as_ref().unwrap();
+    assert_eq!(setup.by.as_deref(), Some("rmapdemo_fault"));
+    assert!(setup.vm_flags.iter().any(|f| f == "VM_PFNMAP"));
+    assert_eq!(
+        p.vmas[0].origin.as_deref().map(|o| o.starts_with("mmap(")),
+        Some(true)
+    );
+
+    // The first is unmapped: written once, then forgotten.
+    for (kind, ts) in [(event_kind::MUNMAP, 40), (event_kind::MUNMAP_EXIT, 41)] {
+        t.on_event(Event::Syscall(SyscallEvent {
+            header: header(kind, 3, ts),
+            args: [0x7000, 0x4000, 0, 0, 0, 0],
+        }));
+    }
+    let mut written = Vec::new();
+    t.collect_ended_into(&mut |pid, _, vmas| {
+        written.extend(vmas.map(|v| (pid, v.start, v.unmapped_ns)))
+    });
+    assert_eq!(written, [(3, "0x7000".to_string(), Some(41))]);
+    t.collect_ended_into(&mut |_, _, vmas| assert_eq!(vmas.count(), 0));
+
+    // The second faulted after all: its lifetime's row shows it.
+    let driver = VmaInfo {
+        vm_start: 0x20000,
+        vm_end: 0x24000,
+        vm_flags: pfn,
+        vm_ops: 1,
+        file: 1,
+        ..Default::default()
+    };
+    t.set_snapshot(Snapshot {
+        faults: vec![(key(3, 7, access::WRITE), totals(1, 0))],
+        vmas: vec![life(3, 7, 50, 0x20000, driver)],
+        ..Default::default()
+    });
+    let p = t.summary(60).processes.remove(0);
+    let rows: Vec<_> = p.vmas.iter().map(|v| (v.life, v.faults)).collect();
+    assert_eq!(rows, [(Some(7), 1)]);
+    assert_eq!(p.vmas_ended, 1);
 }
