@@ -241,6 +241,18 @@ fn demo_shows_every_kind_reacts_to_keys_and_quits_cleanly() {
         &["RANGE", "HANDLER", kind, handler],
         Duration::from_secs(30),
     );
+    // The first mapping's story: what set it up, then its faults.
+    pty.keys("\r");
+    pty.wait_for(
+        &[
+            "mapping: Esc or Enter closes",
+            "set up by",
+            "flags",
+            "VM_READ",
+        ],
+        Duration::from_secs(30),
+    );
+    pty.keys("\r");
 
     pty.keys("?");
     pty.wait_for(

@@ -1,5 +1,7 @@
 //! The state of the live screen and what each key does to it. No terminal here:
 //! keys and summaries come in as values, so every behaviour is unit-tested.
+use std::collections::BTreeMap;
+
 use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 
 use super::{
@@ -124,6 +126,8 @@ pub struct App {
     pub editing_filter: bool,
     pub paused: bool,
     pub help: bool,
+    /// The mapping whose story is open over the Mappings screen (its key).
+    pub story: Option<u64>,
     pub quit: bool,
 }
 
@@ -154,6 +158,7 @@ impl App {
             editing_filter: false,
             paused: false,
             help: false,
+            story: None,
             quit: false,
         }
     }
@@ -243,6 +248,44 @@ impl App {
             .processes
             .iter()
             .find(|p| p.pid == pid)
+    }
+
+    /// `rmaptrace demo`: the next scenario (by name, after the one in focus),
+    /// its latest process's busiest mapping, with its story open. Nothing
+    /// outside the demo (no labelled processes).
+    fn next_demo_story(&mut self) {
+        let Some(d) = &self.data else {
+            return;
+        };
+        let mut latest: BTreeMap<&str, u32> = BTreeMap::new();
+        for p in &d.summary.processes {
+            if let Some(l) = d.labels.get(&p.pid) {
+                let e = latest.entry(l.as_str()).or_insert(p.pid);
+                *e = (*e).max(p.pid);
+            }
+        }
+        let current = self.focus.and_then(|pid| self.label(pid));
+        let next = latest
+            .iter()
+            .find(|(l, _)| current.is_none_or(|c| *l > &c))
+            .or_else(|| latest.iter().next())
+            .map(|(_, pid)| *pid);
+        let Some(pid) = next else {
+            return;
+        };
+        self.focus = Some(pid);
+        self.selected_pid = Some(pid);
+        self.screen = Screen::Mappings;
+        self.vma_sort = VmaSort::Faults;
+        self.vma_sel = 0;
+        self.story = self.vmas().first().map(|v| v.key);
+    }
+
+    /// The mapping whose story is open, as the latest summary has it.
+    pub fn story_vma(&self) -> Option<&VmaSummary> {
+        let key = self.story?;
+        let p = self.process(self.focus_pid()?)?;
+        p.vmas.iter().find(|v| v.key == key)
     }
 
     pub fn vmas(&self) -> Vec<&VmaSummary> {
@@ -408,6 +451,15 @@ impl App {
             }
             return;
         }
+        if self.story.is_some() && self.screen == Screen::Mappings {
+            match k.code {
+                KeyCode::Char('q') => self.quit = true,
+                KeyCode::Esc | KeyCode::Enter | KeyCode::Backspace => self.story = None,
+                KeyCode::Char('?') | KeyCode::F(1) => self.help = true,
+                _ => {}
+            }
+            return;
+        }
         match k.code {
             KeyCode::Char('q') => self.quit = true,
             KeyCode::Char('?') | KeyCode::F(1) => self.help = true,
@@ -431,9 +483,13 @@ impl App {
                 }
                 _ => {}
             },
+            KeyCode::Char('n') => self.next_demo_story(),
             KeyCode::Char('/') => {
                 self.editing_filter = true;
                 self.filter.clear();
+            }
+            KeyCode::Enter if self.screen == Screen::Mappings => {
+                self.story = self.vmas().get(self.vma_sel).map(|v| v.key);
             }
             KeyCode::Enter if self.screen == Screen::Processes => {
                 let rows = self.processes();
@@ -520,6 +576,13 @@ mod tests {
         let mut a = app();
         press(&mut a, &[KeyCode::Down, KeyCode::Enter]);
         assert_eq!(a.screen, Screen::Mappings);
+        // Enter on a mapping opens its story; Esc closes it, not the screen.
+        press(&mut a, &[KeyCode::Enter]);
+        let key = a.vmas()[a.vma_sel].key;
+        assert_eq!(a.story, Some(key));
+        assert_eq!(a.story_vma().map(|v| v.key), Some(key));
+        press(&mut a, &[KeyCode::Esc]);
+        assert_eq!((a.story, a.screen), (None, Screen::Mappings));
         assert_eq!(a.focus, Some(77));
         assert_eq!(a.vmas().len(), 1);
         assert_eq!(a.scope_vmas().len(), 1);
@@ -562,6 +625,19 @@ mod tests {
         assert_eq!(pids, [77]);
         press(&mut a, &[KeyCode::Esc]);
         assert_eq!(a.processes().len(), 2);
+    }
+
+    #[test]
+    fn n_steps_through_the_demo_scenarios_stories() {
+        let mut a = app();
+        press(&mut a, &[KeyCode::Char('n')]);
+        assert_eq!((a.focus, a.screen), (Some(4242), Screen::Mappings));
+        let story = a.story_vma().expect("the busiest mapping's story");
+        assert_eq!((story.kind, story.faults), ("anon", 1000));
+        // The only scenario: n comes back to it.
+        press(&mut a, &[KeyCode::Esc, KeyCode::Char('n')]);
+        assert_eq!(a.focus, Some(4242));
+        assert!(a.story.is_some());
     }
 
     #[test]

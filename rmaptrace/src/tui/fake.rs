@@ -6,7 +6,9 @@ use rmaptrace_common::latency_bucket;
 
 use crate::model::{
     snapshot::{Counters, Hist},
-    summary::{FaultCounts, KernelCounts, Latency, ProcessSummary, Summary, Totals, VmaSummary},
+    summary::{
+        FaultCounts, KernelCounts, Latency, ProcessSummary, Setup, Summary, Totals, VmaSummary,
+    },
 };
 
 use super::Update;
@@ -18,6 +20,26 @@ fn hist(samples: &[(u64, u64)]) -> Hist {
         h.add(latency_bucket(ns), n);
     }
     h
+}
+
+/// What the kernel's mmap handlers leave for these mappings.
+fn setup(prot: &str, handler: Option<&str>) -> Setup {
+    let (by, by_module) = match handler {
+        Some("kvm_vcpu_fault") => (Some("kvm_vcpu_mmap"), Some("kvm")),
+        Some("shmem_fault") => (Some("shmem_zero_setup"), None),
+        Some("filemap_fault") => (Some("ext4_file_mmap_prepare"), None),
+        _ => (None, None),
+    };
+    let b = prot.as_bytes();
+    let flags = [(b'r', 0x11), (b'w', 0x22), (b'x', 0x44), (b's', 0x88)]
+        .iter()
+        .filter(|(c, _)| b.contains(c))
+        .fold(0, |all, (_, f)| all | f);
+    Setup {
+        by: by.map(str::to_string),
+        by_module: by_module.map(str::to_string),
+        vm_flags: crate::model::flags::names(flags),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -42,7 +64,7 @@ fn vma(
         device: None,
         prot: prot.into(),
         origin: None,
-        setup: None,
+        setup: Some(setup(prot, handler.map(|(h, _)| h))),
         life: Some(start),
         first_seen_ns: Some(1),
         mapped_ns: None,

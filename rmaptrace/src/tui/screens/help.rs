@@ -3,7 +3,6 @@ use ratatui::{
     layout::Rect,
     style::{Modifier, Style},
     text::{Line, Span},
-    widgets::{Block, Borders, Clear, Paragraph, Wrap},
     Frame,
 };
 
@@ -17,7 +16,7 @@ const KEYS: &[(&str, &str)] = &[
     ("↑ ↓  j k  PgUp PgDn", "move"),
     (
         "Enter",
-        "on Processes: open that process (Mappings, Paths, Latency)",
+        "open: a process (on Processes), a mapping's story (on Mappings)",
     ),
     (
         "Esc",
@@ -28,6 +27,7 @@ const KEYS: &[(&str, &str)] = &[
         "sort: faults/s, total, major, pid | rate, newest, faults, address",
     ),
     ("/", "filter by name, pid, file, handler"),
+    ("n", "demo: the next scenario's busiest mapping, its story"),
     ("p", "pause the display (tracing goes on)"),
     ("q  Ctrl-C", "quit"),
 ];
@@ -54,19 +54,6 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     lines.push(Line::raw(
         "  unseen = the kernel's own minflt+majflt minus the faults seen here.",
     ));
-    let popup = Rect {
-        x: area.x + (area.width - width) / 2,
-        y: area.y,
-        width,
-        height: (lines.len() as u16 + 4).min(area.height),
-    };
-    f.render_widget(Clear, popup);
-    f.render_widget(
-        Paragraph::new(lines).wrap(Wrap { trim: false }).block(
-            Block::default()
-                .borders(Borders::ALL)
-                .title(" help: any key closes "),
-        ),
-        popup,
-    );
+    // Room for the limits' lines to wrap.
+    super::popup(f, area, width, lines, 4, " help: any key closes ");
 }

@@ -6,12 +6,13 @@ mod mappings;
 mod paths;
 mod processes;
 mod status;
+mod story;
 
 use ratatui::{
     layout::{Constraint, Layout, Rect},
     style::{Color, Modifier, Style},
     text::{Line, Span},
-    widgets::{Cell, Paragraph, Tabs, Wrap},
+    widgets::{Block, Borders, Cell, Clear, Paragraph, Tabs, Wrap},
     Frame,
 };
 
@@ -181,9 +182,30 @@ pub fn draw(f: &mut Frame, app: &App) {
     }
     status::draw(f, app, status_area);
     status::draw_keys(f, app, keys_area);
+    if app.story.is_some() && app.screen == Screen::Mappings {
+        story::draw(f, app, body);
+    }
     if app.help {
         help::draw(f, app, body);
     }
+}
+
+/// A box of `lines` over the top of `area`, `width` wide, centred, as high as
+/// its lines plus `spare` (borders, and room for lines that wrap).
+fn popup(f: &mut Frame, area: Rect, width: u16, lines: Vec<Line>, spare: u16, title: &str) {
+    let rect = Rect {
+        x: area.x + (area.width - width) / 2,
+        y: area.y,
+        width,
+        height: (lines.len() as u16 + spare).min(area.height),
+    };
+    f.render_widget(Clear, rect);
+    f.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(Block::default().borders(Borders::ALL).title(title)),
+        rect,
+    );
 }
 
 fn draw_tabs(f: &mut Frame, app: &App, area: Rect) {
@@ -243,6 +265,22 @@ mod tests {
     #[test]
     fn mappings_screen() {
         insta::assert_snapshot!(render(&app_with(&[KeyCode::Enter]), 150, 14));
+    }
+
+    #[test]
+    fn a_mappings_story() {
+        // Processes → Mappings, sorted by address, the third row (shared
+        // anonymous memory).
+        let keys = [
+            KeyCode::Enter,
+            KeyCode::Char('s'),
+            KeyCode::Char('s'),
+            KeyCode::Char('s'),
+            KeyCode::Down,
+            KeyCode::Down,
+            KeyCode::Enter,
+        ];
+        insta::assert_snapshot!(render(&app_with(&keys), 110, 18));
     }
 
     #[test]
