@@ -310,7 +310,10 @@ pub mod counter {
     /// when ended lifetimes of running processes are worth collecting.
     pub const LIFE_STARTED: u32 = 15;
     pub const LIFE_SPLIT: u32 = 16;
-    pub const COUNT: u32 = 17;
+    /// Per-thread table of pages installed at mmap full: that mmap's
+    /// `prefilled` counts are missing.
+    pub const PREFILL_TABLE_FULL: u32 = 17;
+    pub const COUNT: u32 = 18;
 }
 
 /// Values of the `TRACED` map.
@@ -470,6 +473,35 @@ pub struct MmapSetupEvent {
     /// As in [`VmaInfo`].
     pub setup_fn: u64,
     pub setup_prepare_fn: u64,
+    /// Pages the mmap handler installed in it, by function ([`prefill`]);
+    /// counted where the kernel-function backends probe them.
+    pub prefilled: [u64; prefill::FUNCTIONS],
+}
+
+/// The functions an mmap handler installs pages with, instead of the fault
+/// path: indexes into [`Prefill::pages`] and [`MmapSetupEvent::prefilled`].
+pub mod prefill {
+    pub const REMAP_PFN_RANGE: usize = 0;
+    pub const VM_INSERT_PAGES: usize = 1;
+    pub const VM_INSERT_PAGE: usize = 2;
+    pub const FUNCTIONS: usize = 3;
+    pub const NAMES: [&str; FUNCTIONS] = ["remap_pfn_range", "vm_insert_pages", "vm_insert_page"];
+}
+
+/// A thread's pages installed by those functions during its mmap syscall in
+/// progress (value of the `PREFILL` map), and the call under way.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Prefill {
+    /// The VMA they went into.
+    pub vma: u64,
+    pub pages: [u64; prefill::FUNCTIONS],
+    /// The call in progress: its VMA, function, the pages it was asked for,
+    /// and (vm_insert_pages) where it leaves the number it did not insert.
+    pub pending_vma: u64,
+    pub pending_which: u64,
+    pub pending_pages: u64,
+    pub pending_left: u64,
 }
 
 /// A thread exited: its own fault counters as the kernel kept them.

@@ -8,6 +8,7 @@
 //! | `vma.rs`    | `bpf_find_vma` callback                            | describe the faulting VMA from BTF offsets |
 //! | `life.rs`   | (called when a VMA is looked up), `kmem:kmem_cache_free` (tp_btf) | number mapping lifetimes; forget a VMA struct when it is freed |
 //! | `mmap.rs`   | `syscalls:sys_{enter,exit}_{mmap,munmap,mremap}`, `raw_syscalls` (32-bit) | where each mapping came from |
+//! | `prefill.rs` | fentry/fexit or kprobe/kretprobe on `remap_pfn_range`, `vm_insert_page(s)` | pages an mmap handler installs itself |
 //! | `task.rs`   | `sched_process_{fork,exec,exit}` (tp_btf)          | follow children, names, the kernel's own fault counters |
 //!
 //! Everything that can be decided in userspace is: these programs only count and copy.
@@ -29,6 +30,8 @@ mod maps;
 mod mem;
 #[cfg(target_arch = "bpf")]
 mod mmap;
+#[cfg(target_arch = "bpf")]
+mod prefill;
 #[cfg(target_arch = "bpf")]
 mod task;
 #[cfg(target_arch = "bpf")]

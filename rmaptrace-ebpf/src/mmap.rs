@@ -21,6 +21,9 @@ pub(crate) fn scratch() -> Option<*mut MmapExitEvent> {
 
 #[tracepoint]
 pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
+    if let Some((_, tid)) = traced_current() {
+        crate::prefill::forget(tid);
+    }
     send(&ctx, event_kind::MMAP_ENTER, true);
     0
 }

@@ -182,6 +182,7 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
     // The thread's per-fault state dies with it.
     let _ = crate::maps::INFLIGHT.remove(tid);
     let _ = crate::fault_kfunc::KFUNC_INFLIGHT.remove(tid);
+    crate::prefill::forget(tid);
     let _ = THREADS.remove(tid);
     let o = offsets();
     if o.ready == 0 {

@@ -225,6 +225,7 @@ extern "C" fn file_path(_task: *mut c_void, vma: *mut c_void, _ctx: *mut c_void)
             vm_flags: flags,
             setup_fn: read_flat(fops, o.fops_mmap),
             setup_prepare_fn: read_flat(fops, o.fops_mmap_prepare),
+            prefilled: crate::prefill::take(ev.header.tid, vma),
         };
         if crate::maps::EVENTS
             .output::<MmapSetupEvent>(&setup, 0)

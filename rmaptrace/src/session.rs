@@ -390,6 +390,7 @@ async fn trace(
     let limits = probes.plan.limits();
     trace.set_limits(limits.clone());
     trace.set_backend(probes.plan.backend, probes.plan.paths);
+    trace.set_prefill_observed(crate::bpf::plan::prefill_observed(&probes.plan.rows));
 
     add_targets(&args, &mut probes, &mut trace)?;
     trace.set_swap_in_use(swap_in_use());

@@ -38,6 +38,11 @@ struct Vma {
     by: By,
     /// Flags `setup.vm_flags` must hold.
     flags: &'static [&'static str],
+    /// `setup.prefilled` where the backend counts it (kernel functions): the
+    /// function that installed the pages and how many (the others none); it
+    /// is null elsewhere.
+    prefilled: Option<(&'static str, u64)>,
+    observed: bool,
 }
 
 /// The function that set a mapping up, as the kernel's file operations name
@@ -115,6 +120,8 @@ fn vma(
         // Private anonymous memory has no file, so nothing set it up.
         by: if kind == "anon" { By::Nothing } else { By::Any },
         flags: &[],
+        prefilled: None,
+        observed: false,
     })
 }
 
@@ -204,25 +211,33 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
         // Prefilled at mmap time: the process never faults on these pages,
         // and the row comes from the mmap call, with what its setup left.
         "driver-pfn" | "driver-pages" | "bpf-map-mmap" => {
-            let (files, by, flags): (&'static [&'static str], By, &'static [&'static str]) =
-                match scenario {
-                    "driver-pfn" => (
-                        &["/dev/rmapdemo_pfn", "/rmapdemo_pfn"],
-                        By::OneOf(&["rmapdemo_mmap"]),
-                        &["VM_SHARED", "VM_PFNMAP", "VM_IO", "VM_DONTEXPAND"],
-                    ),
-                    "driver-pages" => (
-                        &["/dev/rmapdemo_pages", "/rmapdemo_pages"],
-                        By::OneOf(&["rmapdemo_mmap"]),
-                        &["VM_SHARED", "VM_MIXEDMAP", "VM_DONTEXPAND"],
-                    ),
-                    // remap_vmalloc_range: vm_insert_page for each page.
-                    _ => (
-                        &["anon_inode:bpf-map", "bpf-map"],
-                        By::OneOf(&["bpf_map_mmap"]),
-                        &["VM_SHARED", "VM_MIXEDMAP"],
-                    ),
-                };
+            type Made = (
+                &'static [&'static str],
+                By,
+                &'static [&'static str],
+                &'static str,
+            );
+            let (files, by, flags, installer): Made = match scenario {
+                "driver-pfn" => (
+                    &["/dev/rmapdemo_pfn", "/rmapdemo_pfn"],
+                    By::OneOf(&["rmapdemo_mmap"]),
+                    &["VM_SHARED", "VM_PFNMAP", "VM_IO", "VM_DONTEXPAND"],
+                    "remap_pfn_range",
+                ),
+                "driver-pages" => (
+                    &["/dev/rmapdemo_pages", "/rmapdemo_pages"],
+                    By::OneOf(&["rmapdemo_mmap"]),
+                    &["VM_SHARED", "VM_MIXEDMAP", "VM_DONTEXPAND"],
+                    "vm_insert_pages",
+                ),
+                // remap_vmalloc_range: vm_insert_page for each page.
+                _ => (
+                    &["anon_inode:bpf-map", "bpf-map"],
+                    By::OneOf(&["bpf_map_mmap"]),
+                    &["VM_SHARED", "VM_MIXEDMAP"],
+                    "vm_insert_page",
+                ),
+            };
             e.vma = Some(Vma {
                 kind: "driver",
                 handler: None,
@@ -234,6 +249,8 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
                 origin: Some("MAP_SHARED"),
                 by,
                 flags,
+                prefilled: Some((installer, n)),
+                observed,
             });
         }
         "driver-fault" => {
@@ -248,6 +265,8 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
                 origin: Some("MAP_SHARED"),
                 by: By::OneOf(&["rmapdemo_mmap"]),
                 flags: &["VM_SHARED"],
+                prefilled: None,
+                observed,
             });
         }
         // A split gives the kernel's two VMAs: the one page whose protection
@@ -465,6 +484,23 @@ fn check_vma(proc_: &Value, addr: &Value, want: &Option<Vma>) -> Result<()> {
     for f in want.flags {
         if !flags.as_array().is_some_and(|a| a.iter().any(|g| g == *f)) {
             errs.push(format!("setup.vm_flags {flags} lack {f}"));
+        }
+    }
+    if let Some((installer, pages)) = want.prefilled {
+        let got = &v["setup"]["prefilled"];
+        let ok = if want.observed {
+            got.as_object().is_some_and(|m| {
+                m.iter()
+                    .all(|(f, n)| *n == if f == installer { pages } else { 0 })
+                    && m.contains_key(installer)
+            })
+        } else {
+            got.is_null()
+        };
+        if !ok {
+            errs.push(format!(
+                "setup.prefilled {got} is not {installer} {pages} (or null where not observed)"
+            ));
         }
     }
     if v["faults"] != want.faults {

@@ -66,6 +66,8 @@ pub enum Role {
     Path,
     /// Reports mappings made inside the kernel (no mmap syscall).
     Origin,
+    /// Counts pages an mmap handler installs itself (`setup.prefilled`).
+    Prefill,
 }
 
 /// A kernel function the kernel-function backends probe.
@@ -149,7 +151,58 @@ pub const KFUNC_POINTS: &[KfuncPoint] = &[
         "hugetlb_fault_fentry",
         "hugetlb_fault_kprobe",
     ),
+    prefill_point(
+        "remap_pfn_range",
+        "remap_pfn_range_fentry",
+        "remap_pfn_range_fexit",
+        "remap_pfn_range_kprobe",
+        "remap_pfn_range_kretprobe",
+    ),
+    prefill_point(
+        "vm_insert_pages",
+        "vm_insert_pages_fentry",
+        "vm_insert_pages_fexit",
+        "vm_insert_pages_kprobe",
+        "vm_insert_pages_kretprobe",
+    ),
+    prefill_point(
+        "vm_insert_page",
+        "vm_insert_page_fentry",
+        "vm_insert_page_fexit",
+        "vm_insert_page_kprobe",
+        "vm_insert_page_kretprobe",
+    ),
 ];
+
+const fn prefill_point(
+    function: &'static str,
+    fentry: &'static str,
+    fexit: &'static str,
+    kprobe: &'static str,
+    kretprobe: &'static str,
+) -> KfuncPoint {
+    KfuncPoint {
+        function,
+        role: Role::Prefill,
+        fentry,
+        fexit: Some(fexit),
+        kprobe,
+        kretprobe: Some(kretprobe),
+        purpose: "pages an mmap handler installs itself (setup.prefilled)",
+    }
+}
+
+/// Whether every function that installs pages at mmap is probed: only then
+/// are a mapping's `prefilled` counts complete.
+pub fn prefill_observed(rows: &[PlanRow]) -> bool {
+    KFUNC_POINTS
+        .iter()
+        .filter(|p| p.role == Role::Prefill)
+        .all(|p| {
+            rows.iter()
+                .any(|r| r.point == p.function && r.chosen.is_some())
+        })
+}
 
 /// The tracepoint backend's counting hooks: used when handle_mm_fault cannot be probed.
 pub const TRACEPOINT_COUNTING: &[HookPoint] = &[
@@ -325,6 +378,9 @@ pub const TRACEPOINT_LIMITS: &[&str] = &[
 
 /// Where freed VMA structs are seen, and what is lost without it.
 const VMA_FREED_HOOK: &str = "kmem/kmem_cache_free";
+/// Where remap_pfn_range and vm_insert_page(s) are not all probed.
+const PREFILL_LIMIT: &str = "pages a driver's mmap handler installs itself (remap_pfn_range, vm_insert_pages, vm_insert_page) are not counted: setup.prefilled is null; vm_flags still tell VM_PFNMAP from VM_MIXEDMAP";
+
 const VMA_FREED_LIMIT: &str = "freed VMA structs are not seen (kmem:kmem_cache_free is off): a new VMA that the slab gives a freed one's address, at the same place and of the same shape (a split part, a mapping replaced in place), may continue the old one's row";
 
 /// What the kernel-function backends cannot see.
@@ -350,12 +406,16 @@ impl Plan {
             limits.push(VMA_FREED_LIMIT.to_string());
         }
         if self.backend == "tracepoint" {
+            limits.push(PREFILL_LIMIT.to_string());
             return limits;
+        }
+        if !prefill_observed(&self.rows) {
+            limits.push(PREFILL_LIMIT.to_string());
         }
         for row in &self.rows {
             let is_path = KFUNC_POINTS
                 .iter()
-                .any(|p| p.function == row.point && p.role != Role::Count);
+                .any(|p| p.function == row.point && matches!(p.role, Role::Handler | Role::Path));
             if is_path && row.chosen.is_none() {
                 limits.push(format!(
                     "{} is not probed ({}): its faults' paths are derived from the VMA and the access",

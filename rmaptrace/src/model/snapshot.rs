@@ -327,6 +327,9 @@ pub struct Counters {
     /// kernel was seen to end by splitting or shrinking their VMA.
     pub lifetimes_started: u64,
     pub lifetimes_split: u64,
+    /// mmap calls whose pages installed by the handler could not be counted:
+    /// the per-thread table was full.
+    pub prefill_table_full: u64,
 }
 
 impl Counters {
@@ -350,6 +353,7 @@ impl Counters {
             mmap_args_table_full: at(counter::MMAP_ARGS_FULL),
             lifetimes_started: at(counter::LIFE_STARTED),
             lifetimes_split: at(counter::LIFE_SPLIT),
+            prefill_table_full: at(counter::PREFILL_TABLE_FULL),
         }
     }
 
@@ -364,6 +368,7 @@ impl Counters {
             ("LIVES", self.life_table_full),
             ("THREADS", self.thread_table_full),
             ("DO_MMAP_ARGS", self.mmap_args_table_full),
+            ("PREFILL", self.prefill_table_full),
         ]
         .into_iter()
         .filter(|(_, n)| *n > 0)

@@ -45,6 +45,9 @@ pub struct Setup {
     pub by_module: Option<String>,
     /// `vm_flags` by name (include/linux/mm.h), as the VMA was last looked up.
     pub vm_flags: Vec<std::borrow::Cow<'static, str>>,
+    /// Pages its mmap handler installed itself, by function; None where that
+    /// is not observed (the tracepoint backend, or the mmap call not seen).
+    pub prefilled: Option<BTreeMap<&'static str, u64>>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]

@@ -6,8 +6,8 @@ use std::{
 };
 
 use rmaptrace_common::{
-    access, event_kind, vma_status, ExitEvent, FaultEvent, FaultKey, MmapExitEvent, SyscallEvent,
-    UnresolvedFault,
+    access, event_kind, prefill, vma_status, ExitEvent, FaultEvent, FaultKey, MmapExitEvent,
+    SyscallEvent, UnresolvedFault,
 };
 use serde::Serialize;
 
@@ -106,6 +106,8 @@ struct Unfaulted {
     ts_ns: u64,
     vm_flags: u64,
     setup: Code,
+    /// Pages its mmap handler installed, by function (`prefill::NAMES`).
+    prefilled: [u64; prefill::FUNCTIONS],
 }
 
 impl ProcessState {
@@ -162,6 +164,8 @@ pub struct Trace {
     group_exits: u64,
     /// File names of the mappings in `processes`' origins.
     path_names: PathNames,
+    /// `setup.prefilled` is counted (the kernel-function backends).
+    prefill_observed: bool,
     /// Fault handler addresses that no symbol named even after the symbols
     /// were read again.
     unnamed: std::collections::HashSet<u64>,
@@ -344,6 +348,10 @@ impl AddrsByPid {
     }
 }
 
+fn prefilled_names(pages: [u64; prefill::FUNCTIONS]) -> BTreeMap<&'static str, u64> {
+    prefill::NAMES.into_iter().zip(pages).collect()
+}
+
 /// When an unmap entered after the mapping was made removed all of it.
 fn unfaulted_until(p: &ProcessState, u: &Unfaulted) -> Option<u64> {
     p.unmaps_after(u.ts_ns)
@@ -380,6 +388,7 @@ impl Trace {
             newborn: HashMap::new(),
             group_exits: 0,
             path_names: PathNames::default(),
+            prefill_observed: false,
             unnamed: Default::default(),
             unmaps_seen: 0,
         }
@@ -394,6 +403,11 @@ impl Trace {
     pub fn set_backend(&mut self, backend: &'static str, paths: &'static str) {
         self.backend = backend;
         self.paths_source = paths;
+    }
+
+    /// Whether the functions that install pages at mmap are all probed.
+    pub fn set_prefill_observed(&mut self, observed: bool) {
+        self.prefill_observed = observed;
     }
 
     pub fn set_limits(&mut self, limits: Vec<String>) {
@@ -610,9 +624,20 @@ impl Trace {
     /// MAP_SHARED|MAP_ANONYMOUS (and MAP_SHARED of /dev/zero) get a shmem file
     /// from shmem_zero_setup, named `dev/zero`: no other dentry name holds a
     /// '/', so the name tells it from a memfd's, whose operations are the same.
-    fn setup_of(&self, info: &Vma) -> Setup {
+    fn setup_of(&self, pid: u32, info: &Vma, first_ns: u64, origin: Option<&Origin>) -> Setup {
         let zero_shmem = info.has_file && info.name.as_deref() == Some("dev/zero");
-        self.setup_from(info.setup_fn, info.vm_flags, zero_shmem)
+        let mut setup = self.setup_from(info.setup_fn, info.vm_flags, zero_shmem);
+        // Counted at its mmap call, when that was seen: the record of a
+        // mapping the fault path does not serve has them; none for the rest.
+        setup.prefilled = origin.filter(|_| self.prefill_observed).map(|_| {
+            let made = self.processes.get(&pid).and_then(|p| {
+                p.unfaulted.iter().find(|u| {
+                    u.start <= info.vm_start && info.vm_start < u.end && u.ts_ns <= first_ns
+                })
+            });
+            prefilled_names(made.map_or([0; prefill::FUNCTIONS], |u| u.prefilled))
+        });
+        setup
     }
 
     fn setup_from(&self, setup_fn: Code, vm_flags: u64, zero_shmem: bool) -> Setup {
@@ -627,6 +652,7 @@ impl Trace {
             by,
             by_module,
             vm_flags: flags::names(vm_flags),
+            prefilled: None,
         }
     }
 
@@ -666,7 +692,11 @@ impl Trace {
             device: None,
             prot: prot_string(u.vm_flags),
             origin: origin.map(Self::describe_origin),
-            setup: Some(self.setup_from(u.setup, u.vm_flags, false)),
+            setup: Some(Setup {
+                prefilled: (self.prefill_observed && origin.is_some())
+                    .then(|| prefilled_names(u.prefilled)),
+                ..self.setup_from(u.setup, u.vm_flags, false)
+            }),
             life: None,
             first_seen_ns: None,
             mapped_ns: origin.map(|o| o.ts_ns),
@@ -706,6 +736,7 @@ impl Trace {
                         0 => m.setup_fn,
                         prepare => prepare,
                     }),
+                    prefilled: m.prefilled,
                 });
                 None
             }
@@ -1277,7 +1308,7 @@ impl Trace {
             device: info.and_then(char_device),
             prot: info.map(|i| prot_string(i.vm_flags)).unwrap_or_default(),
             origin: origin.map(Self::describe_origin),
-            setup: info.map(|i| self.setup_of(i)),
+            setup: info.map(|i| self.setup_of(pid, i, first_ns, origin)),
             life: life.map(|(id, _)| id),
             first_seen_ns: life.map(|(_, r)| r.first_ns),
             mapped_ns: origin.map(|o| o.ts_ns),

@@ -39,6 +39,7 @@ fn setup(prot: &str, handler: Option<&str>) -> Setup {
         by: by.map(str::to_string),
         by_module: by_module.map(str::to_string),
         vm_flags: crate::model::flags::names(flags),
+        prefilled: None,
     }
 }
 

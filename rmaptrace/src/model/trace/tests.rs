@@ -815,12 +815,30 @@ fn mappings_the_fault_path_never_serves_are_rows_of_their_own() {
             vm_flags: pfn,
             setup_fn: 0xffff_ffff_c000_1000,
             setup_prepare_fn: 0,
+            prefilled: [4, 0, 0],
         }));
         t.on_event(Event::MmapExit(mmap_exit(3, ts + 2, start)));
     };
     mapped(&mut t, 10, 0x7000);
     mapped(&mut t, 20, 0x20000);
     t.set_snapshot(Snapshot::default());
+    let observed = {
+        let mut t2 = trace_with(FakeProc::default());
+        t2.add_target(3);
+        t2.set_prefill_observed(true);
+        mapped(&mut t2, 10, 0x7000);
+        t2.set_snapshot(Snapshot::default());
+        t2.summary(30).processes.remove(0)
+    };
+    let counted = observed.vmas[0].setup.as_ref().unwrap().prefilled.clone();
+    assert_eq!(
+        counted.map(|m| m.into_iter().collect::<Vec<_>>()),
+        Some(vec![
+            ("remap_pfn_range", 4),
+            ("vm_insert_page", 0),
+            ("vm_insert_pages", 0)
+        ])
+    );
     let p = t.summary(30).processes.remove(0);
     let rows: Vec<_> = p
         .vmas
@@ -837,6 +855,10 @@ fn mappings_the_fault_path_never_serves_are_rows_of_their_own() {
     let setup = p.vmas[0].setup.as_ref().unwrap();
     assert_eq!(setup.by.as_deref(), Some("rmapdemo_fault"));
     assert!(setup.vm_flags.iter().any(|f| f == "VM_PFNMAP"));
+    assert_eq!(
+        setup.prefilled, None,
+        "not observed by this trace's backend"
+    );
     assert_eq!(
         p.vmas[0].origin.as_deref().map(|o| o.starts_with("mmap(")),
         Some(true)

@@ -76,7 +76,19 @@ fn story(v: &VmaSummary) -> Vec<Line<'static>> {
             .vm_flags
             .iter()
             .any(|f| matches!(f.as_ref(), "VM_PFNMAP" | "VM_MIXEDMAP"));
-        if prefilled {
+        let counted: Vec<String> = s
+            .prefilled
+            .iter()
+            .flatten()
+            .filter(|(_, n)| **n > 0)
+            .map(|(f, n)| format!("{n} by {f}"))
+            .collect();
+        if !counted.is_empty() {
+            lines.push(step(
+                "pages",
+                format!("installed at mmap: {}", counted.join(", ")),
+            ));
+        } else if prefilled {
             lines.push(step(
                 "pages",
                 "installed at mmap (VM_PFNMAP: remap_pfn_range; VM_MIXEDMAP: vm_insert_page(s))"
