@@ -103,10 +103,18 @@ pub struct FaultKey {
     pub access: u8,
     pub path: u8,
     pub vma_status: u8,
-    pub _pad: u8,
+    /// [`key_flags`] of the fault.
+    pub flags: u8,
     /// The mapping lifetime ([`VmaRecord`]) that served the fault, 0 when
     /// `vma_status != FOUND`.
     pub life: u64,
+}
+
+/// Bits of [`FaultKey::flags`].
+pub mod key_flags {
+    /// The VMA had an `anon_vma` (its reverse map for anonymous pages) when
+    /// the fault completed: the faults without it came before it existed.
+    pub const ANON_VMA: u8 = 1;
 }
 
 /// `vm_area_struct.vm_flags` bits (include/linux/mm.h: preprocessor constants,
@@ -639,6 +647,8 @@ pub struct KernelOffsets {
     /// `task_struct.group_leader` and `task_struct.start_time`.
     pub task_group_leader: u32,
     pub task_start_time: u32,
+    /// `vm_area_struct.anon_vma`.
+    pub vma_anon_vma: u32,
     /// Offset of the first syscall argument in a `syscalls:sys_enter_*` record and of
     /// `ret` in `sys_exit_*`, from the tracepoints' format files.
     pub syscall_args: u32,

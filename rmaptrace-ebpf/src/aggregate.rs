@@ -3,8 +3,8 @@
 //! when it changed, and the optional per-fault ring buffer record.
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 use rmaptrace_common::{
-    access, counter, event_kind, latency_bucket, vma_status, FaultEvent, FaultKey, FaultStats,
-    ProcStats, UnresolvedFault, VmaInfo, LAT_BUCKETS,
+    access, counter, event_kind, key_flags, latency_bucket, vma_status, FaultEvent, FaultKey,
+    FaultStats, ProcStats, UnresolvedFault, VmaInfo, LAT_BUCKETS,
 };
 
 use crate::maps::{bump, config, EVENTS, FAULTS, PROCS};
@@ -35,6 +35,9 @@ pub struct Completed {
     pub latency: u64,
     /// Time spent in `vm_ops->fault`, 0 when not measured.
     pub handler_ns: u64,
+    /// The VMA struct, where the backend has it without a lookup (the
+    /// tracepoint backend's cache hit, the kernel-function backends).
+    pub vma: u64,
 }
 
 #[map]
@@ -92,6 +95,15 @@ pub fn record(vma: Option<&VmaInfo>) {
             None => c.key.vma_status = vma_status::ERROR,
         }
     }
+    // Whether the VMA had its anon_vma when this fault completed (the first
+    // write fault of a private mapping makes it). Branch-free: a failed read
+    // (no VMA) leaves 0.
+    let vma_ptr = match vma {
+        Some(v) => v.vma,
+        None => c.vma,
+    };
+    let anon: u64 = crate::maps::kernel_read_flat(vma_ptr, crate::maps::offsets().vma_anon_vma);
+    c.key.flags = ((anon | anon.wrapping_neg()) >> 63) as u8 * key_flags::ANON_VMA;
     let major = c.major != 0;
     if !add_to_aggregate(&c.key, major, c.now, c.latency, c.handler_ns) {
         count_overflow(c.key.tgid, major);

@@ -159,7 +159,7 @@ fn on_fault_exit(ret: u64) {
         access: acc,
         path,
         vma_status: vma_status::FOUND,
-        _pad: 0,
+        flags: 0,
         // Numbered by `record` from the VMA read at entry.
         life: 0,
     };
@@ -171,6 +171,7 @@ fn on_fault_exit(ret: u64) {
     c.latency = now.saturating_sub(s.ts_ns);
     c.handler_ns = s.handler_ns;
     c.has_vma = 0;
+    c.vma = info.vma;
     aggregate::record(Some(info));
 }
 

@@ -145,7 +145,7 @@ fn on_completion<const LOCK_SEQ: bool>(ctx: &PerfEventContext, major: bool) {
         access: access::NO_ENTRY,
         path: path_id::DERIVED,
         vma_status: vma_status::FOUND,
-        _pad: 0,
+        flags: 0,
         life: 0,
     };
     c.tid = tid;
@@ -156,6 +156,7 @@ fn on_completion<const LOCK_SEQ: bool>(ctx: &PerfEventContext, major: bool) {
     c.latency = 0;
     c.handler_ns = 0;
     c.has_vma = 0;
+    c.vma = 0;
 
     // One raw pointer to this thread's slot, used for every read and write (two
     // live `&mut` to one map value would be undefined behaviour).
@@ -171,6 +172,7 @@ fn on_completion<const LOCK_SEQ: bool>(ctx: &PerfEventContext, major: bool) {
             if (*s).cache_valid != 0 && (*s).cache_start <= addr && addr < (*s).cache_end {
                 if cache_current::<LOCK_SEQ>(&*s) {
                     c.key.life = (*s).cache_life;
+                    c.vma = (*s).cache_vma;
                 } else {
                     (*s).cache_valid = 0;
                 }

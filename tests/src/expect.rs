@@ -43,6 +43,9 @@ struct Vma {
     /// is null elsewhere.
     prefilled: Option<(&'static str, u64)>,
     observed: bool,
+    /// `setup.anon_vma`: None, checked as null (shared memory never has one);
+    /// Some(n): present, with n faults before it.
+    anon_vma: Option<Option<u64>>,
 }
 
 /// The function that set a mapping up, as the kernel's file operations name
@@ -75,7 +78,7 @@ const SHMEM_MMAP: By = By::OneOf(&["shmem_mmap", "shmem_mmap_prepare"]);
 enum Check {
     /// The row starting at the address in the report's `field` (each address,
     /// for an array) is this.
-    RowAt(&'static str, Vma),
+    RowAt(&'static str, Box<Vma>),
     /// Exactly this many rows (mapping lifetimes) start at `addr`, one per file
     /// named in these report fields, each with `faults` faults.
     RowsAtAddr(&'static [&'static str], u64),
@@ -122,6 +125,7 @@ fn vma(
         flags: &[],
         prefilled: None,
         observed: false,
+        anon_vma: None,
     })
 }
 
@@ -138,7 +142,13 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
         child_unseen: 0,
     };
     match scenario {
-        "anon-write" => e.vma = vma("anon", None, n, &[("do_anonymous_page", n)]),
+        // The first write fault makes the anon_vma: no fault came before it.
+        "anon-write" => {
+            e.vma = Some(Vma {
+                anon_vma: Some(Some(0)),
+                ..vma("anon", None, n, &[("do_anonymous_page", n)])?
+            })
+        }
         "dev-zero-private" => {
             e.vma = vma("anon", None, n, &[("do_anonymous_page", n)]);
             // vm_file stays set. Once the process is gone the name comes from the
@@ -149,13 +159,17 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
                 v.by = By::OneOf(&["mmap_zero", "mmap_zero_prepare"]);
             }
         }
+        // N reads map the zero page; the first write makes the anon_vma.
         "anon-read-write" => {
-            e.vma = vma(
-                "anon",
-                None,
-                2 * n,
-                &[("do_anonymous_page", n), ("do_wp_page", n)],
-            );
+            e.vma = Some(Vma {
+                anon_vma: Some(Some(n)),
+                ..vma(
+                    "anon",
+                    None,
+                    2 * n,
+                    &[("do_anonymous_page", n), ("do_wp_page", n)],
+                )?
+            });
         }
         "shared-anon" => {
             e.vma = vma("shmem", Some("shmem_fault"), n, &[("do_shared_fault", n)]);
@@ -163,11 +177,15 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
                 v.prot = Some("rw-s");
                 v.by = By::OneOf(&["shmem_zero_setup"]);
                 v.flags = &["VM_SHARED", "VM_MAYSHARE"];
+                // Not anonymous memory to the fault path: no anon_vma.
+                v.anon_vma = Some(None);
             }
         }
         "file-private-write" => {
+            // The first copy-on-write fault makes it.
             e.vma = Some(Vma {
                 by: By::Containing("mmap"),
+                anon_vma: Some(Some(0)),
                 ..vma("file", Some("filemap_fault"), n, &[("do_cow_fault", n)])?
             })
         }
@@ -175,6 +193,7 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
             e.vma = Some(Vma {
                 by: By::Containing("mmap"),
                 flags: &["VM_SHARED"],
+                anon_vma: Some(None),
                 ..vma("file", Some("filemap_fault"), n, &[("do_shared_fault", n)])?
             })
         }
@@ -251,6 +270,7 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
                 flags,
                 prefilled: Some((installer, n)),
                 observed,
+                anon_vma: None,
             });
         }
         "driver-fault" => {
@@ -267,6 +287,7 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
                 flags: &["VM_SHARED"],
                 prefilled: None,
                 observed,
+                anon_vma: None,
             });
         }
         // A split gives the kernel's two VMAs: the one page whose protection
@@ -274,7 +295,7 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
         "mprotect-split" | "mbind-split" => {
             e.vma = vma("anon", None, 1, &[("do_anonymous_page", 1)]);
             let rest = vma("anon", None, n, &[("do_anonymous_page", n)])?;
-            e.checks.push(Check::RowAt("split_at", rest));
+            e.checks.push(Check::RowAt("split_at", Box::new(rest)));
         }
         "remap-same-address" => {
             e.main = false;
@@ -287,7 +308,7 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
         "threads-own-maps" => {
             e.main = false;
             let each = vma("anon", None, n, &[("do_anonymous_page", n)])?;
-            e.checks.push(Check::RowAt("addrs", each));
+            e.checks.push(Check::RowAt("addrs", Box::new(each)));
             e.checks.push(Check::FewUnknown);
         }
         // memfd32: 16 anonymous pages, the first written, then a memfd mapped
@@ -295,7 +316,7 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
         "compat32" => {
             e.main = false;
             let anon = vma("anon", None, 1, &[("do_anonymous_page", 1)])?;
-            e.checks.push(Check::RowAt("addr", anon));
+            e.checks.push(Check::RowAt("addr", Box::new(anon)));
             let memfd = Vma {
                 prot: Some("rw-s"),
                 // Its origin comes from the 32-bit mmap call's records.
@@ -303,7 +324,7 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
                 by: SHMEM_MMAP,
                 ..vma("shmem", Some("shmem_fault"), 15, &[("do_shared_fault", 15)])?
             };
-            e.checks.push(Check::RowAt("memfd_addr", memfd));
+            e.checks.push(Check::RowAt("memfd_addr", Box::new(memfd)));
         }
         "mmap-churn" => {
             e.main = false;
@@ -333,7 +354,7 @@ fn check_more(proc_: &Value, report: &Value, check: &Check) -> Result<()> {
             for a in &addrs {
                 let want = Vma {
                     paths: want.paths.clone(),
-                    ..*want
+                    ..**want
                 };
                 check_vma(proc_, a, &Some(want))?;
             }
@@ -501,6 +522,16 @@ fn check_vma(proc_: &Value, addr: &Value, want: &Option<Vma>) -> Result<()> {
             errs.push(format!(
                 "setup.prefilled {got} is not {installer} {pages} (or null where not observed)"
             ));
+        }
+    }
+    if let Some(anon) = want.anon_vma {
+        let got = &v["setup"]["anon_vma"];
+        let ok = match anon {
+            None => got.is_null(),
+            Some(before) => got["faults_before"] == before,
+        };
+        if !ok {
+            errs.push(format!("setup.anon_vma {got} is not {anon:?}"));
         }
     }
     if v["faults"] != want.faults {

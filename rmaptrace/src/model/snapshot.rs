@@ -398,8 +398,20 @@ impl Snapshot {
     /// process, lifetime (none first), access and path.
     pub fn sort(&mut self) {
         self.vmas.sort_unstable_by_key(|(life, _)| *life);
-        self.faults
-            .sort_unstable_by_key(|(k, _)| (k.tgid, row_life(k), k.access, k.path, k.vma_status));
+        self.faults.sort_unstable_by_key(|(k, _)| {
+            (k.tgid, row_life(k), k.access, k.path, k.vma_status, k.flags)
+        });
+    }
+
+    /// Every row of one lifetime of `tgid`, as the kernel keeps them (the
+    /// snapshot sorted).
+    pub fn rows_of(&self, tgid: u32, life: u64) -> &[(FaultKey, FaultTotals)] {
+        let at = |k: &FaultKey| (k.tgid, row_life(k));
+        let lo = self
+            .faults
+            .partition_point(|(k, _)| at(k) < (tgid, Some(life)));
+        let n = self.faults[lo..].partition_point(|(k, _)| at(k) <= (tgid, Some(life)));
+        &self.faults[lo..lo + n]
     }
 
     /// A lifetime's description (the snapshot sorted).

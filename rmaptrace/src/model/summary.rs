@@ -48,6 +48,25 @@ pub struct Setup {
     /// Pages its mmap handler installed itself, by function; None where that
     /// is not observed (the tracepoint backend, or the mmap call not seen).
     pub prefilled: Option<BTreeMap<&'static str, u64>>,
+    /// Its reverse map for anonymous pages, as its faults found it; None
+    /// while none of them did.
+    pub anon_vma: Option<AnonVma>,
+}
+
+/// When a VMA's `anon_vma` came into being, as seen at fault completion.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct AnonVma {
+    /// What made it: `unknown` where only fault completions are seen (a first
+    /// write fault, or a fork that gave it the parent's).
+    pub by: &'static str,
+    /// When rmaptrace first saw it; None: not measured.
+    pub ts_ns: Option<u64>,
+    /// The VMA's faults that completed before it existed (the zero page read
+    /// N times before the first write: N).
+    pub faults_before: u64,
+    /// How it is known: `derived` (the VMA's pointer read at each fault's
+    /// completion).
+    pub source: &'static str,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]

@@ -6,8 +6,8 @@ use std::{
 };
 
 use rmaptrace_common::{
-    access, event_kind, prefill, vma_status, ExitEvent, FaultEvent, FaultKey, MmapExitEvent,
-    SyscallEvent, UnresolvedFault,
+    access, event_kind, key_flags, prefill, vma_status, ExitEvent, FaultEvent, FaultKey,
+    MmapExitEvent, SyscallEvent, UnresolvedFault,
 };
 use serde::Serialize;
 
@@ -21,8 +21,8 @@ use super::{
     small_map::SmallMap,
     snapshot::{row_life, FaultTotals, Lifetime, Names, Snapshot, Vma},
     summary::{
-        FaultCounts, HandlerTime, KernelCounts, Latency, ProcessSummary, Setup, Summary, Totals,
-        VmaSummary,
+        AnonVma, FaultCounts, HandlerTime, KernelCounts, Latency, ProcessSummary, Setup, Summary,
+        Totals, VmaSummary,
     },
     syscalls::{self, MmapRecord},
 };
@@ -653,7 +653,28 @@ impl Trace {
             by_module,
             vm_flags: flags::names(vm_flags),
             prefilled: None,
+            anon_vma: None,
         }
+    }
+
+    /// Whether a lifetime's faults found its anon_vma, and how many came
+    /// before it (each row says whether the VMA had one at completion).
+    fn anon_vma_of(&self, pid: u32, life: u64) -> Option<AnonVma> {
+        let rows = self.snapshot.rows_of(pid, life);
+        let with = |k: &FaultKey| k.flags & key_flags::ANON_VMA != 0;
+        if !rows.iter().any(|(k, _)| with(k)) {
+            return None;
+        }
+        Some(AnonVma {
+            by: "unknown",
+            ts_ns: None,
+            faults_before: rows
+                .iter()
+                .filter(|(k, _)| !with(k))
+                .map(|(_, t)| t.minor + t.major)
+                .sum(),
+            source: "derived",
+        })
     }
 
     /// The mappings of `pid` the fault path does not serve that no lifetime
@@ -1308,7 +1329,10 @@ impl Trace {
             device: info.and_then(char_device),
             prot: info.map(|i| prot_string(i.vm_flags)).unwrap_or_default(),
             origin: origin.map(Self::describe_origin),
-            setup: info.map(|i| self.setup_of(pid, i, first_ns, origin)),
+            setup: info.map(|i| Setup {
+                anon_vma: life.and_then(|(id, _)| self.anon_vma_of(pid, id)),
+                ..self.setup_of(pid, i, first_ns, origin)
+            }),
             life: life.map(|(id, _)| id),
             first_seen_ns: life.map(|(_, r)| r.first_ns),
             mapped_ns: origin.map(|o| o.ts_ns),

@@ -7,7 +7,8 @@ use rmaptrace_common::latency_bucket;
 use crate::model::{
     snapshot::{Counters, Hist},
     summary::{
-        FaultCounts, KernelCounts, Latency, ProcessSummary, Setup, Summary, Totals, VmaSummary,
+        AnonVma, FaultCounts, KernelCounts, Latency, ProcessSummary, Setup, Summary, Totals,
+        VmaSummary,
     },
 };
 
@@ -40,6 +41,13 @@ fn setup(prot: &str, handler: Option<&str>) -> Setup {
         by_module: by_module.map(str::to_string),
         vm_flags: crate::model::flags::names(flags),
         prefilled: None,
+        // Private memory written: its first write fault made one.
+        anon_vma: prot.ends_with('p').then_some(AnonVma {
+            by: "unknown",
+            ts_ns: None,
+            faults_before: 0,
+            source: "derived",
+        }),
     }
 }
 

@@ -49,7 +49,34 @@ fn check(ret: libc::c_int, what: &str) -> Result<libc::c_int> {
 }
 
 pub(crate) fn map(len: usize, prot: i32, flags: i32, fd: i32) -> Result<*mut u8> {
-    let p = unsafe { libc::mmap(ptr::null_mut(), len, prot, flags, fd, 0) };
+    map_at(ptr::null_mut(), len, prot, flags, fd)
+}
+
+/// Fresh private anonymous memory between two PROT_NONE guard pages: next to
+/// another anonymous mapping with the same flags the kernel would merge them,
+/// and the range would share its neighbour's anon_vma, made by the
+/// neighbour's faults before any of its own.
+fn map_fresh_anon(len: usize, prot: i32) -> Result<*mut u8> {
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+    let outer = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len + 2 * PAGE,
+            libc::PROT_NONE,
+            flags | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if outer == libc::MAP_FAILED {
+        bail!("mmap: {}", std::io::Error::last_os_error());
+    }
+    let inner = unsafe { outer.cast::<u8>().add(PAGE) }.cast();
+    map_at(inner, len, prot, flags | libc::MAP_FIXED, -1)
+}
+
+fn map_at(hint: *mut libc::c_void, len: usize, prot: i32, flags: i32, fd: i32) -> Result<*mut u8> {
+    let p = unsafe { libc::mmap(hint, len, prot, flags, fd, 0) };
     if p == libc::MAP_FAILED {
         bail!("mmap: {}", std::io::Error::last_os_error());
     }
@@ -156,12 +183,12 @@ pub fn run(scenario: &str, pages: usize, wait: bool) -> Result<()> {
     let len = pages * PAGE;
     match scenario {
         "anon-write" => {
-            let p = map(len, rw, private_anon, -1)?;
+            let p = map_fresh_anon(len, rw)?;
             write_pages(p, pages);
             report(scenario, pages, p, json!({}));
         }
         "anon-read-write" => {
-            let p = map(len, rw, private_anon, -1)?;
+            let p = map_fresh_anon(len, rw)?;
             read_pages(p, pages);
             write_pages(p, pages);
             report(scenario, pages, p, json!({}));

@@ -127,12 +127,13 @@ impl Trace {
                 sum.minor += sp.minor;
                 sum.major += sp.major;
                 *sum.by_kind.entry(sp.kind.as_str()).or_default() += sp.minor + sp.major;
-                let at = groups.range_of(sp.rows.map(std::num::NonZeroU64::get));
-                for (key, t) in &groups.rows[at] {
+                let life = sp.life().expect("ended spans have a lifetime").get();
+                // Every row the kernel keeps for it: rows that differ only in
+                // their flags are one row in `groups`.
+                for (key, t) in self.snapshot.rows_of(pid, life) {
                     rows.push(*key);
                     counted.push((t.minor, t.major, sp.kind.as_str()));
                 }
-                let life = sp.life().expect("ended spans have a lifetime").get();
                 let vma = self.snapshot.record(life).map_or(0, |r| r.info.vma);
                 lives.push((life, vma));
             }

@@ -75,7 +75,7 @@ fn fault_row() -> impl Strategy<Value = (FaultKey, FaultTotals)> {
                     access,
                     path,
                     vma_status: status,
-                    _pad: 0,
+                    flags: 0,
                     life,
                 };
                 let mut h = Hist::default();

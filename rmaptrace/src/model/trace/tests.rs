@@ -73,7 +73,7 @@ fn key(tgid: u32, life: u64, access: u8) -> FaultKey {
         access,
         path: path_id::DERIVED,
         vma_status: vma_status::FOUND,
-        _pad: 0,
+        flags: 0,
         life,
     }
 }
@@ -896,4 +896,50 @@ fn mappings_the_fault_path_never_serves_are_rows_of_their_own() {
     let rows: Vec<_> = p.vmas.iter().map(|v| (v.life, v.faults)).collect();
     assert_eq!(rows, [(Some(7), 1)]);
     assert_eq!(p.vmas_ended, 1);
+}
+
+/// Rows that differ only in whether the VMA had its anon_vma: one row in the
+/// summary, the faults before it counted, and both freed when it ends.
+#[test]
+fn faults_before_the_anon_vma_are_counted_and_every_row_freed() {
+    let mut t = trace_with(FakeProc::default());
+    t.add_target(5);
+    let anon = VmaInfo {
+        vm_end: 0x9000,
+        vm_flags: 0x3,
+        ..Default::default()
+    };
+    let with_anon = |k: FaultKey| FaultKey {
+        flags: rmaptrace_common::key_flags::ANON_VMA,
+        ..k
+    };
+    let zero_page_reads = key(5, 4, 0);
+    let writes = with_anon(key(5, 4, access::WRITE));
+    t.set_snapshot(Snapshot {
+        faults: vec![
+            (zero_page_reads, totals(3, 0)),
+            (with_anon(zero_page_reads), totals(1, 0)),
+            (writes, totals(8, 0)),
+        ],
+        vmas: vec![life(5, 4, 10, 0x1000, anon)],
+        ..Default::default()
+    });
+    let p = t.summary(20).processes.remove(0);
+    assert_eq!(p.vmas.len(), 1);
+    let v = &p.vmas[0];
+    assert_eq!(v.faults, 12);
+    let a = v.setup.as_ref().unwrap().anon_vma.as_ref().unwrap();
+    assert_eq!((a.faults_before, a.by, a.source), (3, "unknown", "derived"));
+
+    // Unmapped while the process runs: every kernel row of it is freed.
+    for (kind, ts) in [(event_kind::MUNMAP, 30), (event_kind::MUNMAP_EXIT, 31)] {
+        t.on_event(Event::Syscall(SyscallEvent {
+            header: header(kind, 5, ts),
+            args: [0x1000, 0x8000, 0, 0, 0, 0],
+        }));
+    }
+    let freed = t.collect_ended_into(&mut |_, _, vmas| assert_eq!(vmas.count(), 1));
+    let mut rows = freed[0].rows.clone();
+    rows.sort_unstable_by_key(|k| (k.access, k.flags));
+    assert_eq!(rows, [zero_page_reads, with_anon(zero_page_reads), writes]);
 }

@@ -96,6 +96,18 @@ fn story(v: &VmaSummary) -> Vec<Line<'static>> {
             ));
         }
     }
+    if let Some(s) = setup {
+        lines.push(step(
+            "anon_vma",
+            match &s.anon_vma {
+                Some(a) => format!(
+                    "made after {} of its faults completed (by {}; {} at fault completion)",
+                    a.faults_before, a.by, a.source
+                ),
+                None => "none that its faults found (shared or never written)".into(),
+            },
+        ));
+    }
     lines.push(step(
         "faults",
         format!(
