@@ -48,7 +48,10 @@ impl JsonExport {
             format!("cannot write the JSON export to {path}: choose a writable path with --json")
         })?;
         Ok(Self {
-            out: Box::new(BufWriter::new(replacing.file()?)),
+            // Large: a process with 200k mappings writes 120 MB at its end,
+            // and an 8 KiB buffer made that a write per few mappings; not more:
+            // it is held for the whole trace.
+            out: Box::new(BufWriter::with_capacity(256 << 10, replacing.file()?)),
             replacing: Some(replacing),
         })
     }

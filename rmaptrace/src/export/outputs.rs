@@ -58,7 +58,9 @@ impl Outputs {
         // Many mappings: they are described here and serialised on a second
         // thread, the two halves of the work side by side.
         self.write(|json| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<VmaSummary>>(4);
+            // One batch waiting at most: the described mappings in flight
+            // are part of the peak memory of a process with 200k of them.
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<VmaSummary>>(1);
             std::thread::scope(|s| {
                 let writer = s.spawn(move || {
                     let mut described = rx.into_iter().flatten();
