@@ -269,14 +269,13 @@ mod tests {
 
     #[test]
     fn a_mappings_story() {
-        // Processes → Mappings, sorted by address, the third row (shared
-        // anonymous memory).
+        // Processes → Mappings, sorted by address, the second row (the KVM
+        // vCPU's: a driver's mmap handler and fault handler).
         let keys = [
             KeyCode::Enter,
             KeyCode::Char('s'),
             KeyCode::Char('s'),
             KeyCode::Char('s'),
-            KeyCode::Down,
             KeyCode::Down,
             KeyCode::Enter,
         ];
