@@ -51,11 +51,7 @@ pub fn describe(vma: u64, info: &mut VmaInfo) {
         let file: u64 = read(vma, o.vma_vm_file);
         info.file = file;
         if file != 0 {
-            // No branch: on the kernel's version (where mmap_prepare does not
-            // exist its offset is mmap's), on which one is set, on a failed read.
-            let fops: u64 = read_flat(file, o.file_f_op);
-            info.setup_fn = read_flat(fops, o.fops_mmap);
-            info.setup_prepare_fn = read_flat(fops, o.fops_mmap_prepare);
+            (info.setup_fn, info.setup_prepare_fn) = setup_fns(file);
             let inode: u64 = read(file, o.file_f_inode);
             if inode != 0 {
                 info.i_mode = read(inode, o.inode_i_mode);
@@ -71,6 +67,19 @@ pub fn describe(vma: u64, info: &mut VmaInfo) {
             }
         }
     }
+}
+
+/// A file's `f_op->mmap` and `f_op->mmap_prepare` (userspace picks). No
+/// branch: on the kernel's version (where mmap_prepare does not exist its
+/// offset is mmap's), on which one is set, on a failed read.
+#[inline(always)]
+fn setup_fns(file: u64) -> (u64, u64) {
+    let o = offsets();
+    let fops: u64 = read_flat(file, o.file_f_op);
+    (
+        read_flat(fops, o.fops_mmap),
+        read_flat(fops, o.fops_mmap_prepare),
+    )
 }
 
 /// Whether the VMA at `vma` is still the one cached as (`mm`, `lock_seq`): every
@@ -214,7 +223,7 @@ extern "C" fn file_path(_task: *mut c_void, vma: *mut c_void, _ctx: *mut c_void)
     }
     let flags: u64 = read_flat(vma, o.vma_vm_flags);
     if flags & (vm_flags::VM_PFNMAP | vm_flags::VM_MIXEDMAP | vm_flags::VM_IO) != 0 {
-        let fops: u64 = read_flat(file, o.file_f_op);
+        let (setup_fn, setup_prepare_fn) = setup_fns(file);
         let setup = MmapSetupEvent {
             header: EventHeader {
                 kind: event_kind::MMAP_SETUP,
@@ -223,8 +232,8 @@ extern "C" fn file_path(_task: *mut c_void, vma: *mut c_void, _ctx: *mut c_void)
             vm_start: start,
             vm_end: end,
             vm_flags: flags,
-            setup_fn: read_flat(fops, o.fops_mmap),
-            setup_prepare_fn: read_flat(fops, o.fops_mmap_prepare),
+            setup_fn,
+            setup_prepare_fn,
             prefilled: crate::prefill::take(ev.header.tid, vma),
         };
         if crate::maps::EVENTS

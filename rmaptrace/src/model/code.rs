@@ -54,6 +54,16 @@ impl Code {
         Code(i)
     }
 
+    /// The function that set a mapping up, from its file's `f_op->mmap` and
+    /// `f_op->mmap_prepare` as the kernel records carry them: the kernel calls
+    /// mmap_prepare instead of mmap when a file has it.
+    pub fn of_setup(mmap: u64, mmap_prepare: u64) -> Code {
+        Code::of(match mmap_prepare {
+            0 => mmap,
+            prepare => prepare,
+        })
+    }
+
     pub fn addr(self) -> u64 {
         table().read().unwrap_or_else(|e| e.into_inner()).addrs[self.0 as usize]
     }

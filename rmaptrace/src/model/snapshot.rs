@@ -42,11 +42,7 @@ impl Vma {
             vm_end: info.vm_end,
             vm_flags: info.vm_flags,
             fault_fn: Code::of(info.fault_fn),
-            // The kernel calls mmap_prepare instead of mmap when a file has it.
-            setup_fn: Code::of(match info.setup_prepare_fn {
-                0 => info.setup_fn,
-                prepare => prepare,
-            }),
+            setup_fn: Code::of_setup(info.setup_fn, info.setup_prepare_fn),
             ino: info.ino,
             rdev: info.rdev,
             i_mode: info.i_mode,

@@ -753,10 +753,7 @@ impl Trace {
                     end: m.vm_end,
                     ts_ns: m.header.ts_ns,
                     vm_flags: m.vm_flags,
-                    setup: Code::of(match m.setup_prepare_fn {
-                        0 => m.setup_fn,
-                        prepare => prepare,
-                    }),
+                    setup: Code::of_setup(m.setup_fn, m.setup_prepare_fn),
                     prefilled: m.prefilled,
                 });
                 None

@@ -204,18 +204,15 @@ impl Trace {
             let Some(p) = self.processes.get(&pid) else {
                 continue;
             };
-            let ended: Vec<VmaSummary> = p
+            let (gone, left): (Vec<_>, Vec<_>) = p
                 .unfaulted
                 .iter()
-                .filter(|u| super::unfaulted_until(p, u).is_some())
+                .partition(|u| super::unfaulted_until(p, u).is_some());
+            let ended: Vec<VmaSummary> = gone
+                .into_iter()
                 .map(|u| self.unfaulted_summary(p, u))
                 .collect();
-            let left: Vec<_> = p
-                .unfaulted
-                .iter()
-                .filter(|u| super::unfaulted_until(p, u).is_none())
-                .copied()
-                .collect();
+            let left: Vec<_> = left.into_iter().copied().collect();
             let n = ended.len() as u64;
             sink(pid, &self.comm_of(pid), &mut ended.into_iter());
             let p = self.processes.get_mut(&pid).expect("just seen");
