@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * rmapdemo: one buffer, mapped to user space three ways, so that rmaptrace can
+ * rmapdemo: one buffer, mapped to user space four ways, so that rmaptrace can
  * show what each way costs at fault time.
  *
  *   /dev/rmapdemo_pfn    remap_pfn_range() in ->mmap: every PTE exists before the
@@ -13,6 +13,10 @@
  *                        VM_MIXEDMAP VMA, so get_user_pages, O_DIRECT and
  *                        /proc/PID/mem work on them. Right for kernel-allocated
  *                        RAM the process will use in full.
+ *   /dev/rmapdemo_vmf    vmf_insert_pfn() for each page in ->mmap: the same
+ *                        VM_IO|VM_PFNMAP result as remap_pfn_range, one page
+ *                        at a time, as drivers written around a fault-time
+ *                        helper sometimes do at mmap.
  *   /dev/rmapdemo_fault  no PTEs at mmap time; vm_ops->fault (rmapdemo_fault)
  *                        supplies one page per first touch, so the process pays
  *                        one fault per page it uses and nothing for pages it
@@ -34,7 +38,7 @@
 static void *buf;		/* RMAPDEMO_PAGES physically contiguous pages */
 static struct page *buf_pages[RMAPDEMO_PAGES];
 
-static struct miscdevice dev_pfn, dev_pages, dev_fault;
+static struct miscdevice dev_pfn, dev_pages, dev_vmf, dev_fault;
 
 static void set_vm_flags(struct vm_area_struct *vma, unsigned long flags)
 {
@@ -104,6 +108,23 @@ static int rmapdemo_mmap(struct file *file, struct vm_area_struct *vma)
 				      buf_pages + vma->vm_pgoff, &num);
 		return ret ? ret : (num ? -EFAULT : 0);
 	}
+	if (misc == &dev_vmf) {
+		unsigned long i;
+		vm_fault_t made;
+
+		/* Raw frames cannot be copied on write: shared mappings only. */
+		if (is_cow_mapping(vma->vm_flags))
+			return -EINVAL;
+		set_vm_flags(vma, VM_IO | VM_PFNMAP);
+		/* Cost: all PTEs now, one page-table lookup and lock per page. */
+		for (i = 0; i < vma_pages(vma); i++) {
+			made = vmf_insert_pfn(vma, vma->vm_start + i * PAGE_SIZE,
+					      page_to_pfn(buf_pages[vma->vm_pgoff + i]));
+			if (made & VM_FAULT_ERROR)
+				return -ENOMEM;
+		}
+		return 0;
+	}
 	/* Cost: nothing now, one fault per page on first touch. */
 	vma->vm_ops = &rmapdemo_vm_ops;
 	return 0;
@@ -119,6 +140,9 @@ static struct miscdevice dev_pfn = {
 };
 static struct miscdevice dev_pages = {
 	.minor = MISC_DYNAMIC_MINOR, .name = "rmapdemo_pages", .fops = &rmapdemo_fops, .mode = 0666,
+};
+static struct miscdevice dev_vmf = {
+	.minor = MISC_DYNAMIC_MINOR, .name = "rmapdemo_vmf", .fops = &rmapdemo_fops, .mode = 0666,
 };
 static struct miscdevice dev_fault = {
 	.minor = MISC_DYNAMIC_MINOR, .name = "rmapdemo_fault", .fops = &rmapdemo_fops, .mode = 0666,
@@ -145,13 +169,18 @@ static int __init rmapdemo_init(void)
 	ret = misc_register(&dev_pages);
 	if (ret)
 		goto unreg_pfn;
-	ret = misc_register(&dev_fault);
+	ret = misc_register(&dev_vmf);
 	if (ret)
 		goto unreg_pages;
+	ret = misc_register(&dev_fault);
+	if (ret)
+		goto unreg_vmf;
 	pr_info("rmapdemo: %d pages at pfn %#lx\n", RMAPDEMO_PAGES,
 		page_to_pfn(buf_pages[0]));
 	return 0;
 
+unreg_vmf:
+	misc_deregister(&dev_vmf);
 unreg_pages:
 	misc_deregister(&dev_pages);
 unreg_pfn:
@@ -165,6 +194,7 @@ free_buf:
 static void __exit rmapdemo_exit(void)
 {
 	misc_deregister(&dev_fault);
+	misc_deregister(&dev_vmf);
 	misc_deregister(&dev_pages);
 	misc_deregister(&dev_pfn);
 	free_pages_exact(buf, RMAPDEMO_PAGES * PAGE_SIZE);
@@ -173,4 +203,4 @@ static void __exit rmapdemo_exit(void)
 module_init(rmapdemo_init);
 module_exit(rmapdemo_exit);
 MODULE_LICENSE("GPL");
-MODULE_DESCRIPTION("One buffer mapped by remap_pfn_range, vm_insert_pages or a lazy vm_ops->fault");
+MODULE_DESCRIPTION("One buffer mapped by remap_pfn_range, vm_insert_pages, vmf_insert_pfn or a lazy vm_ops->fault");

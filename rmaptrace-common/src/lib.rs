@@ -189,7 +189,12 @@ impl Default for FaultStats {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VmaRecord {
     pub tgid: u32,
-    pub _pad: u32,
+    /// What made the VMA's `anon_vma` (an [`anon_vma_by`] value), 0 while
+    /// it has none that rmaptrace saw.
+    pub anon_vma_by: u32,
+    /// When that `anon_vma` was made (observed) or first found at a fault's
+    /// completion (derived); 0 with `anon_vma_by`.
+    pub anon_vma_ns: u64,
     /// When the lifetime was first seen (its first fault, usually).
     pub first_ns: u64,
     /// When its VMA was found shrunk or split (another lifetime continues in
@@ -321,7 +326,10 @@ pub mod counter {
     /// Per-thread table of pages installed at mmap full: that mmap's
     /// `prefilled` counts are missing.
     pub const PREFILL_TABLE_FULL: u32 = 17;
-    pub const COUNT: u32 = 18;
+    /// Table of VMAs whose `anon_vma` was seen made full (or a kprobe
+    /// call's argument table): that VMA's `anon_vma.by` is `unknown`.
+    pub const ANON_MADE_FULL: u32 = 18;
+    pub const COUNT: u32 = 19;
 }
 
 /// Values of the `TRACED` map.
@@ -492,8 +500,46 @@ pub mod prefill {
     pub const REMAP_PFN_RANGE: usize = 0;
     pub const VM_INSERT_PAGES: usize = 1;
     pub const VM_INSERT_PAGE: usize = 2;
-    pub const FUNCTIONS: usize = 3;
-    pub const NAMES: [&str; FUNCTIONS] = ["remap_pfn_range", "vm_insert_pages", "vm_insert_page"];
+    /// The fault-time helpers (they return a `vm_fault_t`), counted only
+    /// inside an mmap syscall: from a fault handler they serve a fault.
+    pub const VMF_INSERT_PFN: usize = 3;
+    pub const VMF_INSERT_MIXED: usize = 4;
+    pub const FUNCTIONS: usize = 5;
+    pub const NAMES: [&str; FUNCTIONS] = [
+        "remap_pfn_range",
+        "vm_insert_pages",
+        "vm_insert_page",
+        "vmf_insert_pfn",
+        "vmf_insert_mixed",
+    ];
+}
+
+/// What made a VMA's `anon_vma`, its reverse map for anonymous pages
+/// ([`VmaRecord::anon_vma_by`], [`AnonVmaMade::by`]).
+pub mod anon_vma_by {
+    /// None seen.
+    pub const NONE: u32 = 0;
+    /// Found set at a fault's completion, made by nothing rmaptrace saw (the
+    /// tracepoint backend; a mapping merged into one that had it).
+    pub const SEEN: u32 = 1;
+    /// `__anon_vma_prepare` during a fault (the first write, usually).
+    pub const FAULT: u32 = 2;
+    /// `anon_vma_fork`: the child's VMA at fork, chained to the parent's.
+    pub const FORK: u32 = 3;
+    /// `__anon_vma_prepare` outside any fault (userfaultfd's UFFDIO_COPY, a
+    /// uprobe's breakpoint, ...).
+    pub const OTHER: u32 = 4;
+}
+
+/// A VMA's `anon_vma` as the hooks on its making saw it (value of the
+/// `ANON_MADE` map, by `struct vm_area_struct *`; the lifetime's record
+/// takes it when it starts).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AnonVmaMade {
+    pub ns: u64,
+    pub by: u32,
+    pub _pad: u32,
 }
 
 /// A thread's pages installed by those functions during its mmap syscall in
@@ -510,6 +556,9 @@ pub struct Prefill {
     pub pending_which: u64,
     pub pending_pages: u64,
     pub pending_left: u64,
+    /// The thread is inside an mmap syscall (1), which the fault-time
+    /// helpers need to be counted.
+    pub in_mmap: u64,
 }
 
 /// A thread exited: its own fault counters as the kernel kept them.
@@ -704,6 +753,7 @@ mod pod {
     unsafe impl aya::Pod for FaultKey {}
     unsafe impl aya::Pod for FaultStats {}
     unsafe impl aya::Pod for VmaRecord {}
+    unsafe impl aya::Pod for AnonVmaMade {}
     unsafe impl aya::Pod for ThreadAcct {}
     unsafe impl aya::Pod for LifeEntry {}
     unsafe impl aya::Pod for VmaInfo {}

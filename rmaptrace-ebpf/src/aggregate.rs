@@ -105,8 +105,13 @@ pub fn record(vma: Option<&VmaInfo>) {
     let anon: u64 = crate::maps::kernel_read_flat(vma_ptr, crate::maps::offsets().vma_anon_vma);
     c.key.flags = ((anon | anon.wrapping_neg()) >> 63) as u8 * key_flags::ANON_VMA;
     let major = c.major != 0;
-    if !add_to_aggregate(&c.key, major, c.now, c.latency, c.handler_ns) {
-        count_overflow(c.key.tgid, major);
+    match add_to_aggregate(&c.key, major, c.now, c.latency, c.handler_ns) {
+        Added::Full => count_overflow(c.key.tgid, major),
+        // The first fault to find the anon_vma starts a row of its own.
+        Added::NewRow if c.key.flags & key_flags::ANON_VMA != 0 && c.key.life != 0 => {
+            crate::anon_vma::seen_at_fault(c.key.life, c.now)
+        }
+        _ => {}
     }
     crate::task::account_fault(c.tid, c.key.tgid, major);
     if c.key.vma_status != vma_status::FOUND {
@@ -148,19 +153,28 @@ fn send_unresolved(c: &Completed) {
     }
 }
 
-/// Adds the fault to its row; false when the table is full.
+#[derive(PartialEq, Eq)]
+enum Added {
+    ToRow,
+    NewRow,
+    Full,
+}
+
+/// Adds the fault to its row.
 #[inline(always)]
-fn add_to_aggregate(key: &FaultKey, major: bool, now: u64, latency: u64, handler_ns: u64) -> bool {
+fn add_to_aggregate(key: &FaultKey, major: bool, now: u64, latency: u64, handler_ns: u64) -> Added {
+    let mut added = Added::ToRow;
     let mut stats = FAULTS.get_ptr_mut(key);
     if stats.is_none() {
         let Some(zero) = ZERO_STATS.get(0) else {
-            return false;
+            return Added::Full;
         };
         let _ = FAULTS.insert(key, zero, BPF_NOEXIST);
         stats = FAULTS.get_ptr_mut(key);
+        added = Added::NewRow;
     }
     let Some(stats) = stats else {
-        return false;
+        return Added::Full;
     };
     // SAFETY: this CPU's value of the row, reached through this one reference.
     let stats = unsafe { &mut *stats };
@@ -185,7 +199,7 @@ fn add_to_aggregate(key: &FaultKey, major: bool, now: u64, latency: u64, handler
             stats.latency_hist[bucket] += 1;
         }
     }
-    true
+    added
 }
 
 #[inline(always)]

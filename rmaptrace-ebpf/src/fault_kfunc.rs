@@ -68,6 +68,13 @@ fn slot(tid: u32, create: bool) -> Option<*mut KfuncInflight> {
     KFUNC_INFLIGHT.get_ptr_mut(tid)
 }
 
+/// Whether thread `tid` is inside handle_mm_fault now.
+#[inline(always)]
+pub fn in_fault(tid: u32) -> bool {
+    // SAFETY: one byte read at once from this thread's value.
+    unsafe { KFUNC_INFLIGHT.get(tid) }.is_some_and(|s| s.active != 0)
+}
+
 #[inline(always)]
 fn on_fault_entry(vma: u64, addr: u64, flags: u64) {
     let Some((_, tid)) = traced_current() else {

@@ -92,7 +92,19 @@ pub fn life_of(info: &VmaInfo, tgid: u32, now: u64) -> u64 {
     // SAFETY: this CPU's scratch slot, written through this one pointer.
     unsafe {
         (*rec).tgid = tgid;
-        (*rec)._pad = 0;
+        // What made the VMA's anon_vma when that was seen before this
+        // lifetime began (a fault's before its completion, a fork's, the
+        // struct's earlier lifetime's before a split).
+        match crate::anon_vma::ANON_MADE.get(info.vma) {
+            Some(m) => {
+                (*rec).anon_vma_by = m.by;
+                (*rec).anon_vma_ns = m.ns;
+            }
+            None => {
+                (*rec).anon_vma_by = 0;
+                (*rec).anon_vma_ns = 0;
+            }
+        }
         (*rec).first_ns = now;
         (*rec).ended_ns = 0;
         // SAFETY: the scratch record's own field; `info` is another object.
@@ -149,7 +161,7 @@ pub fn life_of(info: &VmaInfo, tgid: u32, now: u64) -> u64 {
 static VMA_CACHE: Array<u64> = Array::with_max_entries(1, 0);
 
 /// `kmem:kmem_cache_free(call_site, ptr, s)`: a slab object is freed. When it
-/// is a VMA struct, its lifetime entry goes, so that the slab handing the
+/// is a VMA struct, its lifetime entry (and what made its anon_vma) goes, so that the slab handing the
 /// pointer to a new VMA of the same shape at the same address (a split part, a
 /// new mapping) never has the new one taken for the old. It runs for every
 /// slab free in the system, so after the first VMA free it is a compare of
@@ -172,6 +184,7 @@ pub fn kmem_cache_free(ctx: RawTracePointContext) -> i32 {
     }
     let vma: u64 = ctx.arg(1);
     let _ = LIVES.remove(vma);
+    let _ = crate::anon_vma::ANON_MADE.remove(vma);
     0
 }
 

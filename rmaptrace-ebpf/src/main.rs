@@ -8,6 +8,7 @@
 //! | `vma.rs`    | `bpf_find_vma` callback                            | describe the faulting VMA from BTF offsets |
 //! | `life.rs`   | (called when a VMA is looked up), `kmem:kmem_cache_free` (tp_btf) | number mapping lifetimes; forget a VMA struct when it is freed |
 //! | `mmap.rs`   | `syscalls:sys_{enter,exit}_{mmap,munmap,mremap}`, `raw_syscalls` (32-bit) | where each mapping came from |
+//! | `anon_vma.rs` | fexit or kprobe/kretprobe on `__anon_vma_prepare`, `anon_vma_fork`, `anon_vma_clone` | when each VMA's anon_vma was made, and by what |
 //! | `prefill.rs` | fentry/fexit or kprobe/kretprobe on `remap_pfn_range`, `vm_insert_page(s)` | pages an mmap handler installs itself |
 //! | `task.rs`   | `sched_process_{fork,exec,exit}` (tp_btf)          | follow children, names, the kernel's own fault counters |
 //!
@@ -18,6 +19,8 @@
 
 #[cfg(target_arch = "bpf")]
 mod aggregate;
+#[cfg(target_arch = "bpf")]
+mod anon_vma;
 #[cfg(target_arch = "bpf")]
 mod fault_kfunc;
 #[cfg(target_arch = "bpf")]

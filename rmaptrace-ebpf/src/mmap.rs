@@ -22,7 +22,7 @@ pub(crate) fn scratch() -> Option<*mut MmapExitEvent> {
 #[tracepoint]
 pub fn sys_enter_mmap(ctx: TracePointContext) -> u32 {
     if let Some((_, tid)) = traced_current() {
-        crate::prefill::forget(tid);
+        crate::prefill::start(tid);
     }
     send(&ctx, event_kind::MMAP_ENTER, true);
     0
@@ -45,6 +45,8 @@ pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
     // SAFETY: the offset of `ret` in this tracepoint's record, from tracefs.
     let ret = unsafe { ctx.read_at::<u64>(o.syscall_ret as usize) }.unwrap_or(0);
     mmap_returned(tgid, tid, ret);
+    // What its setup record did not take (most mappings have none).
+    crate::prefill::forget(tid);
     0
 }
 
@@ -248,6 +250,12 @@ pub struct DoMmapArgs {
 
 #[map]
 static DO_MMAP_ARGS: HashMap<u32, DoMmapArgs> = HashMap::with_max_entries(16384, 0);
+
+/// The thread ends: a do_mmap call it had in progress never returns.
+#[inline(always)]
+pub fn forget(tid: u32) {
+    let _ = DO_MMAP_ARGS.remove(tid);
+}
 
 #[kprobe]
 pub fn do_mmap_kprobe(ctx: ProbeContext) -> u32 {

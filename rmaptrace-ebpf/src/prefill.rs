@@ -1,10 +1,12 @@
 //! Pages an mmap handler installs itself, so that no fault ever brings them in:
 //! `remap_pfn_range` (VM_PFNMAP), `vm_insert_pages` and `vm_insert_page`
-//! (VM_MIXEDMAP; `remap_vmalloc_range` uses the latter). Counted per thread
-//! from the mmap syscall's entry (which clears the count) to its exit, whose
-//! VMA lookup takes them into the mapping's setup record. The kernel-function
-//! backends only: entry and exit of each function, as fentry/fexit or
-//! kprobe/kretprobe.
+//! (VM_MIXEDMAP; `remap_vmalloc_range` uses the latter), and the fault-time
+//! helpers `vmf_insert_pfn` and `vmf_insert_mixed` when an mmap handler calls
+//! them (inside an mmap syscall; from a fault handler they serve that fault).
+//! Counted per thread from the mmap syscall's entry (which starts the count)
+//! to its exit, whose VMA lookup takes them into the mapping's setup record.
+//! The kernel-function backends only: entry and exit of each function, as
+//! fentry/fexit or kprobe/kretprobe.
 use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe, map},
     maps::HashMap,
@@ -29,10 +31,17 @@ fn begin(vma: u64, which: usize, pages: u64, left: u64) {
     if let Some(p) = PREFILL.get_ptr_mut(tid) {
         // SAFETY: this thread's value; the only reference, for this run.
         let p = unsafe { &mut *p };
+        if which >= prefill::VMF_INSERT_PFN && p.in_mmap == 0 {
+            return;
+        }
         p.pending_vma = vma;
         p.pending_which = which as u64;
         p.pending_pages = pages;
         p.pending_left = left;
+        return;
+    }
+    // Outside an mmap syscall the fault-time helpers serve a fault.
+    if which >= prefill::VMF_INSERT_PFN {
         return;
     }
     let p = Prefill {
@@ -47,7 +56,8 @@ fn begin(vma: u64, which: usize, pages: u64, left: u64) {
     }
 }
 
-/// The call under way returned `ret` (0: success).
+/// The call under way returned `ret`: 0 on success, or for the fault-time
+/// helpers a `vm_fault_t` without VM_FAULT_ERROR bits.
 #[inline(always)]
 fn end(ret: i64) {
     let Some((_, tid)) = traced_current() else {
@@ -59,11 +69,16 @@ fn end(ret: i64) {
     // SAFETY: this thread's value; the only reference, for this run.
     let p = unsafe { &mut *p };
     let which = p.pending_which as usize;
+    let ok = if which >= prefill::VMF_INSERT_PFN {
+        (ret as u64) & u64::from(crate::maps::offsets().vm_fault_error) == 0
+    } else {
+        ret == 0
+    };
     let pages = if which == prefill::VM_INSERT_PAGES {
         // Inserted up to a failure, which it leaves in *num.
         p.pending_pages
             .saturating_sub(kernel_read::<u64>(p.pending_left, 0))
-    } else if ret == 0 {
+    } else if ok {
         p.pending_pages
     } else {
         0
@@ -91,7 +106,20 @@ pub fn take(tid: u32, vma: u64) -> [u64; prefill::FUNCTIONS] {
     }
 }
 
-/// An mmap syscall begins (or the thread ends): nothing counted before it is its.
+/// An mmap syscall begins: nothing counted before it is its, and the
+/// fault-time helpers count from now until its exit.
+#[inline(always)]
+pub fn start(tid: u32) {
+    let p = Prefill {
+        in_mmap: 1,
+        ..Prefill::default()
+    };
+    if PREFILL.insert(tid, p, 0).is_err() {
+        bump(counter::PREFILL_TABLE_FULL);
+    }
+}
+
+/// The thread ends.
 #[inline(always)]
 pub fn forget(tid: u32) {
     let _ = PREFILL.remove(tid);
@@ -142,20 +170,33 @@ pub fn vm_insert_pages_kprobe(ctx: ProbeContext) -> u32 {
     0
 }
 
-// vm_insert_page(struct vm_area_struct *vma, unsigned long addr, struct page *page)
-#[fentry]
-pub fn vm_insert_page_fentry(ctx: FEntryContext) -> i32 {
-    begin(ctx.arg(0), prefill::VM_INSERT_PAGE, 1, 0);
-    0
+/// The entry programs of the functions that install one page into their
+/// first argument, the VMA:
+/// - vm_insert_page(struct vm_area_struct *vma, unsigned long addr, struct page *page)
+/// - vm_fault_t vmf_insert_pfn(struct vm_area_struct *vma, unsigned long addr, unsigned long pfn)
+/// - vm_fault_t vmf_insert_mixed(struct vm_area_struct *vma, unsigned long addr, pfn_t pfn)
+macro_rules! one_page_entries {
+    ($($which:expr, $fentry:ident, $kprobe:ident;)*) => {$(
+        #[fentry]
+        pub fn $fentry(ctx: FEntryContext) -> i32 {
+            begin(ctx.arg(0), $which, 1, 0);
+            0
+        }
+
+        #[kprobe]
+        pub fn $kprobe(ctx: ProbeContext) -> u32 {
+            if let Some(vma) = ctx.arg::<u64>(0) {
+                begin(vma, $which, 1, 0);
+            }
+            0
+        }
+    )*};
 }
 
-#[kprobe]
-pub fn vm_insert_page_kprobe(ctx: ProbeContext) -> u32 {
-    let Some(vma) = ctx.arg::<u64>(0) else {
-        return 0;
-    };
-    begin(vma, prefill::VM_INSERT_PAGE, 1, 0);
-    0
+one_page_entries! {
+    prefill::VM_INSERT_PAGE, vm_insert_page_fentry, vm_insert_page_kprobe;
+    prefill::VMF_INSERT_PFN, vmf_insert_pfn_fentry, vmf_insert_pfn_kprobe;
+    prefill::VMF_INSERT_MIXED, vmf_insert_mixed_fentry, vmf_insert_mixed_kprobe;
 }
 
 /// The exit programs: one per function and mechanism (an fexit program is
@@ -165,13 +206,13 @@ macro_rules! exits {
     ($($fexit:ident, $kretprobe:ident;)*) => {$(
         #[fexit]
         pub fn $fexit(ctx: FExitContext) -> i32 {
-            end(i64::from(ctx.ret::<i32>().unwrap_or(-1)));
+            end(i64::from(ctx.ret::<u32>().unwrap_or(u32::MAX)));
             0
         }
 
         #[kretprobe]
         pub fn $kretprobe(ctx: RetProbeContext) -> u32 {
-            end(i64::from(ctx.ret::<i32>()));
+            end(i64::from(ctx.ret::<u32>()));
             0
         }
     )*};
@@ -181,4 +222,6 @@ exits! {
     remap_pfn_range_fexit, remap_pfn_range_kretprobe;
     vm_insert_pages_fexit, vm_insert_pages_kretprobe;
     vm_insert_page_fexit, vm_insert_page_kretprobe;
+    vmf_insert_pfn_fexit, vmf_insert_pfn_kretprobe;
+    vmf_insert_mixed_fexit, vmf_insert_mixed_kretprobe;
 }

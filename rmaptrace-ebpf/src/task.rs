@@ -183,6 +183,8 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
     let _ = crate::maps::INFLIGHT.remove(tid);
     let _ = crate::fault_kfunc::KFUNC_INFLIGHT.remove(tid);
     crate::prefill::forget(tid);
+    crate::anon_vma::forget(tid);
+    crate::mmap::forget(tid);
     let _ = THREADS.remove(tid);
     let o = offsets();
     if o.ready == 0 {

@@ -42,10 +42,25 @@ struct Vma {
     /// function that installed the pages and how many (the others none); it
     /// is null elsewhere.
     prefilled: Option<(&'static str, u64)>,
+    /// The backend sees kernel functions (`paths_source` observed).
     observed: bool,
-    /// `setup.anon_vma`: None, checked as null (shared memory never has one);
-    /// Some(n): present, with n faults before it.
-    anon_vma: Option<Option<u64>>,
+    /// `setup.anon_vma`: None, not checked; Some(None): null (shared
+    /// memory never has one); Some(Some(a)): present, as `a` says.
+    anon_vma: Option<Option<Anon>>,
+}
+
+/// What a mapping's anon_vma must show.
+#[derive(Clone, Copy, Debug)]
+struct Anon {
+    /// What made it, where the backend observes that (`fault`, `fork`);
+    /// elsewhere `by` is `unknown` and the source `derived`.
+    by: &'static str,
+    /// Faults of the mapping that completed before it existed.
+    before: u64,
+}
+
+const fn made_by(by: &'static str, before: u64) -> Option<Option<Anon>> {
+    Some(Some(Anon { by, before }))
 }
 
 /// The function that set a mapping up, as the kernel's file operations name
@@ -145,7 +160,7 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
         // The first write fault makes the anon_vma: no fault came before it.
         "anon-write" => {
             e.vma = Some(Vma {
-                anon_vma: Some(Some(0)),
+                anon_vma: made_by("fault", 0),
                 ..vma("anon", None, n, &[("do_anonymous_page", n)])?
             })
         }
@@ -162,7 +177,7 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
         // N reads map the zero page; the first write makes the anon_vma.
         "anon-read-write" => {
             e.vma = Some(Vma {
-                anon_vma: Some(Some(n)),
+                anon_vma: made_by("fault", n),
                 ..vma(
                     "anon",
                     None,
@@ -185,7 +200,7 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
             // The first copy-on-write fault makes it.
             e.vma = Some(Vma {
                 by: By::Containing("mmap"),
-                anon_vma: Some(Some(0)),
+                anon_vma: made_by("fault", 0),
                 ..vma("file", Some("filemap_fault"), n, &[("do_cow_fault", n)])?
             })
         }
@@ -198,12 +213,17 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
             })
         }
         "fork-cow" => {
-            e.vma = vma("anon", None, n, &[("do_anonymous_page", n)]);
-            e.child_vma = vma("anon", None, n, &[("do_wp_page", n)]);
-            if let Some(v) = e.child_vma.as_mut() {
-                // The child inherits the parent's mmap origin.
-                v.origin = Some("MAP_ANONYMOUS");
-            }
+            e.vma = Some(Vma {
+                anon_vma: made_by("fault", 0),
+                ..vma("anon", None, n, &[("do_anonymous_page", n)])?
+            });
+            e.child_vma = Some(Vma {
+                // The child inherits the parent's mmap origin, and its VMA
+                // gets an anon_vma of its own at fork, before any fault.
+                origin: Some("MAP_ANONYMOUS"),
+                anon_vma: made_by("fork", 0),
+                ..vma("anon", None, n, &[("do_wp_page", n)])?
+            });
         }
         "memfd-secret" => {
             e.vma = Some(Vma {
@@ -229,7 +249,7 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
         }
         // Prefilled at mmap time: the process never faults on these pages,
         // and the row comes from the mmap call, with what its setup left.
-        "driver-pfn" | "driver-pages" | "bpf-map-mmap" => {
+        "driver-pfn" | "driver-pages" | "driver-vmf" | "bpf-map-mmap" => {
             type Made = (
                 &'static [&'static str],
                 By,
@@ -248,6 +268,12 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
                     By::OneOf(&["rmapdemo_mmap"]),
                     &["VM_SHARED", "VM_MIXEDMAP", "VM_DONTEXPAND"],
                     "vm_insert_pages",
+                ),
+                "driver-vmf" => (
+                    &["/dev/rmapdemo_vmf", "/rmapdemo_vmf"],
+                    By::OneOf(&["rmapdemo_mmap"]),
+                    &["VM_SHARED", "VM_PFNMAP", "VM_IO", "VM_DONTEXPAND"],
+                    "vmf_insert_pfn",
                 ),
                 // remap_vmalloc_range: vm_insert_page for each page.
                 _ => (
@@ -297,6 +323,17 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
             let rest = vma("anon", None, n, &[("do_anonymous_page", n)])?;
             e.checks.push(Check::RowAt("split_at", Box::new(rest)));
         }
+        // The split-off part's VMA struct is new, its anon_vma copied from
+        // the whole mapping's, which the first writes made: its faults all
+        // come after it.
+        "split-written" => {
+            e.main = false;
+            let rest = Vma {
+                anon_vma: made_by("fault", 0),
+                ..vma("anon", None, n, &[("do_anonymous_page", n)])?
+            };
+            e.checks.push(Check::RowAt("split_at", Box::new(rest)));
+        }
         "remap-same-address" => {
             e.main = false;
             e.checks.push(Check::RowsAtAddr(&["file_a", "file_b"], n));
@@ -335,6 +372,14 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
             e.checks.push(Check::FewUnknown);
         }
         _ => return None,
+    }
+    for v in e.vma.iter_mut().chain(e.child_vma.iter_mut()) {
+        v.observed = observed;
+    }
+    for c in &mut e.checks {
+        if let Check::RowAt(_, v) = c {
+            v.observed = observed;
+        }
     }
     Some(e)
 }
@@ -526,9 +571,22 @@ fn check_vma(proc_: &Value, addr: &Value, want: &Option<Vma>) -> Result<()> {
     }
     if let Some(anon) = want.anon_vma {
         let got = &v["setup"]["anon_vma"];
+        // What made it is seen where the backend probes kernel functions;
+        // the exceptions-only backend derives the rest from fault completions.
+        let observed = want.observed;
         let ok = match anon {
             None => got.is_null(),
-            Some(before) => got["faults_before"] == before,
+            Some(a) => {
+                let (by, source) = if observed {
+                    (a.by, "observed")
+                } else {
+                    ("unknown", "derived")
+                };
+                got["faults_before"] == a.before
+                    && got["by"] == by
+                    && got["source"] == source
+                    && got["ts_ns"].as_u64().is_some_and(|t| t > 0)
+            }
         };
         if !ok {
             errs.push(format!("setup.anon_vma {got} is not {anon:?}"));

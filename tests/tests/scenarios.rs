@@ -120,6 +120,13 @@ fn fork_then_child_writes_copy_on_write() {
     check("fork-cow");
 }
 
+/// A part split off a written mapping keeps the anon_vma the writes made:
+/// its later faults all come after it, and what made it is the fault's.
+#[test]
+fn a_split_off_part_keeps_its_anon_vma() {
+    check("split-written");
+}
+
 /// A kernel object whose mmap handler installs every page: a row from the
 /// mmap call, its setup and flags, and no fault.
 #[test]

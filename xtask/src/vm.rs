@@ -47,10 +47,12 @@ const SCENARIOS: &[&str] = &[
     "populate",
     "driver-pfn",
     "driver-pages",
+    "driver-vmf",
     "driver-fault",
     "bpf-map-mmap",
     // Mapping lifetimes and VMA lookups under concurrent mapping changes.
     "mprotect-split",
+    "split-written",
     "mbind-split",
     "remap-same-address",
     "stack-growth",

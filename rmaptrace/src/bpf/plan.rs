@@ -68,6 +68,8 @@ pub enum Role {
     Origin,
     /// Counts pages an mmap handler installs itself (`setup.prefilled`).
     Prefill,
+    /// Sees each VMA's anon_vma made (`setup.anon_vma.by`).
+    AnonVma,
 }
 
 /// A kernel function the kernel-function backends probe.
@@ -172,7 +174,62 @@ pub const KFUNC_POINTS: &[KfuncPoint] = &[
         "vm_insert_page_kprobe",
         "vm_insert_page_kretprobe",
     ),
+    prefill_point(
+        "vmf_insert_pfn",
+        "vmf_insert_pfn_fentry",
+        "vmf_insert_pfn_fexit",
+        "vmf_insert_pfn_kprobe",
+        "vmf_insert_pfn_kretprobe",
+    ),
+    prefill_point(
+        "vmf_insert_mixed",
+        "vmf_insert_mixed_fentry",
+        "vmf_insert_mixed_fexit",
+        "vmf_insert_mixed_kprobe",
+        "vmf_insert_mixed_kretprobe",
+    ),
+    anon_vma_point(
+        "__anon_vma_prepare",
+        "anon_vma_prepare_fexit",
+        "anon_vma_prepare_kprobe",
+        "anon_vma_prepare_kretprobe",
+        "makes a VMA's anon_vma: in a fault (the first write, usually) or outside one",
+    ),
+    anon_vma_point(
+        "anon_vma_fork",
+        "anon_vma_fork_fexit",
+        "anon_vma_fork_kprobe",
+        "anon_vma_fork_kretprobe",
+        "gives a child's VMA its anon_vma at fork",
+    ),
+    anon_vma_point(
+        "anon_vma_clone",
+        "anon_vma_clone_fexit",
+        "anon_vma_clone_kprobe",
+        "anon_vma_clone_kretprobe",
+        "copies an anon_vma to a split part or a moved VMA, with what made it",
+    ),
 ];
+
+/// A function that makes or copies anon_vmas: its result with its arguments
+/// (fexit, or kprobe and kretprobe).
+const fn anon_vma_point(
+    function: &'static str,
+    fexit: &'static str,
+    kprobe: &'static str,
+    kretprobe: &'static str,
+    purpose: &'static str,
+) -> KfuncPoint {
+    KfuncPoint {
+        function,
+        role: Role::AnonVma,
+        fentry: "",
+        fexit: Some(fexit),
+        kprobe,
+        kretprobe: Some(kretprobe),
+        purpose,
+    }
+}
 
 const fn prefill_point(
     function: &'static str,
@@ -202,6 +259,21 @@ pub fn prefill_observed(rows: &[PlanRow]) -> bool {
             rows.iter()
                 .any(|r| r.point == p.function && r.chosen.is_some())
         })
+}
+
+/// The anon_vma points that are not probed: what they make shows as
+/// `anon_vma.by` `unknown`, first seen at a fault.
+pub fn anon_vma_unobserved(rows: &[PlanRow]) -> Vec<&'static str> {
+    KFUNC_POINTS
+        .iter()
+        .filter(|p| p.role == Role::AnonVma)
+        .filter(|p| {
+            !rows
+                .iter()
+                .any(|r| r.point == p.function && r.chosen.is_some())
+        })
+        .map(|p| p.function)
+        .collect()
 }
 
 /// The tracepoint backend's counting hooks: used when handle_mm_fault cannot be probed.
@@ -378,8 +450,8 @@ pub const TRACEPOINT_LIMITS: &[&str] = &[
 
 /// Where freed VMA structs are seen, and what is lost without it.
 const VMA_FREED_HOOK: &str = "kmem/kmem_cache_free";
-/// Where remap_pfn_range and vm_insert_page(s) are not all probed.
-const PREFILL_LIMIT: &str = "pages a driver's mmap handler installs itself (remap_pfn_range, vm_insert_pages, vm_insert_page) are not counted: setup.prefilled is null; vm_flags still tell VM_PFNMAP from VM_MIXEDMAP";
+/// Where the functions that install pages at mmap are not all probed.
+const PREFILL_LIMIT: &str = "pages a driver's mmap handler installs itself (remap_pfn_range, vm_insert_pages, vm_insert_page, vmf_insert_pfn, vmf_insert_mixed) are not counted: setup.prefilled is null; vm_flags still tell VM_PFNMAP from VM_MIXEDMAP";
 
 const VMA_FREED_LIMIT: &str = "freed VMA structs are not seen (kmem:kmem_cache_free is off): a new VMA that the slab gives a freed one's address, at the same place and of the same shape (a split part, a mapping replaced in place), may continue the old one's row";
 
@@ -404,6 +476,13 @@ impl Plan {
             .any(|r| r.point == VMA_FREED_HOOK && r.chosen.is_none())
         {
             limits.push(VMA_FREED_LIMIT.to_string());
+        }
+        let anon_unobserved = anon_vma_unobserved(&self.rows);
+        if !anon_unobserved.is_empty() {
+            limits.push(format!(
+                "{} not probed: an anon_vma they make has `by` unknown, and the time of the first fault that found it (source derived)",
+                anon_unobserved.join(", ")
+            ));
         }
         if self.backend == "tracepoint" {
             limits.push(PREFILL_LIMIT.to_string());

@@ -3,10 +3,12 @@ use std::os::fd::RawFd;
 
 use anyhow::{Context, Result};
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap};
-use rmaptrace_common::{FaultKey, FaultStats, LifeEntry, ProcStats, ThreadAcct, VmaRecord};
+use rmaptrace_common::{
+    AnonVmaMade, FaultKey, FaultStats, LifeEntry, ProcStats, ThreadAcct, VmaRecord,
+};
 
 use super::{batch, loader::Probes};
-use crate::model::snapshot::{Counters, FaultTotals, Lifetime, Names, ProcTotals, Snapshot};
+use crate::model::snapshot::{Counters, FaultTotals, Files, Lifetime, ProcTotals, Snapshot};
 
 impl Probes {
     /// Frees the kernel rows of processes the model retired, or of mappings
@@ -29,10 +31,19 @@ impl Probes {
         {
             let mut live: HashMap<&mut MapData, u64, LifeEntry> =
                 HashMap::try_from(ebpf.map_mut("LIVES").context("LIVES map")?)?;
+            let mut structs_gone = Vec::new();
             for (life, vma) in gone.iter().flat_map(|g| &g.lives) {
                 if live.get(vma, 0).is_ok_and(|e| e.life == *life) {
                     let _ = live.remove(vma);
+                    structs_gone.push(*vma);
                 }
+            }
+            // What made their anon_vmas goes with them (the kernel drops it
+            // when the struct is freed, where that is seen).
+            let mut made: HashMap<&mut MapData, u64, AnonVmaMade> =
+                HashMap::try_from(ebpf.map_mut("ANON_MADE").context("ANON_MADE map")?)?;
+            for vma in &structs_gone {
+                let _ = made.remove(vma);
             }
         }
         {
@@ -190,11 +201,11 @@ fn read_batched(fds: TableFds) -> Result<Option<Snapshot>> {
     let per_cpu = |len: usize| len.next_multiple_of(8) * cpus;
     let mut snap = Snapshot::default();
     let t0 = std::time::Instant::now();
-    let mut names = Names::default();
+    let mut files = Files::default();
     let batched = batch::for_each(fds.vmas, std::mem::size_of::<VmaRecord>(), |key: u64, v| {
         let rec: VmaRecord = batch::value(v);
         snap.vmas
-            .push((key, Lifetime::from_kernel(&rec, &mut names)))
+            .push((key, Lifetime::from_kernel(&rec, &mut files)))
     })?;
     if !batched {
         return Ok(None);
@@ -270,11 +281,11 @@ impl Probes {
         let procs: PerCpuHashMap<&MapData, u32, ProcStats> =
             PerCpuHashMap::try_from(ebpf.map("PROCS").context("PROCS map")?)?;
         // Lifetimes before fault rows, as in `read_batched`.
-        let mut names = Names::default();
+        let mut files = Files::default();
         for item in vmas.iter() {
             let (life, rec) = item?;
             snap.vmas
-                .push((life, Lifetime::from_kernel(&rec, &mut names)));
+                .push((life, Lifetime::from_kernel(&rec, &mut files)));
         }
         for item in faults.iter() {
             let (key, per_cpu) = item?;

@@ -59,15 +59,15 @@ pub fn classify(info: &Vma, handler: Option<&str>) -> Kind {
     if info.vm_flags & (VM_IO | VM_PFNMAP | VM_MIXEDMAP) != 0 {
         return Kind::Driver;
     }
-    if !info.has_file {
+    if !info.has_file() {
         return Kind::Special;
     }
-    if info.i_mode & S_IFMT == S_IFCHR {
+    if info.i_mode() & S_IFMT == S_IFCHR {
         return Kind::Driver;
     }
     match handler {
         // A regular file whose filesystem has no fault handler of its own name.
-        None if info.i_mode & S_IFMT == S_IFREG => Kind::File,
+        None if info.i_mode() & S_IFMT == S_IFREG => Kind::File,
         // secretmem_fault, kvm_vcpu_fault, a module's handler...
         _ => Kind::Driver,
     }
@@ -85,9 +85,9 @@ pub fn prot_string(vm_flags: u64) -> String {
 
 /// The device number of a char-device mapping, as `major:minor`.
 pub fn char_device(info: &Vma) -> Option<String> {
-    if info.has_file && info.i_mode & S_IFMT == S_IFCHR {
+    if info.i_mode() & S_IFMT == S_IFCHR {
         // The kernel's internal dev_t: 12 bits major, 20 bits minor.
-        Some(format!("{}:{}", info.rdev >> 20, info.rdev & 0xfffff))
+        Some(format!("{}:{}", info.rdev() >> 20, info.rdev() & 0xfffff))
     } else {
         None
     }
@@ -96,12 +96,17 @@ pub fn char_device(info: &Vma) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::snapshot::{FileMeta, MappedFile};
 
     fn vma(vm_ops: u64, file: u64, i_mode: u16, vm_flags: u64) -> Vma {
         Vma {
             has_ops: vm_ops != 0,
-            has_file: file != 0,
-            i_mode,
+            file: (file != 0).then(|| {
+                MappedFile::new(FileMeta {
+                    i_mode,
+                    ..Default::default()
+                })
+            }),
             vm_flags,
             ..Default::default()
         }
@@ -160,9 +165,11 @@ mod tests {
         assert_eq!(prot_string(VM_READ | VM_WRITE), "rw-p");
         assert_eq!(prot_string(VM_READ | VM_EXEC | VM_SHARED), "r-xs");
         let dev = Vma {
-            has_file: true,
-            i_mode: S_IFCHR,
-            rdev: (10 << 20) | 232,
+            file: Some(MappedFile::new(FileMeta {
+                i_mode: S_IFCHR,
+                rdev: (10 << 20) | 232,
+                ..Default::default()
+            })),
             ..Default::default()
         };
         assert_eq!(char_device(&dev).as_deref(), Some("10:232"));

@@ -9,7 +9,7 @@ use rmaptrace_common::{
 use serde::Serialize;
 
 /// What userspace uses of the kernel's description of a VMA ([`VmaInfo`]):
-/// half its size, its file name shared. A process with 131k mappings holds
+/// under half its size, its file shared. A process with 131k mappings holds
 /// one per mapping.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Vma {
@@ -22,20 +22,44 @@ pub struct Vma {
     pub fault_fn: Code,
     /// The file's `f_op->mmap_prepare` or `f_op->mmap` (none without a file).
     pub setup_fn: Code,
+    /// `vm_ops` set: the kernel's own test for a VMA that is not anonymous.
+    pub has_ops: bool,
+    /// The mapped file (`vm_file`), None without one.
+    pub file: Option<MappedFile>,
+}
+
+/// A mapped file as the kernel described it, one pointer wide and shared by
+/// every lifetime that maps it (most mappings have none, and most files are
+/// mapped several times).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MappedFile(std::sync::Arc<FileMeta>);
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FileMeta {
     pub ino: u64,
     pub rdev: u32,
     pub i_mode: u16,
-    /// `vm_ops` set: the kernel's own test for a VMA that is not anonymous.
-    pub has_ops: bool,
-    pub has_file: bool,
-    /// Base name of the mapped file's dentry.
+    /// Base name of its dentry.
     pub name: Option<FileName>,
 }
 
+impl MappedFile {
+    pub fn new(meta: FileMeta) -> Self {
+        MappedFile(std::sync::Arc::new(meta))
+    }
+}
+
+impl std::ops::Deref for MappedFile {
+    type Target = FileMeta;
+    fn deref(&self) -> &FileMeta {
+        &self.0
+    }
+}
+
 impl Vma {
-    /// The kernel's description, its name taken from `names` where it is
+    /// The kernel's description, its file taken from `files` where it is
     /// already there.
-    pub fn from_kernel(info: &VmaInfo, names: &mut Names) -> Self {
+    pub fn from_kernel(info: &VmaInfo, files: &mut Files) -> Self {
         Vma {
             vma: info.vma,
             vm_start: info.vm_start,
@@ -43,32 +67,59 @@ impl Vma {
             vm_flags: info.vm_flags,
             fault_fn: Code::of(info.fault_fn),
             setup_fn: Code::of_setup(info.setup_fn, info.setup_prepare_fn),
-            ino: info.ino,
-            rdev: info.rdev,
-            i_mode: info.i_mode,
             has_ops: info.vm_ops != 0,
-            has_file: info.file != 0,
-            name: names.get(&info.name),
+            file: (info.file != 0).then(|| files.get(info)),
         }
+    }
+
+    pub fn has_file(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// The file's inode mode (0 without a file).
+    pub fn i_mode(&self) -> u16 {
+        self.file.as_ref().map_or(0, |f| f.i_mode)
+    }
+
+    pub fn ino(&self) -> u64 {
+        self.file.as_ref().map_or(0, |f| f.ino)
+    }
+
+    pub fn rdev(&self) -> u32 {
+        self.file.as_ref().map_or(0, |f| f.rdev)
+    }
+
+    /// Base name of the mapped file's dentry.
+    pub fn name(&self) -> Option<&str> {
+        self.file.as_ref()?.name.as_deref()
     }
 }
 
-/// Dentry names as the kernel's records carry them (NUL-padded), one copy
-/// each.
-#[derive(Default)]
-pub struct Names(std::collections::HashMap<[u8; rmaptrace_common::VMA_NAME_LEN], FileName>);
+type FileKey = ([u8; rmaptrace_common::VMA_NAME_LEN], u64, u32, u16);
 
-impl Names {
-    fn get(&mut self, raw: &[u8; rmaptrace_common::VMA_NAME_LEN]) -> Option<FileName> {
-        if raw[0] == 0 {
-            return None;
-        }
-        Some(
-            self.0
-                .entry(*raw)
-                .or_insert_with(|| FileName::new(&crate::model::event::c_str(raw)))
-                .clone(),
-        )
+/// Mapped files as the kernel's records describe them, one copy each.
+#[derive(Default)]
+pub struct Files(std::collections::HashMap<FileKey, MappedFile>);
+
+impl Files {
+    fn get(&mut self, info: &VmaInfo) -> MappedFile {
+        self.0
+            .entry((info.name, info.ino, info.rdev, info.i_mode))
+            .or_insert_with(|| {
+                MappedFile::new(FileMeta {
+                    ino: info.ino,
+                    rdev: info.rdev,
+                    i_mode: info.i_mode,
+                    name: (info.name[0] != 0)
+                        .then(|| FileName::new(&crate::model::event::c_str(&info.name))),
+                })
+            })
+            .clone()
+    }
+
+    /// Forgets the files no mapping holds any more.
+    pub fn prune(&mut self) {
+        self.0.retain(|_, f| std::sync::Arc::strong_count(&f.0) > 1);
     }
 }
 
@@ -83,19 +134,50 @@ pub struct Lifetime {
     /// shrunk; 0 while it did not).
     pub first_ns: u64,
     pub ended_ns: u64,
+    /// What made its anon_vma, and when.
+    pub anon_vma: AnonVmaSeen,
     /// The VMA as last looked up.
     pub info: Vma,
 }
 
 impl Lifetime {
-    pub fn from_kernel(r: &VmaRecord, names: &mut Names) -> Self {
+    pub fn from_kernel(r: &VmaRecord, files: &mut Files) -> Self {
         Lifetime {
             tgid: r.tgid,
             lock_seq: r.info.lock_seq,
             first_ns: r.first_ns,
             ended_ns: r.ended_ns,
-            info: Vma::from_kernel(&r.info, names),
+            anon_vma: AnonVmaSeen::new(r.anon_vma_by, r.anon_vma_ns),
+            info: Vma::from_kernel(&r.info, files),
         }
+    }
+}
+
+/// What made a VMA's anon_vma (an `anon_vma_by` value) and when, in one word:
+/// the maker in the top three bits, the time (ns since boot, 2^61: 73 years)
+/// below. Zero: none seen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AnonVmaSeen(u64);
+
+const ANON_BY_SHIFT: u32 = 61;
+
+impl AnonVmaSeen {
+    pub fn new(by: u32, ns: u64) -> Self {
+        if by == rmaptrace_common::anon_vma_by::NONE {
+            return Self::default();
+        }
+        Self((u64::from(by.min(7)) << ANON_BY_SHIFT) | (ns & ((1 << ANON_BY_SHIFT) - 1)))
+    }
+
+    /// An `anon_vma_by` value.
+    pub fn by(self) -> u32 {
+        (self.0 >> ANON_BY_SHIFT) as u32
+    }
+
+    /// None when none was seen.
+    pub fn ns(self) -> Option<u64> {
+        (self.by() != rmaptrace_common::anon_vma_by::NONE)
+            .then_some(self.0 & ((1 << ANON_BY_SHIFT) - 1))
     }
 }
 
@@ -326,6 +408,10 @@ pub struct Counters {
     /// mmap calls whose pages installed by the handler could not be counted:
     /// the per-thread table was full.
     pub prefill_table_full: u64,
+    /// VMAs whose anon_vma was seen made but could not be remembered (or
+    /// kprobe calls whose argument was not kept): their `anon_vma.by` is
+    /// `unknown`.
+    pub anon_made_table_full: u64,
 }
 
 impl Counters {
@@ -350,6 +436,7 @@ impl Counters {
             lifetimes_started: at(counter::LIFE_STARTED),
             lifetimes_split: at(counter::LIFE_SPLIT),
             prefill_table_full: at(counter::PREFILL_TABLE_FULL),
+            anon_made_table_full: at(counter::ANON_MADE_FULL),
         }
     }
 
@@ -365,6 +452,7 @@ impl Counters {
             ("THREADS", self.thread_table_full),
             ("DO_MMAP_ARGS", self.mmap_args_table_full),
             ("PREFILL", self.prefill_table_full),
+            ("ANON_MADE", self.anon_made_table_full),
         ]
         .into_iter()
         .filter(|(_, n)| *n > 0)

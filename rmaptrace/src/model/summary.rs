@@ -53,19 +53,24 @@ pub struct Setup {
     pub anon_vma: Option<AnonVma>,
 }
 
-/// When a VMA's `anon_vma` came into being, as seen at fault completion.
+/// When a VMA's `anon_vma` (its reverse map for anonymous pages) came into
+/// being, and what made it.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct AnonVma {
-    /// What made it: `unknown` where only fault completions are seen (a first
-    /// write fault, or a fork that gave it the parent's).
+    /// What made it: `fault` (`__anon_vma_prepare` in a fault: the first
+    /// write, usually), `fork` (`anon_vma_fork`: the child's VMA at fork),
+    /// `other` (`__anon_vma_prepare` outside any fault: userfaultfd,
+    /// uprobes), or `unknown` where that is not observed.
     pub by: &'static str,
-    /// When rmaptrace first saw it; None: not measured.
+    /// When it was made (observed), or when the first fault that found it
+    /// completed (derived); None: not seen yet.
     pub ts_ns: Option<u64>,
     /// The VMA's faults that completed before it existed (the zero page read
-    /// N times before the first write: N).
+    /// N times before the first write: N). Exact on every backend: each
+    /// fault's completion reads the VMA's pointer.
     pub faults_before: u64,
-    /// How it is known: `derived` (the VMA's pointer read at each fault's
-    /// completion).
+    /// How `by` and `ts_ns` are known: `observed` (the functions that make
+    /// anon_vmas are probed) or `derived` (only fault completions are seen).
     pub source: &'static str,
 }
 

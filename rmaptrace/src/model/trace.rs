@@ -6,8 +6,8 @@ use std::{
 };
 
 use rmaptrace_common::{
-    access, event_kind, key_flags, prefill, vma_status, ExitEvent, FaultEvent, FaultKey,
-    MmapExitEvent, SyscallEvent, UnresolvedFault,
+    access, anon_vma_by, event_kind, key_flags, prefill, vma_status, ExitEvent, FaultEvent,
+    FaultKey, MmapExitEvent, SyscallEvent, UnresolvedFault,
 };
 use serde::Serialize;
 
@@ -19,7 +19,7 @@ use super::{
     origins::{Origin, Origins, PathNames},
     path,
     small_map::SmallMap,
-    snapshot::{row_life, FaultTotals, Lifetime, Names, Snapshot, Vma},
+    snapshot::{row_life, FaultTotals, Files, Lifetime, Snapshot, Vma},
     summary::{
         AnonVma, FaultCounts, HandlerTime, KernelCounts, Latency, ProcessSummary, Setup, Summary,
         Totals, VmaSummary,
@@ -137,7 +137,7 @@ pub struct Trace {
     /// VMA descriptions carried by fault records, for the records that carry none.
     event_vmas: HashMap<u64, Vma>,
     /// File names of the VMAs that fault records carried.
-    event_names: Names,
+    event_files: Files,
     backend: &'static str,
     paths_source: &'static str,
     limits: Vec<String>,
@@ -375,7 +375,7 @@ impl Trace {
             pending: HashMap::new(),
             snapshot: Snapshot::default(),
             event_vmas: HashMap::new(),
-            event_names: Names::default(),
+            event_files: Files::default(),
             backend: "tracepoint",
             paths_source: "derived",
             limits: Vec::new(),
@@ -445,7 +445,7 @@ impl Trace {
     fn refresh_names(&mut self) {
         let mut wanted: HashMap<u32, Vec<(u64, u64, u64)>> = HashMap::new();
         for (life, rec) in &self.snapshot.vmas {
-            if !rec.info.has_file {
+            if !rec.info.has_file() {
                 continue;
             }
             let named = self
@@ -453,10 +453,11 @@ impl Trace {
                 .get(&rec.tgid)
                 .is_some_and(|p| p.names.contains_key(life));
             if !named {
-                wanted
-                    .entry(rec.tgid)
-                    .or_default()
-                    .push((*life, rec.info.vm_start, rec.info.ino));
+                wanted.entry(rec.tgid).or_default().push((
+                    *life,
+                    rec.info.vm_start,
+                    rec.info.ino(),
+                ));
             }
         }
         for (pid, lives) in wanted {
@@ -625,7 +626,7 @@ impl Trace {
     /// from shmem_zero_setup, named `dev/zero`: no other dentry name holds a
     /// '/', so the name tells it from a memfd's, whose operations are the same.
     fn setup_of(&self, pid: u32, info: &Vma, first_ns: u64, origin: Option<&Origin>) -> Setup {
-        let zero_shmem = info.has_file && info.name.as_deref() == Some("dev/zero");
+        let zero_shmem = info.name() == Some("dev/zero");
         let mut setup = self.setup_from(info.setup_fn, info.vm_flags, zero_shmem);
         // Counted at its mmap call, when that was seen: the record of a
         // mapping the fault path does not serve has them; none for the rest.
@@ -657,23 +658,32 @@ impl Trace {
         }
     }
 
-    /// Whether a lifetime's faults found its anon_vma, and how many came
-    /// before it (each row says whether the VMA had one at completion).
-    fn anon_vma_of(&self, pid: u32, life: u64) -> Option<AnonVma> {
+    /// A lifetime's anon_vma: what made it and when, as the hooks on its
+    /// making saw it or else as the first fault that found it did, and how
+    /// many of its faults came before it (each row says whether the VMA had
+    /// one at completion). None while neither saw one.
+    fn anon_vma_of(&self, pid: u32, life: u64, rec: &Lifetime) -> Option<AnonVma> {
         let rows = self.snapshot.rows_of(pid, life);
         let with = |k: &FaultKey| k.flags & key_flags::ANON_VMA != 0;
-        if !rows.iter().any(|(k, _)| with(k)) {
+        let seen = rec.anon_vma;
+        if seen.ns().is_none() && !rows.iter().any(|(k, _)| with(k)) {
             return None;
         }
+        let (by, source) = match seen.by() {
+            anon_vma_by::FAULT => ("fault", "observed"),
+            anon_vma_by::FORK => ("fork", "observed"),
+            anon_vma_by::OTHER => ("other", "observed"),
+            _ => ("unknown", "derived"),
+        };
         Some(AnonVma {
-            by: "unknown",
-            ts_ns: None,
+            by,
+            ts_ns: seen.ns(),
             faults_before: rows
                 .iter()
                 .filter(|(k, _)| !with(k))
                 .map(|(_, t)| t.minor + t.major)
                 .sum(),
-            source: "derived",
+            source,
         })
     }
 
@@ -833,7 +843,7 @@ impl Trace {
             return None;
         }
         if f.vma.vm_end != 0 {
-            let v = Vma::from_kernel(&f.vma, &mut self.event_names);
+            let v = Vma::from_kernel(&f.vma, &mut self.event_files);
             self.event_vmas.insert(f.life, v.clone());
             return Some(v);
         }
@@ -1298,7 +1308,7 @@ impl Trace {
         let origin = self
             .origin_of(pid, seen_start, first_ns.max(1))
             .filter(|_| life.is_some());
-        let has_file = info.is_some_and(|i| i.has_file);
+        let has_file = info.is_some_and(Vma::has_file);
         let file = origin
             .and_then(|o| o.path.as_deref())
             .filter(|_| has_file)
@@ -1310,11 +1320,7 @@ impl Trace {
                     .and_then(|p| p.names.get(&id).cloned())
                     .filter(|n| !n.is_empty())
             })
-            .or_else(|| {
-                info.filter(|i| i.has_file)
-                    .and_then(|i| i.name.as_deref())
-                    .map(str::to_string)
-            });
+            .or_else(|| info.and_then(Vma::name).map(str::to_string));
         let (vm_start, vm_end) = (sp.start, sp.end);
         VmaSummary {
             start: hex(vm_start),
@@ -1327,7 +1333,7 @@ impl Trace {
             prot: info.map(|i| prot_string(i.vm_flags)).unwrap_or_default(),
             origin: origin.map(Self::describe_origin),
             setup: info.map(|i| Setup {
-                anon_vma: life.and_then(|(id, _)| self.anon_vma_of(pid, id)),
+                anon_vma: life.and_then(|(id, rec)| self.anon_vma_of(pid, id, rec)),
                 ..self.setup_of(pid, i, first_ns, origin)
             }),
             life: life.map(|(id, _)| id),
@@ -1645,6 +1651,7 @@ impl Trace {
         }
         self.retired_last = out.iter().map(|g| g.pid).collect();
         self.path_names.prune();
+        self.event_files.prune();
         out
     }
 

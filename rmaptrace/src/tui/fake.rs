@@ -43,10 +43,10 @@ fn setup(prot: &str, handler: Option<&str>) -> Setup {
         prefilled: None,
         // Private memory written: its first write fault made one.
         anon_vma: prot.ends_with('p').then_some(AnonVma {
-            by: "unknown",
-            ts_ns: None,
+            by: "fault",
+            ts_ns: Some(1),
             faults_before: 0,
-            source: "derived",
+            source: "observed",
         }),
     }
 }

@@ -27,6 +27,7 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("bpf-map-mmap", "a BPF array map with BPF_F_MMAPABLE, mapped MAP_SHARED and written: bpf_map_mmap prefills every page (VM_MIXEDMAP), no faults"),
     ("driver-pfn", "rmapdemo.ko, /dev/rmapdemo_pfn MAP_SHARED, write: remap_pfn_range at mmap, no faults"),
     ("driver-pages", "rmapdemo.ko, /dev/rmapdemo_pages MAP_SHARED, write: vm_insert_pages at mmap, no faults"),
+    ("driver-vmf", "rmapdemo.ko, /dev/rmapdemo_vmf MAP_SHARED, write: vmf_insert_pfn for each page at mmap, no faults"),
     ("driver-fault", "rmapdemo.ko, /dev/rmapdemo_fault MAP_SHARED, write: driver, rmapdemo_fault, N x do_shared_fault"),
     ("fork-storm", "N children forked one after another, 2 ms apart, each writing one fresh page and exiting: a long trace of short processes"),
     ("threads-churn", "32 threads write N/32 pages each of one region while a thread maps/unmaps 4 pages in a loop: N faults on the region"),
@@ -35,6 +36,7 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("heap-growth", "sbrk one page N times, writing each: one heap row with N faults (plus malloc's)"),
     ("stack-growth", "recursion N deep, 4 KiB frames: one stack row with at least N faults"),
     ("mprotect-split", "N+1 pages, mprotect the first read-only, read it, write the rest: rows of 1 and N faults"),
+    ("split-written", "N+1 pages written, mprotect the first read-only, drop the other N and write them again: N faults on a split-off part whose anon_vma came from before the split"),
     ("mbind-split", "N+1 pages, mbind the first to node 0, write all: rows of 1 and N faults"),
     ("populate-race", "a reader faults on N shared pages while they are replaced in place by MAP_FIXED (populated private, shared in turn) 300 times"),
     ("dead-threads", "4 threads write 250 pages and exit; reports, waits for a line on stdin, then writes N pages"),
@@ -280,7 +282,7 @@ pub fn run(scenario: &str, pages: usize, wait: bool) -> Result<()> {
             write_pages(p, pages);
             report(scenario, pages, p, json!({}));
         }
-        "driver-pfn" | "driver-pages" | "driver-fault" => {
+        "driver-pfn" | "driver-pages" | "driver-vmf" | "driver-fault" => {
             // The rmapdemo module (driver/rmapdemo) serves one buffer per mode;
             // its size caps --pages.
             let dev = format!("/dev/rmapdemo_{}", &scenario["driver-".len()..]);
@@ -296,8 +298,10 @@ pub fn run(scenario: &str, pages: usize, wait: bool) -> Result<()> {
             report(scenario, pages, p, json!({"device": dev}));
         }
         "threads-churn" | "threads-own-maps" | "remap-same-address" | "heap-growth"
-        | "stack-growth" | "mprotect-split" | "mbind-split" | "populate-race" | "dead-threads"
-        | "exec-threads" | "fork-storm" | "mmap-churn" => real::run(scenario, pages)?,
+        | "stack-growth" | "mprotect-split" | "split-written" | "mbind-split" | "populate-race"
+        | "dead-threads" | "exec-threads" | "fork-storm" | "mmap-churn" => {
+            real::run(scenario, pages)?
+        }
         other if other.starts_with("bench-") => bench::run(other, pages)?,
         other => {
             let names: Vec<&str> = SCENARIOS

@@ -77,6 +77,7 @@ pub fn run(scenario: &str, pages: usize) -> Result<()> {
         "heap-growth" => heap_growth(scenario, pages),
         "stack-growth" => stack_growth(scenario, pages),
         "mprotect-split" | "mbind-split" => split(scenario, pages),
+        "split-written" => split_written(scenario, pages),
         "populate-race" => populate_race(scenario, pages),
         "dead-threads" => dead_threads(scenario, pages),
         "exec-threads" => exec_threads(pages),
@@ -364,6 +365,33 @@ fn split(scenario: &str, pages: usize) -> Result<()> {
         pages,
         addr as *mut u8,
         json!({"split_at": hex(addr + PAGE)}),
+    );
+    Ok(())
+}
+
+/// N+1 pages written (the first write makes their anon_vma), then split after
+/// the first by mprotect: the kernel gives the last N a VMA struct of their
+/// own, with the anon_vma copied (anon_vma_clone). Those N pages are dropped
+/// and written again: N faults on a VMA whose anon_vma a fault made before
+/// it existed.
+fn split_written(scenario: &str, pages: usize) -> Result<()> {
+    let addr = isolated(pages + 1, PRIVATE_ANON)?;
+    write_pages(addr as *mut u8, pages + 1);
+    check(
+        unsafe { libc::mprotect(addr as *mut _, PAGE, libc::PROT_READ) },
+        "mprotect",
+    )?;
+    let rest = addr + PAGE;
+    check(
+        unsafe { libc::madvise(rest as *mut _, pages * PAGE, libc::MADV_DONTNEED) },
+        "madvise(MADV_DONTNEED)",
+    )?;
+    write_pages(rest as *mut u8, pages);
+    report(
+        scenario,
+        pages,
+        addr as *mut u8,
+        json!({"split_at": hex(rest)}),
     );
     Ok(())
 }

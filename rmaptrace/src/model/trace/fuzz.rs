@@ -103,7 +103,7 @@ fn lifetime() -> impl Strategy<Value = (u64, Lifetime)> {
         |(life, tgid, bytes)| {
             let mut rec: rmaptrace_common::VmaRecord = from_bytes(&bytes);
             rec.tgid = tgid;
-            (life, Lifetime::from_kernel(&rec, &mut Names::default()))
+            (life, Lifetime::from_kernel(&rec, &mut Files::default()))
         },
     )
 }

@@ -3,7 +3,7 @@ use super::*;
 use crate::{
     kernel::procfs::{MapsEntry, ProcStat},
     model::event::Event,
-    model::snapshot::{Counters, Hist, ProcTotals},
+    model::snapshot::{AnonVmaSeen, Counters, Hist, ProcTotals},
 };
 use rmaptrace_common::{
     access, path_id, EventHeader, ExitEvent, FaultKey, MmapSetupEvent, TaskEvent, ThreadAcct,
@@ -82,7 +82,8 @@ fn key(tgid: u32, life: u64, access: u8) -> FaultKey {
 fn life(tgid: u32, life: u64, first_ns: u64, start: u64, info: VmaInfo) -> (u64, Lifetime) {
     let rec = VmaRecord {
         tgid,
-        _pad: 0,
+        anon_vma_by: 0,
+        anon_vma_ns: 0,
         first_ns,
         ended_ns: 0,
         info: VmaInfo {
@@ -90,7 +91,7 @@ fn life(tgid: u32, life: u64, first_ns: u64, start: u64, info: VmaInfo) -> (u64,
             ..info
         },
     };
-    (life, Lifetime::from_kernel(&rec, &mut Names::default()))
+    (life, Lifetime::from_kernel(&rec, &mut Files::default()))
 }
 
 /// A thread followed by the kernel side, `min` faults counted over the trace.
@@ -815,7 +816,7 @@ fn mappings_the_fault_path_never_serves_are_rows_of_their_own() {
             vm_flags: pfn,
             setup_fn: 0xffff_ffff_c000_1000,
             setup_prepare_fn: 0,
-            prefilled: [4, 0, 0],
+            prefilled: [4, 0, 0, 0, 0],
         }));
         t.on_event(Event::MmapExit(mmap_exit(3, ts + 2, start)));
     };
@@ -836,7 +837,9 @@ fn mappings_the_fault_path_never_serves_are_rows_of_their_own() {
         Some(vec![
             ("remap_pfn_range", 4),
             ("vm_insert_page", 0),
-            ("vm_insert_pages", 0)
+            ("vm_insert_pages", 0),
+            ("vmf_insert_mixed", 0),
+            ("vmf_insert_pfn", 0)
         ])
     );
     let p = t.summary(30).processes.remove(0);
@@ -898,21 +901,30 @@ fn mappings_the_fault_path_never_serves_are_rows_of_their_own() {
     assert_eq!(p.vmas_ended, 1);
 }
 
+/// A private read-write anonymous VMA, 0-0x9000.
+fn private_rw() -> VmaInfo {
+    VmaInfo {
+        vm_end: 0x9000,
+        vm_flags: 0x3,
+        ..Default::default()
+    }
+}
+
+/// `k` counted after the VMA had its anon_vma.
+fn with_anon(k: FaultKey) -> FaultKey {
+    FaultKey {
+        flags: rmaptrace_common::key_flags::ANON_VMA,
+        ..k
+    }
+}
+
 /// Rows that differ only in whether the VMA had its anon_vma: one row in the
 /// summary, the faults before it counted, and both freed when it ends.
 #[test]
 fn faults_before_the_anon_vma_are_counted_and_every_row_freed() {
     let mut t = trace_with(FakeProc::default());
     t.add_target(5);
-    let anon = VmaInfo {
-        vm_end: 0x9000,
-        vm_flags: 0x3,
-        ..Default::default()
-    };
-    let with_anon = |k: FaultKey| FaultKey {
-        flags: rmaptrace_common::key_flags::ANON_VMA,
-        ..k
-    };
+    let anon = private_rw();
     let zero_page_reads = key(5, 4, 0);
     let writes = with_anon(key(5, 4, access::WRITE));
     t.set_snapshot(Snapshot {
@@ -942,4 +954,54 @@ fn faults_before_the_anon_vma_are_counted_and_every_row_freed() {
     let mut rows = freed[0].rows.clone();
     rows.sort_unstable_by_key(|k| (k.access, k.flags));
     assert_eq!(rows, [zero_page_reads, with_anon(zero_page_reads), writes]);
+}
+
+/// What made the anon_vma, where the kernel side saw it made: a fork's is
+/// there before any fault found it; without that, the first fault that
+/// found it gives the time and `by` stays unknown.
+#[test]
+fn the_anon_vma_says_what_made_it_and_when() {
+    let mut t = trace_with(FakeProc::default());
+    t.add_target(5);
+    let anon = private_rw();
+    let made = |id: u64, start: u64, by: u32, ns: u64| {
+        let (id, mut rec) = life(5, id, 10, start, anon);
+        rec.anon_vma = AnonVmaSeen::new(by, ns);
+        (id, rec)
+    };
+    t.set_snapshot(Snapshot {
+        faults: vec![
+            (with_anon(key(5, 1, 0)), totals(1, 0)),
+            (with_anon(key(5, 2, access::WRITE)), totals(2, 0)),
+            (key(5, 3, 0), totals(4, 0)),
+        ],
+        vmas: vec![
+            // Inherited at fork: the child's first fault found it.
+            made(1, 0x1000, anon_vma_by::FORK, 5),
+            made(2, 0x10000, anon_vma_by::SEEN, 12),
+            // Never written.
+            made(3, 0x20000, anon_vma_by::NONE, 0),
+        ],
+        ..Default::default()
+    });
+    let p = t.summary(20).processes.remove(0);
+    let anon_of = |start: &str| {
+        let v = p.vmas.iter().find(|v| v.start == start).unwrap();
+        let a = v.setup.as_ref().unwrap().anon_vma.clone()?;
+        Some((a.by, a.ts_ns, a.faults_before, a.source))
+    };
+    assert_eq!(anon_of("0x1000"), Some(("fork", Some(5), 0, "observed")));
+    assert_eq!(
+        anon_of("0x10000"),
+        Some(("unknown", Some(12), 0, "derived"))
+    );
+    assert_eq!(anon_of("0x20000"), None);
+}
+
+#[test]
+fn the_anon_vma_word_keeps_maker_and_time() {
+    let w = AnonVmaSeen::new(anon_vma_by::FAULT, 123_456_789);
+    assert_eq!((w.by(), w.ns()), (anon_vma_by::FAULT, Some(123_456_789)));
+    assert_eq!(AnonVmaSeen::new(anon_vma_by::NONE, 7).ns(), None);
+    assert_eq!(AnonVmaSeen::default().by(), anon_vma_by::NONE);
 }

@@ -283,6 +283,14 @@ mod tests {
     }
 
     #[test]
+    fn a_private_anonymous_mappings_story() {
+        // Processes → Mappings, the busiest row: no setup, its anon_vma made
+        // by its first write fault.
+        let keys = [KeyCode::Enter, KeyCode::Enter];
+        insta::assert_snapshot!(render(&app_with(&keys), 110, 18));
+    }
+
+    #[test]
     fn unmapped_mappings_are_dimmed() {
         let mut t = Terminal::new(TestBackend::new(150, 14)).unwrap();
         t.draw(|f| draw(f, &app_with(&[KeyCode::Enter]))).unwrap();

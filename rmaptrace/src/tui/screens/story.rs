@@ -91,7 +91,7 @@ fn story(v: &VmaSummary) -> Vec<Line<'static>> {
         } else if prefilled {
             lines.push(step(
                 "pages",
-                "installed at mmap (VM_PFNMAP: remap_pfn_range; VM_MIXEDMAP: vm_insert_page(s))"
+                "installed at mmap (VM_PFNMAP: remap_pfn_range, vmf_insert_pfn; VM_MIXEDMAP: vm_insert_page(s), vmf_insert_mixed)"
                     .into(),
             ));
         }
@@ -100,10 +100,7 @@ fn story(v: &VmaSummary) -> Vec<Line<'static>> {
         lines.push(step(
             "anon_vma",
             match &s.anon_vma {
-                Some(a) => format!(
-                    "made after {} of its faults completed (by {}; {} at fault completion)",
-                    a.faults_before, a.by, a.source
-                ),
+                Some(a) => anon_vma_story(a),
                 None => "none that its faults found (shared or never written)".into(),
             },
         ));
@@ -155,4 +152,18 @@ fn story(v: &VmaSummary) -> Vec<Line<'static>> {
         },
     ));
     lines
+}
+
+/// What made the anon_vma, when, and after how many of the mapping's faults.
+fn anon_vma_story(a: &crate::model::summary::AnonVma) -> String {
+    let when = a.ts_ns.map(|t| format!(" at {t} ns")).unwrap_or_default();
+    let after = format!("after {} of its faults", a.faults_before);
+    match a.by {
+        "fault" => format!("made by a fault (__anon_vma_prepare){when}, {after}"),
+        "fork" => format!("made at fork (anon_vma_fork){when}, chained to the parent's; {after}"),
+        "other" => format!("made outside any fault (__anon_vma_prepare){when}, {after}"),
+        _ => format!(
+            "found by a fault's completion{when}, {after} (what made it is not probed here)"
+        ),
+    }
 }
