@@ -1,6 +1,7 @@
 //! Counting a completed fault: shared by every backend. One per-CPU hash update per
 //! fault (in place after the first), the per-process totals, the VMA description
 //! when it changed, and the optional per-fault ring buffer record.
+use crate::maps::off;
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 use rmaptrace_common::{
     access, counter, event_kind, key_flags, latency_bucket, vma_status, FaultEvent, FaultKey,
@@ -102,7 +103,7 @@ pub fn record(vma: Option<&VmaInfo>) {
         Some(v) => v.vma,
         None => c.vma,
     };
-    let anon: u64 = crate::maps::kernel_read_flat(vma_ptr, crate::maps::offsets().vma_anon_vma);
+    let anon: u64 = crate::maps::kernel_read_flat(vma_ptr, off!(vma_anon_vma));
     c.key.flags = ((anon | anon.wrapping_neg()) >> 63) as u8 * key_flags::ANON_VMA;
     let major = c.major != 0;
     match add_to_aggregate(&c.key, major, c.now, c.latency, c.handler_ns) {
@@ -124,9 +125,8 @@ pub fn record(vma: Option<&VmaInfo>) {
 
 #[inline(always)]
 fn send_unresolved(c: &Completed) {
-    let o = crate::maps::offsets();
-    let mm_seq: u32 = if o.has_vm_lock_seq != 0 {
-        crate::maps::kernel_read(crate::maps::current_mm(), o.mm_lock_seq)
+    let mm_seq: u32 = if off!(has_vm_lock_seq) != 0 {
+        crate::maps::kernel_read(crate::maps::current_mm(), off!(mm_lock_seq))
     } else {
         0
     };
@@ -145,7 +145,7 @@ fn send_unresolved(c: &Completed) {
         vma_status: c.key.vma_status,
         major: c.major,
         mm_seq,
-        has_mm_seq: o.has_vm_lock_seq as u8,
+        has_mm_seq: off!(has_vm_lock_seq) as u8,
         _pad: [0; 7],
     };
     if EVENTS.output::<UnresolvedFault>(&ev, 0).is_err() {

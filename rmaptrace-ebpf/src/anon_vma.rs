@@ -12,6 +12,7 @@
 //! freed (life.rs). Where nothing of this is probed (the tracepoint backend),
 //! the record takes the completion time of the first fault that found the
 //! anon_vma set, labelled so (`anon_vma_by::SEEN`).
+use crate::maps::off;
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::{fexit, kprobe, kretprobe, map},
@@ -22,7 +23,7 @@ use rmaptrace_common::{anon_vma_by, counter, AnonVmaMade};
 
 use crate::{
     life::LIVES,
-    maps::{bump, kernel_read_flat, offsets, traced_current, VMAS},
+    maps::{bump, kernel_read_flat, traced_current, VMAS},
 };
 
 /// What made the anon_vma of each VMA struct seen getting one.
@@ -92,7 +93,7 @@ fn into_lifetime(vma: u64, made: &AnonVmaMade) {
 fn made(vma: u64, src: u64, by: u32) {
     // A call that returned 0 without one: anon_vma_fork of a VMA whose
     // parent had none, anon_vma_clone of such a source.
-    let anon: u64 = kernel_read_flat(vma, offsets().vma_anon_vma);
+    let anon: u64 = kernel_read_flat(vma, off!(vma_anon_vma));
     if anon == 0 {
         return;
     }

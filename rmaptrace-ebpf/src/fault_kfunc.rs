@@ -11,6 +11,7 @@
 //! The mm functions that serve the fault (`do_anonymous_page`, `do_wp_page`, ...)
 //! only mark which path ran; `__do_fault` also times the driver's `vm_ops->fault`.
 //! Each hook has an fentry and a kprobe flavour; userspace attaches one of them.
+use crate::maps::off;
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::{fentry, fexit, kprobe, kretprobe, map},
@@ -21,7 +22,7 @@ use rmaptrace_common::{access, path_id, vm_flags, vma_status, FaultKey, VmaInfo}
 
 use crate::{
     aggregate::{self, BPF_NOEXIST},
-    maps::{bump, offsets, traced_current},
+    maps::{bump, traced_current},
     vma,
 };
 
@@ -123,23 +124,22 @@ fn on_fault_exit(ret: u64) {
     }
     s.active = 0;
     // The kernel's enum values, from its BTF.
-    let o = offsets();
     let bit = |v: u32| u64::from(v);
-    if ret & (bit(o.vm_fault_retry) | bit(o.vm_fault_error)) != 0 {
+    if ret & (bit(off!(vm_fault_retry)) | bit(off!(vm_fault_error))) != 0 {
         return;
     }
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let flags = s.flags;
-    let write = flags & bit(o.fault_flag_write) != 0;
+    let write = flags & bit(off!(fault_flag_write)) != 0;
     let mut acc = 0;
     if write {
         acc |= access::WRITE;
     }
-    if flags & bit(o.fault_flag_instruction) != 0 {
+    if flags & bit(off!(fault_flag_instruction)) != 0 {
         acc |= access::EXEC;
     }
-    if flags & bit(o.fault_flag_user) == 0 {
+    if flags & bit(off!(fault_flag_user)) == 0 {
         acc |= access::KERNEL; // kernel mode, or get_user_pages
     }
     // do_read_fault, do_cow_fault and do_shared_fault are inlined in many builds;
@@ -171,7 +171,8 @@ fn on_fault_exit(ret: u64) {
         life: 0,
     };
     c.tid = tid;
-    c.major = (ret & bit(o.vm_fault_major) != 0 || flags & bit(o.fault_flag_tried) != 0) as u8;
+    c.major =
+        (ret & bit(off!(vm_fault_major)) != 0 || flags & bit(off!(fault_flag_tried)) != 0) as u8;
     c.now = now;
     c.addr = s.addr;
     c.ip = 0;
@@ -323,7 +324,7 @@ path_probe!(
 /// handle_pte_fault then does (do_anonymous_page, often inlined and unprobed).
 #[inline(always)]
 fn unmark_huge_if_fallback(ret: u64) {
-    if ret & u64::from(offsets().vm_fault_fallback) == 0 {
+    if ret & u64::from(off!(vm_fault_fallback)) == 0 {
         return;
     }
     let Some((_, tid)) = traced_current() else {

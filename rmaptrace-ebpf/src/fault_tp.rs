@@ -9,6 +9,9 @@
 //! definition of a fault. The VMA is looked up here, once per fault, when it is
 //! sure to exist (stack growth has happened by then), unless the thread's cached
 //! VMA is provably unchanged since it was looked up.
+use crate::maps::off;
+use core::ptr::write_volatile;
+
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::{btf_tracepoint, map, perf_event, tracepoint},
@@ -19,7 +22,7 @@ use rmaptrace_common::{access, counter, path_id, vma_status, FaultKey, VmaInfo};
 
 use crate::{
     aggregate::{self, Completed},
-    maps::{bump, bump_mm_gen, current_mm, mm_gen, offsets, traced_current, Inflight, INFLIGHT},
+    maps::{bump, bump_mm_gen, current_mm, mm_gen, traced_current, Inflight, INFLIGHT},
     vma,
 };
 
@@ -140,23 +143,32 @@ fn on_completion<const LOCK_SEQ: bool>(ctx: &PerfEventContext, major: bool) {
     let now = unsafe { bpf_ktime_get_ns() };
     // SAFETY: the perf event context the kernel passed in.
     let (addr, ip) = unsafe { ((*ctx.ctx).addr, (*ctx.ctx).regs.rip) };
-    c.key = FaultKey {
-        tgid,
-        access: access::NO_ENTRY,
-        path: path_id::DERIVED,
-        vma_status: vma_status::FOUND,
-        flags: 0,
-        life: 0,
-    };
+    // Volatile: LLVM would merge the zero stores into memset calls (byte
+    // loops, on every fault).
+    // SAFETY: pointers to fields of `c`, a valid reference not otherwise used
+    // meanwhile.
+    unsafe {
+        write_volatile(
+            &raw mut c.key,
+            FaultKey {
+                tgid,
+                access: access::NO_ENTRY,
+                path: path_id::DERIVED,
+                vma_status: vma_status::FOUND,
+                flags: 0,
+                life: 0,
+            },
+        );
+        write_volatile(&raw mut c.latency, 0);
+        write_volatile(&raw mut c.handler_ns, 0);
+        write_volatile(&raw mut c.has_vma, 0);
+        write_volatile(&raw mut c.vma, 0);
+    }
     c.tid = tid;
     c.major = major as u8;
     c.now = now;
     c.addr = addr;
     c.ip = ip;
-    c.latency = 0;
-    c.handler_ns = 0;
-    c.has_vma = 0;
-    c.vma = 0;
 
     // One raw pointer to this thread's slot, used for every read and write (two
     // live `&mut` to one map value would be undefined behaviour).
@@ -282,13 +294,16 @@ fn lookup<const LOCK_SEQ: bool>(c: &mut Completed) {
 /// where VMAs carry no vm_lock_seq, which validates cached VMAs more finely.
 #[tracepoint]
 pub fn mmap_lock_write(ctx: TracePointContext) -> u32 {
-    let o = offsets();
     // SAFETY: offsets of this tracepoint's record, from its tracefs format.
     unsafe {
-        if ctx.read_at::<u8>(o.mmap_lock_write as usize).unwrap_or(0) == 0 {
+        if ctx
+            .read_at::<u8>(off!(mmap_lock_write) as usize)
+            .unwrap_or(0)
+            == 0
+        {
             return 0;
         }
-        if let Ok(mm) = ctx.read_at::<u64>(o.mmap_lock_mm as usize) {
+        if let Ok(mm) = ctx.read_at::<u64>(off!(mmap_lock_mm) as usize) {
             bump_mm_gen(mm);
         }
     }

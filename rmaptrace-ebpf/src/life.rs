@@ -8,6 +8,7 @@
 //! pointer to a new mapping: that is told apart by its mm, file, kind or page
 //! offset changing, or, for a new mapping at the very same address and of the
 //! same kind, by the mmap that made it (`reborn`).
+use crate::maps::off;
 use aya_ebpf::{
     helpers::bpf_get_smp_processor_id,
     macros::{map, raw_tracepoint},
@@ -16,7 +17,7 @@ use aya_ebpf::{
 };
 use rmaptrace_common::{counter, vma_ident, LifeEntry, VmaInfo, VmaRecord};
 
-use crate::maps::{bump, kernel_read, offsets, VMAS};
+use crate::maps::{bump, kernel_read, VMAS};
 
 /// Live lifetimes by `struct vm_area_struct *`.
 #[map]
@@ -192,16 +193,15 @@ pub fn kmem_cache_free(ctx: RawTracePointContext) -> i32 {
 /// so (another cache may have objects of that size).
 #[inline(always)]
 fn is_vma_cache(cache: u64) -> bool {
-    let o = offsets();
-    if o.ready == 0 || o.vma_size == 0 {
+    if off!(ready) == 0 || off!(vma_size) == 0 {
         return false;
     }
-    if kernel_read::<u32>(cache, o.kmem_cache_object_size) != o.vma_size {
+    if kernel_read::<u32>(cache, off!(kmem_cache_object_size)) != off!(vma_size) {
         return false;
     }
     // "vm_area_struct" and its NUL, as two little-endian words (a byte
     // compare would be a loop the verifier walks).
-    let name: u64 = kernel_read(cache, o.kmem_cache_name);
+    let name: u64 = kernel_read(cache, off!(kmem_cache_name));
     let head: u64 = kernel_read(name, 0);
     let tail: u64 = kernel_read(name, 8);
     head == u64::from_le_bytes(*b"vm_area_")

@@ -13,7 +13,7 @@ use rmaptrace_common::{
 
 /// Written by userspace before load (`EbpfLoader::set_global`).
 #[unsafe(no_mangle)]
-static OFFSETS: KernelOffsets = KernelOffsets {
+pub(crate) static OFFSETS: KernelOffsets = KernelOffsets {
     vma_vm_start: 0,
     vma_vm_end: 0,
     vma_vm_flags: 0,
@@ -90,16 +90,26 @@ static CONFIG: Config = Config {
     self_tgid: 0,
 };
 
-#[inline(always)]
-pub fn offsets() -> KernelOffsets {
-    // Volatile so the compiler does not fold the zero initialiser into the code.
-    // SAFETY: a static the loader fills before load; nothing writes it after.
-    unsafe { core::ptr::read_volatile(&OFFSETS) }
+/// A field of the kernel's offsets and enum values as the loader wrote them:
+/// a volatile read of that one field. Plain reads would be folded into the
+/// static's zero initialiser; a volatile read of the whole struct loaded all
+/// of its fields at every use, on every fault.
+macro_rules! off {
+    ($field:ident) => {{
+        // Also used inside unsafe blocks.
+        #[allow(unused_unsafe)]
+        // SAFETY: a field of a static the loader fills before load; nothing
+        // writes it after.
+        let v = unsafe { core::ptr::read_volatile(&raw const $crate::maps::OFFSETS.$field) };
+        v
+    }};
 }
+pub(crate) use off;
 
 #[inline(always)]
 pub fn config() -> Config {
-    // SAFETY: as for OFFSETS.
+    // Volatile so the compiler does not fold the zero initialiser into the code.
+    // SAFETY: a static the loader fills before load; nothing writes it after.
     unsafe { core::ptr::read_volatile(&CONFIG) }
 }
 
@@ -256,7 +266,7 @@ pub fn current_task_field<T: Copy + Default>(off: u32) -> T {
 /// The current task's mm.
 #[inline(always)]
 pub fn current_mm() -> u64 {
-    current_task_field(offsets().task_mm)
+    current_task_field(off!(task_mm))
 }
 
 #[inline(always)]

@@ -2,6 +2,7 @@
 //! syscall tracepoints see them (and `raw_syscalls` for 32-bit callers, which
 //! the per-syscall tracepoints skip). Entry and exit are sent as separate records
 //! and paired by thread id in userspace, which keeps these programs free of state.
+use crate::maps::off;
 use aya_ebpf::{
     helpers::bpf_probe_read_user,
     macros::{fexit, kprobe, kretprobe, map, tracepoint},
@@ -11,7 +12,7 @@ use aya_ebpf::{
 use rmaptrace_common::{counter, event_kind, EventHeader, MmapExitEvent, SyscallEvent};
 
 use crate::{
-    maps::{bump, event_header, offsets, traced_current, EVENTS},
+    maps::{bump, event_header, traced_current, EVENTS},
     vma,
 };
 
@@ -38,12 +39,11 @@ pub fn sys_exit_mmap(ctx: TracePointContext) -> u32 {
     let Some((tgid, tid)) = traced_current() else {
         return 0;
     };
-    let o = offsets();
-    if o.ready == 0 {
+    if off!(ready) == 0 {
         return 0;
     }
     // SAFETY: the offset of `ret` in this tracepoint's record, from tracefs.
-    let ret = unsafe { ctx.read_at::<u64>(o.syscall_ret as usize) }.unwrap_or(0);
+    let ret = unsafe { ctx.read_at::<u64>(off!(syscall_ret) as usize) }.unwrap_or(0);
     mmap_returned(tgid, tid, ret);
     // What its setup record did not take (most mappings have none).
     crate::prefill::forget(tid);
@@ -98,7 +98,7 @@ fn compat_mapping_call(ctx: &TracePointContext, id_off: u32) -> Option<(i64, u32
     if id != NR32_OLD_MMAP && id != NR32_MUNMAP && id != NR32_MREMAP && id != NR32_MMAP2 {
         return None;
     }
-    if offsets().ready == 0 || !in_compat_syscall() {
+    if off!(ready) == 0 || !in_compat_syscall() {
         return None;
     }
     let (tgid, tid) = traced_current()?;
@@ -107,21 +107,20 @@ fn compat_mapping_call(ctx: &TracePointContext, id_off: u32) -> Option<(i64, u32
 
 #[inline(always)]
 fn in_compat_syscall() -> bool {
-    crate::maps::current_task_field::<u32>(offsets().task_ti_status) & TS_COMPAT != 0
+    crate::maps::current_task_field::<u32>(off!(task_ti_status)) & TS_COMPAT != 0
 }
 
 /// `raw_syscalls:sys_enter`, for 32-bit mmap, mmap2, munmap and mremap: sent as
 /// the records of their 64-bit equivalents.
 #[tracepoint]
 pub fn raw_sys_enter(ctx: TracePointContext) -> u32 {
-    let o = offsets();
-    let Some((id, tgid, tid)) = compat_mapping_call(&ctx, o.raw_enter_id) else {
+    let Some((id, tgid, tid)) = compat_mapping_call(&ctx, off!(raw_enter_id)) else {
         return 0;
     };
     let mut args = [0u64; 6];
     for (i, a) in args.iter_mut().enumerate() {
         // SAFETY: as above; 32-bit arguments are the low halves.
-        *a = unsafe { ctx.read_at::<u64>(o.raw_enter_args as usize + i * 8) }.unwrap_or(0)
+        *a = unsafe { ctx.read_at::<u64>(off!(raw_enter_args) as usize + i * 8) }.unwrap_or(0)
             & 0xffff_ffff;
     }
     let kind = match id {
@@ -156,12 +155,11 @@ pub fn raw_sys_enter(ctx: TracePointContext) -> u32 {
 /// `raw_syscalls:sys_exit`, for the 32-bit calls `raw_sys_enter` reported.
 #[tracepoint]
 pub fn raw_sys_exit(ctx: TracePointContext) -> u32 {
-    let o = offsets();
-    let Some((id, tgid, tid)) = compat_mapping_call(&ctx, o.raw_exit_id) else {
+    let Some((id, tgid, tid)) = compat_mapping_call(&ctx, off!(raw_exit_id)) else {
         return 0;
     };
     // SAFETY: the offset of `ret` in this tracepoint's record, from tracefs.
-    let ret = unsafe { ctx.read_at::<u64>(o.raw_exit_ret as usize) }.unwrap_or(0);
+    let ret = unsafe { ctx.read_at::<u64>(off!(raw_exit_ret) as usize) }.unwrap_or(0);
     if id == NR32_MREMAP || id == NR32_MUNMAP {
         let kind = if id == NR32_MUNMAP {
             event_kind::MUNMAP_EXIT
@@ -321,8 +319,7 @@ fn send(ctx: &TracePointContext, kind: u32, enter: bool) {
     let Some((tgid, tid)) = traced_current() else {
         return;
     };
-    let o = offsets();
-    if o.ready == 0 {
+    if off!(ready) == 0 {
         return;
     }
     let mut ev = SyscallEvent {
@@ -333,12 +330,12 @@ fn send(ctx: &TracePointContext, kind: u32, enter: bool) {
     // read_at checks each read.
     unsafe {
         if enter {
-            let args = o.syscall_args as usize;
+            let args = off!(syscall_args) as usize;
             for i in 0..6 {
                 ev.args[i] = ctx.read_at::<u64>(args + i * 8).unwrap_or(0);
             }
         } else {
-            ev.args[0] = ctx.read_at::<u64>(o.syscall_ret as usize).unwrap_or(0);
+            ev.args[0] = ctx.read_at::<u64>(off!(syscall_ret) as usize).unwrap_or(0);
         }
     }
     if EVENTS.output::<SyscallEvent>(&ev, 0).is_err() {

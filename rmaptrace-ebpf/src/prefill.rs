@@ -7,6 +7,7 @@
 //! to its exit, whose VMA lookup takes them into the mapping's setup record.
 //! The kernel-function backends only: entry and exit of each function, as
 //! fentry/fexit or kprobe/kretprobe.
+use crate::maps::off;
 use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe, map},
     maps::HashMap,
@@ -70,7 +71,7 @@ fn end(ret: i64) {
     let p = unsafe { &mut *p };
     let which = p.pending_which as usize;
     let ok = if which >= prefill::VMF_INSERT_PFN {
-        (ret as u64) & u64::from(crate::maps::offsets().vm_fault_error) == 0
+        (ret as u64) & u64::from(off!(vm_fault_error)) == 0
     } else {
         ret == 0
     };

@@ -1,6 +1,7 @@
 //! Process lifecycle: follow the children of traced processes from their first
 //! instruction, pick up `--comm` matches at exec, and report each exiting thread's
 //! own min_flt/maj_flt so userspace can check its counts against the kernel's.
+use crate::maps::off;
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::btf_tracepoint,
@@ -9,23 +10,22 @@ use aya_ebpf::{
 use rmaptrace_common::{counter, event_kind, traced, ExitEvent, TaskEvent, ThreadAcct};
 
 use crate::maps::{
-    bump, config, current_task_field, event_header, kernel_read, offsets, traced_current, COMMS,
-    EVENTS, THREADS, TRACED,
+    bump, config, current_task_field, event_header, kernel_read, traced_current, COMMS, EVENTS,
+    THREADS, TRACED,
 };
 
 /// The current thread's own fault counters.
 #[inline(always)]
 fn current_faults() -> (u64, u64) {
-    let o = offsets();
     // One read where the two are neighbours, as in every kernel seen: this runs
     // on every counted fault.
-    if o.task_maj_flt == o.task_min_flt + 8 {
-        let both: [u64; 2] = current_task_field(o.task_min_flt);
+    if off!(task_maj_flt) == off!(task_min_flt) + 8 {
+        let both: [u64; 2] = current_task_field(off!(task_min_flt));
         return (both[0], both[1]);
     }
     (
-        current_task_field(o.task_min_flt),
-        current_task_field(o.task_maj_flt),
+        current_task_field(off!(task_min_flt)),
+        current_task_field(off!(task_maj_flt)),
     )
 }
 
@@ -90,8 +90,7 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     // TP_PROTO(struct task_struct *parent, struct task_struct *child); runs in the parent.
     let pid_tgid = bpf_get_current_pid_tgid();
     let parent_tgid = (pid_tgid >> 32) as u32;
-    let o = offsets();
-    if o.ready == 0 {
+    if off!(ready) == 0 {
         return 0;
     }
     let trace_all = config().trace_all != 0;
@@ -109,8 +108,8 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
     };
     let child: u64 = ctx.arg(1);
     let (child_tgid, child_tid): (u32, u32) = (
-        kernel_read(child, o.task_tgid),
-        kernel_read(child, o.task_pid),
+        kernel_read(child, off!(task_tgid)),
+        kernel_read(child, off!(task_pid)),
     );
     if child_tgid == 0 || child_tid == 0 {
         return 0;
@@ -186,32 +185,31 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
     crate::anon_vma::forget(tid);
     crate::mmap::forget(tid);
     let _ = THREADS.remove(tid);
-    let o = offsets();
-    if o.ready == 0 {
+    if off!(ready) == 0 {
         return 0;
     }
     // Runs in the exiting thread after exit_mm(): its counters are final.
     let (min_flt, maj_flt) = current_faults();
     // do_exit decrements signal->live before this tracepoint: 0 means the whole
     // process is gone, and its pid may be reused by a process nobody asked for.
-    let signal: u64 = current_task_field(o.task_signal);
+    let signal: u64 = current_task_field(off!(task_signal));
     let live: i32 = if signal == 0 {
         1
     } else {
-        kernel_read(signal, o.signal_live)
+        kernel_read(signal, off!(signal_live))
     };
     let group_dead = live == 0;
     if group_dead && config().trace_all == 0 {
         let _ = TRACED.remove(tgid);
     }
-    let leader: u64 = current_task_field(o.task_group_leader);
+    let leader: u64 = current_task_field(off!(task_group_leader));
     let ev = ExitEvent {
         header: event_header(event_kind::EXIT, tgid, tid),
         min_flt,
         maj_flt,
         base_min: acct.map(|a| a.base_min).unwrap_or(0),
         base_maj: acct.map(|a| a.base_maj).unwrap_or(0),
-        leader_start_ns: kernel_read(leader, o.task_start_time),
+        leader_start_ns: kernel_read(leader, off!(task_start_time)),
         has_base: acct.is_some() as u32,
         group_dead: group_dead as u32,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),

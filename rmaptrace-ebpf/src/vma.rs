@@ -2,6 +2,7 @@
 //!
 //! The helper takes `mmap_read_trylock`, so it can fail with -EBUSY under a writer:
 //! the caller records that as such instead of guessing a VMA.
+use crate::maps::off;
 use aya_ebpf::helpers::{
     bpf_probe_read_kernel_str_bytes, generated::bpf_find_vma, generated::bpf_get_current_task_btf,
 };
@@ -11,7 +12,7 @@ use rmaptrace_common::{
     PATH_COMPONENTS,
 };
 
-use crate::maps::{kernel_read as read, kernel_read_flat as read_flat, offsets};
+use crate::maps::{kernel_read as read, kernel_read_flat as read_flat};
 
 const EBUSY: i64 = 16;
 const ENOENT: i64 = 2;
@@ -28,39 +29,38 @@ extern "C" fn describe_vma(_task: *mut c_void, vma: *mut c_void, ctx: *mut c_voi
 /// written: callers reuse `info` (the kernel-function backend keeps it per thread).
 #[inline(always)]
 pub fn describe(vma: u64, info: &mut VmaInfo) {
-    let o = offsets();
     // SAFETY: `info` is a valid VmaInfo (plain data).
     unsafe { crate::mem::zero(info) };
     // SAFETY: bpf_probe_read_kernel checks every read; `vma` is the kernel's.
     unsafe {
         info.vma = vma;
-        info.mm = read(vma, o.vma_vm_mm);
+        info.mm = read(vma, off!(vma_vm_mm));
         // Unconditional (no branch for the verifier): where VMAs have no
         // vm_lock_seq the offset is that of another field and the value unused.
-        info.lock_seq = read(vma, o.vma_vm_lock_seq);
-        info.vm_start = read(vma, o.vma_vm_start);
-        info.vm_end = read(vma, o.vma_vm_end);
-        info.vm_flags = read(vma, o.vma_vm_flags);
-        info.vm_pgoff = read(vma, o.vma_vm_pgoff);
-        let ops: u64 = read(vma, o.vma_vm_ops);
+        info.lock_seq = read(vma, off!(vma_vm_lock_seq));
+        info.vm_start = read(vma, off!(vma_vm_start));
+        info.vm_end = read(vma, off!(vma_vm_end));
+        info.vm_flags = read(vma, off!(vma_vm_flags));
+        info.vm_pgoff = read(vma, off!(vma_vm_pgoff));
+        let ops: u64 = read(vma, off!(vma_vm_ops));
         info.vm_ops = ops;
         if ops != 0 {
-            info.fault_fn = read(ops, o.vm_ops_fault);
-            info.huge_fault_fn = read(ops, o.vm_ops_huge_fault);
+            info.fault_fn = read(ops, off!(vm_ops_fault));
+            info.huge_fault_fn = read(ops, off!(vm_ops_huge_fault));
         }
-        let file: u64 = read(vma, o.vma_vm_file);
+        let file: u64 = read(vma, off!(vma_vm_file));
         info.file = file;
         if file != 0 {
             (info.setup_fn, info.setup_prepare_fn) = setup_fns(file);
-            let inode: u64 = read(file, o.file_f_inode);
+            let inode: u64 = read(file, off!(file_f_inode));
             if inode != 0 {
-                info.i_mode = read(inode, o.inode_i_mode);
-                info.rdev = read(inode, o.inode_i_rdev);
-                info.ino = read(inode, o.inode_i_ino);
+                info.i_mode = read(inode, off!(inode_i_mode));
+                info.rdev = read(inode, off!(inode_i_rdev));
+                info.ino = read(inode, off!(inode_i_ino));
             }
-            let dentry: u64 = read(file, o.file_dentry);
+            let dentry: u64 = read(file, off!(file_dentry));
             if dentry != 0 {
-                let name: u64 = read(dentry, o.dentry_name);
+                let name: u64 = read(dentry, off!(dentry_name));
                 if name != 0 {
                     let _ = bpf_probe_read_kernel_str_bytes(name as *const u8, &mut info.name);
                 }
@@ -74,11 +74,10 @@ pub fn describe(vma: u64, info: &mut VmaInfo) {
 /// offset is mmap's), on which one is set, on a failed read.
 #[inline(always)]
 fn setup_fns(file: u64) -> (u64, u64) {
-    let o = offsets();
-    let fops: u64 = read_flat(file, o.file_f_op);
+    let fops: u64 = read_flat(file, off!(file_f_op));
     (
-        read_flat(fops, o.fops_mmap),
-        read_flat(fops, o.fops_mmap_prepare),
+        read_flat(fops, off!(fops_mmap)),
+        read_flat(fops, off!(fops_mmap_prepare)),
     )
 }
 
@@ -91,8 +90,7 @@ fn setup_fns(file: u64) -> (u64, u64) {
 /// reads cannot fault.
 #[inline(always)]
 pub fn unchanged(vma: u64, mm: u64, lock_seq: u32) -> bool {
-    let o = offsets();
-    read::<u32>(vma, o.vma_vm_lock_seq) == lock_seq && read::<u64>(vma, o.vma_vm_mm) == mm
+    read::<u32>(vma, off!(vma_vm_lock_seq)) == lock_seq && read::<u64>(vma, off!(vma_vm_mm)) == mm
 }
 
 // include/linux/maple_tree.h and lib/maple_tree.c (#defines, not in BTF): an
@@ -113,8 +111,7 @@ const MAPLE_MAX_DEPTH: usize = 7;
 /// writer: the caller validates what this returns.
 #[inline(always)]
 fn maple_find(mm: u64, addr: u64) -> u64 {
-    let o = offsets();
-    let mut entry: u64 = read(mm, o.mm_mt_root);
+    let mut entry: u64 = read(mm, off!(mm_mt_root));
     if entry & 3 != 2 || entry < 4096 {
         return 0; // not a node: an empty tree, or a single-entry one
     }
@@ -124,10 +121,10 @@ fn maple_find(mm: u64, addr: u64) -> u64 {
             return 0;
         }
         let ty = ((entry >> MAPLE_NODE_TYPE_SHIFT) & MAPLE_NODE_TYPE_MASK) as u32;
-        let (pivots, slots, n) = if ty == o.maple_arange_64 {
-            (o.ma64_pivot, o.ma64_slot, MAPLE_ARANGE64_PIVOTS)
-        } else if ty == o.maple_range_64 || ty == o.maple_leaf_64 {
-            (o.mr64_pivot, o.mr64_slot, MAPLE_RANGE64_PIVOTS)
+        let (pivots, slots, n) = if ty == off!(maple_arange_64) {
+            (off!(ma64_pivot), off!(ma64_slot), MAPLE_ARANGE64_PIVOTS)
+        } else if ty == off!(maple_range_64) || ty == off!(maple_leaf_64) {
+            (off!(mr64_pivot), off!(mr64_slot), MAPLE_RANGE64_PIVOTS)
         } else {
             return 0;
         };
@@ -145,7 +142,7 @@ fn maple_find(mm: u64, addr: u64) -> u64 {
             }
         }
         entry = read(node, slots + offset * 8);
-        if ty == o.maple_leaf_64 {
+        if ty == off!(maple_leaf_64) {
             return entry;
         }
     }
@@ -163,11 +160,14 @@ fn maple_find(mm: u64, addr: u64) -> u64 {
 /// mmap_lock for read until the fault completes, so the tree cannot change.
 #[inline(always)]
 pub fn lookup_lockless<const LOCK_SEQ: bool>(mm: u64, addr: u64, info: &mut VmaInfo) -> bool {
-    let o = offsets();
-    if o.mm_mt_root == 0 || mm == 0 {
+    if off!(mm_mt_root) == 0 || mm == 0 {
         return false;
     }
-    let seq: u32 = if LOCK_SEQ { read(mm, o.mm_lock_seq) } else { 0 };
+    let seq: u32 = if LOCK_SEQ {
+        read(mm, off!(mm_lock_seq))
+    } else {
+        0
+    };
     let vma = maple_find(mm, addr);
     if vma == 0 {
         return false;
@@ -177,7 +177,7 @@ pub fn lookup_lockless<const LOCK_SEQ: bool>(mm: u64, addr: u64, info: &mut VmaI
     if !LOCK_SEQ {
         return covers;
     }
-    let seq_after: u32 = read(mm, o.mm_lock_seq);
+    let seq_after: u32 = read(mm, off!(mm_lock_seq));
     covers && info.lock_seq != seq && seq_after == seq
 }
 
@@ -211,17 +211,16 @@ extern "C" fn file_path(_task: *mut c_void, vma: *mut c_void, _ctx: *mut c_void)
     };
     // SAFETY: this CPU's scratch slot, reached through this one reference.
     let ev: &mut MmapExitEvent = unsafe { &mut *ev };
-    let o = offsets();
     let vma = vma as u64;
     let (file, start, end): (u64, u64, u64) = (
-        read(vma, o.vma_vm_file),
-        read(vma, o.vma_vm_start),
-        read(vma, o.vma_vm_end),
+        read(vma, off!(vma_vm_file)),
+        read(vma, off!(vma_vm_start)),
+        read(vma, off!(vma_vm_end)),
     );
     if start == ev.ret {
         crate::life::reborn(vma, start, end);
     }
-    let flags: u64 = read_flat(vma, o.vma_vm_flags);
+    let flags: u64 = read_flat(vma, off!(vma_vm_flags));
     if flags & (vm_flags::VM_PFNMAP | vm_flags::VM_MIXEDMAP | vm_flags::VM_IO) != 0 {
         let (setup_fn, setup_prepare_fn) = setup_fns(file);
         let setup = MmapSetupEvent {
@@ -251,29 +250,29 @@ extern "C" fn file_path(_task: *mut c_void, vma: *mut c_void, _ctx: *mut c_void)
 /// mount points (leaf first).
 #[inline(always)]
 pub fn walk_file(file: u64, ev: &mut MmapExitEvent) {
-    let o = offsets();
     // SAFETY: kernel memory is read through bpf_probe_read_kernel, which
     // checks every read; `ev` is a valid record.
     unsafe {
         if file == 0 {
             return;
         }
-        let mut dentry: u64 = read(file, o.file_dentry);
+        let mut dentry: u64 = read(file, off!(file_dentry));
         // The struct mount around the file's vfsmount, to climb out of mounts.
-        let mut mount: u64 = read::<u64>(file, o.file_vfsmount).wrapping_sub(o.mount_mnt as u64);
+        let mut mount: u64 =
+            read::<u64>(file, off!(file_vfsmount)).wrapping_sub(off!(mount_mnt) as u64);
         for i in 0..PATH_COMPONENTS {
             if dentry == 0 {
                 return;
             }
-            let mut parent: u64 = read(dentry, o.dentry_parent);
+            let mut parent: u64 = read(dentry, off!(dentry_parent));
             if parent == dentry {
                 // The root of a mount: go on from where it is mounted, if anywhere.
-                let up: u64 = read(mount, o.mount_parent);
+                let up: u64 = read(mount, off!(mount_parent));
                 if up == 0 || up == mount {
                     if i == 0 {
                         // The file is the root of an internal mount: a pseudo file
                         // (anon inode, ...). Its own name is all there is.
-                        let name: u64 = read(dentry, o.dentry_name);
+                        let name: u64 = read(dentry, off!(dentry_name));
                         ev.path[0][0] = 0;
                         if name != 0 {
                             let _ =
@@ -288,11 +287,11 @@ pub fn walk_file(file: u64, ev: &mut MmapExitEvent) {
                     ev.depth = i as u32 + 1;
                     return;
                 }
-                dentry = read(mount, o.mount_mountpoint);
+                dentry = read(mount, off!(mount_mountpoint));
                 mount = up;
-                parent = read(dentry, o.dentry_parent);
+                parent = read(dentry, off!(dentry_parent));
             }
-            let name: u64 = read(dentry, o.dentry_name);
+            let name: u64 = read(dentry, off!(dentry_name));
             ev.path[i][0] = 0;
             if name != 0 {
                 let _ = bpf_probe_read_kernel_str_bytes(name as *const u8, &mut ev.path[i]);

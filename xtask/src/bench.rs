@@ -1,8 +1,11 @@
 //! `cargo xtask bench`: what tracing costs per fault, rmaptrace against the peer
-//! anchor (a bpftrace count-by-pid one-liner), measured in the same run,
-//! alternating, with medians and ranges. Prints a table and writes
-//! target/bench/bench.json. Not a test: the machines are noisy, so it reports
-//! numbers and ratios and asserts nothing.
+//! anchor (a bpftrace count-by-pid one-liner), measured in the same run in
+//! paired rounds: every traced run sits between two untraced ones, its
+//! overhead is taken over their mean, and ratios are taken within a round, then
+//! reported as the median of the rounds with their range. Prints tables and
+//! writes target/bench/bench.json and threads.json. Not a test: the machines
+//! are noisy (this one's speed drifts by 40% from minute to minute), so it
+//! reports numbers and ratios and asserts nothing.
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use std::{
@@ -26,13 +29,6 @@ enum Mode {
 }
 
 impl Mode {
-    const ALL: [Mode; 4] = [
-        Mode::Untraced,
-        Mode::Rmaptrace,
-        Mode::RmaptraceEvents,
-        Mode::Bpftrace,
-    ];
-
     fn name(self) -> &'static str {
         match self {
             Mode::Untraced => "untraced",
@@ -230,8 +226,7 @@ fn measure(mode: Mode, bin: &Path, workload: &str, faults: u64) -> Result<Sample
         unsafe { libc::kill(t.child.id() as i32, libc::SIGINT) };
         t.child.wait()?;
         if let Some(json) = t.json {
-            let text = std::fs::read_to_string(json)?;
-            let summary: Value = serde_json::from_str(text.lines().last().unwrap_or("{}"))?;
+            let summary: Value = serde_json::from_str(&last_line(&json)?)?;
             sample.events_lost = summary["events_lost"].as_u64();
         }
     }
@@ -249,7 +244,9 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 /// Peak RSS of rmaptrace tracing (by --pid, so the traced process's own memory is
-/// not in rmaptrace's rusage) a process that faults `vmas` separate VMAs.
+/// not in it) a process that faults `vmas` separate VMAs. Polled from
+/// /proc/PID/status (VmHWM): the rusage of a child also counts what it held
+/// between fork and exec, a copy of this process's own memory.
 fn rss_with_vmas(bin: &Path, vmas: u64) -> Result<(f64, u64)> {
     let json = bench_dir().join("vmas.json");
     let _ = std::fs::remove_file(&json);
@@ -258,7 +255,7 @@ fn rss_with_vmas(bin: &Path, vmas: u64) -> Result<(f64, u64)> {
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()?;
-    let tracer = Command::new(bin)
+    let mut tracer = Command::new(bin)
         .args(["--no-tui", "--json"])
         .arg(&json)
         .args(["--pid", &workload.id().to_string()])
@@ -266,6 +263,8 @@ fn rss_with_vmas(bin: &Path, vmas: u64) -> Result<(f64, u64)> {
         .stderr(Stdio::null())
         .spawn()?;
     wait_for_header(&json, Duration::from_secs(60))?;
+    let tracer_pid = tracer.id();
+    let peak = std::thread::spawn(move || crate::bench_long::watch_peak(tracer_pid));
     let mut stdin = workload.stdin.take().expect("piped");
     stdin.write_all(b"\n")?;
     let mut lines = BufReader::new(workload.stdout.take().expect("piped")).lines();
@@ -275,17 +274,41 @@ fn rss_with_vmas(bin: &Path, vmas: u64) -> Result<(f64, u64)> {
     stdin.write_all(b"\n")?;
     drop(stdin);
     workload.wait()?;
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::wait4(tracer.id() as i32, &mut status, 0, &mut usage) };
-    let text = std::fs::read_to_string(&json)?;
-    let tracked = text
+    let (peak_kib, _) = peak.join().expect("the RSS watcher");
+    tracer.wait()?;
+    let tracked = BufReader::new(std::fs::File::open(&json)?)
         .lines()
+        .map_while(Result::ok)
         .filter(|l| l.starts_with("{\"type\":\"process\""))
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter_map(|l| serde_json::from_str::<Value>(&l).ok())
         .map(|p| p["vmas"].as_array().map_or(0, |v| v.len() as u64))
         .sum();
-    Ok((usage.ru_maxrss as f64 / 1024.0, tracked))
+    Ok((peak_kib as f64 / 1024.0, tracked))
+}
+
+/// The last line of an export, read from its end: a `--events` run's export
+/// is hundreds of megabytes.
+fn last_line(path: &Path) -> Result<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut tail = 1u64 << 16;
+    loop {
+        let from = len.saturating_sub(tail);
+        f.seek(SeekFrom::Start(from))?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf)?;
+        // The cut may fall inside a character of an earlier line.
+        let buf = String::from_utf8_lossy(&buf);
+        let text = buf.trim_end();
+        if let Some(i) = text.rfind('\n') {
+            return Ok(text[i + 1..].to_string());
+        }
+        if from == 0 {
+            return Ok(text.to_string());
+        }
+        tail *= 4;
+    }
 }
 
 pub fn run(faults: u64, reps: usize, sections: &[String]) -> Result<()> {
@@ -298,6 +321,9 @@ pub fn run(faults: u64, reps: usize, sections: &[String]) -> Result<()> {
     let result = (|| {
         if sections.iter().any(|s| s == "faults") {
             run_all(&bin, faults, reps)?;
+        }
+        if sections.iter().any(|s| s == "threads") {
+            run_threads(&bin, faults, reps)?;
         }
         if sections.iter().any(|s| s == "long") {
             let report = crate::bench_long::run(&bin)?;
@@ -316,22 +342,87 @@ pub fn run(faults: u64, reps: usize, sections: &[String]) -> Result<()> {
     result
 }
 
+/// One traced run and its baseline: the mean of the untraced runs just before
+/// and just after it (this machine's speed drifts from minute to minute).
+struct Paired {
+    workload: String,
+    round: usize,
+    mode: Mode,
+    sample: Sample,
+    baseline: f64,
+}
+
+impl Paired {
+    fn overhead(&self) -> f64 {
+        self.sample.ns_per_fault - self.baseline
+    }
+}
+
+/// One round of `workload`: untraced, then each mode (rotated by the round)
+/// followed by an untraced run.
+fn round(
+    bin: &Path,
+    workload: &str,
+    faults: u64,
+    modes: &[Mode],
+    round: usize,
+) -> Result<Vec<Paired>> {
+    let mut before = measure(Mode::Untraced, bin, workload, faults)?.ns_per_fault;
+    let mut out = Vec::new();
+    for i in 0..modes.len() {
+        let mode = modes[(i + round) % modes.len()];
+        let sample = measure(mode, bin, workload, faults)?;
+        let after = measure(Mode::Untraced, bin, workload, faults)?.ns_per_fault;
+        eprintln!(
+            "bench: round {round} {workload:<17} {:<19} {:>7.0} ns/fault, untraced {before:.0} / {after:.0}",
+            mode.name(),
+            sample.ns_per_fault
+        );
+        out.push(Paired {
+            workload: workload.to_string(),
+            round,
+            mode,
+            sample,
+            baseline: (before + after) / 2.0,
+        });
+        before = after;
+    }
+    Ok(out)
+}
+
+/// Median and range of `v`, formatted; "-" when empty.
+fn spread(v: &mut [f64], precision: usize) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
+    let m = median(v);
+    format!(
+        "{m:.precision$} ({:.precision$}-{:.precision$})",
+        v[0],
+        v[v.len() - 1]
+    )
+}
+
+/// Per round, `of`'s overhead over `over`'s, where both ran in that round.
+fn round_ratios(runs: &[Paired], workload: &str, of: Mode, over: Mode) -> Vec<f64> {
+    let in_round = |round: usize, mode: Mode| {
+        runs.iter()
+            .find(|p| p.workload == workload && p.round == round && p.mode == mode)
+    };
+    let rounds: std::collections::BTreeSet<usize> = runs.iter().map(|p| p.round).collect();
+    rounds
+        .into_iter()
+        .filter_map(|r| Some(in_round(r, of)?.overhead() / in_round(r, over)?.overhead()))
+        .collect()
+}
+
 fn run_all(bin: &Path, faults: u64, reps: usize) -> Result<()> {
     let started = Instant::now();
-    let mut samples: Vec<(String, Mode, Sample)> = Vec::new();
+    let traced = [Mode::Rmaptrace, Mode::RmaptraceEvents, Mode::Bpftrace];
+    let mut runs: Vec<Paired> = Vec::new();
     for rep in 0..reps {
         for workload in WORKLOADS {
-            // Rotate the order each repetition so drift hits every mode alike.
-            for i in 0..Mode::ALL.len() {
-                let mode = Mode::ALL[(i + rep) % Mode::ALL.len()];
-                let s = measure(mode, bin, workload, faults)?;
-                eprintln!(
-                    "bench: rep {rep} {workload:<13} {:<19} {:>7.0} ns/fault",
-                    mode.name(),
-                    s.ns_per_fault
-                );
-                samples.push((workload.to_string(), mode, s));
-            }
+            runs.extend(round(bin, workload, faults, &traced, rep)?);
         }
     }
     let (rss_mib, tracked) = rss_with_vmas(bin, 100_000)?;
@@ -339,12 +430,11 @@ fn run_all(bin: &Path, faults: u64, reps: usize) -> Result<()> {
     let mut rows = Vec::new();
     let mut table = String::new();
     table.push_str(&format!(
-        "{:<13} {:<19} {:>9} {:>15} {:>9} {:>11} {:>11} {:>6} {:>10} {:>9}\n",
+        "{:<13} {:<19} {:>9} {:>19} {:>19} {:>10} {:>6} {:>10} {:>9}\n",
         "workload",
         "mode",
-        "ns/fault",
-        "min-max",
-        "overhead",
+        "untraced",
+        "overhead ns",
         "vs bpftrace",
         "bpf ns/flt",
         "lost",
@@ -352,76 +442,78 @@ fn run_all(bin: &Path, faults: u64, reps: usize) -> Result<()> {
         "attach ms"
     ));
     for workload in WORKLOADS {
-        let stats = |mode: Mode| -> Vec<Sample> {
-            samples
-                .iter()
-                .filter(|(w, m, _)| w == workload && *m == mode)
-                .map(|(_, _, s)| s.clone())
+        let of = |mode: Mode| -> Vec<&Paired> {
+            runs.iter()
+                .filter(|p| p.workload == *workload && p.mode == mode)
                 .collect()
         };
-        let med = |mode: Mode| {
-            median(
-                &mut stats(mode)
-                    .iter()
-                    .map(|s| s.ns_per_fault)
-                    .collect::<Vec<_>>(),
-            )
-        };
-        let base = med(Mode::Untraced);
-        let anchor = med(Mode::Bpftrace) - base;
-        for mode in Mode::ALL {
-            let ss = stats(mode);
-            let mut ns: Vec<f64> = ss.iter().map(|s| s.ns_per_fault).collect();
-            let m = median(&mut ns);
-            let (lo, hi) = (ns[0], ns[ns.len() - 1]);
-            let overhead = m - base;
-            let ratio = (mode != Mode::Untraced).then(|| overhead / anchor);
-            let bpf: Vec<f64> = ss.iter().filter_map(|s| s.bpf_ns_per_fault).collect();
-            let bpf_ns = (!bpf.is_empty()).then(|| median(&mut bpf.clone()));
-            let lost: Option<u64> = ss.iter().filter_map(|s| s.events_lost).max();
-            // The tracer's CPU over the run, scaled to a 100k faults/s load.
-            let cpu: Vec<f64> = ss
+        for mode in traced {
+            let ps = of(mode);
+            let mut base: Vec<f64> = ps.iter().map(|p| p.baseline).collect();
+            let mut over: Vec<f64> = ps.iter().map(|p| p.overhead()).collect();
+            let mut ratio = if mode == Mode::Bpftrace {
+                Vec::new()
+            } else {
+                round_ratios(&runs, workload, mode, Mode::Bpftrace)
+            };
+            let bpf: Vec<f64> = ps
                 .iter()
-                .map(|s| {
+                .filter_map(|p| p.sample.bpf_ns_per_fault)
+                .collect();
+            let bpf_ns = (!bpf.is_empty()).then(|| median(&mut bpf.clone()));
+            let lost: Option<u64> = ps.iter().filter_map(|p| p.sample.events_lost).max();
+            // The tracer's CPU over the run, scaled to a 100k faults/s load.
+            let mut cpu: Vec<f64> = ps
+                .iter()
+                .map(|p| {
+                    let s = &p.sample;
                     100.0 * s.tracer_cpu_s / s.wall_s * (100_000.0 / (s.faults as f64 / s.wall_s))
                 })
                 .collect();
-            let cpu = (mode != Mode::Untraced).then(|| median(&mut cpu.clone()));
-            let attach: Vec<f64> = ss.iter().filter_map(|s| s.attach_ms).collect();
+            let attach: Vec<f64> = ps.iter().filter_map(|p| p.sample.attach_ms).collect();
             let attach = (!attach.is_empty()).then(|| median(&mut attach.clone()));
             let opt =
                 |v: Option<f64>, p: usize| v.map(|v| format!("{v:.p$}")).unwrap_or("-".into());
             table.push_str(&format!(
-                "{:<13} {:<19} {:>9.0} {:>15} {:>9.0} {:>11} {:>11} {:>6} {:>10} {:>9}\n",
+                "{:<13} {:<19} {:>9.0} {:>19} {:>19} {:>10} {:>6} {:>10} {:>9}\n",
                 workload,
                 mode.name(),
-                m,
-                format!("{lo:.0}-{hi:.0}"),
-                overhead,
-                opt(ratio, 2),
+                median(&mut base.clone()),
+                spread(&mut over, 0),
+                spread(&mut ratio, 2),
                 opt(bpf_ns, 0),
                 lost.map(|l| l.to_string()).unwrap_or("-".into()),
-                opt(cpu, 2),
+                opt(Some(median(&mut cpu)), 2),
                 opt(attach, 0),
             ));
             rows.push(json!({
-                "workload": workload, "mode": mode.name(), "ns_per_fault_median": m,
-                "ns_per_fault_min": lo, "ns_per_fault_max": hi, "overhead_ns": overhead,
-                "ratio_vs_bpftrace": ratio, "bpf_ns_per_fault": bpf_ns, "events_lost": lost,
-                "tracer_cpu_percent_at_100k_faults_per_s": cpu, "attach_ms": attach,
-                "runs": ss.len(),
+                "workload": workload, "mode": mode.name(),
+                "untraced_ns_per_fault_median": median(&mut base),
+                "overhead_ns_median": median(&mut over.clone()),
+                "overhead_ns_min": over.first(), "overhead_ns_max": over.last(),
+                "ratio_vs_bpftrace_median": (!ratio.is_empty()).then(|| median(&mut ratio.clone())),
+                "ratio_vs_bpftrace_min": ratio.first(), "ratio_vs_bpftrace_max": ratio.last(),
+                "bpf_ns_per_fault": bpf_ns, "events_lost": lost,
+                "tracer_cpu_percent_at_100k_faults_per_s": median(&mut cpu),
+                "attach_ms": attach, "rounds": ps.len(),
             }));
         }
+        let mut events = round_ratios(&runs, workload, Mode::RmaptraceEvents, Mode::Rmaptrace);
+        table.push_str(&format!(
+            "{:<13} --events overhead / default overhead, per round: {}\n",
+            workload,
+            spread(&mut events, 2)
+        ));
     }
     // Per program, as bpftop shows it: ns per run over every run of the bench.
     table.push_str("\nBPF programs (ns per run, all runs of bench-anon):\n");
-    for mode in [Mode::Rmaptrace, Mode::RmaptraceEvents, Mode::Bpftrace] {
+    for mode in traced {
         let mut per: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
-        for (_, _, s) in samples
+        for p in runs
             .iter()
-            .filter(|(w, m, _)| w == "bench-anon" && *m == mode)
+            .filter(|p| p.workload == "bench-anon" && p.mode == mode)
         {
-            for (name, t, c) in &s.programs {
+            for (name, t, c) in &p.sample.programs {
                 let e = per.entry(name.clone()).or_default();
                 e.0 += t;
                 e.1 += c;
@@ -438,26 +530,107 @@ fn run_all(bin: &Path, faults: u64, reps: usize) -> Result<()> {
         }
     }
     table.push_str(&format!(
-        "\nrmaptrace peak RSS tracing {tracked} faulted VMAs: {rss_mib:.1} MiB\n{} faults per run, {} repetitions, {:.0} s\n",
+        "\nrmaptrace peak RSS tracing {tracked} faulted VMAs: {rss_mib:.1} MiB\n{} faults per run, {} rounds (each traced run between two untraced ones; ratios are per round), {:.0} s\n",
         faults,
-        samples.len() / (WORKLOADS.len() * Mode::ALL.len()),
+        reps,
         started.elapsed().as_secs_f64()
     ));
     print!("{table}");
-    let machine = format!(
-        "{} CPUs, kernel {}",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-        sysctl_get("kernel.osrelease").unwrap_or_default()
-    );
     let report = json!({
-        "machine": machine, "faults_per_run": faults, "rows": rows,
+        "machine": machine(), "faults_per_run": faults, "rows": rows,
         "peak_rss_mib_with_vmas": {"vmas": tracked, "mib": rss_mib},
         "table": table,
     });
     let path = bench_dir().join("bench.json");
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    eprintln!("bench: wrote {}", path.display());
+    Ok(())
+}
+
+fn machine() -> String {
+    format!(
+        "{} CPUs, kernel {}",
+        cores(),
+        sysctl_get("kernel.osrelease").unwrap_or_default()
+    )
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Thread counts for the scaling section: 1, 4 and 16 where there are cores
+/// for them, and every core.
+fn thread_counts(cores: usize) -> Vec<usize> {
+    let mut t: Vec<usize> = [1, 4, 16].into_iter().filter(|&t| t <= cores).collect();
+    if !t.contains(&cores) {
+        t.push(cores);
+    }
+    t
+}
+
+/// Per-fault overhead with 1..N threads of one process faulting at once:
+/// rmaptrace keeps only per-CPU or per-thread state on the fault path, so its
+/// cost per fault should not grow with the threads; a single shared key
+/// (the one-liner's per-pid count) does.
+fn run_threads(bin: &Path, faults: u64, reps: usize) -> Result<()> {
+    let modes = [Mode::Rmaptrace, Mode::Bpftrace];
+    let mut runs = Vec::new();
+    let counts = thread_counts(cores());
+    for rep in 0..reps {
+        for &t in &counts {
+            runs.extend(round(
+                bin,
+                &format!("bench-threads-{t}"),
+                faults,
+                &modes,
+                rep,
+            )?);
+        }
+    }
+    let mut table = format!(
+        "{:<8} {:>14} {:>24} {:>24} {:>19}\n",
+        "threads", "untraced ns", "rmaptrace overhead ns", "bpftrace overhead ns", "vs bpftrace"
+    );
+    let mut rows = Vec::new();
+    for &t in &counts {
+        let w = format!("bench-threads-{t}");
+        let of = |mode: Mode| -> (Vec<f64>, Vec<f64>) {
+            runs.iter()
+                .filter(|p| p.workload == w && p.mode == mode)
+                .map(|p| (p.baseline, p.overhead()))
+                .unzip()
+        };
+        let (mut base, mut ours) = of(Mode::Rmaptrace);
+        let (_, mut theirs) = of(Mode::Bpftrace);
+        let mut ratio = round_ratios(&runs, &w, Mode::Rmaptrace, Mode::Bpftrace);
+        table.push_str(&format!(
+            "{:<8} {:>14.0} {:>24} {:>24} {:>19}\n",
+            t,
+            median(&mut base),
+            spread(&mut ours, 0),
+            spread(&mut theirs, 0),
+            spread(&mut ratio, 2)
+        ));
+        rows.push(json!({
+            "threads": t, "untraced_ns_per_fault_per_thread": median(&mut base),
+            "rmaptrace_overhead_ns_median": median(&mut ours),
+            "bpftrace_overhead_ns_median": median(&mut theirs),
+            "ratio_vs_bpftrace_median": (!ratio.is_empty()).then(|| median(&mut ratio)),
+        }));
+    }
+    table.push_str(&format!(
+        "ns per fault per thread (wall time x threads / faults), {} faults per run, {} rounds\n",
+        faults, reps
+    ));
+    print!("{table}");
+    let path = bench_dir().join("threads.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&json!({"machine": machine(), "rows": rows, "table": table}))?,
+    )?;
     eprintln!("bench: wrote {}", path.display());
     Ok(())
 }

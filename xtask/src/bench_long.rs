@@ -137,7 +137,7 @@ fn churn(bin: &Path, secs: u64) -> Result<Value> {
 
 /// Polls the tracer's peak RSS (VmHWM) until it exits; returns it in KiB and
 /// when it exited.
-fn watch_peak(pid: u32) -> (u64, Instant) {
+pub(crate) fn watch_peak(pid: u32) -> (u64, Instant) {
     let mut peak = 0;
     while let Some(hwm) = status_kib(pid, "VmHWM") {
         peak = peak.max(hwm);

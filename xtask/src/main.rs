@@ -71,12 +71,14 @@ enum Task {
         /// Faults per workload run.
         #[arg(long, default_value_t = 1 << 20)]
         faults: u64,
-        /// Repetitions of every workload x mode.
+        /// Rounds: in each, every workload runs untraced before and after each
+        /// traced mode, and ratios are taken within the round.
         #[arg(long, default_value_t = 5)]
         reps: usize,
-        /// Sections to run: `faults` (cost per fault), `long` (a 60 s process
-        /// churn, 200k VMAs, 200 forks); all by default.
-        #[arg(long, value_delimiter = ',', default_values_t = vec!["faults".to_string(), "long".to_string()])]
+        /// Sections to run: `faults` (cost per fault), `threads` (cost per
+        /// fault with 1, 4, 16 and all cores' threads faulting at once), `long`
+        /// (a 60 s process churn, 200k VMAs, 200 forks); all by default.
+        #[arg(long, value_delimiter = ',', default_values_t = vec!["faults".to_string(), "threads".to_string(), "long".to_string()])]
         sections: Vec<String>,
     },
 }

@@ -24,6 +24,10 @@ pub const BENCHES: &[(&str, &str)] = &[
         "a private mapping of a cached file, written (filemap_fault, do_cow_fault)",
     ),
     (
+        "bench-threads-T",
+        "fresh private anonymous pages written by T threads of one process at once; ns_per_fault is per thread (wall time x T / faults)",
+    ),
+    (
         "bench-vmas",
         "waits for a line on stdin, faults N separate one-page VMAs, waits for another line",
     ),
@@ -137,11 +141,57 @@ pub fn run(name: &str, pages: usize) -> Result<()> {
             let _ = std::io::stdin().read_line(&mut line);
             return Ok(());
         }
-        other => bail!("unknown bench {other}"),
+        other => match other
+            .strip_prefix("bench-threads-")
+            .map(str::parse::<usize>)
+        {
+            Some(Ok(threads)) if threads > 0 => return threads_storm(name, pages, threads),
+            _ => bail!("unknown bench {other} (bench-threads-T takes a thread count T > 0)"),
+        },
     };
     println!(
         "{}",
         json!({"bench": name, "faults": pages, "ns_per_fault": ns})
+    );
+    Ok(())
+}
+
+/// `threads` threads of one process fault `pages` fresh private anonymous pages
+/// in all, each its own share in its own chunks, started together. Each thread
+/// maps and unmaps its chunks, which takes the mmap_lock: the same with and
+/// without a tracer, so the difference is the tracer's.
+fn threads_storm(name: &str, pages: usize, threads: usize) -> Result<()> {
+    let each = (pages / threads).max(1);
+    let start = std::sync::Barrier::new(threads + 1);
+    let wall = std::thread::scope(|s| -> Result<std::time::Duration> {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    start.wait();
+                    storm(each, |n| {
+                        let rw = libc::PROT_READ | libc::PROT_WRITE;
+                        let p = map(n * PAGE, rw, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1)?;
+                        write_pages(p, n);
+                        unsafe { libc::munmap(p as *mut _, n * PAGE) };
+                        Ok(())
+                    })
+                })
+            })
+            .collect();
+        start.wait();
+        let t0 = Instant::now();
+        for w in workers {
+            w.join().expect("a storm thread")?;
+        }
+        Ok(t0.elapsed())
+    })?;
+    let faults = each * threads;
+    println!(
+        "{}",
+        json!({
+            "bench": name, "faults": faults, "threads": threads,
+            "ns_per_fault": wall.as_nanos() as f64 * threads as f64 / faults as f64,
+        })
     );
     Ok(())
 }
