@@ -223,14 +223,31 @@ fn measure(mode: Mode, bin: &Path, workload: &str, faults: u64) -> Result<Sample
     };
     if let Some(mut t) = tracer {
         sample.attach_ms = Some(t.attach_ms);
-        unsafe { libc::kill(t.child.id() as i32, libc::SIGINT) };
-        t.child.wait()?;
+        stop(&mut t.child)?;
         if let Some(json) = t.json {
             let summary: Value = serde_json::from_str(&last_line(&json)?)?;
             sample.events_lost = summary["events_lost"].as_u64();
         }
     }
     Ok(sample)
+}
+
+/// Stops a tracer with SIGINT, as a user would; again after 30 s if it runs
+/// on (bpftrace once missed one), and with SIGKILL 5 s later.
+fn stop(child: &mut Child) -> Result<()> {
+    for wait in [Duration::from_secs(30), Duration::from_secs(5)] {
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let started = Instant::now();
+        while started.elapsed() < wait {
+            if child.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    child.kill()?;
+    child.wait()?;
+    Ok(())
 }
 
 fn median(v: &mut [f64]) -> f64 {
