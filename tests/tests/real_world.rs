@@ -517,6 +517,9 @@ fn a_32_bit_process_is_traced_like_any_other() {
     let shm = row_at(p, memfd);
     assert_eq!(shm["kind"], "shmem", "{shm}");
     assert_eq!(faults(shm), 15, "{shm}");
+    // A memfd is a shmem file: shmem's mmap handler set it up.
+    let by = &shm["setup"]["by"];
+    assert!(by == "shmem_mmap" || by == "shmem_mmap_prepare", "{shm}");
     assert!(
         export.iter().any(|l| l["type"] == "mmap"
             && l["op"] == "mmap"
