@@ -1,14 +1,13 @@
 //! Counting a completed fault: shared by every backend. One per-CPU hash update per
 //! fault (in place after the first), the per-process totals, the VMA description
 //! when it changed, and the optional per-fault ring buffer record.
-use crate::maps::off;
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 use rmaptrace_common::{
     access, counter, event_kind, key_flags, latency_bucket, vma_status, FaultEvent, FaultKey,
     FaultStats, ProcStats, UnresolvedFault, VmaInfo, LAT_BUCKETS,
 };
 
-use crate::maps::{bump, config, EVENTS, FAULTS, PROCS};
+use crate::maps::{bump, config, off, EVENTS, FAULTS, PROCS};
 
 pub const BPF_NOEXIST: u64 = 1;
 

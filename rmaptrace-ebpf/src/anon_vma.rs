@@ -12,7 +12,6 @@
 //! freed (life.rs). Where nothing of this is probed (the tracepoint backend),
 //! the record takes the completion time of the first fault that found the
 //! anon_vma set, labelled so (`anon_vma_by::SEEN`).
-use crate::maps::off;
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::{fexit, kprobe, kretprobe, map},
@@ -23,7 +22,7 @@ use rmaptrace_common::{anon_vma_by, counter, AnonVmaMade};
 
 use crate::{
     life::LIVES,
-    maps::{bump, kernel_read_flat, traced_current, VMAS},
+    maps::{bump, kernel_read_flat, off, traced_current, VMAS},
 };
 
 /// What made the anon_vma of each VMA struct seen getting one.
@@ -67,21 +66,26 @@ pub fn forget(tid: u32) {
     let _ = ANON_CALLS.remove(call_key(tid, CLONE));
 }
 
-/// Writes what made `vma`'s anon_vma into the record of its lifetime, unless
-/// that record already says (the first word wins).
+/// Writes what made `vma`'s anon_vma into the record of its lifetime.
 #[inline(always)]
 fn into_lifetime(vma: u64, made: &AnonVmaMade) {
     // SAFETY: read once, copied out.
-    let Some(life) = (unsafe { LIVES.get(vma) }).map(|e| e.life) else {
-        return;
-    };
+    if let Some(life) = (unsafe { LIVES.get(vma) }).map(|e| e.life) {
+        stamp(life, made.ns, made.by);
+    }
+}
+
+/// Records in lifetime `life` that its anon_vma was made (or found) at `ns`
+/// as `by` says, unless its record already says (the first word wins).
+#[inline(always)]
+fn stamp(life: u64, ns: u64, by: u32) {
     if let Some(r) = VMAS.get_ptr_mut(life) {
         // SAFETY: a map value pointer, valid for this run, reached only
         // through it here.
         unsafe {
             if (*r).anon_vma_by == anon_vma_by::NONE {
-                (*r).anon_vma_ns = made.ns;
-                (*r).anon_vma_by = made.by;
+                (*r).anon_vma_ns = ns;
+                (*r).anon_vma_by = by;
             }
         }
     }
@@ -139,16 +143,7 @@ fn prepared_by(tid: u32) -> u32 {
 /// record takes that time unless something saw it made.
 #[inline(always)]
 pub fn seen_at_fault(life: u64, now: u64) {
-    if let Some(r) = VMAS.get_ptr_mut(life) {
-        // SAFETY: a map value pointer, valid for this run, reached only
-        // through it here.
-        unsafe {
-            if (*r).anon_vma_by == anon_vma_by::NONE {
-                (*r).anon_vma_ns = now;
-                (*r).anon_vma_by = anon_vma_by::SEEN;
-            }
-        }
-    }
+    stamp(life, now, anon_vma_by::SEEN);
 }
 
 // int __anon_vma_prepare(struct vm_area_struct *vma)

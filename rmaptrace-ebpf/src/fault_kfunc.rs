@@ -11,7 +11,6 @@
 //! The mm functions that serve the fault (`do_anonymous_page`, `do_wp_page`, ...)
 //! only mark which path ran; `__do_fault` also times the driver's `vm_ops->fault`.
 //! Each hook has an fentry and a kprobe flavour; userspace attaches one of them.
-use crate::maps::off;
 use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::{fentry, fexit, kprobe, kretprobe, map},
@@ -22,7 +21,7 @@ use rmaptrace_common::{access, path_id, vm_flags, vma_status, FaultKey, VmaInfo}
 
 use crate::{
     aggregate::{self, BPF_NOEXIST},
-    maps::{bump, traced_current},
+    maps::{bump, off, traced_current},
     vma,
 };
 

@@ -9,7 +9,6 @@
 //! definition of a fault. The VMA is looked up here, once per fault, when it is
 //! sure to exist (stack growth has happened by then), unless the thread's cached
 //! VMA is provably unchanged since it was looked up.
-use crate::maps::off;
 use core::ptr::write_volatile;
 
 use aya_ebpf::{
@@ -22,7 +21,7 @@ use rmaptrace_common::{access, counter, path_id, vma_status, FaultKey, VmaInfo};
 
 use crate::{
     aggregate::{self, Completed},
-    maps::{bump, bump_mm_gen, current_mm, mm_gen, traced_current, Inflight, INFLIGHT},
+    maps::{bump, bump_mm_gen, current_mm, mm_gen, off, traced_current, Inflight, INFLIGHT},
     vma,
 };
 

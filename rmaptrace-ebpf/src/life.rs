@@ -8,7 +8,6 @@
 //! pointer to a new mapping: that is told apart by its mm, file, kind or page
 //! offset changing, or, for a new mapping at the very same address and of the
 //! same kind, by the mmap that made it (`reborn`).
-use crate::maps::off;
 use aya_ebpf::{
     helpers::bpf_get_smp_processor_id,
     macros::{map, raw_tracepoint},
@@ -17,7 +16,7 @@ use aya_ebpf::{
 };
 use rmaptrace_common::{counter, vma_ident, LifeEntry, VmaInfo, VmaRecord};
 
-use crate::maps::{bump, kernel_read, VMAS};
+use crate::maps::{bump, kernel_read, off, VMAS};
 
 /// Live lifetimes by `struct vm_area_struct *`.
 #[map]
@@ -95,7 +94,7 @@ pub fn life_of(info: &VmaInfo, tgid: u32, now: u64) -> u64 {
         (*rec).tgid = tgid;
         // What made the VMA's anon_vma when that was seen before this
         // lifetime began (a fault's before its completion, a fork's, the
-        // struct's earlier lifetime's before a split).
+        // struct's earlier lifetime's before a split), read once.
         match crate::anon_vma::ANON_MADE.get(info.vma) {
             Some(m) => {
                 (*rec).anon_vma_by = m.by;
@@ -162,9 +161,10 @@ pub fn life_of(info: &VmaInfo, tgid: u32, now: u64) -> u64 {
 static VMA_CACHE: Array<u64> = Array::with_max_entries(1, 0);
 
 /// `kmem:kmem_cache_free(call_site, ptr, s)`: a slab object is freed. When it
-/// is a VMA struct, its lifetime entry (and what made its anon_vma) goes, so that the slab handing the
-/// pointer to a new VMA of the same shape at the same address (a split part, a
-/// new mapping) never has the new one taken for the old. It runs for every
+/// is a VMA struct, its lifetime entry (and what made its anon_vma) goes, so
+/// that the slab handing the pointer to a new VMA of the same shape at the
+/// same address (a split part, a new mapping) never has the new one taken for
+/// the old. It runs for every
 /// slab free in the system, so after the first VMA free it is a compare of
 /// two pointers (~15 ns) for any other. A raw tracepoint: `ptr` is a
 /// `void *`, which tp_btf programs cannot read before 6.5.

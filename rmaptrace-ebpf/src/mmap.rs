@@ -2,7 +2,6 @@
 //! syscall tracepoints see them (and `raw_syscalls` for 32-bit callers, which
 //! the per-syscall tracepoints skip). Entry and exit are sent as separate records
 //! and paired by thread id in userspace, which keeps these programs free of state.
-use crate::maps::off;
 use aya_ebpf::{
     helpers::bpf_probe_read_user,
     macros::{fexit, kprobe, kretprobe, map, tracepoint},
@@ -12,7 +11,7 @@ use aya_ebpf::{
 use rmaptrace_common::{counter, event_kind, EventHeader, MmapExitEvent, SyscallEvent};
 
 use crate::{
-    maps::{bump, event_header, traced_current, EVENTS},
+    maps::{bump, event_header, off, traced_current, EVENTS},
     vma,
 };
 

@@ -7,7 +7,6 @@
 //! to its exit, whose VMA lookup takes them into the mapping's setup record.
 //! The kernel-function backends only: entry and exit of each function, as
 //! fentry/fexit or kprobe/kretprobe.
-use crate::maps::off;
 use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe, map},
     maps::HashMap,
@@ -15,7 +14,7 @@ use aya_ebpf::{
 };
 use rmaptrace_common::{counter, prefill, Prefill};
 
-use crate::maps::{bump, kernel_read, traced_current};
+use crate::maps::{bump, kernel_read, off, traced_current};
 
 #[map]
 static PREFILL: HashMap<u32, Prefill> = HashMap::with_max_entries(16384, 0);

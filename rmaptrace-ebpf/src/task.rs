@@ -1,7 +1,6 @@
 //! Process lifecycle: follow the children of traced processes from their first
 //! instruction, pick up `--comm` matches at exec, and report each exiting thread's
 //! own min_flt/maj_flt so userspace can check its counts against the kernel's.
-use crate::maps::off;
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     macros::btf_tracepoint,
@@ -10,8 +9,8 @@ use aya_ebpf::{
 use rmaptrace_common::{counter, event_kind, traced, ExitEvent, TaskEvent, ThreadAcct};
 
 use crate::maps::{
-    bump, config, current_task_field, event_header, kernel_read, traced_current, COMMS, EVENTS,
-    THREADS, TRACED,
+    bump, config, current_task_field, event_header, kernel_read, off, traced_current, COMMS,
+    EVENTS, THREADS, TRACED,
 };
 
 /// The current thread's own fault counters.

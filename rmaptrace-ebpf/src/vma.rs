@@ -2,7 +2,6 @@
 //!
 //! The helper takes `mmap_read_trylock`, so it can fail with -EBUSY under a writer:
 //! the caller records that as such instead of guessing a VMA.
-use crate::maps::off;
 use aya_ebpf::helpers::{
     bpf_probe_read_kernel_str_bytes, generated::bpf_find_vma, generated::bpf_get_current_task_btf,
 };
@@ -12,7 +11,7 @@ use rmaptrace_common::{
     PATH_COMPONENTS,
 };
 
-use crate::maps::{kernel_read as read, kernel_read_flat as read_flat};
+use crate::maps::{kernel_read as read, kernel_read_flat as read_flat, off};
 
 const EBUSY: i64 = 16;
 const ENOENT: i64 = 2;

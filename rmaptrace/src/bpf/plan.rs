@@ -249,24 +249,11 @@ const fn prefill_point(
     }
 }
 
-/// Whether every function that installs pages at mmap is probed: only then
-/// are a mapping's `prefilled` counts complete.
-pub fn prefill_observed(rows: &[PlanRow]) -> bool {
+/// The kernel functions of `role` that this plan does not probe.
+fn unprobed(rows: &[PlanRow], role: Role) -> Vec<&'static str> {
     KFUNC_POINTS
         .iter()
-        .filter(|p| p.role == Role::Prefill)
-        .all(|p| {
-            rows.iter()
-                .any(|r| r.point == p.function && r.chosen.is_some())
-        })
-}
-
-/// The anon_vma points that are not probed: what they make shows as
-/// `anon_vma.by` `unknown`, first seen at a fault.
-pub fn anon_vma_unobserved(rows: &[PlanRow]) -> Vec<&'static str> {
-    KFUNC_POINTS
-        .iter()
-        .filter(|p| p.role == Role::AnonVma)
+        .filter(|p| p.role == role)
         .filter(|p| {
             !rows
                 .iter()
@@ -274,6 +261,12 @@ pub fn anon_vma_unobserved(rows: &[PlanRow]) -> Vec<&'static str> {
         })
         .map(|p| p.function)
         .collect()
+}
+
+/// Whether every function that installs pages at mmap is probed: only then
+/// are a mapping's `prefilled` counts complete.
+pub fn prefill_observed(rows: &[PlanRow]) -> bool {
+    unprobed(rows, Role::Prefill).is_empty()
 }
 
 /// The tracepoint backend's counting hooks: used when handle_mm_fault cannot be probed.
@@ -477,19 +470,20 @@ impl Plan {
         {
             limits.push(VMA_FREED_LIMIT.to_string());
         }
-        let anon_unobserved = anon_vma_unobserved(&self.rows);
+        // The anon_vma functions whose anon_vmas show `by` unknown, first
+        // found at a fault.
+        let anon_unobserved = unprobed(&self.rows, Role::AnonVma);
         if !anon_unobserved.is_empty() {
             limits.push(format!(
                 "{} not probed: an anon_vma they make has `by` unknown, and the time of the first fault that found it (source derived)",
                 anon_unobserved.join(", ")
             ));
         }
-        if self.backend == "tracepoint" {
-            limits.push(PREFILL_LIMIT.to_string());
-            return limits;
-        }
         if !prefill_observed(&self.rows) {
             limits.push(PREFILL_LIMIT.to_string());
+        }
+        if self.backend == "tracepoint" {
+            return limits;
         }
         for row in &self.rows {
             let is_path = KFUNC_POINTS

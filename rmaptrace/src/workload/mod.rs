@@ -59,22 +59,21 @@ pub(crate) fn map(len: usize, prot: i32, flags: i32, fd: i32) -> Result<*mut u8>
 /// and the range would share its neighbour's anon_vma, made by the
 /// neighbour's faults before any of its own.
 fn map_fresh_anon(len: usize, prot: i32) -> Result<*mut u8> {
-    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
-    let outer = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            len + 2 * PAGE,
-            libc::PROT_NONE,
-            flags | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if outer == libc::MAP_FAILED {
-        bail!("mmap: {}", std::io::Error::last_os_error());
-    }
-    let inner = unsafe { outer.cast::<u8>().add(PAGE) }.cast();
-    map_at(inner, len, prot, flags | libc::MAP_FIXED, -1)
+    let inner = guarded(len / PAGE)? as *mut libc::c_void;
+    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED;
+    map_at(inner, len, prot, flags, -1)
+}
+
+/// Room for `pages` pages between two PROT_NONE guard pages, reserved
+/// PROT_NONE: the address of the first, for a MAP_FIXED mapping.
+pub(crate) fn guarded(pages: usize) -> Result<usize> {
+    let outer = map(
+        (pages + 2) * PAGE,
+        libc::PROT_NONE,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+        -1,
+    )?;
+    Ok(outer as usize + PAGE)
 }
 
 fn map_at(hint: *mut libc::c_void, len: usize, prot: i32, flags: i32, fd: i32) -> Result<*mut u8> {

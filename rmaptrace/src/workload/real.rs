@@ -48,20 +48,7 @@ fn fixed(addr: usize, pages: usize, flags: i32) -> Result<usize> {
 /// region, a thread stack: glibc's MAP_STACK is VM_NOHUGEPAGE too), and the mapping
 /// would then not start at the address reported; the guards rule that out.
 fn isolated(pages: usize, flags: i32) -> Result<usize> {
-    let outer = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            (pages + 2) * PAGE,
-            libc::PROT_NONE,
-            PRIVATE_ANON | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if outer == libc::MAP_FAILED {
-        bail!("mmap: {}", os_err());
-    }
-    fixed(outer as usize + PAGE, pages, flags)
+    fixed(super::guarded(pages)?, pages, flags)
 }
 
 fn join<T>(h: thread::JoinHandle<Result<T>>) -> Result<T> {
