@@ -362,6 +362,8 @@ pub mod event_kind {
     /// An mmap syscall left a mapping the fault path does not serve (see
     /// [`MmapSetupEvent`]).
     pub const MMAP_SETUP: u32 = 13;
+    /// A fault record followed by its VMA's description (see [`FaultVmaEvent`]).
+    pub const FAULT_VMA: u32 = 14;
 }
 
 pub const COMM_LEN: usize = 16;
@@ -385,7 +387,8 @@ pub struct EventHeader {
     pub ts_ns: u64,
 }
 
-/// One completed fault, sent only with `--events`.
+/// One completed fault, sent only with `--events`: 64 bytes, so that a fault
+/// storm fills the ring slowly and copies little.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FaultEvent {
@@ -399,9 +402,18 @@ pub struct FaultEvent {
     pub vma_status: u8,
     pub major: u8,
     pub _pad: u32,
-    /// The mapping lifetime, also when `vma` is not filled in; 0 for none.
+    /// The mapping lifetime; 0 for none. Userspace describes it from the
+    /// lifetime's first record, which carries the VMA ([`FaultVmaEvent`]).
     pub life: u64,
-    /// All zero when the probe had no description at hand.
+}
+
+/// The first fault of a row (a lifetime's first fault on a CPU, or of a new
+/// kind of access) where the probe has the VMA at hand: the record, then the
+/// VMA's description.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FaultVmaEvent {
+    pub fault: FaultEvent,
     pub vma: VmaInfo,
 }
 
@@ -765,6 +777,11 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fault_record_is_one_cache_line() {
+        assert_eq!(core::mem::size_of::<FaultEvent>(), 64);
+    }
 
     #[test]
     fn latency_buckets_are_monotonic_and_invertible() {

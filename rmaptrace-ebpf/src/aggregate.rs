@@ -4,7 +4,7 @@
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 use rmaptrace_common::{
     access, counter, event_kind, key_flags, latency_bucket, vma_status, FaultEvent, FaultKey,
-    FaultStats, ProcStats, UnresolvedFault, VmaInfo, LAT_BUCKETS,
+    FaultStats, FaultVmaEvent, ProcStats, UnresolvedFault, VmaInfo, LAT_BUCKETS,
 };
 
 use crate::maps::{bump, config, off, EVENTS, FAULTS, PROCS};
@@ -105,7 +105,8 @@ pub fn record(vma: Option<&VmaInfo>) {
     let anon: u64 = crate::maps::kernel_read_flat(vma_ptr, off!(vma_anon_vma));
     c.key.flags = ((anon | anon.wrapping_neg()) >> 63) as u8 * key_flags::ANON_VMA;
     let major = c.major != 0;
-    match add_to_aggregate(&c.key, major, c.now, c.latency, c.handler_ns) {
+    let added = add_to_aggregate(&c.key, major, c.now, c.latency, c.handler_ns);
+    match added {
         Added::Full => count_overflow(c.key.tgid, major),
         // The first fault to find the anon_vma starts a row of its own.
         Added::NewRow if c.key.flags & key_flags::ANON_VMA != 0 && c.key.life != 0 => {
@@ -118,7 +119,13 @@ pub fn record(vma: Option<&VmaInfo>) {
         send_unresolved(c);
     }
     if config().fault_events != 0 {
-        send_event(c, vma);
+        // Records name the lifetime; the VMA is described at a row's first
+        // fault and after each lookup (the cached VMA had changed: a stack
+        // grew, an mprotect split it).
+        match vma {
+            Some(v) if added == Added::NewRow || c.has_vma != 0 => send_fault_with_vma(c, v),
+            _ => send_fault(c),
+        }
     }
 }
 
@@ -229,36 +236,68 @@ fn count_overflow(tgid: u32, major: bool) {
     }
 }
 
+/// Bytes of unread records past which a fault record wakes the reader. Below
+/// it, fault records wake nobody: userspace drains the ring on a short timer,
+/// and a storm of 100k faults a second would otherwise wake it for most of
+/// them.
 #[inline(always)]
-fn send_event(c: &Completed, vma: Option<&VmaInfo>) {
+fn submit_flags() -> u64 {
+    const BPF_RB_NO_WAKEUP: u64 = 1;
+    const BPF_RB_FORCE_WAKEUP: u64 = 2;
+    const BPF_RB_AVAIL_DATA: u64 = 0;
+    const BPF_RB_RING_SIZE: u64 = 1;
+    if EVENTS.query(BPF_RB_AVAIL_DATA) > EVENTS.query(BPF_RB_RING_SIZE) >> 3 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
+
+/// Fills the fault part of a record.
+///
+/// # Safety
+/// `ev` points at a reserved record, not otherwise referenced until submitted.
+#[inline(always)]
+unsafe fn fill_fault(ev: *mut FaultEvent, c: &Completed, kind: u32) {
+    (*ev).header.kind = kind;
+    (*ev).header.tgid = c.key.tgid;
+    (*ev).header.tid = c.tid;
+    (*ev).header._pad = 0;
+    (*ev).header.ts_ns = c.now;
+    (*ev).addr = c.addr;
+    (*ev).ip = c.ip;
+    (*ev).latency_ns = c.latency;
+    (*ev).access = c.key.access;
+    (*ev).path = c.key.path;
+    (*ev).vma_status = c.key.vma_status;
+    (*ev).major = c.major;
+    (*ev)._pad = 0;
+    (*ev).life = c.key.life;
+}
+
+#[inline(always)]
+fn send_fault(c: &Completed) {
     let Some(mut entry) = EVENTS.reserve::<FaultEvent>(0) else {
         bump(counter::EVENTS_LOST);
         return;
     };
+    // SAFETY: the reserved record, ours until it is submitted.
+    unsafe { fill_fault(entry.as_mut_ptr(), c, event_kind::FAULT) };
+    entry.submit(submit_flags());
+}
+
+#[inline(always)]
+fn send_fault_with_vma(c: &Completed, vma: &VmaInfo) {
+    let Some(mut entry) = EVENTS.reserve::<FaultVmaEvent>(0) else {
+        bump(counter::EVENTS_LOST);
+        return;
+    };
     let ev = entry.as_mut_ptr();
-    // SAFETY: `ev` points at the reserved record, ours until it is submitted;
-    // `info` is another object.
+    // SAFETY: the reserved record, ours until it is submitted; `vma` is
+    // another object.
     unsafe {
-        (*ev).header.kind = rmaptrace_common::event_kind::FAULT;
-        (*ev).header.tgid = c.key.tgid;
-        (*ev).header.tid = c.tid;
-        (*ev).header._pad = 0;
-        (*ev).header.ts_ns = c.now;
-        (*ev).addr = c.addr;
-        (*ev).ip = c.ip;
-        (*ev).latency_ns = c.latency;
-        (*ev).access = c.key.access;
-        (*ev).path = c.key.path;
-        (*ev).vma_status = c.key.vma_status;
-        (*ev).major = c.major;
-        (*ev)._pad = 0;
-        (*ev).life = c.key.life;
-        // Without it, userspace finds the VMA by its lifetime among the
-        // descriptions it has seen.
-        match vma {
-            Some(info) => crate::mem::copy(&raw mut (*ev).vma, info),
-            None => crate::mem::zero(&raw mut (*ev).vma),
-        }
+        fill_fault(&raw mut (*ev).fault, c, event_kind::FAULT_VMA);
+        crate::mem::copy(&raw mut (*ev).vma, vma);
     }
-    entry.submit(0);
+    entry.submit(submit_flags());
 }

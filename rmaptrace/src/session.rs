@@ -433,6 +433,11 @@ async fn trace(
         });
     }
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    // Fault records do not wake rmaptrace until an eighth of the ring is
+    // unread (one wake-up per fault cost more than the rest of the reading):
+    // they are read on this timer.
+    let mut events_tick = tokio::time::interval(Duration::from_millis(50));
+    events_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
 
     // `--pid` and `-- CMD` follow the whole tree: the trace ends when the last
     // process of it exits, children that outlive the command (daemons) included.
@@ -460,6 +465,13 @@ async fn trace(
                     if probes.followed()? == 0 {
                         break "all traced processes exited".into();
                     }
+                }
+            }
+            _ = events_tick.tick(), if args.events => {
+                if let Err(e) = guarded(|| drain(ring.get_mut(), &mut trace, &mut out)) {
+                    stop_child = Some(libc::SIGTERM);
+                    internal_error = true;
+                    break e;
                 }
             }
             _ = tick.tick() => {
@@ -795,7 +807,10 @@ async fn stop_tree(
             c = async { child.as_mut().expect("checked").await }, if !child_done => {
                 code = Some(c.unwrap_or(1));
             }
-            _ = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_millis(100))) => {}
+            // Fault records wake nobody below a threshold (see `events_tick`).
+            _ = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + Duration::from_millis(100))) => {
+                drain(ring.get_mut(), trace, out);
+            }
         }
     }
     Ok(code)

@@ -207,6 +207,30 @@ fn mmap_records_carry_flags_and_paths() {
         .contains("MAP_SHARED"));
 }
 
+/// A fault storm through a ring a quarter of its size: fault records wake
+/// rmaptrace only once an eighth of the ring is unread, and are read on a
+/// timer otherwise; every counted fault is a line or a counted loss.
+#[test]
+fn fault_events_of_a_storm_are_all_accounted_for() {
+    let pages = 1 << 17;
+    let t = trace_workload("anon-write", pages, &["--events"]);
+    let pid = t.workload_pid();
+    let lines = t
+        .export
+        .iter()
+        .filter(|l| l["type"] == "fault" && l["pid"] == pid)
+        .count() as u64;
+    let total = t.process(pid)["faults"]["total"].as_u64().unwrap();
+    let lost = t.summary()["events_lost"].as_u64().unwrap();
+    assert!(total >= pages as u64, "{total} faults");
+    // Lost records of other kinds count in `events_lost` too.
+    assert!(
+        lines <= total && total <= lines + lost,
+        "{total} faults, {lines} lines, {lost} lost"
+    );
+    assert!(lost * 100 <= total, "{lost} of {total} fault records lost");
+}
+
 #[test]
 fn fault_events_match_the_aggregate() {
     let t = trace_workload("anon-write", 64, &["--events"]);

@@ -1,6 +1,6 @@
 //! Decodes ring buffer records. Records come from the kernel but are still checked
 //! for size before they are read: a short record is an error, never a panic.
-use rmaptrace_common::{event_kind, EventHeader, MmapExitEvent};
+use rmaptrace_common::{event_kind, EventHeader, FaultVmaEvent, MmapExitEvent};
 
 use crate::model::event::Event;
 
@@ -27,7 +27,10 @@ fn read_mmap(bytes: &[u8]) -> Option<MmapExitEvent> {
 pub fn decode(bytes: &[u8]) -> Option<Event> {
     let header: EventHeader = read(bytes)?;
     match header.kind {
-        event_kind::FAULT => read(bytes).map(Event::Fault),
+        event_kind::FAULT => read(bytes).map(|f| Event::Fault(f, None)),
+        event_kind::FAULT_VMA => {
+            read::<FaultVmaEvent>(bytes).map(|e| Event::Fault(e.fault, Some(Box::new(e.vma))))
+        }
         event_kind::MMAP_EXIT | event_kind::KERNEL_MMAP => read_mmap(bytes).map(Event::MmapExit),
         event_kind::MMAP_ENTER
         | event_kind::MUNMAP
@@ -70,7 +73,7 @@ impl Kept {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rmaptrace_common::ExitEvent;
+    use rmaptrace_common::{ExitEvent, FaultEvent};
 
     #[test]
     fn kept_records_come_back_in_order() {
@@ -91,11 +94,16 @@ mod tests {
         assert!(decode(&bytes).is_none());
         bytes[0] = event_kind::EXIT as u8;
         assert!(matches!(decode(&bytes), Some(Event::Exit(_))));
-        bytes[0] = event_kind::FAULT as u8;
+        let mut fault = vec![0u8; std::mem::size_of::<FaultEvent>()];
+        fault[0] = event_kind::FAULT as u8;
+        assert!(matches!(decode(&fault), Some(Event::Fault(_, None))));
+        fault[0] = event_kind::FAULT_VMA as u8;
         assert!(
-            decode(&bytes).is_none(),
-            "an exit-sized record is too short for a fault"
+            decode(&fault).is_none(),
+            "a fault record without the VMA its kind says it carries"
         );
+        fault.resize(std::mem::size_of::<FaultVmaEvent>(), 0);
+        assert!(matches!(decode(&fault), Some(Event::Fault(_, Some(_)))));
     }
 
     #[test]

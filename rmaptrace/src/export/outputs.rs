@@ -104,7 +104,7 @@ impl Outputs {
                 kind: "mmap",
                 rec: m,
             }),
-            Record::Fault(f) => json.write(f),
+            Record::Fault(f) => json.write_fault(f),
         })
     }
 

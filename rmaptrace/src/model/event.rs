@@ -2,11 +2,16 @@
 //! decodes the ring buffer's bytes into these), and the names they carry.
 use rmaptrace_common::{
     ExitEvent, FaultEvent, MmapExitEvent, MmapSetupEvent, SyscallEvent, TaskEvent, UnresolvedFault,
+    VmaInfo,
 };
 
+// Decoded one at a time and taken in at once: a box would cost an allocation
+// per mmap record for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Event {
-    Fault(FaultEvent),
+    /// With its VMA's description when the record carried one.
+    Fault(FaultEvent, Option<Box<VmaInfo>>),
     Syscall(SyscallEvent),
     MmapExit(MmapExitEvent),
     MmapSetup(MmapSetupEvent),

@@ -3,13 +3,13 @@
 use std::{
     collections::{BTreeMap, HashMap},
     num::NonZeroU64,
+    sync::Arc,
 };
 
 use rmaptrace_common::{
     access, anon_vma_by, event_kind, key_flags, prefill, vma_status, ExitEvent, FaultEvent,
-    FaultKey, MmapExitEvent, SyscallEvent, UnresolvedFault,
+    FaultKey, MmapExitEvent, SyscallEvent, UnresolvedFault, VmaInfo,
 };
-use serde::Serialize;
 
 use super::{
     code::Code,
@@ -29,27 +29,37 @@ use super::{
 use crate::kernel::{kallsyms::Kallsyms, procfs::ProcSource};
 use candidates::{Candidate, Candidates};
 
-/// One completed fault as exported with `--events`.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+/// One completed fault as exported with `--events` (export::json writes it:
+/// one per fault, so nothing here is allocated per fault).
+#[derive(Clone, Debug, PartialEq)]
 pub struct FaultRecord {
-    #[serde(rename = "type")]
-    pub kind_tag: &'static str,
     pub ts_ns: u64,
     pub pid: u32,
     pub tid: u32,
-    pub addr: String,
-    pub ip: String,
+    pub addr: u64,
+    pub ip: u64,
     pub write: bool,
     pub user: bool,
     pub kind: &'static str,
-    pub handler: Option<String>,
-    pub module: Option<String>,
+    pub handler: Option<Arc<str>>,
+    pub module: Option<Arc<str>>,
     pub path: &'static str,
     pub major: bool,
     pub latency_ns: Option<u64>,
-    pub vma_start: Option<String>,
+    pub vma_start: Option<u64>,
     /// The mapping lifetime (the `life` of a summary row), None without a VMA.
     pub life: Option<u64>,
+}
+
+/// What a fault record says of its lifetime's VMA, worked out at the
+/// lifetime's first record and shared by the rest.
+#[derive(Clone)]
+struct EventVma {
+    vm_start: u64,
+    vm_flags: u64,
+    kind: Kind,
+    handler: Option<Arc<str>>,
+    module: Option<Arc<str>>,
 }
 
 /// A record to stream to the export as it happens.
@@ -135,7 +145,7 @@ pub struct Trace {
     pending: HashMap<u32, SyscallEvent>,
     snapshot: Snapshot,
     /// VMA descriptions carried by fault records, for the records that carry none.
-    event_vmas: HashMap<u64, Vma>,
+    event_vmas: HashMap<u64, EventVma>,
     /// File names of the VMAs that fault records carried.
     event_files: Files,
     backend: &'static str,
@@ -752,7 +762,7 @@ impl Trace {
 
     pub fn on_event(&mut self, event: Event) -> Option<Record> {
         match event {
-            Event::Fault(f) => Some(Record::Fault(self.fault_record(&f))),
+            Event::Fault(f, vma) => Some(Record::Fault(self.fault_record(&f, vma.as_deref()))),
             // A fault whose VMA found the lifetime table full has no lifetime
             // to go to: it stays unknown, counted in its row, and is not kept.
             Event::Unresolved(u) if u.vma_status == vma_status::UNTRACKED => None,
@@ -835,47 +845,55 @@ impl Trace {
         }
     }
 
-    /// The VMA of a fault record: carried by the record when the probe had it (the
-    /// first fault on every VMA does), else remembered from an earlier record or a
-    /// snapshot of the VMA table.
-    fn vma_of_event(&mut self, f: &FaultEvent) -> Option<Vma> {
+    /// The VMA of a fault record: described by the lifetime's first record
+    /// (which carries it), else by a snapshot of the VMA table.
+    fn vma_of_event(&mut self, f: &FaultEvent, carried: Option<&VmaInfo>) -> Option<EventVma> {
         if f.vma_status != vma_status::FOUND {
             return None;
         }
-        if f.vma.vm_end != 0 {
-            let v = Vma::from_kernel(&f.vma, &mut self.event_files);
-            self.event_vmas.insert(f.life, v.clone());
-            return Some(v);
+        if let Some(info) = carried.filter(|v| v.vm_end != 0) {
+            let v = Vma::from_kernel(info, &mut self.event_files);
+            let ev = self.event_vma(&v);
+            self.event_vmas.insert(f.life, ev.clone());
+            return Some(ev);
         }
-        self.event_vmas
-            .get(&f.life)
-            .cloned()
-            .or_else(|| self.snapshot.record(f.life).map(|r| r.info.clone()))
+        if let Some(ev) = self.event_vmas.get(&f.life) {
+            return Some(ev.clone());
+        }
+        let ev = self.event_vma(&self.snapshot.record(f.life)?.info);
+        self.event_vmas.insert(f.life, ev.clone());
+        Some(ev)
     }
 
-    fn fault_record(&mut self, f: &FaultEvent) -> FaultRecord {
-        use rmaptrace_common::access;
+    fn event_vma(&self, v: &Vma) -> EventVma {
+        let (handler, module) = self.handler_of(v.fault_fn.addr());
+        EventVma {
+            vm_start: v.vm_start,
+            vm_flags: v.vm_flags,
+            kind: self.kind_of(v),
+            handler: handler.map(Arc::from),
+            module: module.map(Arc::from),
+        }
+    }
+
+    fn fault_record(&mut self, f: &FaultEvent, carried: Option<&VmaInfo>) -> FaultRecord {
         let found = f.vma_status == vma_status::FOUND;
-        let vma = self.vma_of_event(f);
-        let kind = match &vma {
-            Some(v) => self.kind_of(v),
-            None => Kind::Unknown,
-        };
-        let (handler, module) = match &vma {
-            Some(v) => self.handler_of(v.fault_fn.addr()),
-            None => (None, None),
-        };
+        let vma = self.vma_of_event(f, carried);
+        let kind = vma.as_ref().map_or(Kind::Unknown, |v| v.kind);
         let vm_flags = vma.as_ref().map_or(0, |v| v.vm_flags);
         let path = path::observed_name(f.path).unwrap_or_else(|| {
             path::derive(kind, vm_flags, f.access, f.major != 0, self.swap_in_use)
         });
+        let (vma_start, handler, module) = match vma {
+            Some(v) => (found.then_some(v.vm_start), v.handler, v.module),
+            None => (None, None, None),
+        };
         FaultRecord {
-            kind_tag: "fault",
             ts_ns: f.header.ts_ns,
             pid: f.header.tgid,
             tid: f.header.tid,
-            addr: hex(f.addr),
-            ip: hex(f.ip),
+            addr: f.addr,
+            ip: f.ip,
             write: f.access & access::WRITE != 0,
             user: f.access & (access::KERNEL | access::NO_ENTRY) == 0,
             kind: kind.as_str(),
@@ -884,7 +902,7 @@ impl Trace {
             path,
             major: f.major != 0,
             latency_ns: (f.access & access::NO_ENTRY == 0).then_some(f.latency_ns),
-            vma_start: vma.filter(|_| found).map(|v| hex(v.vm_start)),
+            vma_start,
             life: found.then_some(f.life),
         }
     }
