@@ -612,11 +612,13 @@ pub struct LifeEntry {
     pub _pad: u32,
 }
 
-/// The kernel's own fault counters of one traced thread, value of the `THREADS`
-/// map: `base` when rmaptrace started following it (0 for a thread born during
-/// the trace; its counters just before its first counted fault otherwise),
+/// One traced thread, value of the `THREADS` map. The kernel's own fault
+/// counters: `base` when rmaptrace started following it (0 for a thread born
+/// during the trace; its counters just before its first fault otherwise),
 /// `last` at its latest counted fault. `last - base` is what the kernel counted
 /// over the same span as rmaptrace's own counts, read at the same instants.
+/// The tracepoint backend keeps its fault in flight here too: the entry and the
+/// completion each find the thread with one lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadAcct {
@@ -626,6 +628,34 @@ pub struct ThreadAcct {
     pub base_maj: u64,
     pub last_min: u64,
     pub last_maj: u64,
+    pub fault: ThreadFault,
+}
+
+/// The tracepoint backend's state of a thread between a fault's entry and its
+/// completion, and the VMA it faulted on last (kernel side only): a fault storm
+/// on one mapping then does not pay for a VMA lookup each time (bpf_find_vma is
+/// an mmap_lock trylock that fails under any writer, and an irq_work self-IPI
+/// where interrupts are off).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadFault {
+    /// Entry time of the fault in flight, 0 for none.
+    pub ts_ns: u64,
+    /// Page of the faulting address, to match the completion to this entry.
+    pub page: u64,
+    pub access: u8,
+    pub cache_valid: u8,
+    pub _pad: [u8; 2],
+    /// `vm_lock_seq` of the cached VMA when it was looked up.
+    pub cache_lock_seq: u32,
+    /// MM_GEN of the process's mm when the cache was filled (kernels without
+    /// per-VMA lock sequence numbers).
+    pub cache_gen: u64,
+    pub cache_vma: u64,
+    pub cache_mm: u64,
+    pub cache_start: u64,
+    pub cache_end: u64,
+    pub cache_life: u64,
 }
 
 /// exec or fork of a traced process.

@@ -27,7 +27,9 @@ pub struct Completed {
     pub major: u8,
     /// The VMA_LOOKED_UP slot holds this fault's VMA.
     pub has_vma: u8,
-    pub _pad: [u8; 2],
+    /// The thread's counters were read for this fault already (THREADS).
+    pub accounted: u8,
+    pub _pad: u8,
     pub now: u64,
     pub addr: u64,
     pub ip: u64,
@@ -114,7 +116,9 @@ pub fn record(vma: Option<&VmaInfo>) {
         }
         _ => {}
     }
-    crate::task::account_fault(c.tid, c.key.tgid, major);
+    if c.accounted == 0 {
+        crate::task::account_fault(c.tid, c.key.tgid, major);
+    }
     if c.key.vma_status != vma_status::FOUND {
         send_unresolved(c);
     }

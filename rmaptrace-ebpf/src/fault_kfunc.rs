@@ -178,6 +178,7 @@ fn on_fault_exit(ret: u64) {
     c.latency = now.saturating_sub(s.ts_ns);
     c.handler_ns = s.handler_ns;
     c.has_vma = 0;
+    c.accounted = 0;
     c.vma = info.vma;
     aggregate::record(Some(info));
 }

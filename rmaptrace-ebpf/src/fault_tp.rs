@@ -12,17 +12,19 @@
 use core::ptr::write_volatile;
 
 use aya_ebpf::{
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map, perf_event, tracepoint},
     maps::ProgramArray,
     programs::{BtfTracePointContext, PerfEventContext, TracePointContext},
 };
-use rmaptrace_common::{access, counter, path_id, vma_status, FaultKey, VmaInfo};
+use rmaptrace_common::{
+    access, counter, path_id, vma_status, FaultKey, ThreadAcct, ThreadFault, VmaInfo,
+};
 
 use crate::{
     aggregate::{self, Completed},
-    maps::{bump, bump_mm_gen, current_mm, mm_gen, off, traced_current, Inflight, INFLIGHT},
-    vma,
+    maps::{bump, bump_mm_gen, current_mm, mm_gen, off, traced_current, THREADS},
+    task, vma,
 };
 
 const PAGE_SHIFT: u64 = 12;
@@ -46,42 +48,33 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
     if kernel_mode && address >> 63 != 0 {
         return; // a fault on a kernel address: not the process's memory
     }
-    let Some((_tgid, tid)) = traced_current() else {
+    let Some((tgid, tid)) = traced_current() else {
         return;
     };
     let error_code: u64 = ctx.arg(2);
     // SAFETY: a helper without arguments.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
     let access = access::from_x86_error_code(error_code, kernel_mode);
-    match INFLIGHT.get_ptr_mut(tid) {
-        // SAFETY: this thread's map value, reached through this one pointer.
-        Some(slot) => unsafe {
-            if (*slot).ts_ns != 0 {
-                bump(counter::ENTRY_WITHOUT_COMPLETION);
-            }
-            (*slot).ts_ns = ts_ns;
-            (*slot).page = address >> PAGE_SHIFT;
-            (*slot).access = access;
-        },
-        None => {
-            let entry = Inflight {
-                ts_ns,
-                page: address >> PAGE_SHIFT,
-                access,
-                cache_valid: 0,
-                _pad: [0; 2],
-                cache_lock_seq: 0,
-                cache_gen: 0,
-                cache_vma: 0,
-                cache_mm: 0,
-                cache_start: 0,
-                cache_end: 0,
-                cache_life: 0,
-            };
-            if INFLIGHT.insert(tid, entry, 0).is_err() {
-                bump(counter::INFLIGHT_FULL);
-            }
+    let mut thread = THREADS.get_ptr_mut(tid);
+    if thread.is_none() {
+        // A thread of a process traced from before rmaptrace started (threads
+        // born since are followed from their fork): followed from now.
+        let now = task::current_faults();
+        task::follow_thread(tid, tgid, now, now);
+        thread = THREADS.get_ptr_mut(tid);
+    }
+    let Some(t) = thread else {
+        return; // THREADS is full, counted
+    };
+    // SAFETY: this thread's map value, reached through this one pointer.
+    unsafe {
+        let f = &raw mut (*t).fault;
+        if (*f).ts_ns != 0 {
+            bump(counter::ENTRY_WITHOUT_COMPLETION);
         }
+        (*f).ts_ns = ts_ns;
+        (*f).page = address >> PAGE_SHIFT;
+        (*f).access = access;
     }
 }
 
@@ -114,7 +107,7 @@ pub fn fault_done_major_vls(ctx: PerfEventContext) -> u32 {
 
 /// Whether this thread's cached VMA is still what the kernel has.
 #[inline(always)]
-fn cache_current<const LOCK_SEQ: bool>(s: &Inflight) -> bool {
+fn cache_current<const LOCK_SEQ: bool>(s: &ThreadFault) -> bool {
     if LOCK_SEQ {
         vma::unchanged(s.cache_vma, s.cache_mm, s.cache_lock_seq)
     } else {
@@ -124,9 +117,22 @@ fn cache_current<const LOCK_SEQ: bool>(s: &Inflight) -> bool {
 
 #[inline(always)]
 fn on_completion<const LOCK_SEQ: bool>(ctx: &PerfEventContext, major: bool) {
-    let Some((tgid, tid)) = traced_current() else {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    // SAFETY: the perf event context the kernel passed in.
+    let (addr, ip) = unsafe { ((*ctx.ctx).addr, (*ctx.ctx).regs.rip) };
+    // One raw pointer to this thread's entry, used for every read and write
+    // (two live `&mut` to one map value would be undefined behaviour).
+    let thread: Option<*mut ThreadAcct> = THREADS.get_ptr_mut(tid);
+    // Entries are recorded only for traced threads: a completion of the page
+    // its thread entered is traced, and needs no TRACED lookup (one hash
+    // lookup less on every fault).
+    // SAFETY: `t` is this thread's map value, read through this one pointer.
+    let entered = thread
+        .is_some_and(|t| unsafe { (*t).fault.ts_ns != 0 && (*t).fault.page == addr >> PAGE_SHIFT });
+    if !entered && traced_current().is_none() {
         return;
-    };
+    }
     let Some(c) = aggregate::completed_slot() else {
         return;
     };
@@ -140,8 +146,6 @@ fn on_completion<const LOCK_SEQ: bool>(ctx: &PerfEventContext, major: bool) {
     // instructions otherwise).
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: the perf event context the kernel passed in.
-    let (addr, ip) = unsafe { ((*ctx.ctx).addr, (*ctx.ctx).regs.rip) };
     // Volatile: LLVM would merge the zero stores into memset calls (byte
     // loops, on every fault).
     // SAFETY: pointers to fields of `c`, a valid reference not otherwise used
@@ -162,6 +166,7 @@ fn on_completion<const LOCK_SEQ: bool>(ctx: &PerfEventContext, major: bool) {
         write_volatile(&raw mut c.handler_ns, 0);
         write_volatile(&raw mut c.has_vma, 0);
         write_volatile(&raw mut c.vma, 0);
+        write_volatile(&raw mut c.accounted, 0);
     }
     c.tid = tid;
     c.major = major as u8;
@@ -169,13 +174,18 @@ fn on_completion<const LOCK_SEQ: bool>(ctx: &PerfEventContext, major: bool) {
     c.addr = addr;
     c.ip = ip;
 
-    // One raw pointer to this thread's slot, used for every read and write (two
-    // live `&mut` to one map value would be undefined behaviour).
-    let slot: Option<*mut Inflight> = INFLIGHT.get_ptr_mut(tid);
-    if let Some(s) = slot {
-        // SAFETY: `s` is this thread's map value; no other reference to it lives.
+    if let Some(t) = thread {
+        // SAFETY: `t` is this thread's map value; no other reference to it lives.
         unsafe {
-            if (*s).ts_ns != 0 && (*s).page == addr >> PAGE_SHIFT {
+            // The thread's counters include this fault already (mm_account_fault
+            // raised them before the perf event): read here, where the thread's
+            // entry is at hand, not with a second lookup where it is counted.
+            let (min_flt, maj_flt) = task::current_faults();
+            (*t).last_min = min_flt;
+            (*t).last_maj = maj_flt;
+            c.accounted = 1;
+            let s = &raw mut (*t).fault;
+            if entered {
                 c.key.access = (*s).access;
                 c.latency = now.saturating_sub((*s).ts_ns);
                 (*s).ts_ns = 0;
@@ -268,9 +278,10 @@ fn lookup<const LOCK_SEQ: bool>(c: &mut Completed) {
         });
         return;
     }
-    if let Some(s) = INFLIGHT.get_ptr_mut(c.tid) {
+    if let Some(t) = THREADS.get_ptr_mut(c.tid) {
         // SAFETY: this thread's map value, reached through this one pointer.
         unsafe {
+            let s = &raw mut (*t).fault;
             (*s).cache_valid = 1;
             (*s).cache_gen = gen;
             (*s).cache_vma = info.vma;

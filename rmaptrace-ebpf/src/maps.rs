@@ -121,12 +121,6 @@ pub static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 #[map]
 pub static COMMS: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(MAX_COMMS, 0);
 
-/// Fault entry time and access of each thread, consumed at completion. A plain
-/// hash, not an LRU one: LRU maps evict live entries before they are full, which
-/// lost entries under process churn. Rows are deleted when their thread exits.
-#[map]
-pub static INFLIGHT: HashMap<u32, Inflight> = HashMap::with_max_entries(65536, 0);
-
 /// Sizes below are defaults; userspace scales them with `EbpfLoader::set_max_entries`.
 #[map]
 pub static FAULTS: PerCpuHashMap<FaultKey, FaultStats> = PerCpuHashMap::with_max_entries(16384, 0);
@@ -135,7 +129,10 @@ pub static FAULTS: PerCpuHashMap<FaultKey, FaultStats> = PerCpuHashMap::with_max
 #[map]
 pub static VMAS: HashMap<u64, VmaRecord> = HashMap::with_max_entries(65536, 0);
 
-/// The kernel's fault counters of each traced thread (see `ThreadAcct`).
+/// Each traced thread: the kernel's fault counters, and the tracepoint
+/// backend's fault in flight and cached VMA (see `ThreadAcct`). A plain hash,
+/// not an LRU one: LRU maps evict live entries before they are full, which lost
+/// entries under process churn. Rows are deleted when their thread exits.
 #[map]
 pub static THREADS: HashMap<u32, ThreadAcct> = HashMap::with_max_entries(65536, 0);
 
@@ -147,31 +144,6 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::C
 
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
-
-/// Per-thread state of the tracepoint backend: the pending fault's entry, and the
-/// last VMA this thread faulted on, so a fault storm on one mapping does not pay
-/// for a bpf_find_vma (an mmap_lock trylock that fails under any writer, and an
-/// irq_work self-IPI when interrupts are off) each time.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct Inflight {
-    pub ts_ns: u64,
-    /// Page of the faulting address, to match the completion to this entry.
-    pub page: u64,
-    pub access: u8,
-    pub cache_valid: u8,
-    pub _pad: [u8; 2],
-    /// `vm_lock_seq` of the cached VMA when it was looked up.
-    pub cache_lock_seq: u32,
-    /// MM_GEN of the process's mm when the cache was filled (kernels without
-    /// per-VMA lock sequence numbers).
-    pub cache_gen: u64,
-    pub cache_vma: u64,
-    pub cache_mm: u64,
-    pub cache_start: u64,
-    pub cache_end: u64,
-    pub cache_life: u64,
-}
 
 /// Write-lock generation of each mm (indexed by a hash of the mm pointer; a
 /// collision only costs a cache miss): odd while a writer holds mmap_lock, bumped
@@ -301,13 +273,13 @@ pub fn traced_current() -> Option<(u32, u32)> {
 /// tracepoint backend's completion, numbered by its counting program).
 #[inline(always)]
 pub fn set_cached_life(tid: u32, life: u64) {
-    if let Some(s) = INFLIGHT.get_ptr_mut(tid) {
+    if let Some(t) = THREADS.get_ptr_mut(tid) {
         // SAFETY: a map value pointer, valid for this run.
         unsafe {
             if life == 0 {
-                (*s).cache_valid = 0;
+                (*t).fault.cache_valid = 0;
             }
-            (*s).cache_life = life;
+            (*t).fault.cache_life = life;
         }
     }
 }

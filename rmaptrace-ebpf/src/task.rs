@@ -15,7 +15,7 @@ use crate::maps::{
 
 /// The current thread's own fault counters.
 #[inline(always)]
-fn current_faults() -> (u64, u64) {
+pub fn current_faults() -> (u64, u64) {
     // One read where the two are neighbours, as in every kernel seen: this runs
     // on every counted fault.
     if off!(task_maj_flt) == off!(task_min_flt) + 8 {
@@ -31,14 +31,19 @@ fn current_faults() -> (u64, u64) {
 /// Follows the kernel's counters of thread `tid` from `base` (min_flt, maj_flt);
 /// they are `last` now.
 #[inline(always)]
-fn follow_thread(tid: u32, tgid: u32, base: (u64, u64), last: (u64, u64)) {
-    let acct = ThreadAcct {
-        tgid,
-        _pad: 0,
-        base_min: base.0,
-        base_maj: base.1,
-        last_min: last.0,
-        last_maj: last.1,
+pub fn follow_thread(tid: u32, tgid: u32, base: (u64, u64), last: (u64, u64)) {
+    let mut acct = core::mem::MaybeUninit::<ThreadAcct>::uninit();
+    let p = acct.as_mut_ptr();
+    // SAFETY: a local ThreadAcct (plain integers) on the stack, zeroed (no
+    // fault in flight, no VMA cached) before its counters are set and it is read.
+    let acct = unsafe {
+        crate::mem::zero(p);
+        (*p).tgid = tgid;
+        (*p).base_min = base.0;
+        (*p).base_maj = base.1;
+        (*p).last_min = last.0;
+        (*p).last_maj = last.1;
+        acct.assume_init_ref()
     };
     if THREADS.insert(tid, acct, 0).is_err() {
         bump(counter::THREAD_TABLE_FULL);
@@ -149,9 +154,9 @@ pub fn sched_process_exec(_ctx: BtfTracePointContext) -> i32 {
         }
     }
     // A new mm: the thread's cached VMA is gone.
-    if let Some(s) = crate::maps::INFLIGHT.get_ptr_mut(pid_tgid as u32) {
+    if let Some(t) = THREADS.get_ptr_mut(pid_tgid as u32) {
         // SAFETY: a map value pointer, valid for this run.
-        unsafe { (*s).cache_valid = 0 };
+        unsafe { (*t).fault.cache_valid = 0 };
     }
     if started_here != 0 {
         // Traced from this exec on: its counters so far are not the trace's.
@@ -177,8 +182,7 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
     if traced_current().is_none() && !followed {
         return 0;
     }
-    // The thread's per-fault state dies with it.
-    let _ = crate::maps::INFLIGHT.remove(tid);
+    // The thread's per-fault state dies with it (THREADS below).
     let _ = crate::fault_kfunc::KFUNC_INFLIGHT.remove(tid);
     crate::prefill::forget(tid);
     crate::anon_vma::forget(tid);

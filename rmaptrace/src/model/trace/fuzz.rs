@@ -130,6 +130,7 @@ fn snapshot() -> impl Strategy<Value = Snapshot> {
                             base_maj: 0,
                             last_min: base + add,
                             last_maj: 0,
+                            ..Default::default()
                         },
                     )
                 })

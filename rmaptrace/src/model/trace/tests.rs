@@ -103,6 +103,7 @@ fn thread(tgid: u32, min: u64) -> ThreadAcct {
         base_maj: 0,
         last_min: 1000 + min,
         last_maj: 0,
+        ..Default::default()
     }
 }
 
