@@ -23,7 +23,10 @@ use rmaptrace_common::{
 
 use crate::{
     aggregate::{self, Completed},
-    maps::{bump, bump_mm_gen, current_mm, mm_gen, off, traced_current, THREADS},
+    maps::{
+        bump, bump_mm_gen, config, current_mm, known_untraced, mm_gen, off, traced_current,
+        traced_thread, THREADS,
+    },
     task, vma,
 };
 
@@ -48,14 +51,13 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
     if kernel_mode && address >> 63 != 0 {
         return; // a fault on a kernel address: not the process's memory
     }
-    let Some((tgid, tid)) = traced_current() else {
+    let Some((tgid, tid, mut thread)) = traced_thread() else {
         return;
     };
     let error_code: u64 = ctx.arg(2);
     // SAFETY: a helper without arguments.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
     let access = access::from_x86_error_code(error_code, kernel_mode);
-    let mut thread = THREADS.get_ptr_mut(tid);
     if thread.is_none() {
         // A thread of a process traced from before rmaptrace started (threads
         // born since are followed from their fork): followed from now.
@@ -119,6 +121,9 @@ fn cache_current<const LOCK_SEQ: bool>(s: &ThreadFault) -> bool {
 fn on_completion<const LOCK_SEQ: bool>(ctx: &PerfEventContext, major: bool) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if config().trace_all == 0 && known_untraced(tgid) {
+        return;
+    }
     // SAFETY: the perf event context the kernel passed in.
     let (addr, ip) = unsafe { ((*ctx.ctx).addr, (*ctx.ctx).regs.rip) };
     // One raw pointer to this thread's entry, used for every read and write
@@ -128,8 +133,9 @@ fn on_completion<const LOCK_SEQ: bool>(ctx: &PerfEventContext, major: bool) {
     // its thread entered is traced, and needs no TRACED lookup (one hash
     // lookup less on every fault).
     // SAFETY: `t` is this thread's map value, read through this one pointer.
-    let entered = thread
-        .is_some_and(|t| unsafe { (*t).fault.ts_ns != 0 && (*t).fault.page == addr >> PAGE_SHIFT });
+    let entered = thread.is_some_and(|t| unsafe {
+        (*t).tgid == tgid && (*t).fault.ts_ns != 0 && (*t).fault.page == addr >> PAGE_SHIFT
+    });
     if !entered && traced_current().is_none() {
         return;
     }

@@ -117,6 +117,17 @@ pub fn config() -> Config {
 #[map]
 pub static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
+/// Changed after every insertion into TRACED (by the programs and by
+/// userspace): an untraced answer remembered before it may be stale.
+#[map]
+pub static TRACED_GEN: Array<u32> = Array::with_max_entries(1, 0);
+
+/// The process last found untraced on this CPU (`tgid << 32 | TRACED_GEN`):
+/// the faults and syscalls of a busy process that is not traced then return
+/// without a hash lookup.
+#[map]
+static UNTRACED_HINT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 /// Process names that `--comm` asked for; an exec of one adds the process to TRACED.
 #[map]
 pub static COMMS: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(MAX_COMMS, 0);
@@ -249,6 +260,34 @@ pub fn bump(counter: u32) {
     }
 }
 
+#[inline(always)]
+fn traced_gen() -> u32 {
+    TRACED_GEN.get(0).copied().unwrap_or(0)
+}
+
+/// A process entered TRACED (after the insertion).
+#[inline(always)]
+pub fn traced_changed() {
+    if let Some(gen) = TRACED_GEN.get_ptr_mut(0) {
+        // SAFETY: the map's only value, reached through this one pointer. Two
+        // CPUs racing may store the same new value: it changed all the same.
+        unsafe { *gen = (*gen).wrapping_add(1) };
+    }
+}
+
+/// What UNTRACED_HINT holds for `tgid` found untraced now.
+#[inline(always)]
+fn untraced_note(tgid: u32) -> u64 {
+    (tgid as u64) << 32 | traced_gen() as u64
+}
+
+/// Whether `tgid` was found untraced on this CPU with nothing added to TRACED
+/// since (never with `trace_all`, where no lookup is made).
+#[inline(always)]
+pub fn known_untraced(tgid: u32) -> bool {
+    UNTRACED_HINT.get(0).copied() == Some(untraced_note(tgid))
+}
+
 /// (tgid, tid) of the current task when it is traced.
 #[inline(always)]
 pub fn traced_current() -> Option<(u32, u32)> {
@@ -262,11 +301,49 @@ pub fn traced_current() -> Option<(u32, u32)> {
         }
         return Some((tgid, tid));
     }
+    if known_untraced(tgid) {
+        return None;
+    }
+    // Taken before the lookup: an insertion after it leaves the note stale.
+    let note = untraced_note(tgid);
     // SAFETY: the value is copied out at once.
     match unsafe { TRACED.get(tgid) } {
         Some(&v) if v == rmaptrace_common::traced::YES => Some((tgid, tid)),
-        _ => None,
+        _ => {
+            if let Some(h) = UNTRACED_HINT.get_ptr_mut(0) {
+                // SAFETY: this CPU's value, reached through this one pointer.
+                unsafe { *h = note };
+            }
+            None
+        }
     }
+}
+
+/// The current thread's THREADS entry when its process is traced: found by
+/// the thread (one lookup) where it has one, by TRACED otherwise (`None`
+/// inside then: a traced thread not followed yet).
+#[inline(always)]
+pub fn traced_thread() -> Option<(u32, u32, Option<*mut ThreadAcct>)> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    let cfg = config();
+    if cfg.trace_all != 0 && (tgid == cfg.self_tgid || tgid == 0) {
+        return None;
+    }
+    if cfg.trace_all == 0 && known_untraced(tgid) {
+        return None;
+    }
+    // Only a traced process's threads have entries (made after a TRACED
+    // check or at a traced parent's fork, removed at the thread's exit); the
+    // tgid guards against a thread id reused by another process.
+    // SAFETY: a map value pointer; only its tgid is read here.
+    if let Some(t) = THREADS
+        .get_ptr_mut(tid)
+        .filter(|t| unsafe { (**t).tgid } == tgid)
+    {
+        return Some((tgid, tid, Some(t)));
+    }
+    traced_current().map(|(tgid, tid)| (tgid, tid, None))
 }
 
 /// Stores the lifetime of the VMA a thread just cached (looked up by the

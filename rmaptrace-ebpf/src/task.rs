@@ -9,8 +9,8 @@ use aya_ebpf::{
 use rmaptrace_common::{counter, event_kind, traced, ExitEvent, TaskEvent, ThreadAcct};
 
 use crate::maps::{
-    bump, config, current_task_field, event_header, kernel_read, off, traced_current, COMMS,
-    EVENTS, THREADS, TRACED,
+    bump, config, current_task_field, event_header, kernel_read, off, traced_changed,
+    traced_current, COMMS, EVENTS, THREADS, TRACED,
 };
 
 /// The current thread's own fault counters.
@@ -130,6 +130,7 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
         bump(counter::TRACED_TABLE_FULL);
         return 0;
     }
+    traced_changed();
     if mode == traced::YES {
         send_task_event(event_kind::FORK, parent_tgid, pid_tgid as u32, child_tgid);
     }
@@ -148,6 +149,7 @@ pub fn sched_process_exec(_ctx: BtfTracePointContext) -> i32 {
                 if TRACED.insert(tgid, traced::YES, 0).is_err() {
                     bump(counter::TRACED_TABLE_FULL);
                 } else {
+                    traced_changed();
                     started_here = 1;
                 }
             }

@@ -56,7 +56,9 @@ fn traced_shell(name: &str, script: &str, pages: u64) -> (Command, PathBuf, Path
         "--",
         "sh",
         "-c",
-        &script.replace("{w}", &w),
+        &script
+            .replace("{w}", &w)
+            .replace("{report}", &report.display().to_string()),
     ]);
     (cmd, json, report)
 }
@@ -178,6 +180,51 @@ fn a_reused_pid_never_joins_a_command_trace() {
     assert!(
         p["faults"]["total"].as_u64().unwrap() < 1000,
         "the unrelated process's 3000 faults are not counted: {p}"
+    );
+}
+
+/// The other way round: a pid first used by a process outside the trace, then
+/// by a child of the traced command. The programs remember processes they
+/// found untraced; a process entering the traced set must make them forget.
+#[test]
+fn a_pid_used_outside_the_trace_is_counted_when_reused_inside() {
+    require_root();
+    let last: u64 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let pid = last + 300;
+    let go = temp_json("reuse-into-go");
+    // Inside the trace, once the process outside it is gone: the workload again
+    // until it gets that pid.
+    let script = format!(
+        "while [ ! -e {go} ]; do sleep 0.01; done; \
+         for i in $(seq 200); do echo {prev} > /proc/sys/kernel/ns_last_pid; {{w}}; \
+         grep -q '\"pid\":{pid}[,}}]' {{report}} && break; done",
+        go = go.display(),
+        prev = pid - 1,
+    );
+    let (mut cmd, json, report) = traced_shell("reuse-into", &script, 64);
+    let tracer = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_header(&json);
+    let outside = spawn_with_pid(pid, 3000).expect("the pid was taken by others 200 times");
+    assert!(outside.wait_with_output().unwrap().status.success());
+    std::fs::write(&go, b"").unwrap();
+    assert!(tracer.wait_with_output().unwrap().status.success());
+    let _ = std::fs::remove_file(&go);
+    let r = read_report(&report).unwrap();
+    assert_eq!(r["pid"], pid, "the traced workload never got the pid");
+    let export = read_export(&json);
+    let p = records_of(&export, &r["pid"], 1)[0];
+    assert_eq!(row(p, &r)["faults"], 64, "{p}");
+    assert!(
+        p["faults"]["total"].as_u64().unwrap() < 1000,
+        "the process outside the trace's 3000 faults are not counted: {p}"
     );
 }
 

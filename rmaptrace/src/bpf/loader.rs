@@ -3,7 +3,7 @@
 //! backend when handle_mm_fault cannot be probed at all.
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{HashMap, MapData, ProgramArray, RingBuf},
+    maps::{Array, HashMap, MapData, ProgramArray, RingBuf},
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
         BtfTracePoint, FEntry, FExit, KProbe, PerfEvent, RawTracePoint, TracePoint,
@@ -529,6 +529,11 @@ impl Probes {
         let mut traced: HashMap<_, u32, u8> =
             HashMap::try_from(self.ebpf.map_mut("TRACED").context("TRACED map")?)?;
         traced.insert(tgid, mode, 0)?;
+        // The programs remember processes found untraced until this changes.
+        let mut gen: Array<_, u32> =
+            Array::try_from(self.ebpf.map_mut("TRACED_GEN").context("TRACED_GEN map")?)?;
+        let next = gen.get(&0, 0)?.wrapping_add(1);
+        gen.set(0, next, 0)?;
         Ok(())
     }
 
