@@ -29,7 +29,8 @@ pub struct Completed {
     pub has_vma: u8,
     /// The thread's counters were read for this fault already (THREADS).
     pub accounted: u8,
-    pub _pad: u8,
+    /// Lockless walks of the VMA tree made again (see `fault_tp::lookup`).
+    pub lookup_walks: u8,
     pub now: u64,
     pub addr: u64,
     pub ip: u64,

@@ -173,6 +173,7 @@ fn on_completion<const LOCK_SEQ: bool>(ctx: &PerfEventContext, major: bool) {
         write_volatile(&raw mut c.has_vma, 0);
         write_volatile(&raw mut c.vma, 0);
         write_volatile(&raw mut c.accounted, 0);
+        write_volatile(&raw mut c.lookup_walks, 0);
     }
     c.tid = tid;
     c.major = major as u8;
@@ -247,16 +248,20 @@ fn lookup_then_count<const LOCK_SEQ: bool>(ctx: &PerfEventContext) {
     if let Some(c) = aggregate::completed_slot() {
         // SAFETY: this CPU's slot (see `completed_slot`), reached through this
         // one reference until the tail call.
-        lookup::<LOCK_SEQ>(unsafe { &mut *c });
+        let again = lookup::<LOCK_SEQ>(unsafe { &mut *c });
         // SAFETY: as above.
-        unsafe { TAILS.tail_call(ctx, TAIL_RECORD) };
+        unsafe { TAILS.tail_call(ctx, if again { TAIL_LOOKUP } else { TAIL_RECORD }) };
         bump(counter::TAIL_CALL_FAILED);
     }
 }
 
+/// Looks up the VMA of the fault in `c`; true when it must be walked again (by
+/// this program, once more, reached again by tail call).
 #[inline(always)]
-fn lookup<const LOCK_SEQ: bool>(c: &mut Completed) {
-    bump(counter::VMA_LOOKUP);
+fn lookup<const LOCK_SEQ: bool>(c: &mut Completed) -> bool {
+    if c.lookup_walks == 0 {
+        bump(counter::VMA_LOOKUP);
+    }
     // Read before the lookup: a writer that changes the tree after it leaves the
     // cache filled below already stale, never wrongly current. (Unused where
     // VMAs carry vm_lock_seq.)
@@ -270,7 +275,16 @@ fn lookup<const LOCK_SEQ: bool>(c: &mut Completed) {
         crate::mem::zero(info.as_mut_ptr());
         info.assume_init_mut()
     };
-    let status = if vma::lookup_lockless::<LOCK_SEQ>(mm, c.addr, info) {
+    let walk = vma::lookup_lockless::<LOCK_SEQ>(mm, c.addr, info);
+    // Under mmap churn (a thread mapping in a loop, threads being created) a
+    // write window often begins or ends during the walk, and bpf_find_vma then
+    // fails too, while the writer holds mmap_lock: the fault would stay
+    // without a VMA. A second walk usually falls between windows.
+    if walk == vma::Walk::Unstable && c.lookup_walks == 0 {
+        c.lookup_walks = 1;
+        return true;
+    }
+    let status = if walk == vma::Walk::Found {
         vma_status::FOUND
     } else {
         vma::lookup(c.addr, info)
@@ -282,7 +296,7 @@ fn lookup<const LOCK_SEQ: bool>(c: &mut Completed) {
         } else {
             counter::VMA_LOOKUP_NONE
         });
-        return;
+        return false;
     }
     if let Some(t) = THREADS.get_ptr_mut(c.tid) {
         // SAFETY: this thread's map value, reached through this one pointer.
@@ -303,6 +317,7 @@ fn lookup<const LOCK_SEQ: bool>(c: &mut Completed) {
         unsafe { crate::mem::copy(looked_up, info) };
         c.has_vma = 1;
     }
+    false
 }
 
 /// `mmap_lock:mmap_lock_acquire_returned` and `mmap_lock_released`: a write

@@ -158,9 +158,9 @@ fn maple_find(mm: u64, addr: u64) -> u64 {
 /// read-locked and cannot change). Before that, the faulting task holds
 /// mmap_lock for read until the fault completes, so the tree cannot change.
 #[inline(always)]
-pub fn lookup_lockless<const LOCK_SEQ: bool>(mm: u64, addr: u64, info: &mut VmaInfo) -> bool {
+pub fn lookup_lockless<const LOCK_SEQ: bool>(mm: u64, addr: u64, info: &mut VmaInfo) -> Walk {
     if off!(mm_mt_root) == 0 || mm == 0 {
-        return false;
+        return Walk::Missed;
     }
     let seq: u32 = if LOCK_SEQ {
         read(mm, off!(mm_lock_seq))
@@ -169,15 +169,34 @@ pub fn lookup_lockless<const LOCK_SEQ: bool>(mm: u64, addr: u64, info: &mut VmaI
     };
     let vma = maple_find(mm, addr);
     if vma == 0 {
-        return false;
+        return Walk::Missed;
     }
     describe(vma, info);
     let covers = info.vm_start <= addr && addr < info.vm_end && info.mm == mm;
     if !LOCK_SEQ {
-        return covers;
+        return if covers { Walk::Found } else { Walk::Missed };
     }
     let seq_after: u32 = read(mm, off!(mm_lock_seq));
-    covers && info.lock_seq != seq && seq_after == seq
+    if seq_after != seq {
+        return Walk::Unstable;
+    }
+    if covers && info.lock_seq != seq {
+        Walk::Found
+    } else {
+        Walk::Missed
+    }
+}
+
+/// What a lockless walk of the VMA tree found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Walk {
+    /// The VMA the kernel has for the address.
+    Found,
+    /// None that can be trusted: the lookup falls back to bpf_find_vma.
+    Missed,
+    /// A write window began or ended during the walk, which voids it; a walk
+    /// made again soon after usually sees none.
+    Unstable,
 }
 
 /// Fills `info` for the VMA covering `addr` in the current task; returns a
