@@ -24,8 +24,8 @@ use rmaptrace_common::{
 use crate::{
     aggregate::{self, Completed},
     maps::{
-        bump, bump_mm_gen, config, current_mm, known_untraced, mm_gen, off, traced_current,
-        traced_thread, THREADS,
+        bump, bump_mm_gen, current_mm, known_untraced, mm_gen, off, traced_current, traced_thread,
+        THREADS,
     },
     task, vma,
 };
@@ -121,7 +121,7 @@ fn cache_current<const LOCK_SEQ: bool>(s: &ThreadFault) -> bool {
 fn on_completion<const LOCK_SEQ: bool>(ctx: &PerfEventContext, major: bool) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    if config().trace_all == 0 && known_untraced(tgid) {
+    if known_untraced(tgid) {
         return;
     }
     // SAFETY: the perf event context the kernel passed in.

@@ -282,10 +282,17 @@ fn untraced_note(tgid: u32) -> u64 {
 }
 
 /// Whether `tgid` was found untraced on this CPU with nothing added to TRACED
-/// since (never with `trace_all`, where no lookup is made).
+/// since (never with `trace_all`, where nothing is noted).
 #[inline(always)]
 pub fn known_untraced(tgid: u32) -> bool {
     UNTRACED_HINT.get(0).copied() == Some(untraced_note(tgid))
+}
+
+/// With `trace_all`, every process is traced but rmaptrace itself (and the
+/// idle task).
+#[inline(always)]
+fn traced_when_all(cfg: &Config, tgid: u32) -> bool {
+    tgid != cfg.self_tgid && tgid != 0
 }
 
 /// (tgid, tid) of the current task when it is traced.
@@ -296,10 +303,7 @@ pub fn traced_current() -> Option<(u32, u32)> {
     let tid = pid_tgid as u32;
     let cfg = config();
     if cfg.trace_all != 0 {
-        if tgid == cfg.self_tgid || tgid == 0 {
-            return None;
-        }
-        return Some((tgid, tid));
+        return traced_when_all(&cfg, tgid).then_some((tgid, tid));
     }
     if known_untraced(tgid) {
         return None;
@@ -327,10 +331,7 @@ pub fn traced_thread() -> Option<(u32, u32, Option<*mut ThreadAcct>)> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     let cfg = config();
-    if cfg.trace_all != 0 && (tgid == cfg.self_tgid || tgid == 0) {
-        return None;
-    }
-    if cfg.trace_all == 0 && known_untraced(tgid) {
+    if (cfg.trace_all != 0 && !traced_when_all(&cfg, tgid)) || known_untraced(tgid) {
         return None;
     }
     // Only a traced process's threads have entries (made after a TRACED

@@ -64,7 +64,7 @@ pub fn probe(backend: Backend) -> Result<i32> {
     check_privileges_and_btf()?;
     let facts = KernelFacts::read(Path::new(&btf_path()))?;
     let symbols = Kallsyms::load().context("reading /proc/kallsyms")?;
-    let mut probes = Probes::load(
+    let probes = Probes::load(
         &facts,
         &symbols,
         &LoadOptions {
@@ -76,10 +76,6 @@ pub fn probe(backend: Backend) -> Result<i32> {
         },
     )?;
     print!("kernel {}\n{}", kernel_release(), probes.plan.render());
-    // One program at a time, as every trace ends: dropped all at once, their
-    // back-to-back text patches crashed a 6.12 guest (an int3 Oops in
-    // kernel_clone, at sched_process_fork's site, as init forked).
-    probes.stop();
     Ok(0)
 }
 

@@ -627,6 +627,16 @@ impl Probes {
     }
 }
 
+/// Every way out detaches one program at a time, errors and `rmaptrace probe`
+/// included: dropped all at once, the programs' back-to-back text patches
+/// crashed a 6.12 guest (an int3 Oops in kernel_clone, at sched_process_fork's
+/// site, as init forked). After `stop` there is nothing left to detach.
+impl Drop for Probes {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// Sizes of the preallocated aggregate tables. The per-CPU fault table costs
 /// value size × CPUs per row, so its rows come from a fixed memory budget (128 MiB:
 /// 131072 rows up to 2 CPUs, fewer beyond; overflow is counted per process); the VMA

@@ -70,17 +70,24 @@ impl JsonExport {
     }
 
     pub fn write<T: Serialize>(&mut self, record: &T) -> Result<()> {
-        self.line.clear();
-        serde_json::to_writer(&mut self.line, record)?;
-        self.line.push(b'\n');
-        self.out
-            .write_all(&self.line)
-            .context("writing the JSON export")
+        self.write_line(|line| {
+            serde_json::to_writer(&mut *line, record)?;
+            line.push(b'\n');
+            Ok(())
+        })
     }
 
     pub fn write_fault(&mut self, f: &FaultRecord) -> Result<()> {
+        self.write_line(|line| {
+            fault_line(f, line);
+            Ok(())
+        })
+    }
+
+    /// Builds one whole line in the reused buffer, then writes it.
+    fn write_line(&mut self, fill: impl FnOnce(&mut Vec<u8>) -> Result<()>) -> Result<()> {
         self.line.clear();
-        fault_line(f, &mut self.line);
+        fill(&mut self.line)?;
         self.out
             .write_all(&self.line)
             .context("writing the JSON export")

@@ -851,7 +851,7 @@ impl Trace {
         if f.vma_status != vma_status::FOUND {
             return None;
         }
-        if let Some(info) = carried.filter(|v| v.vm_end != 0) {
+        if let Some(info) = carried {
             let v = Vma::from_kernel(info, &mut self.event_files);
             let ev = self.event_vma(&v);
             self.event_vmas.insert(f.life, ev.clone());
