@@ -110,6 +110,22 @@ pub struct FaultKey {
     pub life: u64,
 }
 
+/// Key of the per-stack counts of `--stacks`: a fault row and the id of a user
+/// stack in the stack table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StackKey {
+    pub row: FaultKey,
+    pub stack_id: u32,
+    pub _pad: u32,
+}
+
+/// Frames of a user stack recorded by default (`--stack-depth`).
+pub const DEFAULT_STACK_DEPTH: u32 = 64;
+/// The most the kernel walks (PERF_MAX_STACK_DEPTH, the default of
+/// kernel.perf_event_max_stack).
+pub const MAX_STACK_DEPTH: u32 = 127;
+
 /// Bits of [`FaultKey::flags`].
 pub mod key_flags {
     /// The VMA had an `anon_vma` (its reverse map for anonymous pages) when
@@ -329,7 +345,13 @@ pub mod counter {
     /// Table of VMAs whose `anon_vma` was seen made full (or a kprobe
     /// call's argument table): that VMA's `anon_vma.by` is `unknown`.
     pub const ANON_MADE_FULL: u32 = 18;
-    pub const COUNT: u32 = 19;
+    /// `--stacks`: faults whose user stack could not be stored (another stack
+    /// already held its slot in the stack table, or no user stack could be
+    /// walked), and faults whose (row, stack) count could not be stored (the
+    /// table was full). Both are counted in their rows all the same.
+    pub const STACK_LOST: u32 = 19;
+    pub const STACK_ROWS_FULL: u32 = 20;
+    pub const COUNT: u32 = 21;
 }
 
 /// Values of the `TRACED` map.
@@ -783,7 +805,8 @@ pub struct Config {
     pub fault_events: u8,
     /// Add processes that exec a name in the `COMMS` map to `TRACED`.
     pub match_comms: u8,
-    pub _pad: u8,
+    /// Count each fault's user stack too (`STACK_COUNTS`).
+    pub stacks: u8,
     /// rmaptrace's own tgid, never traced.
     pub self_tgid: u32,
 }
@@ -793,6 +816,7 @@ mod pod {
     use super::*;
     // SAFETY: all of these are repr(C) plain data with explicit padding.
     unsafe impl aya::Pod for FaultKey {}
+    unsafe impl aya::Pod for StackKey {}
     unsafe impl aya::Pod for FaultStats {}
     unsafe impl aya::Pod for VmaRecord {}
     unsafe impl aya::Pod for AnonVmaMade {}

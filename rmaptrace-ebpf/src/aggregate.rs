@@ -1,7 +1,7 @@
 //! Counting a completed fault: shared by every backend. One per-CPU hash update per
 //! fault (in place after the first), the per-process totals, the VMA description
 //! when it changed, and the optional per-fault ring buffer record.
-use aya_ebpf::{macros::map, maps::PerCpuArray};
+use aya_ebpf::{macros::map, maps::PerCpuArray, programs::tracing::StackIdContext};
 use rmaptrace_common::{
     access, counter, event_kind, key_flags, latency_bucket, vma_status, FaultEvent, FaultKey,
     FaultStats, FaultVmaEvent, ProcStats, UnresolvedFault, VmaInfo, LAT_BUCKETS,
@@ -71,7 +71,7 @@ pub fn completed_slot() -> Option<*mut Completed> {
 /// already in the key). Nothing here calls bpf_find_vma: a second call per program
 /// fails where interrupts are off, and each call site multiplies the verifier's work.
 #[inline(always)]
-pub fn record(vma: Option<&VmaInfo>) {
+pub fn record<C: StackIdContext>(ctx: &C, vma: Option<&VmaInfo>) {
     let Some(c) = completed_slot() else {
         return;
     };
@@ -116,6 +116,9 @@ pub fn record(vma: Option<&VmaInfo>) {
             crate::anon_vma::seen_at_fault(c.key.life, c.now)
         }
         _ => {}
+    }
+    if config().stacks != 0 && added != Added::Full {
+        crate::stacks::count(ctx, &c.key);
     }
     if c.accounted == 0 {
         crate::task::account_fault(c.tid, c.key.tgid, major);

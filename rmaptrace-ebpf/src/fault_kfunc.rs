@@ -15,7 +15,9 @@ use aya_ebpf::{
     helpers::bpf_ktime_get_ns,
     macros::{fentry, fexit, kprobe, kretprobe, map},
     maps::{HashMap, PerCpuArray},
-    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+    programs::{
+        tracing::StackIdContext, FEntryContext, FExitContext, ProbeContext, RetProbeContext,
+    },
 };
 use rmaptrace_common::{access, path_id, vm_flags, vma_status, FaultKey, VmaInfo};
 
@@ -109,7 +111,7 @@ fn on_fault_entry(vma: u64, addr: u64, flags: u64) {
 }
 
 #[inline(always)]
-fn on_fault_exit(ret: u64) {
+fn on_fault_exit<C: StackIdContext>(ctx: &C, ret: u64) {
     let Some((tgid, tid)) = traced_current() else {
         return;
     };
@@ -180,7 +182,7 @@ fn on_fault_exit(ret: u64) {
     c.has_vma = 0;
     c.accounted = 0;
     c.vma = info.vma;
-    aggregate::record(Some(info));
+    aggregate::record(ctx, Some(info));
 }
 
 #[inline(always)]
@@ -241,7 +243,7 @@ pub fn handle_mm_fault_fentry(ctx: FEntryContext) -> i32 {
 #[fexit]
 pub fn handle_mm_fault_fexit(ctx: FExitContext) -> i32 {
     if let Ok(ret) = ctx.ret::<u64>() {
-        on_fault_exit(ret & 0xffff_ffff);
+        on_fault_exit(&ctx, ret & 0xffff_ffff);
     }
     0
 }
@@ -257,7 +259,7 @@ pub fn handle_mm_fault_kprobe(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn handle_mm_fault_kretprobe(ctx: RetProbeContext) -> u32 {
-    on_fault_exit(ctx.ret::<u64>() & 0xffff_ffff);
+    on_fault_exit(&ctx, ctx.ret::<u64>() & 0xffff_ffff);
     0
 }
 

@@ -350,7 +350,7 @@ const TAIL_LOOKUP: u32 = 1;
 /// The second half of a completion: counts the fault that `on_completion` left
 /// in the COMPLETED slot. Never attached; reached by tail call only.
 #[perf_event]
-pub fn fault_record_tail(_ctx: PerfEventContext) -> u32 {
-    aggregate::record(None);
+pub fn fault_record_tail(ctx: PerfEventContext) -> u32 {
+    aggregate::record(&ctx, None);
     0
 }

@@ -10,6 +10,7 @@
 //! | `mmap.rs`   | `syscalls:sys_{enter,exit}_{mmap,munmap,mremap}`, `raw_syscalls` (32-bit) | where each mapping came from |
 //! | `anon_vma.rs` | fexit or kprobe/kretprobe on `__anon_vma_prepare`, `anon_vma_fork`, `anon_vma_clone` | when each VMA's anon_vma was made, and by what |
 //! | `prefill.rs` | fentry/fexit or kprobe/kretprobe on `remap_pfn_range`, `vm_insert_page(s)` | pages an mmap handler installs itself |
+//! | `stacks.rs` | (called by `aggregate.rs` with `--stacks`)        | the user stack of each counted fault, counted per row |
 //! | `task.rs`   | `sched_process_{fork,exec,exit}` (tp_btf)          | follow children, names, the kernel's own fault counters |
 //!
 //! Everything that can be decided in userspace is: these programs only count and copy.
@@ -35,6 +36,8 @@ mod mem;
 mod mmap;
 #[cfg(target_arch = "bpf")]
 mod prefill;
+#[cfg(target_arch = "bpf")]
+mod stacks;
 #[cfg(target_arch = "bpf")]
 mod task;
 #[cfg(target_arch = "bpf")]

@@ -86,7 +86,7 @@ static CONFIG: Config = Config {
     trace_all: 0,
     fault_events: 0,
     match_comms: 0,
-    _pad: 0,
+    stacks: 0,
     self_tgid: 0,
 };
 

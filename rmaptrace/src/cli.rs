@@ -62,6 +62,14 @@ pub struct DemoArgs {
     pub no_tui: bool,
 }
 
+impl TraceArgs {
+    /// Frames of each fault's user stack to record, when stacks are asked for.
+    pub fn stack_depth(&self) -> Option<u32> {
+        (self.stacks || self.folded.is_some() || self.flamegraph.is_some())
+            .then_some(self.stack_depth)
+    }
+}
+
 impl DemoArgs {
     pub fn trace_args(&self) -> TraceArgs {
         TraceArgs {
@@ -97,6 +105,22 @@ pub struct TraceArgs {
     /// How to hook the fault path: fentry, kprobe, tracepoint, or the best available.
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     pub backend: Backend,
+    /// Record the user call stack of every fault (frame-pointer unwinding),
+    /// counted in the kernel per mapping and stack: each mapping's top call
+    /// sites in the export and on the live screen.
+    #[arg(long)]
+    pub stacks: bool,
+    /// Frames of each stack to record, the leaf first (with --stacks).
+    #[arg(long, value_name = "FRAMES", default_value_t = rmaptrace_common::DEFAULT_STACK_DEPTH)]
+    pub stack_depth: u32,
+    /// Write the call sites as folded stacks (one line per process, stack and
+    /// mapping, the mapping as the leaf) for flame graph tools; implies --stacks.
+    #[arg(long, value_name = "PATH")]
+    pub folded: Option<std::path::PathBuf>,
+    /// Write the call sites as an interactive SVG flame graph, the mappings
+    /// coloured by kind; implies --stacks.
+    #[arg(long, value_name = "PATH.svg")]
+    pub flamegraph: Option<std::path::PathBuf>,
     /// Ring buffer size in MiB (a power of two). It is mapped twice into
     /// rmaptrace (records wrap around), so it costs twice this in RSS.
     #[arg(long, default_value_t = 4, value_name = "MIB")]

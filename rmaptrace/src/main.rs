@@ -12,6 +12,7 @@ mod files;
 mod kernel;
 mod model;
 mod session;
+mod symbols;
 mod text;
 mod workload;
 // Live screen and demo.

@@ -26,6 +26,7 @@ use crate::{
     },
     cli::{DemoArgs, TraceArgs},
     export::{
+        call_sites::CallSiteFiles,
         json::{Header, JsonExport, FORMAT_VERSION},
         outputs::Outputs,
         table,
@@ -38,6 +39,7 @@ use crate::{
     },
     model::{
         event::Event,
+        stacks::CallStacks,
         trace::{collect_due, Keep, Trace},
     },
 };
@@ -73,6 +75,7 @@ pub fn probe(backend: Backend) -> Result<i32> {
             fault_events: false,
             match_comms: false,
             ring_bytes: 1 << 20,
+            stack_depth: None,
         },
     )?;
     print!("kernel {}\n{}", kernel_release(), probes.plan.render());
@@ -153,6 +156,13 @@ fn preflight(args: &TraceArgs, procfs: &dyn ProcSource) -> Result<()> {
     if args.events && args.json.is_none() {
         bail!("--events writes one JSON record per fault: add --json PATH");
     }
+    if !(1..=rmaptrace_common::MAX_STACK_DEPTH).contains(&args.stack_depth) {
+        bail!(
+            "--stack-depth must be from 1 to {} frames (the kernel walks no more), not {}",
+            rmaptrace_common::MAX_STACK_DEPTH,
+            args.stack_depth
+        );
+    }
     if !args.ring_mib.is_power_of_two() || args.ring_mib > MAX_RING_MIB {
         bail!(
             "--ring-mib must be a power of two from 1 to {MAX_RING_MIB}, not {}",
@@ -218,10 +228,11 @@ fn run_with(args: TraceArgs, demo: Option<DemoOpts>) -> Result<i32> {
     preflight(&args, &procfs)?;
     // Opened before anything is attached: an unwritable path fails first.
     let json = args.json.as_deref().map(JsonExport::create).transpose()?;
+    let call_sites = CallSiteFiles::create(args.folded.as_deref(), args.flamegraph.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(trace(args, json, demo, started))
+    runtime.block_on(trace(args, json, call_sites, demo, started))
 }
 
 fn drain(ring: &mut RingBuf<MapData>, trace: &mut Trace, out: &mut Outputs) {
@@ -261,6 +272,7 @@ fn attach(
             fault_events: args.events,
             match_comms: !args.comms.is_empty(),
             ring_bytes: args.ring_mib << 20,
+            stack_depth: args.stack_depth(),
         },
     )?;
     log::info!("attached after {:?}", started.elapsed());
@@ -376,6 +388,7 @@ fn report(
 async fn trace(
     args: TraceArgs,
     json: Option<JsonExport>,
+    call_sites: Option<CallSiteFiles>,
     demo: Option<DemoOpts>,
     started: std::time::Instant,
 ) -> Result<i32> {
@@ -392,6 +405,12 @@ async fn trace(
     trace.set_backend(probes.plan.backend, probes.plan.paths);
     trace.set_prefill_observed(crate::bpf::plan::prefill_observed(&probes.plan.rows));
 
+    if let Some(depth) = args.stack_depth() {
+        trace.set_call_stacks(CallStacks::new(
+            Box::new(crate::symbols::ProcessNamer::default()),
+            depth,
+        ));
+    }
     add_targets(&args, &mut probes, &mut trace)?;
     trace.set_swap_in_use(swap_in_use());
 
@@ -400,7 +419,7 @@ async fn trace(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
-    let mut out = Outputs::new(json);
+    let mut out = Outputs::new(json, call_sites);
     out.start(&Header {
         kind: "header",
         format: FORMAT_VERSION,
@@ -556,9 +575,15 @@ async fn trace(
     let ending = std::time::Instant::now();
     drain(ring.get_mut(), &mut trace, &mut out);
     trace.release_snapshot();
+    // The call sites as read after the detach (`--stacks`).
+    let end_stacks = std::cell::Cell::new(None);
     let mut finish = |snap: crate::model::snapshot::Snapshot| {
         drain(ring.get_mut(), &mut trace, &mut out);
         trace.set_snapshot(snap);
+        if let (Some(read), Some(stacks)) = (end_stacks.take(), trace.call_stacks()) {
+            let read: crate::bpf::stacks::StackRead = read;
+            stacks.update(read.counts, read.traces);
+        }
         log::debug!("end: tables read by {:?}", ending.elapsed());
         if swap_in_use() {
             trace.set_swap_in_use(true);
@@ -572,22 +597,32 @@ async fn trace(
         log::debug!("end: summarised and written by {:?}", ending.elapsed());
         out.write(|j| j.write_streamed(&summary));
         out.flush();
+        let call_sites = out.finish_call_sites();
         log::debug!("end: written by {:?}", ending.elapsed());
-        summary
+        (summary, call_sites)
     };
     // Where no process is followed any more and none can join (a tree is
     // followed, not names), nothing changes the tables: the summary is made
     // while the programs detach (a few RCU grace periods each, one after
     // another in the kernel).
-    let summary = if follows_tree && probes.followed()? == 0 {
-        probes.stop_then(finish)?
-    } else {
-        probes.stop();
-        finish(probes.snapshot()?)
-    };
+    // Call sites are read after the detach, beside the tables, so that the
+    // two agree.
+    let (summary, call_sites) =
+        if follows_tree && probes.followed()? == 0 && args.stack_depth().is_none() {
+            probes.stop_then(finish)?
+        } else {
+            probes.stop();
+            let snap = probes.snapshot()?;
+            if args.stack_depth().is_some() {
+                // Every stack read again: the model is the closure's until it ends.
+                end_stacks.set(Some(probes.read_stacks(|_| false)?));
+            }
+            finish(snap)
+        };
     log::debug!("end: programs detached by {:?}", ending.elapsed());
     report(&args, &summary, &end_reason, live.used_tui());
     live_result?;
+    call_sites?;
     if internal_error {
         bail!("{end_reason}: the trace was stopped and its summary written; please report this with the output of `RUST_BACKTRACE=1`");
     }
@@ -629,6 +664,7 @@ fn tick_tables(
     })?;
     let rows = (snap.faults.len(), snap.vmas.len());
     trace.set_snapshot(snap);
+    read_call_stacks(probes, trace)?;
     let read = started.elapsed();
     if sweep {
         let n = trace.mark_unseen_exits(monotonic_ns());
@@ -648,6 +684,7 @@ fn tick_tables(
     }
     let written = started.elapsed();
     let forgotten = probes.forget(&gone)?;
+    forget_call_stacks(probes, trace, &gone)?;
     ticks.freed += forgotten.lifetimes;
     if !forgotten.late.is_empty() {
         log::debug!(
@@ -673,6 +710,35 @@ fn tick_tables(
     );
     live.on_tick(trace);
     log::debug!("model: {}", trace.held());
+    Ok(())
+}
+
+/// The kernel's per-stack counts into the model (`--stacks`), the frames of
+/// stacks not read before with them.
+fn read_call_stacks(probes: &Probes, trace: &mut Trace) -> Result<()> {
+    let Some(stacks) = trace.call_stacks() else {
+        return Ok(());
+    };
+    let read = probes.read_stacks(|id| stacks.knows(id))?;
+    stacks.update(read.counts, read.traces);
+    Ok(())
+}
+
+/// Frees the per-stack counts of what was retired (summarised and written),
+/// and the stacks nothing counted uses any more.
+fn forget_call_stacks(
+    probes: &Probes,
+    trace: &mut Trace,
+    gone: &[crate::model::trace::Retired],
+) -> Result<()> {
+    let Some(stacks) = trace.call_stacks() else {
+        return Ok(());
+    };
+    for g in gone {
+        let lives: Vec<u64> = g.lives.iter().map(|(life, _)| *life).collect();
+        let (keys, ids) = stacks.retire(g.pid, (!g.whole).then_some(&lives[..]));
+        probes.forget_stacks(&keys, &ids)?;
+    }
     Ok(())
 }
 

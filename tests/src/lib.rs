@@ -41,6 +41,44 @@ pub fn temp_json(name: &str) -> PathBuf {
     dir.join(format!("{name}-{n}.json"))
 }
 
+/// The tests' own directory under the system's temporary one.
+pub fn work_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rmaptrace-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs a build tool (gcc, strip) that must succeed; `hint` says how to
+/// install it.
+pub fn run_tool(cmd: &mut Command, hint: &str) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {:?} ({e}): {hint}", cmd.get_program()));
+    assert!(
+        out.status.success(),
+        "{hint}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Builds tests/programs/`source` with gcc and `flags` into the tests'
+/// directory as `name`.
+pub fn build_program(source: &str, name: &str, flags: &[&str], hint: &str) -> PathBuf {
+    let exe = work_dir().join(name);
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("programs")
+        .join(source);
+    run_tool(
+        Command::new("gcc")
+            .args(flags)
+            .arg("-o")
+            .arg(&exe)
+            .arg(&src),
+        hint,
+    );
+    exe
+}
+
 /// Parses an NDJSON export; every line must be valid JSON.
 pub fn read_export(path: &PathBuf) -> Vec<Value> {
     let text =

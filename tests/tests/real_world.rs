@@ -4,8 +4,8 @@
 //! process, a 32-bit process. Each checks the exact row (one mapping lifetime) that
 //! rmaptrace gives every mapping the workload reports.
 use rmaptrace_tests::{
-    bin, find_process, processes, read_export, report_of, require_root, temp_json, trace_workload,
-    wait_for_header, Traced,
+    bin, build_program, find_process, processes, read_export, report_of, require_root, temp_json,
+    trace_workload, wait_for_header, Traced,
 };
 use serde_json::Value;
 use std::{
@@ -471,23 +471,12 @@ fn exec_from_a_threaded_process_is_followed_by_name() {
 
 /// Builds tests/programs/memfd32.c as a static 32-bit program.
 fn build_memfd32() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("rmaptrace-tests-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let exe = dir.join("memfd32");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("programs/memfd32.c");
-    let hint = "gcc -m32 needs the 32-bit C library: run `cargo xtask deps` (gcc-multilib)";
-    let out = Command::new("gcc")
-        .args(["-m32", "-static", "-O1", "-o"])
-        .arg(&exe)
-        .arg(&src)
-        .output()
-        .unwrap_or_else(|e| panic!("running gcc ({e}): {hint}"));
-    assert!(
-        out.status.success(),
-        "{hint}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    exe
+    build_program(
+        "memfd32.c",
+        "memfd32",
+        &["-m32", "-static", "-O1"],
+        "gcc -m32 needs the 32-bit C library: run `cargo xtask deps` (gcc-multilib)",
+    )
 }
 
 #[test]

@@ -24,6 +24,8 @@ pub struct LoadOptions {
     pub fault_events: bool,
     pub match_comms: bool,
     pub ring_bytes: u32,
+    /// Frames of each fault's user stack to record (`--stacks`); None: none.
+    pub stack_depth: Option<u32>,
 }
 
 /// What the load needs from the kernel's BTF, read by btf-rs and kept small: the
@@ -54,6 +56,8 @@ pub struct Probes {
     pub plan: Plan,
     /// How many lifetimes the lifetime table (`VMAS`) holds.
     pub lifetime_capacity: u32,
+    /// Frames per stack in the stack table (1 without `--stacks`).
+    pub stack_depth: u32,
 }
 
 /// Offsets of the syscall tracepoint records, from tracefs.
@@ -402,11 +406,23 @@ impl Probes {
             trace_all: opts.trace_all as u8,
             fault_events: opts.fault_events as u8,
             match_comms: opts.match_comms as u8,
-            _pad: 0,
+            stacks: opts.stack_depth.is_some() as u8,
             self_tgid: std::process::id(),
         };
         let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
         let (fault_rows, vma_rows) = table_sizes();
+        // Without --stacks the stack tables hold one entry: their memory is
+        // the kernel's, taken at load.
+        let (stack_entries, stack_rows) = match opts.stack_depth {
+            Some(_) => stack_table_sizes(),
+            None => (1, 1),
+        };
+        let object = match opts.stack_depth {
+            Some(depth) => {
+                std::borrow::Cow::Owned(super::stacks::with_stack_depth(super::EBPF_OBJECT, depth)?)
+            }
+            None => std::borrow::Cow::Borrowed(super::EBPF_OBJECT),
+        };
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))
             .override_global("OFFSETS", &offsets, true)
@@ -415,7 +431,9 @@ impl Probes {
             .map_max_entries("FAULTS", fault_rows)
             .map_max_entries("VMAS", vma_rows)
             .map_max_entries("TRACED", traced_rows())
-            .load(super::EBPF_OBJECT)
+            .map_max_entries("STACKS", stack_entries)
+            .map_max_entries("STACK_COUNTS", stack_rows)
+            .load(&object)
             .context("loading the eBPF object")?;
 
         let mut a = Attacher {
@@ -521,6 +539,9 @@ impl Probes {
             ebpf,
             plan,
             lifetime_capacity: vma_rows,
+            stack_depth: opts
+                .stack_depth
+                .unwrap_or(rmaptrace_common::MAX_STACK_DEPTH),
         })
     }
 
@@ -663,6 +684,13 @@ fn table_sizes() -> (u32, u32) {
 /// Processes followed at once. RMAPTRACE_TRACED_ENTRIES (a test hook) makes it
 /// small, so that a test can show a fork storm longer than the table is followed
 /// to its end: entries leave with their process.
+/// Distinct stacks (the kernel's table: one stack per hash slot, so it is
+/// kept well above the stacks a trace holds at once; a stack whose slot is
+/// taken is lost, and counted) and (row, stack) counts.
+fn stack_table_sizes() -> (u32, u32) {
+    (32768, 65536)
+}
+
 fn traced_rows() -> u32 {
     std::env::var("RMAPTRACE_TRACED_ENTRIES")
         .ok()

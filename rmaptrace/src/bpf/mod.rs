@@ -7,6 +7,7 @@ pub mod events;
 pub mod loader;
 pub mod plan;
 pub mod snapshot;
+pub mod stacks;
 
 /// The eBPF object built by build.rs; empty when built without the eBPF toolchain.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/rmaptrace"));

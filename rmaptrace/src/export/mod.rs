@@ -1,5 +1,8 @@
 //! Outputs of a trace: the NDJSON export, the records written to it as the
 //! trace runs, and the end-of-trace table.
+pub mod call_sites;
+pub mod flamegraph;
+pub mod folded;
 pub mod json;
 pub mod outputs;
 pub mod table;

@@ -3,7 +3,10 @@
 //! and closed on the first failed write.
 use anyhow::Result;
 
-use super::json::{Header, JsonExport};
+use super::{
+    call_sites::CallSiteFiles,
+    json::{Header, JsonExport},
+};
 use crate::model::{
     summary::{ProcessSummary, VmaSummary},
     syscalls::MmapRecord,
@@ -17,11 +20,25 @@ pub struct Outputs {
     json: Option<JsonExport>,
     /// Why the export failed, once it did.
     pub failed: Option<String>,
+    /// `--folded`, `--flamegraph`: fed with each mapping as it is written.
+    call_sites: Option<CallSiteFiles>,
 }
 
 impl Outputs {
-    pub fn new(json: Option<JsonExport>) -> Self {
-        Outputs { json, failed: None }
+    pub fn new(json: Option<JsonExport>, call_sites: Option<CallSiteFiles>) -> Self {
+        Outputs {
+            json,
+            failed: None,
+            call_sites,
+        }
+    }
+
+    /// Writes the call site files, once every mapping went through.
+    pub fn finish_call_sites(&mut self) -> Result<()> {
+        match self.call_sites.take() {
+            Some(files) => files.finish(),
+            None => Ok(()),
+        }
     }
 
     /// Puts the export in place and writes its header, the sign for readers
@@ -51,6 +68,17 @@ impl Outputs {
     /// its mappings described one at a time as they are written: a process
     /// with 200k mappings is never held whole.
     pub fn process(&mut self, p: &ProcessSummary, vmas: &mut dyn Iterator<Item = VmaSummary>) {
+        let Some(mut sites) = self.call_sites.take() else {
+            return self.process_json(p, vmas);
+        };
+        let mut tapped = vmas.inspect(|v| sites.add(&p.comm, v));
+        self.process_json(p, &mut tapped);
+        // What the export did not read: there is none, or it failed.
+        tapped.for_each(drop);
+        self.call_sites = Some(sites);
+    }
+
+    fn process_json(&mut self, p: &ProcessSummary, vmas: &mut dyn Iterator<Item = VmaSummary>) {
         if p.vmas.len() + p.vmas_dropped < PIPELINED_FROM {
             self.write(|json| json.write_streamed(&ProcessLine::new(p, vmas)));
             return;
@@ -88,6 +116,16 @@ impl Outputs {
     /// time as they are written; the process's own record comes later and
     /// counts them in its sums.
     pub fn mappings(&mut self, pid: u32, comm: &str, vmas: &mut dyn Iterator<Item = VmaSummary>) {
+        let Some(mut sites) = self.call_sites.take() else {
+            return self.mappings_json(pid, comm, vmas);
+        };
+        let mut tapped = vmas.inspect(|v| sites.add(comm, v));
+        self.mappings_json(pid, comm, &mut tapped);
+        tapped.for_each(drop);
+        self.call_sites = Some(sites);
+    }
+
+    fn mappings_json(&mut self, pid: u32, comm: &str, vmas: &mut dyn Iterator<Item = VmaSummary>) {
         self.write(|json| {
             json.write_streamed(&MappingsLine {
                 kind: "mappings",

@@ -9,6 +9,7 @@ pub mod origins;
 pub mod path;
 pub mod small_map;
 pub mod snapshot;
+pub mod stacks;
 pub mod summary;
 pub mod syscalls;
 pub mod trace;

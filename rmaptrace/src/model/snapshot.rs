@@ -412,6 +412,12 @@ pub struct Counters {
     /// kprobe calls whose argument was not kept): their `anon_vma.by` is
     /// `unknown`.
     pub anon_made_table_full: u64,
+    /// `--stacks`: faults whose user stack was not stored (its slot in the
+    /// stack table held another stack, or no user stack could be walked),
+    /// and whose (row, stack) count could not be (the table was full). They
+    /// are counted in their rows all the same.
+    pub stacks_lost: u64,
+    pub stack_rows_full: u64,
 }
 
 impl Counters {
@@ -437,6 +443,8 @@ impl Counters {
             lifetimes_split: at(counter::LIFE_SPLIT),
             prefill_table_full: at(counter::PREFILL_TABLE_FULL),
             anon_made_table_full: at(counter::ANON_MADE_FULL),
+            stacks_lost: at(counter::STACK_LOST),
+            stack_rows_full: at(counter::STACK_ROWS_FULL),
         }
     }
 
@@ -453,6 +461,7 @@ impl Counters {
             ("DO_MMAP_ARGS", self.mmap_args_table_full),
             ("PREFILL", self.prefill_table_full),
             ("ANON_MADE", self.anon_made_table_full),
+            ("STACK_COUNTS", self.stack_rows_full),
         ]
         .into_iter()
         .filter(|(_, n)| *n > 0)

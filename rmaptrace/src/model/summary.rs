@@ -105,6 +105,9 @@ pub struct VmaSummary {
     pub latency_ns: Latency,
     /// Time inside `vm_ops->fault`, where the backend probes `__do_fault`.
     pub handler_time: Option<HandlerTime>,
+    /// The user call sites of its faults, the busiest first (`--stacks`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stacks: Vec<super::stacks::CallSite>,
     #[serde(skip)]
     pub start_addr: u64,
     #[serde(skip)]
@@ -225,6 +228,19 @@ impl Summary {
                     .flatten()
                 {
                     esc(s);
+                }
+                for site in &mut v.stacks {
+                    if site
+                        .frames
+                        .iter()
+                        .any(|f| matches!(crate::text::visible(f), std::borrow::Cow::Owned(_)))
+                    {
+                        site.frames = site
+                            .frames
+                            .iter()
+                            .map(|f| crate::text::visible(f).into_owned())
+                            .collect();
+                    }
                 }
             }
         }

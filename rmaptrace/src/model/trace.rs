@@ -1,6 +1,7 @@
 //! The state of one trace: what the ring buffer told (mappings, names, exits) plus
 //! the latest snapshot of the in-kernel counts, and the attribution that joins them.
 use std::{
+    cell::RefCell,
     collections::{BTreeMap, HashMap},
     num::NonZeroU64,
     sync::Arc,
@@ -20,6 +21,7 @@ use super::{
     path,
     small_map::SmallMap,
     snapshot::{row_life, FaultTotals, Files, Lifetime, Snapshot, Vma},
+    stacks::CallStacks,
     summary::{
         AnonVma, FaultCounts, HandlerTime, KernelCounts, Latency, ProcessSummary, Setup, Summary,
         Totals, VmaSummary,
@@ -181,6 +183,10 @@ pub struct Trace {
     unnamed: std::collections::HashSet<u64>,
     /// Calls seen that unmapped something.
     unmaps_seen: u64,
+    /// The call sites of each mapping (`--stacks`). In a cell: mappings are
+    /// described through `&self`, and naming a stack's frames reads and
+    /// caches the binaries the process mapped.
+    stacks: Option<RefCell<CallStacks>>,
 }
 
 /// Kernel rows to free: of a process retired by [`Trace::retire_exited`]
@@ -401,7 +407,17 @@ impl Trace {
             prefill_observed: false,
             unnamed: Default::default(),
             unmaps_seen: 0,
+            stacks: None,
         }
+    }
+
+    /// Collects call sites from now on (`--stacks`).
+    pub fn set_call_stacks(&mut self, stacks: CallStacks) {
+        self.stacks = Some(RefCell::new(stacks));
+    }
+
+    pub fn call_stacks(&mut self) -> Option<&mut CallStacks> {
+        self.stacks.as_mut().map(RefCell::get_mut)
     }
 
     /// Whether swap was in use during the trace (derived paths depend on it).
@@ -752,6 +768,7 @@ impl Trace {
             end_addr: u.end,
             key: u.ts_ns,
             latency_hist: Default::default(),
+            stacks: Vec::new(),
         }
     }
 
@@ -807,6 +824,9 @@ impl Trace {
                 let comm = c_str(&t.comm);
                 match t.header.kind {
                     event_kind::EXEC => {
+                        if let Some(s) = self.call_stacks() {
+                            s.namer().exec(t.header.tgid, t.header.ts_ns);
+                        }
                         self.unmaps_seen += 1;
                         let st = self.state_mut(t.header.tgid, t.header.ts_ns);
                         st.comm = comm;
@@ -825,6 +845,9 @@ impl Trace {
                         // A forked child has copies of its parent's mappings, so
                         // it inherits their origins too.
                         let parent = t.header.tgid;
+                        if let Some(s) = self.call_stacks() {
+                            s.namer().fork(parent, t.other);
+                        }
                         let origins = match self.newborn.get_mut(&parent) {
                             Some(p) => p.origins.fork(),
                             None => self
@@ -958,6 +981,12 @@ impl Trace {
         let mut rec = self.mmap_record(&enter, "mmap", m.ret);
         rec.ts_ns = h.ts_ns;
         rec.error = syscalls::syscall_error(m.ret);
+        const PROT_EXEC: u64 = 4;
+        if rec.error.is_none() && enter.args[2] & PROT_EXEC != 0 {
+            if let Some(s) = self.call_stacks() {
+                s.namer().mapped_code(h.tgid);
+            }
+        }
         if rec.error.is_none() {
             // /proc/PID/maps names mount points and pseudo files best; the
             // kernel's dentry walk still names files of processes already gone.
@@ -1303,19 +1332,31 @@ impl Trace {
         let info = life.map(|(_, r)| &r.info);
         let kind = sp.kind;
         let vm_flags = info.map_or(0, |i| i.vm_flags);
+        let name = |acc: u8, path_id: u8, major: bool| {
+            path::observed_name(path_id)
+                .unwrap_or_else(|| path::derive(kind, vm_flags, acc, major, self.swap_in_use))
+        };
         for ((acc, path_id), t) in rows {
             totals.merge(t);
-            let name = |major| {
-                path::observed_name(*path_id)
-                    .unwrap_or_else(|| path::derive(kind, vm_flags, *acc, major, self.swap_in_use))
-            };
             if t.minor > 0 {
-                *paths.entry_or_default(name(false)) += t.minor;
+                *paths.entry_or_default(name(*acc, *path_id, false)) += t.minor;
             }
             if t.major > 0 {
-                *paths.entry_or_default(name(true)) += t.major;
+                *paths.entry_or_default(name(*acc, *path_id, true)) += t.major;
             }
         }
+        // A stack's path is its row's: a row of major faults only (swap-ins,
+        // reads from disk) has the major path.
+        let stacks = self.stacks.as_ref().map_or_else(Vec::new, |s| {
+            let (life, at_ns) = life.map_or((0, u64::MAX), |(id, r)| (id, r.first_ns));
+            s.borrow_mut().sites(pid, life, at_ns, |k| {
+                let major = rows
+                    .iter()
+                    .find(|((acc, path_id), _)| (*acc, *path_id) == (k.access, k.path))
+                    .is_some_and(|(_, t)| t.minor == 0 && t.major > 0);
+                name(k.access, k.path, major)
+            })
+        });
         let (handler, module) = info
             .map(|i| self.handler_of(i.fault_fn.addr()))
             .unwrap_or((None, None));
@@ -1377,6 +1418,7 @@ impl Trace {
             end_addr: vm_end,
             key: life.map(|(id, _)| id).unwrap_or(0),
             latency_hist: totals.hist,
+            stacks,
         }
     }
 

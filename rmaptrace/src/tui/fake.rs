@@ -93,6 +93,17 @@ fn vma(
         end_addr: start + pages * 4096,
         key: start,
         latency_hist: hist(lat),
+        stacks: Vec::new(),
+    }
+}
+
+/// A call site of `--stacks`, frames leaf first.
+fn site(frames: &[&str], path: &'static str, count: u64) -> crate::model::stacks::CallSite {
+    crate::model::stacks::CallSite {
+        frames: frames.iter().map(|f| f.to_string()).collect(),
+        path,
+        count,
+        truncated: false,
     }
 }
 
@@ -120,16 +131,27 @@ pub fn summary() -> Summary {
         ended_late: 0,
         written: false,
         vmas: vec![
-            vma(
-                0x7f30_11cd_c000,
-                1000,
-                "rw-p",
-                "anon",
-                None,
-                None,
-                &[("do_anonymous_page", 800), ("do_wp_page", 200)],
-                &[(2000, 900), (5000, 100)],
-            ),
+            VmaSummary {
+                stacks: vec![
+                    site(&["memset", "load_table", "main"], "do_anonymous_page", 700),
+                    site(&["parse_row", "load_table", "main"], "do_wp_page", 200),
+                    site(
+                        &["memset", "init_cache", "worker", "start_thread"],
+                        "do_anonymous_page",
+                        100,
+                    ),
+                ],
+                ..vma(
+                    0x7f30_11cd_c000,
+                    1000,
+                    "rw-p",
+                    "anon",
+                    None,
+                    None,
+                    &[("do_anonymous_page", 800), ("do_wp_page", 200)],
+                    &[(2000, 900), (5000, 100)],
+                )
+            },
             vma(
                 0x7f89_b03b_1000,
                 3,

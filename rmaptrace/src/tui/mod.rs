@@ -14,7 +14,7 @@ mod terminal;
 mod tree;
 
 #[cfg(test)]
-mod fake;
+pub(crate) mod fake;
 
 use std::{collections::BTreeMap, sync::Arc, thread::JoinHandle, time::Duration};
 

@@ -144,6 +144,22 @@ fn story(v: &VmaSummary) -> Vec<Line<'static>> {
             format!("{} calls, {} on average", h.calls, ns(Some(h.mean_ns))),
         ));
     }
+    for (i, site) in v.stacks.iter().take(CALL_SITES).enumerate() {
+        lines.push(step(
+            if i == 0 { "called from" } else { "" },
+            format!("{:>8}  {}", site.count, call_chain(site)),
+        ));
+    }
+    if v.stacks.len() > CALL_SITES {
+        let rest: u64 = v.stacks[CALL_SITES..].iter().map(|s| s.count).sum();
+        lines.push(step(
+            "",
+            format!(
+                "{rest:>8}  from {} other call sites (all in --json, --folded)",
+                v.stacks.len() - CALL_SITES
+            ),
+        ));
+    }
     lines.push(step(
         "unmapped",
         match v.unmapped_ns {
@@ -152,6 +168,25 @@ fn story(v: &VmaSummary) -> Vec<Line<'static>> {
         },
     ));
     lines
+}
+
+/// Call sites listed per mapping; the rest are summed in one line.
+const CALL_SITES: usize = 5;
+/// Frames of a call site shown, the leaf first.
+const CHAIN_FRAMES: usize = 4;
+
+/// `leaf ← caller ← ...` and the kernel path, as much as one line holds.
+fn call_chain(site: &crate::model::stacks::CallSite) -> String {
+    let mut chain: Vec<&str> = site
+        .frames
+        .iter()
+        .take(CHAIN_FRAMES)
+        .map(String::as_str)
+        .collect();
+    if site.frames.len() > CHAIN_FRAMES || site.truncated {
+        chain.push("…");
+    }
+    format!("{}  ({})", chain.join(" ← "), site.path)
 }
 
 /// What made the anon_vma, when, and after how many of the mapping's faults.
