@@ -3,7 +3,8 @@
 //!
 //! Layout: `kernel/` reads what the running kernel says about itself, `bpf/` loads
 //! and talks to the eBPF programs (rmaptrace-ebpf), `model/` does the attribution
-//! (no kernel access, unit-tested), `export/` writes JSON and tables, `session`
+//! (no kernel access, unit-tested), `symbols/` names user stack frames from the
+//! files a process mapped, `export/` writes JSON, tables and flame graphs, `session`
 //! wires them together for one run, `workload/` holds scenarios with known answers.
 mod bpf;
 mod cli;

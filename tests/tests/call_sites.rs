@@ -35,6 +35,13 @@ fn build() -> (PathBuf, PathBuf) {
         .clone()
 }
 
+/// Seconds the program lives on after its faults: rmaptrace notes what a
+/// process maps while it runs (at exec, at each executable mmap, at the
+/// first read of its stacks, every 500 ms), and a program that exits within
+/// a few milliseconds may be gone before any of those (its frames are then
+/// addresses, as README says).
+const LIVE: &str = "1";
+
 fn fresh(name: &str) -> PathBuf {
     let p = temp_json(name).with_extension("");
     let _ = std::fs::remove_file(&p);
@@ -152,7 +159,7 @@ fn cases(r: &Run) -> [(u64, &'static str, u64); 3] {
 fn each_function_is_above_its_own_mapping_with_its_exact_count() {
     let (exe, _) = build();
     let data = fresh("callsites-data");
-    let r = trace(&[exe.as_os_str(), data.as_os_str()], &[]);
+    let r = trace(&[exe.as_os_str(), data.as_os_str(), LIVE.as_ref()], &[]);
     for (start, function, pages) in cases(&r) {
         let row = row(&r, start);
         assert_eq!(row["faults"], pages, "{row}");
@@ -194,7 +201,10 @@ fn each_function_is_above_its_own_mapping_with_its_exact_count() {
 fn a_stripped_binary_shows_module_and_offset_frames() {
     let (_, stripped) = build();
     let data = fresh("callsites-data");
-    let r = trace(&[stripped.as_os_str(), data.as_os_str()], &[]);
+    let r = trace(
+        &[stripped.as_os_str(), data.as_os_str(), LIVE.as_ref()],
+        &[],
+    );
     for (start, function, pages) in cases(&r) {
         let label = mapping_label(row(&r, start));
         let lines: Vec<&(Vec<String>, u64)> = r
@@ -222,7 +232,7 @@ fn a_program_that_exits_before_the_trace_ends_is_still_named() {
     let (exe, _) = build();
     let data = fresh("callsites-data");
     // It exits while the shell sleeps on; its stacks are named at the end.
-    let script = format!("{} {}; sleep 1", exe.display(), data.display());
+    let script = format!("{} {} {LIVE}; sleep 1", exe.display(), data.display());
     let r = trace(
         &["sh".as_ref(), "-c".as_ref(), script.as_ref()],
         &["--stack-depth", "32"],

@@ -29,6 +29,9 @@ fn version_and_help() {
         "--events",
         "--duration",
         "--no-tui",
+        "--stacks",
+        "--folded",
+        "--flamegraph",
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
     }
@@ -325,6 +328,40 @@ fn input_bounds_are_refused_before_anything_starts() {
             "--duration must be a number of seconds",
         ),
         (vec!["--no-tui", "--", not_exec], "is not executable"),
+        (
+            vec![
+                "--no-tui",
+                "--stacks",
+                "--stack-depth",
+                "128",
+                "--",
+                "echo",
+                "started",
+            ],
+            "--stack-depth must be from 1 to 127 frames",
+        ),
+        (
+            vec![
+                "--no-tui",
+                "--folded",
+                "/proc/version/x.folded",
+                "--",
+                "echo",
+                "started",
+            ],
+            "choose a writable path with --folded",
+        ),
+        (
+            vec![
+                "--no-tui",
+                "--flamegraph",
+                "/proc/version/x.svg",
+                "--",
+                "echo",
+                "started",
+            ],
+            "choose a writable path with --flamegraph",
+        ),
         (
             vec!["workload", "anon-write", "--pages", "4503599627370497"],
             "--pages must be at most",

@@ -25,6 +25,7 @@ enum Mode {
     Untraced,
     Rmaptrace,
     RmaptraceEvents,
+    RmaptraceStacks,
     Bpftrace,
 }
 
@@ -34,6 +35,7 @@ impl Mode {
             Mode::Untraced => "untraced",
             Mode::Rmaptrace => "rmaptrace",
             Mode::RmaptraceEvents => "rmaptrace --events",
+            Mode::RmaptraceStacks => "rmaptrace --stacks",
             Mode::Bpftrace => "bpftrace one-liner",
         }
     }
@@ -52,6 +54,8 @@ struct Sample {
     faults: u64,
     events_lost: Option<u64>,
     attach_ms: Option<f64>,
+    /// `--stacks`: frames per recorded stack, weighted by faults.
+    stack_frames: Option<f64>,
 }
 
 struct Tracer {
@@ -92,13 +96,19 @@ fn start_tracer(mode: Mode, bin: &Path) -> Result<Option<Tracer>> {
     let started = Instant::now();
     match mode {
         Mode::Untraced => Ok(None),
-        Mode::Rmaptrace | Mode::RmaptraceEvents => {
+        Mode::Rmaptrace | Mode::RmaptraceEvents | Mode::RmaptraceStacks => {
             let json = bench_dir().join("run.json");
             let _ = std::fs::remove_file(&json);
             let mut cmd = Command::new(bin);
             cmd.args(["--no-tui", "--json"]).arg(&json);
-            if mode == Mode::RmaptraceEvents {
-                cmd.arg("--events");
+            match mode {
+                Mode::RmaptraceEvents => {
+                    cmd.arg("--events");
+                }
+                Mode::RmaptraceStacks => {
+                    cmd.arg("--stacks");
+                }
+                _ => {}
             }
             let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
             wait_for_header(&json, Duration::from_secs(30))?;
@@ -227,9 +237,28 @@ fn measure(mode: Mode, bin: &Path, workload: &str, faults: u64) -> Result<Sample
         if let Some(json) = t.json {
             let summary: Value = serde_json::from_str(&last_line(&json)?)?;
             sample.events_lost = summary["events_lost"].as_u64();
+            if mode == Mode::RmaptraceStacks {
+                sample.stack_frames = frames_per_stack(&json)?;
+            }
         }
     }
     Ok(sample)
+}
+
+/// Frames per recorded stack in an export, weighted by the faults of each.
+fn frames_per_stack(json: &Path) -> Result<Option<f64>> {
+    let (mut frames, mut faults) = (0.0, 0.0);
+    for line in std::fs::read_to_string(json)?.lines() {
+        let v: Value = serde_json::from_str(line)?;
+        for row in v["vmas"].as_array().into_iter().flatten() {
+            for site in row["stacks"].as_array().into_iter().flatten() {
+                let n = site["count"].as_f64().unwrap_or(0.0);
+                frames += n * site["frames"].as_array().map_or(0, Vec::len) as f64;
+                faults += n;
+            }
+        }
+    }
+    Ok((faults > 0.0).then(|| frames / faults))
 }
 
 /// Stops a tracer with SIGINT, as a user would; again after 30 s if it runs
@@ -435,7 +464,12 @@ fn round_ratios(runs: &[Paired], workload: &str, of: Mode, over: Mode) -> Vec<f6
 
 fn run_all(bin: &Path, faults: u64, reps: usize) -> Result<()> {
     let started = Instant::now();
-    let traced = [Mode::Rmaptrace, Mode::RmaptraceEvents, Mode::Bpftrace];
+    let traced = [
+        Mode::Rmaptrace,
+        Mode::RmaptraceEvents,
+        Mode::RmaptraceStacks,
+        Mode::Bpftrace,
+    ];
     let mut runs: Vec<Paired> = Vec::new();
     for rep in 0..reps {
         for workload in WORKLOADS {
@@ -520,6 +554,17 @@ fn run_all(bin: &Path, faults: u64, reps: usize) -> Result<()> {
             "{:<13} --events overhead / default overhead, per round: {}\n",
             workload,
             spread(&mut events, 2)
+        ));
+        let mut stacks = round_ratios(&runs, workload, Mode::RmaptraceStacks, Mode::Rmaptrace);
+        let mut frames: Vec<f64> = of(Mode::RmaptraceStacks)
+            .iter()
+            .filter_map(|p| p.sample.stack_frames)
+            .collect();
+        table.push_str(&format!(
+            "{:<13} --stacks overhead / default overhead, per round: {} ({} frames per stack)\n",
+            workload,
+            spread(&mut stacks, 2),
+            spread(&mut frames, 1)
         ));
     }
     // Per program, as bpftop shows it: ns per run over every run of the bench.

@@ -1,7 +1,7 @@
 //! Checks the guest's serial log: the exact answer for each scenario's mapping on
 //! each backend (the table shared with the host tests, rmaptrace_tests::expect),
 //! the driver's three modes, and no kernel or verifier trouble.
-use anyhow::Result;
+use anyhow::{Context, Result};
 use rmaptrace_tests::expect::check_result;
 use serde_json::Value;
 
@@ -130,9 +130,63 @@ pub fn check(lines: &[String], opts: &Options, n: usize, kernel: &str) -> Result
             }
         }
     }
+    match check_call_sites(lines) {
+        Ok(()) => {
+            eprintln!("PASS {kernel} default call-sites");
+            passes += 1;
+        }
+        Err(e) => {
+            eprintln!("FAIL {kernel} default call-sites: {e:#}");
+            failures += 1;
+        }
+    }
     // The plain closing line CI reads, like cargo test's own.
     println!("guest {kernel}: {passes} passed, {failures} failed");
     Ok(failures)
+}
+
+/// `--stacks` in the guest (tests/programs/callsites.c): each function right
+/// above its own kind of mapping in the folded stacks, with exactly the pages
+/// it touched.
+fn check_call_sites(lines: &[String]) -> Result<()> {
+    let result = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("RMAPTRACE-STACKS "))
+        .context("no call sites result from the guest")?;
+    let result: Value = serde_json::from_str(result)?;
+    if result["rc"] != 0 {
+        anyhow::bail!("rmaptrace --folded failed: {result}");
+    }
+    let report = &result["report"];
+    let folded: Vec<(&str, u64)> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("RMAPTRACE-FOLDED "))
+        .filter_map(|l| {
+            let (stack, n) = l.rsplit_once(' ')?;
+            Some((stack, n.parse().ok()?))
+        })
+        .collect();
+    for (function, kind, pages) in [
+        ("touch_anon", "anon", "anon_pages"),
+        ("touch_shared", "shmem", "shared_pages"),
+        ("write_file_copy", "file", "file_pages"),
+    ] {
+        let want = report[pages]
+            .as_u64()
+            .with_context(|| format!("no {pages} in the report: {report}"))?;
+        let leaf = format!(";main;{function};[{kind} ");
+        let got: u64 = folded
+            .iter()
+            .filter(|(stack, _)| stack.contains(&leaf))
+            .map(|(_, n)| n)
+            .sum();
+        if got != want {
+            anyhow::bail!(
+                "{function} above its {kind} mapping: {got} faults, want {want}: {folded:?}"
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -212,6 +212,19 @@ fn compat32_program() -> Result<PathBuf> {
     Ok(exe)
 }
 
+/// tests/programs/callsites.c, static, with frame pointers: the guest's
+/// call sites check (`--stacks`).
+fn callsites_program() -> Result<PathBuf> {
+    let src = workspace_root().join("tests/programs/callsites.c");
+    let exe = vm_dir().join("callsites");
+    run(Command::new("gcc")
+        .args(["-static", "-O0", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&exe)
+        .arg(&src))
+    .context("building the call sites test program: run `cargo xtask deps` (gcc)")?;
+    Ok(exe)
+}
+
 /// Static rmaptrace (with its eBPF object) for the guest's musl-free userland.
 fn rmaptrace_static() -> Result<PathBuf> {
     const TARGET: &str = "x86_64-unknown-linux-musl";
@@ -290,12 +303,18 @@ impl Cpio {
     }
 }
 
+/// The C programs the guest runs besides rmaptrace's own workloads.
+struct TestPrograms {
+    compat32: PathBuf,
+    callsites: PathBuf,
+}
+
 fn initramfs(
     opts: &Options,
     kernel: &str,
     rmaptrace: &Path,
     ko: &Path,
-    compat32: &Path,
+    programs: &TestPrograms,
 ) -> Result<PathBuf> {
     let busybox = Path::new("/bin/busybox");
     if !busybox.is_file() {
@@ -321,7 +340,8 @@ fn initramfs(
     c.file("bin/busybox", 0o755, busybox)?;
     c.file("rmaptrace", 0o755, rmaptrace)?;
     c.file("rmapdemo.ko", 0o644, ko)?;
-    c.file("memfd32", 0o755, compat32)?;
+    c.file("memfd32", 0o755, &programs.compat32)?;
+    c.file("callsites", 0o755, &programs.callsites)?;
     c.entry("guest.conf", 0o100644, (0, 0), conf.as_bytes());
     let path = vm_dir().join(format!("initramfs-{kernel}.cpio"));
     fs::write(&path, c.finish())?;
@@ -479,12 +499,15 @@ pub fn vm_test(opts: &Options) -> Result<()> {
     } else {
         fs::create_dir_all(vm_dir())?;
         let rmaptrace = rmaptrace_static()?;
-        let compat32 = compat32_program()?;
+        let programs = TestPrograms {
+            compat32: compat32_program()?,
+            callsites: callsites_program()?,
+        };
         for (name, abi) in &kernels {
             let started = Instant::now();
             let kernel = kernel(abi)?;
             let ko = module(&headers(abi)?, name)?;
-            let initrd = initramfs(opts, name, &rmaptrace, &ko, &compat32)?;
+            let initrd = initramfs(opts, name, &rmaptrace, &ko, &programs)?;
             let prepared = started.elapsed();
             eprintln!("xtask vm: booting Linux {abi}");
             let log = serial_log(name);

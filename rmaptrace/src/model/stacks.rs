@@ -67,6 +67,10 @@ pub struct CallStacks {
     freed: HashSet<u32>,
     /// Counts whose stack is not known for that reason.
     untrusted: HashSet<StackKey>,
+    /// (process, stack id) pairs whose process was asked to note its
+    /// mappings: once each, as frames no mapping covers (a frame pointer
+    /// chain gone astray) would otherwise have /proc read at every tick.
+    captured: HashSet<(u32, u32)>,
     /// Names given, by process, lifetime and stack id (a pid's stack ids
     /// before and after an exec are of two programs).
     named: HashMap<(u32, u64, u32), Arc<[String]>>,
@@ -81,6 +85,7 @@ impl CallStacks {
             by_life: HashMap::new(),
             freed: HashSet::new(),
             untrusted: HashSet::new(),
+            captured: HashSet::new(),
             named: HashMap::new(),
         }
     }
@@ -100,7 +105,6 @@ impl CallStacks {
         for (id, ips) in traces {
             self.traces.insert(id, ips.into());
         }
-        let mut captured = HashSet::new();
         self.by_life.clear();
         for (key, n) in counts {
             let sk = key;
@@ -108,10 +112,8 @@ impl CallStacks {
                 self.untrusted.insert(sk);
             }
             let pid = key.row.tgid;
-            if captured.insert((pid, key.stack_id))
-                && !self.named.contains_key(&(pid, key.row.life, key.stack_id))
-            {
-                if let Some(ips) = self.traces.get(&key.stack_id) {
+            if let Some(ips) = self.traces.get(&key.stack_id) {
+                if self.captured.insert((pid, key.stack_id)) {
                     self.namer.capture(pid, ips);
                 }
             }
@@ -225,6 +227,8 @@ impl CallStacks {
         for id in &ids {
             self.freed.insert(*id);
         }
+        self.captured
+            .retain(|(p, id)| !ids.contains(id) && (*p != pid || lives.is_some()));
         self.named.retain(|(p, life, id), _| {
             !ids.contains(id) && (*p != pid || lives.is_some_and(|l| !l.contains(life)))
         });
