@@ -760,6 +760,10 @@ pub struct KernelOffsets {
     /// `task_struct.group_leader` and `task_struct.start_time`.
     pub task_group_leader: u32,
     pub task_start_time: u32,
+    /// `task_struct.pagefault_disabled`: a kernel-mode exception taken while
+    /// it is set is fixed up without handle_mm_fault (copy_from_user_nmi, as
+    /// in a perf callchain walk of the user stack).
+    pub task_pagefault_disabled: u32,
     /// `vm_area_struct.anon_vma`.
     pub vma_anon_vma: u32,
     /// Offset of the first syscall argument in a `syscalls:sys_enter_*` record and of

@@ -24,8 +24,8 @@ use rmaptrace_common::{
 use crate::{
     aggregate::{self, Completed},
     maps::{
-        bump, bump_mm_gen, current_mm, known_untraced, mm_gen, off, traced_current, traced_thread,
-        THREADS,
+        bump, bump_mm_gen, current_mm, current_task_field, known_untraced, mm_gen, off,
+        traced_current, traced_thread, THREADS,
     },
     task, vma,
 };
@@ -50,6 +50,13 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
     let address: u64 = ctx.arg(0);
     if kernel_mode && address >> 63 != 0 {
         return; // a fault on a kernel address: not the process's memory
+    }
+    // With page faults disabled the kernel fixes the access up at once,
+    // without handle_mm_fault: never a fault. A user stack walk for
+    // --stacks (inside the completion) takes such exceptions on frame
+    // pointers gone astray, and would otherwise leave a bogus fault in flight.
+    if kernel_mode && current_task_field::<i32>(off!(task_pagefault_disabled)) > 0 {
+        return;
     }
     let Some((tgid, tid, mut thread)) = traced_thread() else {
         return;

@@ -58,6 +58,7 @@ pub(crate) static OFFSETS: KernelOffsets = KernelOffsets {
     signal_live: 0,
     task_group_leader: 0,
     task_start_time: 0,
+    task_pagefault_disabled: 0,
     vma_anon_vma: 0,
     syscall_args: 0,
     syscall_ret: 0,

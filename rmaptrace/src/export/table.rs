@@ -41,6 +41,18 @@ pub fn render(s: &Summary, max_procs: usize, max_vmas: usize) -> String {
             .map(|r| format!("; ended: {r}"))
             .unwrap_or_default()
     );
+    if let Some(c) = &s.call_sites {
+        let _ = writeln!(
+            out,
+            "call sites: {} faults with a user stack ({} distinct stacks now), {} of them truncated at {} frames, {} without (stack not stored), {} not counted by stack (table full)",
+            c.faults,
+            c.distinct,
+            c.truncated,
+            c.depth,
+            s.counters.stacks_lost,
+            s.counters.stack_rows_full
+        );
+    }
     let procs = &s.processes[..s.processes.len().min(max_procs)];
     for p in procs {
         let kernel = match &p.kernel {

@@ -200,6 +200,7 @@ impl KernelBtf {
             signal_live: o("signal_struct", "live")?,
             task_group_leader: o("task_struct", "group_leader")?,
             task_start_time: o("task_struct", "start_time")?,
+            task_pagefault_disabled: o("task_struct", "pagefault_disabled")?,
             vma_anon_vma: o("vm_area_struct", "anon_vma")?,
             task_mm: o("task_struct", "mm")?,
             // x86 keeps thread_info inside task_struct; without it, no 32-bit

@@ -44,6 +44,21 @@ pub struct CallSite {
     pub truncated: bool,
 }
 
+/// The stacks of a whole trace (`call_sites` in the summary). Faults counted
+/// without a stack are `counters.stacks_lost` and `counters.stack_rows_full`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct StackTotals {
+    /// Frames recorded per stack at most (`--stack-depth`).
+    pub depth: u32,
+    /// Faults counted with a stack (processes that exited included).
+    pub faults: u64,
+    /// Of those, faults whose stack filled every frame recorded: their root
+    /// frames are missing.
+    pub truncated: u64,
+    /// Distinct stacks held now (those of retired processes are freed).
+    pub distinct: u64,
+}
+
 /// What stands for a stack that was not recorded: the stack table's slot
 /// for it held another stack, or its stack was freed before it was read.
 pub const LOST_FRAME: &str = "[stack lost]";
@@ -71,6 +86,8 @@ pub struct CallStacks {
     /// mappings: once each, as frames no mapping covers (a frame pointer
     /// chain gone astray) would otherwise have /proc read at every tick.
     captured: HashSet<(u32, u32)>,
+    /// Faults and truncated stacks' faults of the counts retired so far.
+    retired: (u64, u64),
     /// Names given, by process, lifetime and stack id (a pid's stack ids
     /// before and after an exec are of two programs).
     named: HashMap<(u32, u64, u32), Arc<[String]>>,
@@ -86,6 +103,7 @@ impl CallStacks {
             freed: HashSet::new(),
             untrusted: HashSet::new(),
             captured: HashSet::new(),
+            retired: (0, 0),
             named: HashMap::new(),
         }
     }
@@ -136,6 +154,31 @@ impl CallStacks {
             })
     }
 
+    /// Faults counted with a stack and stacks, over the whole trace.
+    pub fn totals(&self) -> StackTotals {
+        let (mut faults, mut truncated) = self.retired;
+        let mut ids = HashSet::new();
+        for (_, id, n) in self.by_life.values().flatten() {
+            faults += n;
+            if self.is_truncated(*id) {
+                truncated += n;
+            }
+            ids.insert(*id);
+        }
+        StackTotals {
+            depth: self.depth as u32,
+            faults,
+            truncated,
+            distinct: ids.len() as u64,
+        }
+    }
+
+    fn is_truncated(&self, id: u32) -> bool {
+        self.traces
+            .get(&id)
+            .is_some_and(|ips| ips.len() >= self.depth)
+    }
+
     /// Noted what processes map (exec, forks, code mapped).
     pub fn namer(&mut self) -> &mut dyn FrameNamer {
         self.namer.as_mut()
@@ -169,7 +212,7 @@ impl CallStacks {
                         .entry((pid, life, *id))
                         .or_insert_with(|| self.namer.names(pid, ips, at_ns).into())
                         .clone();
-                    (frames, ips.len() >= self.depth)
+                    (frames, self.is_truncated(*id))
                 }
                 _ => (Arc::from(vec![LOST_FRAME.to_string()]), false),
             };
@@ -205,7 +248,11 @@ impl CallStacks {
         };
         let mut keys = Vec::new();
         for k in gone {
-            for (row, id, _) in self.by_life.remove(&k).unwrap_or_default() {
+            for (row, id, n) in self.by_life.remove(&k).unwrap_or_default() {
+                self.retired.0 += n;
+                if self.is_truncated(id) {
+                    self.retired.1 += n;
+                }
                 keys.push(StackKey {
                     row,
                     stack_id: id,

@@ -204,6 +204,10 @@ pub struct Summary {
     /// reached", ...); None while it runs.
     pub end_reason: Option<String>,
     pub totals: Totals,
+    /// `--stacks`: faults counted with a user stack, and how many of those
+    /// stacks were truncated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call_sites: Option<super::stacks::StackTotals>,
     /// Processes still traced, and the busiest and latest of those that exited
     /// (every process is in the export as its own `process` record); the
     /// busiest first.

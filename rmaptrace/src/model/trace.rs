@@ -1796,6 +1796,7 @@ impl Trace {
             limits: self.limits.clone(),
             end_reason: None,
             totals,
+            call_sites: self.stacks.as_ref().map(|s| s.borrow().totals()),
             processes,
         }
     }

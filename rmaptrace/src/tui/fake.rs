@@ -241,6 +241,7 @@ pub fn summary() -> Summary {
         ],
         tables_full: Default::default(),
         end_reason: None,
+        call_sites: None,
         totals: {
             let mut t = Totals::default();
             for p in [&myapp, &db, &gone] {
