@@ -77,6 +77,7 @@ impl DemoArgs {
             duration: self.duration,
             no_tui: self.no_tui,
             ring_mib: 4,
+            stack_depth: rmaptrace_common::DEFAULT_STACK_DEPTH,
             ..TraceArgs::default()
         }
     }

@@ -156,7 +156,10 @@ fn preflight(args: &TraceArgs, procfs: &dyn ProcSource) -> Result<()> {
     if args.events && args.json.is_none() {
         bail!("--events writes one JSON record per fault: add --json PATH");
     }
-    if !(1..=rmaptrace_common::MAX_STACK_DEPTH).contains(&args.stack_depth) {
+    if args
+        .stack_depth()
+        .is_some_and(|d| !(1..=rmaptrace_common::MAX_STACK_DEPTH).contains(&d))
+    {
         bail!(
             "--stack-depth must be from 1 to {} frames (the kernel walks no more), not {}",
             rmaptrace_common::MAX_STACK_DEPTH,
