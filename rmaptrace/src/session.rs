@@ -298,6 +298,7 @@ fn add_targets(args: &TraceArgs, probes: &mut Probes, trace: &mut Trace) -> Resu
     for &pid in &args.pids {
         probes.trace_pid(pid, rmaptrace_common::traced::YES)?;
         trace.add_target(pid);
+        note_mappings(trace, pid);
     }
     if args.comms.is_empty() {
         return Ok(());
@@ -317,9 +318,18 @@ fn add_targets(args: &TraceArgs, probes: &mut Probes, trace: &mut Trace) -> Resu
         {
             probes.trace_pid(pid, rmaptrace_common::traced::YES)?;
             trace.add_target(pid);
+            note_mappings(trace, pid);
         }
     }
     Ok(())
+}
+
+/// With `--stacks`, what a process traced from now on maps is noted at once:
+/// it may exit before any of its stacks is read.
+fn note_mappings(trace: &mut Trace, pid: u32) {
+    if let Some(s) = trace.call_stacks() {
+        s.namer().mapped_code(pid);
+    }
 }
 
 /// Starts `-- CMD`, followed from its first instruction: rmaptrace marks itself
@@ -523,6 +533,10 @@ async fn trace(
                         let started_tick = std::time::Instant::now();
                         tick_tables(&mut probes, ring.get_mut(), &mut trace, &mut out, &mut live, sweep, &mut ticks)?;
                         pacer.took(started_tick.elapsed());
+                    } else {
+                        // New stacks have their process's mappings noted
+                        // while it runs, whether or not the tables are due.
+                        read_call_stacks(&probes, &mut trace)?;
                     }
                     Ok(())
                 });

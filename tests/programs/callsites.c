@@ -8,6 +8,8 @@
  * with -mno-omit-leaf-frame-pointer, gcc 12), which hides their caller.
  *
  * usage: callsites FILE [SECONDS]   FILE is created; SECONDS: sleep after.
+ * With CALLSITES_WAIT set, it maps, prints "ready", and waits for a line on
+ * stdin before faulting (a tracer attaches with --pid meanwhile).
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -67,6 +69,13 @@ int main(int argc, char **argv)
 	char *anon = map(ANON_PAGES * PAGE, MAP_PRIVATE | MAP_ANONYMOUS, -1);
 	char *shared = map(SHARED_PAGES * PAGE, MAP_SHARED | MAP_ANONYMOUS, -1);
 	char *file = map(FILE_PAGES * PAGE, MAP_PRIVATE, fd);
+	if (getenv("CALLSITES_WAIT")) {
+		char line[8];
+		printf("ready\n");
+		fflush(stdout);
+		if (!fgets(line, sizeof(line), stdin))
+			return 1;
+	}
 	touch_anon(anon, ANON_PAGES);
 	touch_shared(shared, SHARED_PAGES);
 	write_file_copy(file, FILE_PAGES);

@@ -249,3 +249,55 @@ fn a_program_that_exits_before_the_trace_ends_is_still_named() {
         );
     }
 }
+
+#[test]
+fn a_process_attached_by_pid_that_exits_at_once_is_still_named() {
+    require_root();
+    use std::io::{BufRead, BufReader, Write};
+    let (exe, _) = build();
+    let data = fresh("callsites-data");
+    let mut program = Command::new(&exe)
+        .arg(&data)
+        .env("CALLSITES_WAIT", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(program.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "ready");
+    let (json, folded) = (temp_json("callsites-pid"), fresh("folded"));
+    let tracer = Command::new(bin())
+        .args(["--no-tui", "--pid", &program.id().to_string(), "--json"])
+        .arg(&json)
+        .arg("--folded")
+        .arg(&folded)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    rmaptrace_tests::wait_for_header(&json);
+    // It faults and exits at once: its mappings were noted when it was
+    // attached, not at a later read of its stacks.
+    program.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let report: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert!(program.wait().unwrap().success());
+    let out = tracer.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&folded).unwrap();
+    for (function, pages) in [
+        ("touch_anon", "anon_pages"),
+        ("touch_shared", "shared_pages"),
+        ("write_file_copy", "file_pages"),
+    ] {
+        let count: u64 = text
+            .lines()
+            .filter(|l| l.contains(&format!(";main;{function};[")))
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<u64>().unwrap())
+            .sum();
+        assert_eq!(count, report[pages].as_u64().unwrap(), "{function}: {text}");
+    }
+}
