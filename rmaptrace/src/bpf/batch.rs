@@ -126,7 +126,13 @@ fn elem<K: Copy>(cmd: libc::c_long, fd: RawFd, key: &K, value_len: usize) -> io:
     let mut attr = ElemAttr {
         map_fd: fd as u32,
         key: key as *const K as u64,
-        value: value.as_mut_ptr() as u64,
+        // A command without a value (delete) must leave the field zero: the
+        // kernel refuses attributes set past the command's own (EINVAL).
+        value: if value_len == 0 {
+            0
+        } else {
+            value.as_mut_ptr() as u64
+        },
         ..Default::default()
     };
     // SAFETY: `attr` points at a key of the map's key size and a buffer of the

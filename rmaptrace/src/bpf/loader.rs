@@ -413,15 +413,15 @@ impl Probes {
         let (fault_rows, vma_rows) = table_sizes();
         // Without --stacks the stack tables hold one entry: their memory is
         // the kernel's, taken at load.
-        let (stack_entries, stack_rows) = match opts.stack_depth {
-            Some(_) => stack_table_sizes(),
-            None => (1, 1),
-        };
-        let object = match opts.stack_depth {
-            Some(depth) => {
-                std::borrow::Cow::Owned(super::stacks::with_stack_depth(super::EBPF_OBJECT, depth)?)
-            }
-            None => std::borrow::Cow::Borrowed(super::EBPF_OBJECT),
+        let (object, (stack_entries, stack_rows)) = match opts.stack_depth {
+            Some(depth) => (
+                std::borrow::Cow::Owned(super::stacks::with_stack_depth(
+                    super::EBPF_OBJECT,
+                    depth,
+                )?),
+                stack_table_sizes(),
+            ),
+            None => (std::borrow::Cow::Borrowed(super::EBPF_OBJECT), (1, 1)),
         };
         let mut ebpf = EbpfLoader::new()
             .btf(Some(&btf))

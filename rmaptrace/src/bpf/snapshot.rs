@@ -309,7 +309,7 @@ impl Probes {
         Ok(())
     }
 
-    fn map_fd(&self, name: &str) -> Result<RawFd> {
+    pub(super) fn map_fd(&self, name: &str) -> Result<RawFd> {
         use aya::maps::Map;
         use std::os::fd::{AsFd, AsRawFd};
         let data = match self
@@ -317,8 +317,11 @@ impl Probes {
             .map(name)
             .with_context(|| format!("{name} map"))?
         {
-            Map::HashMap(d) | Map::PerCpuHashMap(d) | Map::PerCpuArray(d) => d,
-            _ => anyhow::bail!("{name} is not a hash map or a per-CPU array"),
+            Map::HashMap(d)
+            | Map::PerCpuHashMap(d)
+            | Map::PerCpuArray(d)
+            | Map::StackTraceMap(d) => d,
+            _ => anyhow::bail!("{name} is not a hash map, a per-CPU array or a stack table"),
         };
         Ok(data.fd().as_fd().as_raw_fd())
     }

@@ -92,47 +92,28 @@ impl Probes {
         Ok(read)
     }
 
-    /// Frees per-stack counts (read and deleted in one step: faults counted
-    /// since the last read are returned with them) and then stacks no count
-    /// uses any more.
-    pub fn forget_stacks(&self, keys: &[StackKey], ids: &[u32]) -> Result<Vec<(StackKey, u64)>> {
+    /// Frees per-stack counts, then the stacks no count uses any more.
+    pub fn forget_stacks(&self, keys: &[StackKey], ids: &[u32]) -> Result<()> {
         let (counts_fd, stacks_fd) = self.stack_fds()?;
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        let mut last = Vec::new();
         for key in keys {
-            let v = match batch::take(counts_fd, key, 8 * cpus) {
-                Ok(v) => v,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-                Err(_) => match batch::lookup(counts_fd, key, 8 * cpus) {
-                    Ok(v) => {
-                        batch::delete(counts_fd, key)?;
-                        v
-                    }
-                    Err(_) => continue,
-                },
-            };
-            last.push((*key, v.chunks(8).map(batch::value::<u64>).sum()));
+            delete_if_there(counts_fd, key)?;
         }
         for id in ids {
-            let _ = batch::delete(stacks_fd, id);
+            delete_if_there(stacks_fd, id)?;
         }
-        Ok(last)
+        Ok(())
     }
 
     fn stack_fds(&self) -> Result<(RawFd, RawFd)> {
-        use aya::maps::Map;
-        use std::os::fd::{AsFd, AsRawFd};
-        let fd = |name: &str| -> Result<RawFd> {
-            match self
-                .ebpf()
-                .map(name)
-                .with_context(|| format!("{name} map"))?
-            {
-                Map::PerCpuHashMap(d) | Map::StackTraceMap(d) => Ok(d.fd().as_fd().as_raw_fd()),
-                _ => bail!("{name} is not a per-CPU hash map or a stack table"),
-            }
-        };
-        Ok((fd("STACK_COUNTS")?, fd("STACKS")?))
+        Ok((self.map_fd("STACK_COUNTS")?, self.map_fd("STACKS")?))
+    }
+}
+
+/// Deletes `key` from the map `fd`; one already gone is no error.
+fn delete_if_there<K: Copy>(fd: RawFd, key: &K) -> Result<()> {
+    match batch::delete(fd, key) {
+        Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e.into()),
+        _ => Ok(()),
     }
 }
 

@@ -71,12 +71,13 @@ impl CallSiteFiles {
                 count,
             })
             .collect();
+        let lines = folded::lines(&sites);
         if let Some(f) = self.folded {
-            f.finish(&folded::contents(&sites))?;
+            f.finish(&folded::contents(&lines))?;
         }
         if let Some(f) = self.svg {
             let svg = flamegraph::svg(
-                &folded::lines(&sites),
+                &lines,
                 "Page faults by user call site and mapping (rmaptrace)",
             )?;
             f.finish(&svg)?;

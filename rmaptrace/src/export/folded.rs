@@ -53,10 +53,10 @@ pub fn lines(sites: &[CallSite<'_>]) -> Vec<String> {
     lines
 }
 
-/// The file's contents: every line, sorted.
-pub fn contents(sites: &[CallSite<'_>]) -> Vec<u8> {
+/// The file's contents: `lines` (as [`lines`] makes them), one a line.
+pub fn contents(lines: &[String]) -> Vec<u8> {
     let mut out = Vec::new();
-    for l in lines(sites) {
+    for l in lines {
         out.extend_from_slice(l.as_bytes());
         out.push(b'\n');
     }
@@ -158,7 +158,7 @@ mod tests {
         let path = dir.join("stacks.folded");
         PendingFile::create(&path, "the folded stacks", "--folded")
             .unwrap()
-            .finish(&contents(&sites))
+            .finish(&contents(&lines(&sites)))
             .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.starts_with("p1;a;[anon do_anonymous_page] 3\n"));

@@ -68,11 +68,22 @@ impl Outputs {
     /// its mappings described one at a time as they are written: a process
     /// with 200k mappings is never held whole.
     pub fn process(&mut self, p: &ProcessSummary, vmas: &mut dyn Iterator<Item = VmaSummary>) {
+        self.with_call_sites(&p.comm, vmas, |out, vmas| out.process_json(p, vmas));
+    }
+
+    /// `write` with `vmas`, each also handed to the call site files (when
+    /// asked for) as it goes by.
+    fn with_call_sites(
+        &mut self,
+        comm: &str,
+        vmas: &mut dyn Iterator<Item = VmaSummary>,
+        write: impl FnOnce(&mut Self, &mut dyn Iterator<Item = VmaSummary>),
+    ) {
         let Some(mut sites) = self.call_sites.take() else {
-            return self.process_json(p, vmas);
+            return write(self, vmas);
         };
-        let mut tapped = vmas.inspect(|v| sites.add(&p.comm, v));
-        self.process_json(p, &mut tapped);
+        let mut tapped = vmas.inspect(|v| sites.add(comm, v));
+        write(self, &mut tapped);
         // What the export did not read: there is none, or it failed.
         tapped.for_each(drop);
         self.call_sites = Some(sites);
@@ -116,13 +127,7 @@ impl Outputs {
     /// time as they are written; the process's own record comes later and
     /// counts them in its sums.
     pub fn mappings(&mut self, pid: u32, comm: &str, vmas: &mut dyn Iterator<Item = VmaSummary>) {
-        let Some(mut sites) = self.call_sites.take() else {
-            return self.mappings_json(pid, comm, vmas);
-        };
-        let mut tapped = vmas.inspect(|v| sites.add(comm, v));
-        self.mappings_json(pid, comm, &mut tapped);
-        tapped.for_each(drop);
-        self.call_sites = Some(sites);
+        self.with_call_sites(comm, vmas, |out, vmas| out.mappings_json(pid, comm, vmas));
     }
 
     fn mappings_json(&mut self, pid: u32, comm: &str, vmas: &mut dyn Iterator<Item = VmaSummary>) {

@@ -125,9 +125,8 @@ impl CallStacks {
         }
         self.by_life.clear();
         for (key, n) in counts {
-            let sk = key;
-            if self.freed.contains(&key.stack_id) && !before.contains(&sk) {
-                self.untrusted.insert(sk);
+            if self.freed.contains(&key.stack_id) && !before.contains(&key) {
+                self.untrusted.insert(key);
             }
             let pid = key.row.tgid;
             if let Some(ips) = self.traces.get(&key.stack_id) {

@@ -19,6 +19,7 @@ const MAP_FLAGS: &[(u64, &str)] = &[
     (0x4000000, "MAP_UNINITIALIZED"),
 ];
 
+pub const PROT_EXEC: u64 = 0x4;
 pub const MAP_SHARED: u64 = 0x1;
 pub const MAP_FIXED: u64 = 0x10;
 pub const MAP_ANONYMOUS: u64 = 0x20;

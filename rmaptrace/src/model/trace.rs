@@ -981,8 +981,7 @@ impl Trace {
         let mut rec = self.mmap_record(&enter, "mmap", m.ret);
         rec.ts_ns = h.ts_ns;
         rec.error = syscalls::syscall_error(m.ret);
-        const PROT_EXEC: u64 = 4;
-        if rec.error.is_none() && enter.args[2] & PROT_EXEC != 0 {
+        if rec.error.is_none() && enter.args[2] & syscalls::PROT_EXEC != 0 {
             if let Some(s) = self.call_stacks() {
                 s.namer().mapped_code(h.tgid);
             }
