@@ -74,7 +74,7 @@ pub struct AnonVma {
     pub source: &'static str,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct VmaSummary {
     pub start: String,
     pub end: String,
@@ -119,7 +119,7 @@ pub struct VmaSummary {
     pub latency_hist: crate::model::snapshot::Hist,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct ProcessSummary {
     pub pid: u32,
     pub comm: String,
@@ -185,7 +185,7 @@ impl Totals {
     }
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Summary {
     #[serde(rename = "type")]
     pub kind: &'static str,
