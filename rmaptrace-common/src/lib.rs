@@ -399,6 +399,11 @@ pub fn comm_prefix(name: &[u8]) -> &[u8] {
 /// Names `--comm` can match at once (the COMMS map's size).
 pub const MAX_COMMS: u32 = 64;
 
+/// Cgroup subtrees `--cgroup` can follow at once (the CGROUPS map's size).
+pub const MAX_CGROUPS: u32 = 64;
+/// How deep below the cgroup v2 root a followed subtree may start.
+pub const MAX_CGROUP_LEVEL: u32 = 32;
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct EventHeader {
@@ -615,6 +620,8 @@ pub struct ExitEvent {
     /// was 0): a process's last threads can each see it.
     pub group_dead: u32,
     pub comm: [u8; COMM_LEN],
+    /// The cgroup v2 id of the exiting thread (its cgroup directory's inode).
+    pub cgroup: u64,
 }
 
 /// A live mapping lifetime as the kernel side tracks it, by VMA struct pointer
@@ -693,6 +700,8 @@ pub struct TaskEvent {
     pub min_flt: u64,
     pub maj_flt: u64,
     pub comm: [u8; COMM_LEN],
+    /// The cgroup v2 id of the calling thread (for FORK, the child's too).
+    pub cgroup: u64,
 }
 
 /// Byte offsets of the kernel struct fields the programs read, taken from the running
@@ -811,6 +820,10 @@ pub struct Config {
     pub match_comms: u8,
     /// Count each fault's user stack too (`STACK_COUNTS`).
     pub stacks: u8,
+    /// Add processes that exec, or fork, inside a cgroup subtree of the
+    /// `CGROUPS` map to `TRACED`.
+    pub match_cgroups: u8,
+    pub _pad: [u8; 3],
     /// rmaptrace's own tgid, never traced.
     pub self_tgid: u32,
 }

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use rmaptrace_common::{
     counter, Config, FaultKey, FaultStats, KernelOffsets, ProcStats, ThreadAcct, VmaRecord,
-    COMM_LEN, MAX_COMMS,
+    COMM_LEN, MAX_CGROUPS, MAX_COMMS,
 };
 
 /// Written by userspace before load (`EbpfLoader::set_global`).
@@ -88,6 +88,8 @@ static CONFIG: Config = Config {
     fault_events: 0,
     match_comms: 0,
     stacks: 0,
+    match_cgroups: 0,
+    _pad: [0; 3],
     self_tgid: 0,
 };
 
@@ -132,6 +134,11 @@ static UNTRACED_HINT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// Process names that `--comm` asked for; an exec of one adds the process to TRACED.
 #[map]
 pub static COMMS: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(MAX_COMMS, 0);
+
+/// Roots of the cgroup v2 subtrees that `--cgroup` asked for, by cgroup id;
+/// an exec or fork inside one adds the process to TRACED.
+#[map]
+pub static CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(MAX_CGROUPS, 0);
 
 /// Sizes below are defaults; userspace scales them with `EbpfLoader::set_max_entries`.
 #[map]

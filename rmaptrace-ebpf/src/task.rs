@@ -1,17 +1,53 @@
 //! Process lifecycle: follow the children of traced processes from their first
-//! instruction, pick up `--comm` matches at exec, and report each exiting thread's
+//! instruction, pick up `--comm` matches at exec and `--cgroup` members at exec
+//! and fork, and report each exiting thread's
 //! own min_flt/maj_flt so userspace can check its counts against the kernel's.
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_comm,
+        bpf_get_current_pid_tgid,
+    },
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use rmaptrace_common::{counter, event_kind, traced, ExitEvent, TaskEvent, ThreadAcct};
+use rmaptrace_common::{
+    counter, event_kind, traced, ExitEvent, TaskEvent, ThreadAcct, MAX_CGROUP_LEVEL,
+};
 
 use crate::maps::{
     bump, config, current_task_field, event_header, kernel_read, off, traced_changed,
-    traced_current, COMMS, EVENTS, THREADS, TRACED,
+    traced_current, CGROUPS, COMMS, EVENTS, THREADS, TRACED,
 };
+
+/// The current thread's cgroup v2 id.
+#[inline(always)]
+fn current_cgroup() -> u64 {
+    // SAFETY: a helper without arguments.
+    unsafe { bpf_get_current_cgroup_id() }
+}
+
+/// Whether the current thread's cgroup is in a subtree `--cgroup` asked
+/// for: one of its ancestors (itself included) is in CGROUPS. Runs at exec
+/// and at forks of untraced processes only.
+#[inline(always)]
+fn in_followed_cgroup() -> bool {
+    if config().match_cgroups == 0 {
+        return false;
+    }
+    // The root (level 0) is never asked for: that is every process.
+    for level in 1..=MAX_CGROUP_LEVEL as i32 {
+        // SAFETY: the helper takes a level and returns 0 past the thread's own.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if id == 0 {
+            return false;
+        }
+        // SAFETY: only compared with None; the value is never read.
+        if unsafe { CGROUPS.get(&id) }.is_some() {
+            return true;
+        }
+    }
+    false
+}
 
 /// The current thread's own fault counters.
 #[inline(always)]
@@ -83,11 +119,16 @@ fn send_task_event(kind: u32, tgid: u32, tid: u32, other: u32) {
         min_flt,
         maj_flt,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        cgroup: current_cgroup(),
     };
     if EVENTS.output::<TaskEvent>(&ev, 0).is_err() {
         bump(counter::EVENTS_LOST);
     }
 }
+
+/// A fork's mode when the parent is not traced but is in a followed cgroup:
+/// the child is traced, and no fork record is sent (the parent is not).
+const JOINED: u8 = 0xff;
 
 #[btf_tracepoint(function = "sched_process_fork")]
 pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
@@ -107,6 +148,10 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
         // SAFETY: read once, copied out.
         match unsafe { TRACED.get(parent_tgid) } {
             Some(&m) => m,
+            // A process moved into a followed cgroup: its children are
+            // followed from their first instruction (the child inherits the
+            // parent's cgroup); it is itself found by userspace's rescan.
+            None if in_followed_cgroup() => JOINED,
             None => return 0,
         }
     };
@@ -115,7 +160,7 @@ pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
         kernel_read(child, off!(task_tgid)),
         kernel_read(child, off!(task_pid)),
     );
-    if child_tgid == 0 || child_tid == 0 {
+    if child_tgid == 0 || child_tid == 0 || (mode == JOINED && child_tgid == parent_tgid) {
         return 0;
     }
     // A new task's counters start at zero (copy_mm clears them): everything it
@@ -142,16 +187,18 @@ pub fn sched_process_exec(_ctx: BtfTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let mut started_here = 0;
-    if config().match_comms != 0 && traced_current().is_none() {
-        if let Ok(comm) = bpf_get_current_comm() {
-            // SAFETY: only compared with None; the value is never read.
-            if unsafe { COMMS.get(comm) }.is_some() {
-                if TRACED.insert(tgid, traced::YES, 0).is_err() {
-                    bump(counter::TRACED_TABLE_FULL);
-                } else {
-                    traced_changed();
-                    started_here = 1;
-                }
+    if (config().match_comms != 0 || config().match_cgroups != 0) && traced_current().is_none() {
+        let named = config().match_comms != 0
+            && bpf_get_current_comm().is_ok_and(|comm| {
+                // SAFETY: only compared with None; the value is never read.
+                unsafe { COMMS.get(comm) }.is_some()
+            });
+        if named || in_followed_cgroup() {
+            if TRACED.insert(tgid, traced::YES, 0).is_err() {
+                bump(counter::TRACED_TABLE_FULL);
+            } else {
+                traced_changed();
+                started_here = 1;
             }
         }
     }
@@ -218,6 +265,8 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
         has_base: acct.is_some() as u32,
         group_dead: group_dead as u32,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        // Before cgroup_exit(): the thread is still in its cgroup.
+        cgroup: current_cgroup(),
     };
     if EVENTS.output::<ExitEvent>(&ev, 0).is_err() {
         bump(counter::EVENTS_LOST);

@@ -35,6 +35,10 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Backend::Auto)]
         backend: Backend,
     },
+    /// Serve Prometheus metrics of the faults of every process (or of
+    /// --comm / --cgroup) at http://ADDR/metrics, with no screen: a daemon for
+    /// a fleet's monitoring. Runs until SIGTERM or Ctrl-C (or --duration).
+    Serve(ServeArgs),
     /// Run the workload scenarios in a loop under the live screen: every mapping
     /// kind and its fault handler side by side. With --no-tui: one round, then the summary.
     Demo(DemoArgs),
@@ -60,6 +64,52 @@ pub struct DemoArgs {
     /// Print a summary table at the end instead of the live screen.
     #[arg(long)]
     pub no_tui: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address and port to serve /metrics on.
+    #[arg(long, default_value = "127.0.0.1:9436", value_name = "ADDR")]
+    pub listen: String,
+    /// Process names and cgroups each keep their own label for at most this
+    /// many values (the busiest); the rest are counted as `other`.
+    #[arg(long, default_value_t = 50, value_name = "K")]
+    pub top: usize,
+    /// Trace only processes with this name, including ones started later (repeatable).
+    #[arg(short, long = "comm", value_name = "NAME")]
+    pub comms: Vec<String>,
+    /// Trace only the processes of this cgroup v2 subtree, present and
+    /// future (repeatable; a path in the hierarchy or relative to its root).
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroups: Vec<std::path::PathBuf>,
+    /// Also write the NDJSON export to PATH (each process once it exits).
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<String>,
+    /// Stop after this many seconds.
+    #[arg(short, long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// How to hook the fault path: fentry, kprobe, tracepoint, or the best available.
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub backend: Backend,
+    /// Ring buffer size in MiB (a power of two).
+    #[arg(long, default_value_t = 4, value_name = "MIB")]
+    pub ring_mib: u32,
+}
+
+impl ServeArgs {
+    pub fn trace_args(&self) -> TraceArgs {
+        TraceArgs {
+            comms: self.comms.clone(),
+            cgroups: self.cgroups.clone(),
+            json: self.json.clone(),
+            duration: self.duration,
+            no_tui: true,
+            backend: self.backend,
+            ring_mib: self.ring_mib,
+            stack_depth: rmaptrace_common::DEFAULT_STACK_DEPTH,
+            ..TraceArgs::default()
+        }
+    }
 }
 
 impl TraceArgs {
@@ -91,6 +141,10 @@ pub struct TraceArgs {
     /// Trace processes with this name, including ones started later (repeatable).
     #[arg(short, long = "comm", value_name = "NAME")]
     pub comms: Vec<String>,
+    /// Trace the processes of this cgroup v2 subtree, present and future
+    /// (repeatable; a path in the hierarchy or relative to its root).
+    #[arg(long = "cgroup", value_name = "PATH")]
+    pub cgroups: Vec<std::path::PathBuf>,
     /// Write the NDJSON export to PATH, or to stdout with `-`.
     #[arg(long, value_name = "PATH|-")]
     pub json: Option<String>,

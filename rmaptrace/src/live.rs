@@ -62,7 +62,13 @@ fn title(args: &TraceArgs, demo: bool) -> String {
     for c in &args.comms {
         t += &format!(" --comm {c}");
     }
-    if args.pids.is_empty() && args.comms.is_empty() {
+    for c in &args.cgroups {
+        t += &format!(
+            " --cgroup {}",
+            crate::text::shown(std::os::unix::ffi::OsStrExt::as_bytes(c.as_os_str()))
+        );
+    }
+    if args.pids.is_empty() && args.comms.is_empty() && args.cgroups.is_empty() {
         t += ": every process";
     }
     t

@@ -24,7 +24,7 @@ use crate::{
         loader::{KernelFacts, LoadOptions, Probes},
         plan::Backend,
     },
-    cli::{DemoArgs, TraceArgs},
+    cli::{DemoArgs, ServeArgs, TraceArgs},
     export::{
         call_sites::CallSiteFiles,
         json::{Header, JsonExport, FORMAT_VERSION},
@@ -74,6 +74,7 @@ pub fn probe(backend: Backend) -> Result<i32> {
             trace_all: false,
             fault_events: false,
             match_comms: false,
+            match_cgroups: false,
             ring_bytes: 1 << 20,
             stack_depth: None,
         },
@@ -153,6 +154,9 @@ fn preflight(args: &TraceArgs, procfs: &dyn ProcSource) -> Result<()> {
             Some(_) => {}
         }
     }
+    if !args.cgroups.is_empty() {
+        followed_cgroups(&args.cgroups)?;
+    }
     if args.events && args.json.is_none() {
         bail!("--events writes one JSON record per fault: add --json PATH");
     }
@@ -178,6 +182,45 @@ fn preflight(args: &TraceArgs, procfs: &dyn ProcSource) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The cgroup v2 directories `--cgroup` names, with their ids; one clear
+/// error for the first that is not one.
+fn followed_cgroups(asked: &[std::path::PathBuf]) -> Result<Vec<(std::path::PathBuf, u64)>> {
+    use crate::kernel::cgroup;
+    let Some(tree) = cgroup::CgroupTree::of_this_system() else {
+        bail!("--cgroup needs the cgroup v2 hierarchy, and none is mounted: mount it (mount -t cgroup2 none /sys/fs/cgroup/unified) or trace by --comm or --pid");
+    };
+    let root = tree.root();
+    if asked.len() > rmaptrace_common::MAX_CGROUPS as usize {
+        bail!(
+            "at most {} --cgroup paths, not {}: trace a common parent instead",
+            rmaptrace_common::MAX_CGROUPS,
+            asked.len()
+        );
+    }
+    let mut found = Vec::new();
+    for a in asked {
+        let shown = crate::text::shown(a.as_os_str().as_bytes());
+        let (dir, id) = cgroup::resolve(root, a).map_err(|e| {
+            anyhow::anyhow!(
+                "--cgroup {shown}: no cgroup v2 directory there ({e}): give a path under {} (as /proc/PID/cgroup's `0::` line shows it)",
+                root.display()
+            )
+        })?;
+        let level = dir.strip_prefix(root).map_or(0, |r| r.components().count());
+        if level == 0 {
+            bail!("--cgroup {shown} is the root of the hierarchy: that is every process; leave --cgroup out to trace them all");
+        }
+        if level > rmaptrace_common::MAX_CGROUP_LEVEL as usize {
+            bail!(
+                "--cgroup {shown} is {level} levels deep, more than the {} rmaptrace follows: give an ancestor",
+                rmaptrace_common::MAX_CGROUP_LEVEL
+            );
+        }
+        found.push((dir, id));
+    }
+    Ok(found)
 }
 
 /// The kernel BTF file; RMAPTRACE_BTF overrides it so the missing-BTF error can be tested.
@@ -209,7 +252,7 @@ fn kernel_release() -> String {
 }
 
 pub fn run(args: TraceArgs) -> Result<i32> {
-    run_with(args, None)
+    run_with(args, None, None)
 }
 
 /// `rmaptrace demo`: the same session, tracing the demo's own children.
@@ -222,20 +265,56 @@ pub fn run_demo(d: &DemoArgs) -> Result<i32> {
         rounds: d.rounds.or(if live { None } else { Some(1) }),
         pause: std::time::Duration::from_millis(d.pause_ms),
     };
-    run_with(args, Some(demo))
+    run_with(args, Some(demo), None)
 }
 
-fn run_with(args: TraceArgs, demo: Option<DemoOpts>) -> Result<i32> {
+/// `rmaptrace serve`: the same session, every process (or --comm, --cgroup)
+/// counted into metrics served over HTTP until stopped.
+pub fn run_serve(s: &ServeArgs) -> Result<i32> {
+    let addr: std::net::SocketAddr = s.listen.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "--listen {}: not an address and port: give one like 127.0.0.1:9436 or [::]:9436",
+            crate::text::visible(&s.listen)
+        )
+    })?;
+    if s.top == 0 {
+        bail!("--top must be at least 1 (names beyond it are counted as `other`)");
+    }
+    run_with(
+        s.trace_args(),
+        None,
+        Some(ServeOpts {
+            listen: addr,
+            top: s.top,
+        }),
+    )
+}
+
+/// What `serve` adds to a session.
+struct ServeOpts {
+    listen: std::net::SocketAddr,
+    top: usize,
+}
+
+fn run_with(args: TraceArgs, demo: Option<DemoOpts>, serve: Option<ServeOpts>) -> Result<i32> {
     let started = std::time::Instant::now();
     let procfs = LiveProc::default();
     preflight(&args, &procfs)?;
+    // Bound before anything is loaded: a taken port fails first.
+    let serve = serve
+        .map(|o| {
+            std::net::TcpListener::bind(o.listen)
+                .map(|l| (l, o.top))
+                .map_err(|e| anyhow::anyhow!("cannot serve metrics on {}: {e}: choose another --listen address (is another rmaptrace serve running?)", o.listen))
+        })
+        .transpose()?;
     // Opened before anything is attached: an unwritable path fails first.
     let json = args.json.as_deref().map(JsonExport::create).transpose()?;
     let call_sites = CallSiteFiles::create(args.folded.as_deref(), args.flamegraph.as_deref())?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(trace(args, json, call_sites, demo, started))
+    runtime.block_on(trace(args, json, call_sites, demo, serve, started))
 }
 
 fn drain(ring: &mut RingBuf<MapData>, trace: &mut Trace, out: &mut Outputs) {
@@ -274,6 +353,7 @@ fn attach(
             trace_all,
             fault_events: args.events,
             match_comms: !args.comms.is_empty(),
+            match_cgroups: !args.cgroups.is_empty(),
             ring_bytes: args.ring_mib << 20,
             stack_depth: args.stack_depth(),
         },
@@ -300,6 +380,10 @@ fn add_targets(args: &TraceArgs, probes: &mut Probes, trace: &mut Trace) -> Resu
         trace.add_target(pid);
         note_mappings(trace, pid);
     }
+    for (_, id) in followed_cgroups(&args.cgroups)? {
+        probes.add_cgroup(id)?;
+    }
+    join_cgroups(args, probes, trace)?;
     if args.comms.is_empty() {
         return Ok(());
     }
@@ -319,6 +403,27 @@ fn add_targets(args: &TraceArgs, probes: &mut Probes, trace: &mut Trace) -> Resu
             probes.trace_pid(pid, rmaptrace_common::traced::YES)?;
             trace.add_target(pid);
             note_mappings(trace, pid);
+        }
+    }
+    Ok(())
+}
+
+/// Follows the processes in the `--cgroup` subtrees that are not followed
+/// yet: at the start, and at each tick for those moved in since (the kernel
+/// picks up those that exec or fork there).
+fn join_cgroups(args: &TraceArgs, probes: &mut Probes, trace: &mut Trace) -> Result<()> {
+    if args.cgroups.is_empty() {
+        return Ok(());
+    }
+    let followed: std::collections::HashSet<u32> = probes.followed_pids()?.into_iter().collect();
+    let me = std::process::id();
+    for (dir, _) in followed_cgroups(&args.cgroups)? {
+        for pid in crate::kernel::cgroup::processes_below(&dir) {
+            if pid != me && !followed.contains(&pid) {
+                probes.trace_pid(pid, rmaptrace_common::traced::YES)?;
+                trace.add_target(pid);
+                note_mappings(trace, pid);
+            }
         }
     }
     Ok(())
@@ -368,14 +473,15 @@ fn spawn_command(
 }
 
 /// The end's table: on stdout when nothing else uses it, else on stderr; after
-/// the live screen, one line (the screen showed the rest).
+/// the live screen or a daemon's run, one line (the screen or the metrics
+/// showed the rest).
 fn report(
     args: &TraceArgs,
     summary: &crate::model::summary::Summary,
     end_reason: &str,
-    used_tui: bool,
+    brief: Option<&str>,
 ) {
-    if used_tui {
+    if let Some(rest) = brief {
         eprintln!(
             "rmaptrace: {end_reason}: {} faults in {} processes over {:.1}s{}",
             summary.totals.faults.total,
@@ -384,7 +490,7 @@ fn report(
             if args.json.is_some() {
                 "; the full summary is in the JSON export"
             } else {
-                "; --no-tui prints the full table"
+                rest
             }
         );
         return;
@@ -403,10 +509,14 @@ async fn trace(
     json: Option<JsonExport>,
     call_sites: Option<CallSiteFiles>,
     demo: Option<DemoOpts>,
+    serve: Option<(std::net::TcpListener, usize)>,
     started: std::time::Instant,
 ) -> Result<i32> {
-    let trace_all =
-        args.pids.is_empty() && args.comms.is_empty() && args.command.is_empty() && demo.is_none();
+    let trace_all = args.pids.is_empty()
+        && args.comms.is_empty()
+        && args.cgroups.is_empty()
+        && args.command.is_empty()
+        && demo.is_none();
     let (mut probes, symbols) = attach(&args, trace_all, started)?;
     let start = monotonic_ns();
     // The trace names the handlers it meets as it meets them (a read of
@@ -433,6 +543,22 @@ async fn trace(
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut out = Outputs::new(json, call_sites);
+    let mut scrapes = match serve {
+        Some((listener, top)) => {
+            out.count_metrics(top);
+            let addr = listener.local_addr()?;
+            let rx = crate::export::http::serve(listener)?;
+            eprintln!("rmaptrace: serving metrics at http://{addr}/metrics");
+            Some(rx)
+        }
+        None => None,
+    };
+    let kernel = kernel_release();
+    let build = crate::export::prometheus::BuildInfo {
+        version: env!("CARGO_PKG_VERSION"),
+        kernel: &kernel,
+        backend: probes.plan.backend,
+    };
     out.start(&Header {
         kind: "header",
         format: FORMAT_VERSION,
@@ -473,7 +599,9 @@ async fn trace(
 
     // `--pid` and `-- CMD` follow the whole tree: the trace ends when the last
     // process of it exits, children that outlive the command (daemons) included.
-    let follows_tree = args.comms.is_empty() && (!args.pids.is_empty() || child_pid.is_some());
+    let follows_tree = args.comms.is_empty()
+        && args.cgroups.is_empty()
+        && (!args.pids.is_empty() || child_pid.is_some());
     let mut exit_code = 0;
     let mut stop_child = None;
     let mut pacer = Pacer::new();
@@ -529,7 +657,8 @@ async fn trace(
                     // Mappings that ended in running processes: collected
                     // once enough ended, or their lifetimes fill the table.
                     ticks.due = ticks.check(&probes, &trace)?;
-                    if sweep || ticks.due || trace.has_exited() || (live.shows_data() && pacer.due()) {
+                    let watched = live.shows_data() || scrapes.is_some();
+                    if sweep || ticks.due || trace.has_exited() || (watched && pacer.due()) {
                         let started_tick = std::time::Instant::now();
                         tick_tables(&mut probes, ring.get_mut(), &mut trace, &mut out, &mut live, sweep, &mut ticks)?;
                         pacer.took(started_tick.elapsed());
@@ -538,6 +667,8 @@ async fn trace(
                         // while it runs, whether or not the tables are due.
                         read_call_stacks(&probes, &mut trace)?;
                     }
+                    join_cgroups(&args, &mut probes, &mut trace)?;
+                    out.settle_metrics();
                     Ok(())
                 });
                 match step {
@@ -555,6 +686,15 @@ async fn trace(
                 }
                 if follows_tree && child_pid.is_none() && probes.followed()? == 0 {
                     break "all traced processes exited".into();
+                }
+            }
+            Some(reply) = next_scrape(&mut scrapes) => {
+                match guarded(|| metrics_text(&trace, &mut out, &build)) {
+                    Ok(body) => { let _ = reply.send(body); }
+                    Err(e) => {
+                        internal_error = true;
+                        break e;
+                    }
                 }
             }
             _ = sigint.recv() => { stop_child = Some(libc::SIGINT); break "interrupted (SIGINT)".into(); }
@@ -637,7 +777,15 @@ async fn trace(
             finish(snap)
         };
     log::debug!("end: programs detached by {:?}", ending.elapsed());
-    report(&args, &summary, &end_reason, live.used_tui());
+    let brief = if scrapes.is_some() {
+        Some("")
+    } else if live.used_tui() {
+        Some("; --no-tui prints the full table")
+    } else {
+        None
+    };
+    report(&args, &summary, &end_reason, brief);
+    drop(scrapes.take());
     live_result?;
     call_sites?;
     if internal_error {
@@ -647,6 +795,32 @@ async fn trace(
         bail!("the JSON export failed ({e}); the trace was stopped and its table printed: free space or fix the reader of --json, then run again");
     }
     Ok(exit_code)
+}
+
+/// The next scrape waiting for its body; never, when not serving.
+async fn next_scrape(
+    scrapes: &mut Option<tokio::sync::mpsc::Receiver<crate::export::http::Scrape>>,
+) -> Option<crate::export::http::Scrape> {
+    match scrapes {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The metrics as of the latest tables: every running process credited what
+/// it counted since the last scrape (those that exited were credited when
+/// retired), then the exposition.
+fn metrics_text(
+    trace: &Trace,
+    out: &mut Outputs,
+    build: &crate::export::prometheus::BuildInfo<'_>,
+) -> String {
+    let summary = trace.summary_with(monotonic_ns(), Keep(0), &mut |p, vmas| out.running(p, vmas));
+    out.settle_metrics();
+    let Some(m) = out.metrics() else {
+        return String::new();
+    };
+    crate::export::prometheus::render(m, &summary.counters, build)
 }
 
 /// One tick's work on the kernel tables: read them, find processes that exited

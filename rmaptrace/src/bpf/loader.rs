@@ -23,6 +23,8 @@ pub struct LoadOptions {
     pub trace_all: bool,
     pub fault_events: bool,
     pub match_comms: bool,
+    /// Add processes that exec or fork inside a `--cgroup` subtree.
+    pub match_cgroups: bool,
     pub ring_bytes: u32,
     /// Frames of each fault's user stack to record (`--stacks`); None: none.
     pub stack_depth: Option<u32>,
@@ -407,6 +409,8 @@ impl Probes {
             fault_events: opts.fault_events as u8,
             match_comms: opts.match_comms as u8,
             stacks: opts.stack_depth.is_some() as u8,
+            match_cgroups: opts.match_cgroups as u8,
+            _pad: [0; 3],
             self_tgid: std::process::id(),
         };
         let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
@@ -597,6 +601,15 @@ impl Probes {
         let mut comms: HashMap<_, [u8; COMM_LEN], u8> =
             HashMap::try_from(self.ebpf.map_mut("COMMS").context("COMMS map")?)?;
         comms.insert(comm_key(name), 1, 0)?;
+        Ok(())
+    }
+
+    /// Follows the cgroup v2 subtree whose root has this id (its directory's
+    /// inode): processes that exec or fork in it from now on are traced.
+    pub fn add_cgroup(&mut self, id: u64) -> Result<()> {
+        let mut cgroups: HashMap<_, u64, u8> =
+            HashMap::try_from(self.ebpf.map_mut("CGROUPS").context("CGROUPS map")?)?;
+        cgroups.insert(id, 1, 0)?;
         Ok(())
     }
 

@@ -3,6 +3,8 @@
 pub mod call_sites;
 pub mod flamegraph;
 pub mod folded;
+pub mod http;
 pub mod json;
 pub mod outputs;
+pub mod prometheus;
 pub mod table;

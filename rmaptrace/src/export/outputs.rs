@@ -8,6 +8,7 @@ use super::{
     json::{Header, JsonExport},
 };
 use crate::model::{
+    metrics::{FaultMetrics, Mapped},
     summary::{ProcessSummary, VmaSummary},
     syscalls::MmapRecord,
     trace::Record,
@@ -22,6 +23,9 @@ pub struct Outputs {
     pub failed: Option<String>,
     /// `--folded`, `--flamegraph`: fed with each mapping as it is written.
     call_sites: Option<CallSiteFiles>,
+    /// `serve`: the counters, fed with each process and mapping as it is
+    /// written (and, at each scrape, with the running ones).
+    metrics: Option<FaultMetrics>,
 }
 
 impl Outputs {
@@ -30,6 +34,31 @@ impl Outputs {
             json,
             failed: None,
             call_sites,
+            metrics: None,
+        }
+    }
+
+    /// Keeps counters of every process from now on (`serve`).
+    pub fn count_metrics(&mut self, top: usize) {
+        self.metrics = Some(FaultMetrics::new(top));
+    }
+
+    pub fn metrics(&self) -> Option<&FaultMetrics> {
+        self.metrics.as_ref()
+    }
+
+    /// A running process's summary, at a scrape: into the counters only.
+    pub fn running(&mut self, p: &ProcessSummary, vmas: &mut dyn Iterator<Item = VmaSummary>) {
+        if let Some(m) = &mut self.metrics {
+            m.running(p, Mapped::of(vmas));
+        }
+    }
+
+    /// Gives what the counters took in since their labels (see
+    /// [`FaultMetrics::settle`]).
+    pub fn settle_metrics(&mut self) {
+        if let Some(m) = &mut self.metrics {
+            m.settle();
         }
     }
 
@@ -68,25 +97,40 @@ impl Outputs {
     /// its mappings described one at a time as they are written: a process
     /// with 200k mappings is never held whole.
     pub fn process(&mut self, p: &ProcessSummary, vmas: &mut dyn Iterator<Item = VmaSummary>) {
-        self.with_call_sites(&p.comm, vmas, |out, vmas| out.process_json(p, vmas));
+        let mapped = self.tapped(&p.comm, vmas, |out, vmas| out.process_json(p, vmas));
+        if let (Some(m), Some(mapped)) = (&mut self.metrics, mapped) {
+            m.exited(p, mapped);
+        }
     }
 
-    /// `write` with `vmas`, each also handed to the call site files (when
-    /// asked for) as it goes by.
-    fn with_call_sites(
+    /// `write` with `vmas`, each also handed to the call site files and the
+    /// counters (when asked for) as it goes by; returns what the counters
+    /// saw.
+    fn tapped(
         &mut self,
         comm: &str,
         vmas: &mut dyn Iterator<Item = VmaSummary>,
         write: impl FnOnce(&mut Self, &mut dyn Iterator<Item = VmaSummary>),
-    ) {
-        let Some(mut sites) = self.call_sites.take() else {
-            return write(self, vmas);
-        };
-        let mut tapped = vmas.inspect(|v| sites.add(comm, v));
+    ) -> Option<Mapped> {
+        let mut sites = self.call_sites.take();
+        let mut mapped = self.metrics.is_some().then(Mapped::default);
+        if sites.is_none() && mapped.is_none() {
+            write(self, vmas);
+            return None;
+        }
+        let mut tapped = vmas.inspect(|v| {
+            if let Some(s) = &mut sites {
+                s.add(comm, v);
+            }
+            if let Some(m) = &mut mapped {
+                m.add(v);
+            }
+        });
         write(self, &mut tapped);
         // What the export did not read: there is none, or it failed.
         tapped.for_each(drop);
-        self.call_sites = Some(sites);
+        self.call_sites = sites;
+        mapped
     }
 
     fn process_json(&mut self, p: &ProcessSummary, vmas: &mut dyn Iterator<Item = VmaSummary>) {
@@ -127,7 +171,10 @@ impl Outputs {
     /// time as they are written; the process's own record comes later and
     /// counts them in its sums.
     pub fn mappings(&mut self, pid: u32, comm: &str, vmas: &mut dyn Iterator<Item = VmaSummary>) {
-        self.with_call_sites(comm, vmas, |out, vmas| out.mappings_json(pid, comm, vmas));
+        let mapped = self.tapped(comm, vmas, |out, vmas| out.mappings_json(pid, comm, vmas));
+        if let (Some(m), Some(mapped)) = (&mut self.metrics, mapped) {
+            m.ended(pid, mapped);
+        }
     }
 
     fn mappings_json(&mut self, pid: u32, comm: &str, vmas: &mut dyn Iterator<Item = VmaSummary>) {

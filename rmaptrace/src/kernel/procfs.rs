@@ -46,6 +46,17 @@ pub trait ProcSource: Send {
         let _ = pid;
         None
     }
+    /// The cgroup v2 path of a cgroup id; None if unknown (no cgroup2, or
+    /// the cgroup is gone).
+    fn cgroup_path(&self, id: u64) -> Option<String> {
+        let _ = id;
+        None
+    }
+    /// The cgroup v2 path of a running process, as /proc says.
+    fn cgroup_of(&self, pid: u32) -> Option<String> {
+        let _ = pid;
+        None
+    }
     /// The kernel's symbols at `wanted` (sorted) as of now (/proc/kallsyms):
     /// None if unreadable.
     fn kallsyms(&self, wanted: &[u64]) -> Option<super::kallsyms::Kallsyms> {
@@ -56,17 +67,33 @@ pub trait ProcSource: Send {
 
 pub struct LiveProc {
     root: PathBuf,
+    /// Found at the first cgroup id asked about.
+    cgroups: std::sync::OnceLock<Option<std::sync::Mutex<super::cgroup::CgroupTree>>>,
 }
 
 impl Default for LiveProc {
     fn default() -> Self {
         Self {
             root: PathBuf::from("/proc"),
+            cgroups: std::sync::OnceLock::new(),
         }
     }
 }
 
 impl ProcSource for LiveProc {
+    fn cgroup_path(&self, id: u64) -> Option<String> {
+        let tree = self
+            .cgroups
+            .get_or_init(|| super::cgroup::CgroupTree::of_this_system().map(std::sync::Mutex::new))
+            .as_ref()?;
+        tree.lock().ok()?.path_of(id)
+    }
+
+    fn cgroup_of(&self, pid: u32) -> Option<String> {
+        let bytes = std::fs::read(self.root.join(pid.to_string()).join("cgroup")).ok()?;
+        super::cgroup::v2_path_of(&bytes).map(crate::text::from_bytes)
+    }
+
     fn kallsyms(&self, wanted: &[u64]) -> Option<super::kallsyms::Kallsyms> {
         super::kallsyms::Kallsyms::load_only(wanted).ok()
     }

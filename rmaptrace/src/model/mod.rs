@@ -5,6 +5,7 @@ pub mod code;
 pub mod event;
 pub mod flags;
 pub mod kind;
+pub mod metrics;
 pub mod origins;
 pub mod path;
 pub mod small_map;

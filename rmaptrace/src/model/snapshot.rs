@@ -451,6 +451,15 @@ impl Counters {
     /// Every kernel table that was full at least once, by map name, with how
     /// many times something could not be stored in it.
     pub fn tables_full(&self) -> Vec<(&'static str, u64)> {
+        self.table_full_counts()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    /// Every kernel table that can be full, by map name, with how many times
+    /// something could not be stored in it (0 included).
+    pub fn table_full_counts(&self) -> [(&'static str, u64); 10] {
         [
             ("INFLIGHT", self.inflight_table_full),
             ("PROCS", self.process_table_full),
@@ -463,9 +472,6 @@ impl Counters {
             ("ANON_MADE", self.anon_made_table_full),
             ("STACK_COUNTS", self.stack_rows_full),
         ]
-        .into_iter()
-        .filter(|(_, n)| *n > 0)
-        .collect()
     }
 }
 

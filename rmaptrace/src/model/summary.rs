@@ -117,12 +117,22 @@ pub struct VmaSummary {
     pub key: u64,
     #[serde(skip)]
     pub latency_hist: crate::model::snapshot::Hist,
+    /// The sum of its measured latencies (a histogram's `_sum`).
+    #[serde(skip)]
+    pub latency_sum_ns: u64,
+    /// Of `paths`, the major faults on each path.
+    #[serde(skip)]
+    pub paths_major: SmallMap<&'static str, u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct ProcessSummary {
     pub pid: u32,
     pub comm: String,
+    /// Its cgroup v2 path (container runtimes and systemd name their units
+    /// there), as of its latest exec, fork or exit seen, else as /proc says
+    /// when it is summarised; None where neither is known.
+    pub cgroup: Option<String>,
     pub faults: FaultCounts,
     pub by_kind: BTreeMap<&'static str, u64>,
     /// The kernel's own counters over the trace, when known.

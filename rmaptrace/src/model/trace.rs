@@ -86,6 +86,8 @@ struct Unmap {
 #[derive(Default)]
 struct ProcessState {
     comm: String,
+    /// Its cgroup v2 id as of its latest exec, fork or exit seen; 0: unknown.
+    cgroup: u64,
     /// The kernel's counts (final - base) of its exited threads.
     exited_threads: (u64, u64),
     threads_exited: u32,
@@ -586,6 +588,15 @@ impl Trace {
         marked
     }
 
+    /// By the id the kernel gave at its latest exec, fork or exit; else as
+    /// /proc says now.
+    fn cgroup_of(&self, pid: u32) -> Option<String> {
+        match self.processes.get(&pid).map(|p| p.cgroup) {
+            Some(id) if id != 0 => self.procfs.cgroup_path(id),
+            _ => self.procfs.cgroup_of(pid),
+        }
+    }
+
     fn comm_of(&self, pid: u32) -> String {
         match self.processes.get(&pid) {
             Some(p) if !p.comm.is_empty() => p.comm.clone(),
@@ -767,8 +778,8 @@ impl Trace {
             start_addr: u.start,
             end_addr: u.end,
             key: u.ts_ns,
-            latency_hist: Default::default(),
             stacks: Vec::new(),
+            ..VmaSummary::default()
         }
     }
 
@@ -814,6 +825,9 @@ impl Trace {
                 if e.header.tid == e.header.tgid || st.comm.is_empty() {
                     st.comm = c_str(&e.comm);
                 }
+                if e.cgroup != 0 {
+                    st.cgroup = e.cgroup;
+                }
                 if e.group_dead != 0 && st.exit_ns.is_none() {
                     st.exit_ns = Some(e.header.ts_ns);
                     self.group_exits += 1;
@@ -830,6 +844,7 @@ impl Trace {
                         self.unmaps_seen += 1;
                         let st = self.state_mut(t.header.tgid, t.header.ts_ns);
                         st.comm = comm;
+                        st.cgroup = t.cgroup;
                         if t.other == 1 {
                             st.targeted = true;
                         }
@@ -860,6 +875,7 @@ impl Trace {
                         if child.comm.is_empty() {
                             child.comm = comm;
                         }
+                        child.cgroup = t.cgroup;
                         child.origins.adopt(origins);
                     }
                 }
@@ -1328,6 +1344,7 @@ impl Trace {
     ) -> VmaSummary {
         let mut totals = FaultTotals::default();
         let mut paths: SmallMap<&'static str, u64> = SmallMap::default();
+        let mut paths_major: SmallMap<&'static str, u64> = SmallMap::default();
         let info = life.map(|(_, r)| &r.info);
         let kind = sp.kind;
         let vm_flags = info.map_or(0, |i| i.vm_flags);
@@ -1341,7 +1358,9 @@ impl Trace {
                 *paths.entry_or_default(name(*acc, *path_id, false)) += t.minor;
             }
             if t.major > 0 {
-                *paths.entry_or_default(name(*acc, *path_id, true)) += t.major;
+                let path = name(*acc, *path_id, true);
+                *paths.entry_or_default(path) += t.major;
+                *paths_major.entry_or_default(path) += t.major;
             }
         }
         // A stack's path is its row's: a row of major faults only (swap-ins,
@@ -1402,6 +1421,8 @@ impl Trace {
             minor: totals.minor,
             major: totals.major,
             paths,
+            paths_major,
+            latency_sum_ns: totals.latency_sum_ns,
             latency_ns: Latency {
                 p50: totals.percentile(0.5),
                 p99: totals.percentile(0.99),
@@ -1554,6 +1575,7 @@ impl Trace {
             let summary = ProcessSummary {
                 pid,
                 comm: self.comm_of(pid),
+                cgroup: self.cgroup_of(pid),
                 resolved_later: resolved.get(&pid).copied().unwrap_or(0),
                 faults,
                 by_kind,

@@ -94,6 +94,7 @@ fn vma(
         key: start,
         latency_hist: hist(lat),
         stacks: Vec::new(),
+        ..VmaSummary::default()
     }
 }
 
@@ -111,6 +112,7 @@ pub fn summary() -> Summary {
     let myapp = ProcessSummary {
         pid: 4242,
         comm: "myapp".into(),
+        cgroup: Some("/system.slice/myapp.service".into()),
         faults: FaultCounts {
             total: 1103,
             minor: 1103,
@@ -181,6 +183,7 @@ pub fn summary() -> Summary {
     let db = ProcessSummary {
         pid: 77,
         comm: "postgres".into(),
+        cgroup: None,
         faults: FaultCounts {
             total: 52,
             minor: 50,
