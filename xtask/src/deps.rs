@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::Command};
 use crate::run;
 
 /// Debian packages: the bpf-linker build needs LLVM 22 (nightly's LLVM); the guest
-/// tests need QEMU and a static busybox.
+/// tests need QEMU and a static busybox; the serve test needs Prometheus.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -24,6 +24,9 @@ const APT_PACKAGES: &[&str] = &[
     "binutils",
     // The tests' 32-bit program (tests/programs/memfd32.c): gcc -m32 -static.
     "gcc-multilib",
+    // rmaptrace serve: the integration test scrapes it with a real Prometheus
+    // server, and deploy/ is checked with promtool (both in this package).
+    "prometheus",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
