@@ -215,6 +215,7 @@ pub fn summary() -> Summary {
     let gone = ProcessSummary {
         pid: 9,
         comm: "true".into(),
+        cgroup: None,
         faults: FaultCounts {
             total: 0,
             minor: 0,

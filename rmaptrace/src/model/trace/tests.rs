@@ -256,6 +256,7 @@ fn exit(tid: u32, ts_ns: u64, min: u64, group_dead: bool, leader_start_ns: u64) 
         has_base: 1,
         group_dead: group_dead as u32,
         comm: *b"worker\0\0\0\0\0\0\0\0\0\0",
+        cgroup: 0,
     }
 }
 
@@ -594,6 +595,7 @@ fn an_exited_process_keeps_its_summary_after_its_rows_are_freed() {
         has_base: 1,
         group_dead: 1,
         comm: *b"short\0\0\0\0\0\0\0\0\0\0\0",
+        cgroup: 0,
     };
     t.on_event(Event::Exit(exit));
     let anon = VmaInfo {
@@ -715,6 +717,7 @@ fn exits_lost_with_other_events_are_found() {
             min_flt: 0,
             maj_flt: 0,
             comm: *b"app\0\0\0\0\0\0\0\0\0\0\0\0\0",
+            cgroup: 0,
         }));
     }
     let anon = VmaInfo {
