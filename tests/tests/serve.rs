@@ -277,11 +277,10 @@ fn prometheus_sees_a_cgroup_s_shmem_faults_rise_by_exactly_the_pages_written() {
         cg.path
     );
     assert_eq!(query(prom_port, &by_path), Some(500.0));
-    let latency = format!(
-        r#"sum(rmaptrace_fault_latency_seconds_count{{kind="shmem",handler="shmem_fault"}})"#
-    );
+    let latency =
+        r#"sum(rmaptrace_fault_latency_seconds_count{kind="shmem",handler="shmem_fault"})"#;
     assert!(
-        query(prom_port, &latency).is_some_and(|n| n >= 500.0),
+        query(prom_port, latency).is_some_and(|n| n >= 500.0),
         "every traced fault has a latency sample"
     );
 }
