@@ -87,6 +87,13 @@ fn report_ok(args: &[&OsStr]) -> String {
     String::from_utf8(out.stdout).expect("the table is UTF-8")
 }
 
+/// `rmaptrace report JSON`, which must print `printed`, byte for byte.
+fn reported_as_printed(json: &std::path::Path, printed: &str) -> String {
+    let reported = report_ok(&[json.as_os_str()]);
+    assert_eq!(reported, printed, "the same table, byte for byte");
+    reported
+}
+
 #[test]
 fn the_report_of_an_export_is_the_table_its_trace_printed() {
     let bin = bin();
@@ -100,8 +107,7 @@ fn the_report_of_an_export_is_the_table_its_trace_printed() {
             "256".as_ref(),
         ],
     );
-    let reported = report_ok(&[json.as_os_str()]);
-    assert_eq!(reported, printed, "the same table, byte for byte");
+    let reported = reported_as_printed(&json, &printed);
     assert!(reported.contains("do_anonymous_page"), "{reported}");
 }
 
@@ -110,8 +116,7 @@ fn the_report_of_several_processes_is_the_table_their_trace_printed() {
     let (json, printed) = trace_two_workloads("report-two");
     let export = read_export(&json);
     assert!(processes(&export).len() >= 3, "sh and two workloads");
-    let reported = report_ok(&[json.as_os_str()]);
-    assert_eq!(reported, printed, "the same table, byte for byte");
+    let reported = reported_as_printed(&json, &printed);
     assert!(reported.contains("3 process(es) (3 exited)"), "{reported}");
 }
 

@@ -101,7 +101,7 @@ impl Filters {
     }
 
     fn keeps_kind(&self, kind: &str) -> bool {
-        self.kinds.is_empty() || self.kinds.iter().any(|k| *k == kind)
+        self.kinds.is_empty() || self.kinds.contains(&kind)
     }
 
     /// The filters as given on the command line, escaped.
