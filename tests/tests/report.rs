@@ -109,6 +109,25 @@ fn the_report_of_an_export_is_the_table_its_trace_printed() {
     );
     let reported = reported_as_printed(&json, &printed);
     assert!(reported.contains("do_anonymous_page"), "{reported}");
+
+    // On another machine: no root, no capabilities, no BTF.
+    let copy = json.with_extension("copy.ndjson");
+    std::fs::copy(&json, &copy).unwrap();
+    std::fs::set_permissions(&copy, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&bin)
+        .arg("report")
+        .arg(&copy)
+        .env("RMAPTRACE_BTF", "/nonexistent/vmlinux")
+        .output()
+        .expect("setpriv (util-linux)");
+    assert!(
+        out.status.success(),
+        "report as nobody: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), printed);
 }
 
 #[test]
