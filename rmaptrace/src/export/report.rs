@@ -184,6 +184,28 @@ pub fn read(path: &Path, filters: &Filters) -> Result<Report> {
     read_from(BufReader::with_capacity(1 << 20, file), &shown, filters)
 }
 
+/// An export, but not of the format this reader knows.
+#[derive(Debug)]
+struct OtherFormat(String);
+
+impl std::fmt::Display for OtherFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for OtherFormat {}
+
+/// The type of a record, from the start of its line where the writer put it
+/// (`{"type":"process",…`): a line of hundreds of MB is then scanned once.
+fn record_type(line: &[u8]) -> Option<&str> {
+    let rest = line.strip_prefix(br#"{"type":""#)?;
+    let end = rest.iter().position(|&b| b == b'"' || b == b'\\')?;
+    (rest[end] == b'"')
+        .then(|| std::str::from_utf8(&rest[..end]).ok())
+        .flatten()
+}
+
 /// The fields of a line that say what it is; the rest is skipped unread.
 #[derive(Deserialize)]
 struct Tag {
@@ -274,8 +296,31 @@ struct ProcessRecord {
     vmas_ended: u64,
     #[serde(default)]
     ended_late: u64,
-    #[serde(default)]
-    vmas: Vec<VmaRecord>,
+    /// Described as they are read: a record of 200k mappings is not held
+    /// twice (as read, and as the model has them).
+    #[serde(default, deserialize_with = "described")]
+    vmas: Vec<VmaSummary>,
+}
+
+fn described<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<VmaSummary>, D::Error> {
+    struct Rows;
+    impl<'de> serde::de::Visitor<'de> for Rows {
+        type Value = Vec<VmaSummary>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of mappings")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut rows = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+            while let Some(v) = seq.next_element::<VmaRecord>()? {
+                rows.push(v.into_summary());
+            }
+            Ok(rows)
+        }
+    }
+    d.deserialize_seq(Rows)
 }
 
 /// A `mappings` record, as far as a kind filter needs it.
@@ -468,15 +513,15 @@ impl VmaRecord {
             latency_hist: Default::default(),
         }
     }
+}
 
-    /// The latest time the row tells.
-    fn latest_ns(&self) -> u64 {
-        [self.first_seen_ns, self.mapped_ns, self.unmapped_ns]
-            .into_iter()
-            .flatten()
-            .max()
-            .unwrap_or(0)
-    }
+/// The latest time a row tells.
+fn latest_ns(v: &VmaSummary) -> u64 {
+    [v.first_seen_ns, v.mapped_ns, v.unmapped_ns]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(0)
 }
 
 /// What a kind filter needs of a process's `mappings` records, which come
@@ -533,6 +578,7 @@ pub fn read_from(mut input: impl BufRead, name: &str, filters: &Filters) -> Resu
         }
         match r.line(&line) {
             Ok(()) => {}
+            Err(e) if e.is::<OtherFormat>() => bail!("{name}: {e}"),
             // The last line of a trace killed while writing it (or still
             // being written), cut short: what came before is whole.
             Err(_) if !complete && r.header_seen => torn = true,
@@ -552,8 +598,12 @@ pub fn read_from(mut input: impl BufRead, name: &str, filters: &Filters) -> Resu
 
 impl Reader {
     fn line(&mut self, line: &[u8]) -> Result<()> {
-        let tag: Tag = serde_json::from_slice(line)?;
-        let kind = tag.kind.unwrap_or_default();
+        let kind = match record_type(line) {
+            Some(kind) => kind.to_string(),
+            None => serde_json::from_slice::<Tag>(line)?
+                .kind
+                .unwrap_or_default(),
+        };
         if !self.header_seen {
             if kind != "header" {
                 bail!("its first record is not a header");
@@ -598,9 +648,10 @@ impl Reader {
             other => {
                 let format = other.map_or_else(|| "none".to_string(), |f| f.to_string());
                 let version = h.version.map(esc).unwrap_or_else(|| "unknown".into());
-                bail!(
-                    "its header says format {format}, and this rmaptrace reads format {FORMAT_VERSION}: report it with the rmaptrace that wrote it (version {version})"
-                );
+                return Err(OtherFormat(format!(
+                    "an rmaptrace export of format {format}, and this rmaptrace reads format {FORMAT_VERSION}: report it with the rmaptrace that wrote it (version {version})"
+                ))
+                .into());
             }
         }
         self.header_seen = true;
@@ -615,18 +666,14 @@ impl Reader {
         self.pids_recorded.insert(p.pid);
         let ended = self.ended.remove(&p.pid).unwrap_or_default();
         for v in &p.vmas {
-            self.latest_ns = self.latest_ns.max(v.latest_ns());
+            self.latest_ns = self.latest_ns.max(latest_ns(v));
         }
         if !self.filters.keeps_process(p.pid, &p.comm) {
             return;
         }
         let kinds = &self.filters;
-        let vmas: Vec<VmaSummary> = p
-            .vmas
-            .into_iter()
-            .filter(|v| kinds.keeps_kind(&v.kind))
-            .map(VmaRecord::into_summary)
-            .collect();
+        let mut vmas = p.vmas;
+        vmas.retain(|v| kinds.keeps_kind(v.kind));
         let mut by_kind = interned_map(p.by_kind);
         let (mut faults, mut vmas_ended) = (p.faults, p.vmas_ended);
         if !kinds.kinds.is_empty() {

@@ -205,6 +205,28 @@ fn a_trace_without_its_summary_is_reported_from_its_process_records() {
 }
 
 #[test]
+fn the_type_is_read_from_the_start_of_a_line_or_else_from_the_whole_of_it() {
+    assert_eq!(
+        record_type(br#"{"type":"process","pid":1}"#),
+        Some("process")
+    );
+    assert_eq!(record_type(br#"{"pid":1,"type":"process"}"#), None);
+    assert_eq!(record_type(br#"{"type":"pro\u0063ess"}"#), None);
+    // Written by hand (here: keys in alphabetical order), the type
+    // elsewhere: read all the same, as every other test here shows.
+    let line = ndjson(&two_processes()[1..2]);
+    assert!(line.starts_with(br#"{"by_kind""#));
+    assert_eq!(
+        read_bytes(&ndjson(&two_processes()), &Filters::default())
+            .unwrap()
+            .summary
+            .processes
+            .len(),
+        2
+    );
+}
+
+#[test]
 fn a_malformed_line_is_named_by_its_number() {
     let mut bytes = ndjson(&two_processes()[..2]);
     bytes.extend_from_slice(b"{\"type\":\"process\",\"pid\":\n");
@@ -238,8 +260,21 @@ fn only_exports_of_this_format_are_read() {
             .err()
             .unwrap()
     );
-    assert!(e.contains("format 1") && e.contains("version 0.1.0"), "{e}");
-    assert!(e.contains("not an rmaptrace export"), "{e}");
+    assert!(
+        e.starts_with(
+            "t.ndjson: an rmaptrace export of format 1, and this rmaptrace reads format 2"
+        ),
+        "{e}"
+    );
+    assert!(e.contains("version 0.1.0"), "{e}");
+    lines[0]["format"] = json!(null);
+    let e = format!(
+        "{:#}",
+        read_bytes(&ndjson(&lines), &Filters::default())
+            .err()
+            .unwrap()
+    );
+    assert!(e.contains("of format none"), "{e}");
 
     let e = format!(
         "{:#}",
