@@ -28,11 +28,17 @@ fn table_in(stderr: &[u8]) -> String {
 /// Runs `rmaptrace --no-tui --json F -- CMD…`: the export's path and the
 /// table printed at the end.
 fn trace(name: &str, cmd: &[&OsStr]) -> (PathBuf, String) {
+    trace_with(name, &[], cmd)
+}
+
+/// [`trace`] with more options for rmaptrace.
+fn trace_with(name: &str, extra: &[&str], cmd: &[&OsStr]) -> (PathBuf, String) {
     require_root();
     let json = temp_json(name);
     let out = Command::new(bin())
         .args(["--no-tui", "--json"])
         .arg(&json)
+        .args(extra)
         .arg("--")
         .args(cmd)
         .output()
@@ -137,6 +143,30 @@ fn the_report_of_several_processes_is_the_table_their_trace_printed() {
     assert!(processes(&export).len() >= 3, "sh and two workloads");
     let reported = reported_as_printed(&json, &printed);
     assert!(reported.contains("3 process(es) (3 exited)"), "{reported}");
+}
+
+/// More processes than the table lists (the last line counts the rest), and
+/// the call sites line of `--stacks`.
+#[test]
+fn the_report_of_a_fork_storm_with_stacks_is_the_table_its_trace_printed() {
+    let bin = bin();
+    let (json, printed) = trace_with(
+        "report-storm",
+        &["--stacks"],
+        &[
+            bin.as_os_str(),
+            "workload".as_ref(),
+            "fork-storm".as_ref(),
+            "--pages".as_ref(),
+            "40".as_ref(),
+        ],
+    );
+    let reported = reported_as_printed(&json, &printed);
+    assert!(
+        reported.contains("\n... 21 more process(es) with "),
+        "{reported}"
+    );
+    assert!(reported.contains("\ncall sites: "), "{reported}");
 }
 
 #[test]
