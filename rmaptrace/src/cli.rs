@@ -42,6 +42,9 @@ pub enum Command {
     /// Run the workload scenarios in a loop under the live screen: every mapping
     /// kind and its fault handler side by side. With --no-tui: one round, then the summary.
     Demo(DemoArgs),
+    /// Print the end-of-trace table of an NDJSON export (`--json`), or browse
+    /// it on the live screen with --tui. Needs no root and no eBPF.
+    Report(crate::export::report::ReportArgs),
 }
 
 #[derive(Args, Debug, Clone)]

@@ -47,6 +47,7 @@ fn main() {
         Some(cli::Command::Probe { backend }) => session::probe(backend),
         Some(cli::Command::Demo(d)) => session::run_demo(&d),
         Some(cli::Command::Serve(s)) => session::run_serve(&s),
+        Some(cli::Command::Report(r)) => export::report::run(&r),
         None => session::run(cli.trace),
     };
     match result {

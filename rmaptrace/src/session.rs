@@ -85,8 +85,8 @@ pub fn probe(backend: Backend) -> Result<i32> {
 
 /// What the end-of-trace table shows: the busiest processes, and the busiest
 /// mappings of each (the export has everything).
-const TABLE_PROCESSES: usize = 20;
-const TABLE_VMAS: usize = 20;
+pub(crate) const TABLE_PROCESSES: usize = 20;
+pub(crate) const TABLE_VMAS: usize = 20;
 
 /// The command after `--` cannot run: rmaptrace exits as a shell would (127
 /// not found, 126 not executable), so scripts see the same status either way.

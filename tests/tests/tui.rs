@@ -400,3 +400,45 @@ fn hostile_names_are_shown_escaped_and_the_command_log_is_private() {
     assert_eq!(std::fs::read_to_string(log).unwrap(), "started\n");
     std::fs::remove_dir_all(log.parent().unwrap()).unwrap();
 }
+
+/// `rmaptrace report --tui FILE`: the screen of a finished trace, paused
+/// from the start, showing its processes; `q` quits and gives the terminal
+/// back. The report itself needs no root; the trace that writes the export does.
+#[test]
+fn report_tui_shows_the_export_paused_and_quits_on_q() {
+    require_root();
+    let json = temp_json("report-tui");
+    let out = Command::new(bin())
+        .args(["--no-tui", "--json"])
+        .arg(&json)
+        .arg("--")
+        .arg(bin())
+        .args(["workload", "anon-write", "--pages", "64"])
+        .output()
+        .expect("running rmaptrace");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = json.to_str().unwrap();
+    let mut pty = Pty::spawn(&["report", "--tui", path], &[], 30, 160);
+    let screen = pty.wait_for(
+        &[
+            "PAUSED",
+            "rmaptrace report",
+            "Processes",
+            "backend tracepoint",
+        ],
+        Duration::from_secs(30),
+    );
+    let pid = read_export(&json)
+        .iter()
+        .find(|l| l["type"] == "process")
+        .map(|p| p["pid"].to_string())
+        .expect("a process record");
+    assert!(screen.contains(&pid), "pid {pid} listed:\n{screen}");
+    pty.keys("q");
+    assert_eq!(pty.wait_exit(Duration::from_secs(30)).code(), Some(0));
+    pty.assert_restored();
+}

@@ -374,7 +374,8 @@ impl ProcTotals {
 }
 
 /// Global counters of the probes, named for the export.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Counters {
     pub events_lost: u64,
     pub completions_without_entry: u64,

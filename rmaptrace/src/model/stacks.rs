@@ -46,7 +46,8 @@ pub struct CallSite {
 
 /// The stacks of a whole trace (`call_sites` in the summary). Faults counted
 /// without a stack are `counters.stacks_lost` and `counters.stack_rows_full`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct StackTotals {
     /// Frames recorded per stack at most (`--stack-depth`).
     pub depth: u32,

@@ -1,24 +1,27 @@
 //! The result of a trace as exported (`{"type":"summary"}`) and shown. Field names
 //! are the documented contract of docs/json-format.md.
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 use super::{small_map::SmallMap, snapshot::Counters};
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct FaultCounts {
     pub total: u64,
     pub minor: u64,
     pub major: u64,
 }
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct KernelCounts {
     pub minflt: u64,
     pub majflt: u64,
 }
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct Latency {
     pub p50: Option<u64>,
     pub p99: Option<u64>,
@@ -27,7 +30,8 @@ pub struct Latency {
     pub samples: u64,
 }
 
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
 pub struct HandlerTime {
     pub calls: u64,
     pub total_ns: u64,

@@ -163,6 +163,14 @@ impl App {
         }
     }
 
+    /// A new screen, paused or not.
+    pub fn starting(paused: bool) -> Self {
+        Self {
+            paused,
+            ..Self::new()
+        }
+    }
+
     pub fn on_update(&mut self, u: Update) {
         self.history.observe(&u.summary);
         self.data = Some(u);
@@ -675,6 +683,15 @@ mod tests {
         let mut b = app();
         b.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
         assert!(b.quit);
+    }
+
+    #[test]
+    fn a_report_starts_paused_and_p_resumes() {
+        let mut a = App::starting(true);
+        assert!(a.paused);
+        press(&mut a, &[KeyCode::Char('p')]);
+        assert!(!a.paused);
+        assert!(!App::starting(false).paused);
     }
 
     #[test]

@@ -47,7 +47,9 @@ pub fn run<B: Backend>(
     let mut frames = 0u64;
     loop {
         let closed = feed.is_closed();
-        if !app.paused {
+        // Paused keeps what is shown; a screen started paused (a report)
+        // still takes its first summary.
+        if !app.paused || app.data.is_none() {
             if let Some(u) = feed.take() {
                 app.on_update(u);
             }
@@ -161,6 +163,39 @@ mod tests {
         )
         .unwrap();
         assert!(app.data.is_some());
+    }
+
+    #[test]
+    fn a_screen_started_paused_shows_its_first_summary_and_keeps_it() {
+        let feed = Feed::default();
+        feed.publish(fake::update());
+        let mut term = Terminal::new(TestBackend::new(100, 20)).unwrap();
+        let mut app = App::starting(true);
+        let mut later = fake::update();
+        later.summary.duration_ns += 1_000_000_000;
+        let newer = later.summary.duration_ns;
+        let mut input = Flood {
+            feed: &feed,
+            update: later,
+            per_wait: 1,
+            waits: 2,
+            published: newer - 1,
+        };
+        let opts = Options {
+            frame: Duration::from_secs(3600),
+            panic_after_first_draw: false,
+        };
+        run(&mut term, &mut app, &feed, &mut input, &opts).unwrap();
+        assert!(app.paused && app.quit);
+        let shown = app.data.as_ref().map(|u| u.summary.duration_ns);
+        assert_eq!(
+            shown,
+            Some(fake::update().summary.duration_ns),
+            "paused: the later summaries wait"
+        );
+        let screen = term.backend().to_string();
+        assert!(screen.contains("PAUSED"), "{screen}");
+        assert!(screen.contains("postgres"), "{screen}");
     }
 
     /// A producer far faster than the UI: every wait for input sees `per_wait`

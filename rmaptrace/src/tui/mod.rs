@@ -46,6 +46,12 @@ impl Ui {
     /// the screen ends for any reason (q, Ctrl-C, an error, a panic), which is
     /// how the session loop learns it should stop.
     pub fn start(quit: tokio::sync::mpsc::Sender<()>) -> Result<Ui> {
+        Self::start_with(quit, false)
+    }
+
+    /// [`Ui::start`], the screen paused from the start when `paused` (a
+    /// report of a finished trace: nothing will change; `p` resumes all the same).
+    pub fn start_with(quit: tokio::sync::mpsc::Sender<()>, paused: bool) -> Result<Ui> {
         let feed = Arc::new(Feed::default());
         let (guard, mut term) = terminal::TerminalGuard::enter()
             .map_err(|e| anyhow!("setting up the terminal: {e}"))?;
@@ -59,7 +65,7 @@ impl Ui {
             .spawn(move || {
                 let _guard = guard;
                 let _quit = quit;
-                let mut app = app::App::new();
+                let mut app = app::App::starting(paused);
                 event_loop::run(
                     &mut term,
                     &mut app,
