@@ -188,6 +188,9 @@ fn preflight(args: &TraceArgs, procfs: &dyn ProcSource) -> Result<()> {
 /// error for the first that is not one.
 fn followed_cgroups(asked: &[std::path::PathBuf]) -> Result<Vec<(std::path::PathBuf, u64)>> {
     use crate::kernel::cgroup;
+    if asked.is_empty() {
+        return Ok(Vec::new());
+    }
     let Some(tree) = cgroup::CgroupTree::of_this_system() else {
         bail!("--cgroup needs the cgroup v2 hierarchy, and none is mounted: mount it (mount -t cgroup2 none /sys/fs/cgroup/unified) or trace by --comm or --pid");
     };
