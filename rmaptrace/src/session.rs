@@ -29,7 +29,7 @@ use crate::{
         call_sites::CallSiteFiles,
         json::{Header, JsonExport, FORMAT_VERSION},
         outputs::Outputs,
-        table,
+        table::{self, TABLE_PROCESSES, TABLE_VMAS},
     },
     kernel::{
         btf::VMLINUX_BTF,
@@ -82,11 +82,6 @@ pub fn probe(backend: Backend) -> Result<i32> {
     print!("kernel {}\n{}", kernel_release(), probes.plan.render());
     Ok(0)
 }
-
-/// What the end-of-trace table shows: the busiest processes, and the busiest
-/// mappings of each (the export has everything).
-pub(crate) const TABLE_PROCESSES: usize = 20;
-pub(crate) const TABLE_VMAS: usize = 20;
 
 /// The command after `--` cannot run: rmaptrace exits as a shell would (127
 /// not found, 126 not executable), so scripts see the same status either way.

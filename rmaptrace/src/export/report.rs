@@ -18,7 +18,10 @@ use std::{
 use anyhow::{anyhow, bail, Result};
 use serde::Deserialize;
 
-use super::{json::FORMAT_VERSION, table};
+use super::{
+    json::FORMAT_VERSION,
+    table::{self, TABLE_PROCESSES, TABLE_VMAS},
+};
 use crate::{
     model::{
         kind::{Kind, VM_SHARED},
@@ -30,7 +33,6 @@ use crate::{
             Summary, Totals, VmaSummary,
         },
     },
-    session::{TABLE_PROCESSES, TABLE_VMAS},
     text::{from_bytes, visible},
 };
 

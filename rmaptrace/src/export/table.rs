@@ -5,6 +5,11 @@ use std::fmt::Write;
 
 use crate::{model::summary::Summary, text::visible};
 
+/// What the end-of-trace table shows: the busiest processes, and the busiest
+/// mappings of each (the export has everything).
+pub const TABLE_PROCESSES: usize = 20;
+pub const TABLE_VMAS: usize = 20;
+
 fn ns(v: Option<u64>) -> String {
     match v {
         None => "-".into(),
