@@ -42,7 +42,7 @@ fn in_followed_cgroup() -> bool {
             return false;
         }
         // SAFETY: only compared with None; the value is never read.
-        if unsafe { CGROUPS.get(&id) }.is_some() {
+        if unsafe { CGROUPS.get(id) }.is_some() {
             return true;
         }
     }
