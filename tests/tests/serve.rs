@@ -414,3 +414,61 @@ fn a_bad_listen_address_or_cgroup_fails_before_loading() {
     assert!(err.contains("choose another --listen"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+/// deploy/ as shipped: the scrape config loads the alerting rules, the rules
+/// pass their own unit tests, the dashboard is JSON that queries only metrics
+/// the daemon serves.
+#[test]
+fn the_deploy_files_pass_promtool_and_name_served_metrics() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+    for args in [
+        vec!["check", "config", "prometheus.yml"],
+        vec!["check", "rules", "rmaptrace-alerts.yml"],
+        vec!["test", "rules", "rmaptrace-alerts.test.yml"],
+    ] {
+        let out = Command::new("promtool")
+            .args(&args)
+            .current_dir(&deploy)
+            .output()
+            .expect("promtool is not installed: run `cargo xtask deps` (Debian's prometheus package)");
+        assert!(
+            out.status.success(),
+            "promtool {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let served = [
+        "rmaptrace_faults_total",
+        "rmaptrace_fault_latency_seconds_bucket",
+        "rmaptrace_fault_latency_seconds_sum",
+        "rmaptrace_fault_latency_seconds_count",
+        "rmaptrace_unseen_faults_total",
+        "rmaptrace_events_lost_total",
+        "rmaptrace_table_full_total",
+        "rmaptrace_processes_followed",
+        "rmaptrace_build_info",
+    ];
+    for file in ["grafana-dashboard.json", "rmaptrace-alerts.yml"] {
+        let text = std::fs::read_to_string(deploy.join(file)).unwrap();
+        if file.ends_with(".json") {
+            serde_json::from_str::<serde_json::Value>(&text).expect("the dashboard is JSON");
+        }
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("rmaptrace_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            // Metric names, not the job or dashboard names around them.
+            if name.ends_with("_total")
+                || name.contains("_seconds")
+                || name.ends_with("_info")
+                || name.ends_with("_followed")
+            {
+                assert!(served.contains(&name.as_str()), "{file} queries {name}, which serve does not serve");
+            }
+            rest = &rest[at + name.len().max(1)..];
+        }
+    }
+}

@@ -68,9 +68,16 @@ pub fn render(s: &Summary, max_procs: usize, max_vmas: usize) -> String {
             .unseen
             .map(|u| format!(", unseen {u}"))
             .unwrap_or_default();
+        // Which container or unit it ran in, where that is not the root.
+        let cgroup = p
+            .cgroup
+            .as_deref()
+            .filter(|c| *c != "/")
+            .map(|c| format!(" in cgroup {}", visible(c)))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "\n{} {}: {} faults ({} minor, {} major); {kernel}{unseen}",
+            "\n{} {}{cgroup}: {} faults ({} minor, {} major); {kernel}{unseen}",
             p.pid,
             visible(&p.comm),
             p.faults.total,
@@ -149,5 +156,38 @@ fn function(name: Option<&str>, module: Option<&str>) -> String {
         (Some(h), Some(m)) => format!("{} [{}]", visible(h), visible(m)),
         (Some(h), None) => visible(h).into_owned(),
         _ => "-".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::summary::{FaultCounts, ProcessSummary};
+
+    fn one(cgroup: Option<&str>) -> String {
+        let s = Summary {
+            processes: vec![ProcessSummary {
+                pid: 7,
+                comm: "app".into(),
+                cgroup: cgroup.map(str::to_string),
+                faults: FaultCounts {
+                    total: 3,
+                    minor: 3,
+                    major: 0,
+                },
+                ..ProcessSummary::default()
+            }],
+            ..Summary::default()
+        };
+        render(&s, 20, 20)
+    }
+
+    #[test]
+    fn a_process_line_names_its_cgroup_unless_it_is_the_root() {
+        assert!(one(Some("/system.slice/app.service"))
+            .contains("\n7 app in cgroup /system.slice/app.service: 3 faults (3 minor, 0 major)"));
+        assert!(one(Some("/")).contains("\n7 app: 3 faults"));
+        assert!(one(None).contains("\n7 app: 3 faults"));
+        assert!(one(Some("/x\u{1b}[2J")).contains("in cgroup /x\\x1b[2J:"));
     }
 }
