@@ -430,7 +430,9 @@ fn the_deploy_files_pass_promtool_and_name_served_metrics() {
             .args(&args)
             .current_dir(&deploy)
             .output()
-            .expect("promtool is not installed: run `cargo xtask deps` (Debian's prometheus package)");
+            .expect(
+                "promtool is not installed: run `cargo xtask deps` (Debian's prometheus package)",
+            );
         assert!(
             out.status.success(),
             "promtool {args:?}: {}{}",
@@ -466,7 +468,10 @@ fn the_deploy_files_pass_promtool_and_name_served_metrics() {
                 || name.ends_with("_info")
                 || name.ends_with("_followed")
             {
-                assert!(served.contains(&name.as_str()), "{file} queries {name}, which serve does not serve");
+                assert!(
+                    served.contains(&name.as_str()),
+                    "{file} queries {name}, which serve does not serve"
+                );
             }
             rest = &rest[at + name.len().max(1)..];
         }

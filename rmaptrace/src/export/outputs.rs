@@ -58,7 +58,7 @@ impl Outputs {
     /// [`FaultMetrics::settle`]).
     pub fn settle_metrics(&mut self) {
         if let Some(m) = &mut self.metrics {
-            m.settle();
+            m.settle(crate::kernel::clock::monotonic_ns());
         }
     }
 

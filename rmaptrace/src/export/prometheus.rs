@@ -188,7 +188,7 @@ mod tests {
             &p,
             crate::model::metrics::Mapped::of(&mut std::iter::once(v)),
         );
-        m.settle();
+        m.settle(0);
         m
     }
 

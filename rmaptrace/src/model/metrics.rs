@@ -12,11 +12,14 @@
 //! before its state is dropped.
 //!
 //! Cardinality is bounded: no pid label, and each of comm and cgroup keeps at
-//! most `top` values of its own, the busiest when there is room; once given, a
-//! label stays for the daemon's life (a series that stopped would make sums go
-//! back). Faults of any other name are counted under `other`. Every series
-//! only grows, and the sum over all series is exact.
-use std::collections::{BTreeMap, HashMap, HashSet};
+//! most `top` values of its own, the busiest when there is room. A label is
+//! kept while its name keeps faulting, so its series only grows; a name idle
+//! for [`LABEL_IDLE_NS`] gives its label up (its series stop, as a process's
+//! series do in any exporter when it is gone), so that names busy now can get
+//! one. Faults of any other name are counted under `other`. Every series only
+//! grows while it is served, and the sum over the series served plus those
+//! stopped is exact.
+use std::collections::{BTreeMap, HashMap};
 
 use rmaptrace_common::latency_bucket_floor;
 
@@ -24,6 +27,9 @@ use super::summary::{ProcessSummary, VmaSummary};
 
 /// The label value that collects the names beyond the top ones.
 pub const OTHER: &str = "other";
+
+/// A name with no fault credited for this long gives its label up.
+pub const LABEL_IDLE_NS: u64 = 15 * 60 * 1_000_000_000;
 
 /// Upper bounds of the latency histogram: powers of two from 128 ns to
 /// 2^29 ns (0.54 s), then +Inf. The kernel's buckets (four per power of two)
@@ -223,8 +229,9 @@ pub struct FaultMetrics {
     top: usize,
     processes: HashMap<u32, ProcessCredit>,
     pending: Vec<Pending>,
-    comms: HashSet<String>,
-    cgroups: HashSet<String>,
+    /// Names with a label of their own, and when they were last credited.
+    comms: HashMap<String, u64>,
+    cgroups: HashMap<String, u64>,
     faults: HashMap<SeriesKey, u64>,
     latency: HashMap<LatencyKey, Latency>,
     unseen: u64,
@@ -241,8 +248,8 @@ impl FaultMetrics {
             top,
             processes: HashMap::new(),
             pending: Vec::new(),
-            comms: HashSet::new(),
-            cgroups: HashSet::new(),
+            comms: HashMap::new(),
+            cgroups: HashMap::new(),
             faults: HashMap::new(),
             latency: HashMap::new(),
             unseen: 0,
@@ -315,25 +322,43 @@ impl FaultMetrics {
         state.credited.unseen = state.credited.unseen.max(now.unseen);
     }
 
-    /// Gives the credits their comm and cgroup labels: names that have one
-    /// keep it; new names get one, the busiest first, while fewer than `top`
-    /// have one; the rest go to `other`.
-    pub fn settle(&mut self) {
+    /// Gives the credits their comm and cgroup labels (at `now_ns`): names
+    /// idle for [`LABEL_IDLE_NS`] give theirs up first, with their series;
+    /// names that have one keep it; new names get one, the busiest first,
+    /// while fewer than `top` have one; the rest go to `other`.
+    pub fn settle(&mut self, now_ns: u64) {
+        let idle = |labels: &mut HashMap<String, u64>| -> Vec<String> {
+            let gone: Vec<String> = labels
+                .iter()
+                .filter(|(_, &last)| now_ns.saturating_sub(last) > LABEL_IDLE_NS)
+                .map(|(n, _)| n.clone())
+                .collect();
+            for n in &gone {
+                labels.remove(n);
+            }
+            gone
+        };
+        let (comms_gone, cgroups_gone) = (idle(&mut self.comms), idle(&mut self.cgroups));
+        if !comms_gone.is_empty() || !cgroups_gone.is_empty() {
+            self.faults
+                .retain(|k, _| !comms_gone.contains(&k.comm) && !cgroups_gone.contains(&k.cgroup));
+        }
         let pending = std::mem::take(&mut self.pending);
         admit(&mut self.comms, self.top, &pending, |p| &p.comm);
         admit(&mut self.cgroups, self.top, &pending, |p| &p.cgroup);
         for p in pending {
-            let label = |set: &HashSet<String>, name: String| {
-                if set.contains(&name) {
-                    name
-                } else {
-                    OTHER.to_string()
-                }
-            };
+            let mut label =
+                |labels: &mut HashMap<String, u64>, name: String| match labels.get_mut(&name) {
+                    Some(last) => {
+                        *last = now_ns;
+                        name
+                    }
+                    None => OTHER.to_string(),
+                };
             let key = SeriesKey {
                 fault: p.labels,
-                comm: label(&self.comms, p.comm),
-                cgroup: label(&self.cgroups, p.cgroup),
+                comm: label(&mut self.comms, p.comm),
+                cgroup: label(&mut self.cgroups, p.cgroup),
             };
             *self.faults.entry(key).or_default() += p.n;
         }
@@ -360,25 +385,27 @@ impl FaultMetrics {
     }
 }
 
-/// Names in `pending` without a label get one, the busiest first, while the
-/// set has fewer than `top`.
+/// Names in `pending` without a label get one, the busiest first, while
+/// fewer than `top` have one.
 fn admit(
-    set: &mut HashSet<String>,
+    labels: &mut HashMap<String, u64>,
     top: usize,
     pending: &[Pending],
     name: impl Fn(&Pending) -> &String,
 ) {
-    if set.len() >= top {
+    if labels.len() >= top {
         return;
     }
     let mut busiest: HashMap<&String, u64> = HashMap::new();
-    for p in pending.iter().filter(|p| !set.contains(name(p))) {
+    for p in pending.iter().filter(|p| !labels.contains_key(name(p))) {
         *busiest.entry(name(p)).or_default() += p.n;
     }
     let mut ranked: Vec<(&String, u64)> = busiest.into_iter().collect();
     ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-    let room = top - set.len();
-    set.extend(ranked.into_iter().take(room).map(|(n, _)| n.clone()));
+    let room = top - labels.len();
+    for (n, _) in ranked.into_iter().take(room) {
+        labels.insert(n.clone(), 0);
+    }
 }
 
 #[cfg(test)]
@@ -445,14 +472,14 @@ mod tests {
             &process(1, "app", 10, 0),
             Mapped::of(&mut std::iter::once(v)),
         );
-        m.settle();
+        m.settle(0);
         assert_eq!(get(&m, "app", "do_anonymous_page", false), 10);
         let v = vma("anon", None, &[("do_anonymous_page", 25, 0)]);
         m.running(
             &process(1, "app", 25, 0),
             Mapped::of(&mut std::iter::once(v)),
         );
-        m.settle();
+        m.settle(0);
         assert_eq!(get(&m, "app", "do_anonymous_page", false), 25);
         assert_eq!(total(&m), 25);
     }
@@ -465,7 +492,7 @@ mod tests {
             &process(1, "cat", 7, 3),
             Mapped::of(&mut std::iter::once(v)),
         );
-        m.settle();
+        m.settle(0);
         assert_eq!(get(&m, "cat", "filemap_fault", false), 7);
         assert_eq!(get(&m, "cat", "filemap_fault", true), 3);
         assert_eq!(m.processes(), 0);
@@ -487,7 +514,7 @@ mod tests {
             &process(1, "srv", 12, 0),
             Mapped::of(&mut std::iter::once(a)),
         );
-        m.settle();
+        m.settle(0);
         assert_eq!(get(&m, "srv", "do_shared_fault", false), 8);
         assert_eq!(get(&m, "srv", "do_anonymous_page", false), 4);
         assert_eq!(total(&m), 12);
@@ -498,7 +525,7 @@ mod tests {
         let mut m = FaultMetrics::new(50);
         let a = vma("anon", None, &[("do_anonymous_page", 4, 0)]);
         m.exited(&process(1, "x", 9, 1), Mapped::of(&mut std::iter::once(a)));
-        m.settle();
+        m.settle(0);
         assert_eq!(get(&m, "x", NO_MAPPING, false), 5);
         assert_eq!(get(&m, "x", NO_MAPPING, true), 1);
         assert_eq!(total(&m), 10);
@@ -509,14 +536,14 @@ mod tests {
         let mut m = FaultMetrics::new(50);
         let a = vma("anon", None, &[("do_anonymous_page", 4, 0)]);
         m.running(&process(1, "sh", 4, 0), Mapped::of(&mut std::iter::once(a)));
-        m.settle();
+        m.settle(0);
         let a = vma("anon", None, &[("do_anonymous_page", 4, 0)]);
         let b = vma("anon", None, &[("do_anonymous_page", 6, 0)]);
         m.exited(
             &process(1, "app", 10, 0),
             Mapped::of(&mut [a, b].into_iter()),
         );
-        m.settle();
+        m.settle(0);
         assert_eq!(get(&m, "sh", "do_anonymous_page", false), 4);
         assert_eq!(get(&m, "app", "do_anonymous_page", false), 6);
     }
@@ -531,7 +558,7 @@ mod tests {
                 Mapped::of(&mut std::iter::once(v)),
             );
         }
-        m.settle();
+        m.settle(0);
         let comms: std::collections::BTreeSet<&str> =
             m.fault_series().keys().map(|k| k.comm.as_str()).collect();
         assert_eq!(comms, ["b", "c", OTHER].into_iter().collect());
@@ -542,9 +569,37 @@ mod tests {
             &process(5, "a", 500, 0),
             Mapped::of(&mut std::iter::once(v)),
         );
-        m.settle();
+        m.settle(0);
         assert_eq!(get(&m, OTHER, "do_anonymous_page", false), 506);
         assert_eq!(total(&m), 586);
+    }
+
+    #[test]
+    fn an_idle_name_gives_its_label_up_to_a_busy_one() {
+        let mut m = FaultMetrics::new(1);
+        let v = |n| vma("anon", None, &[("do_anonymous_page", n, 0)]);
+        m.exited(
+            &process(1, "early", 5, 0),
+            Mapped::of(&mut std::iter::once(v(5))),
+        );
+        m.settle(0);
+        m.exited(
+            &process(2, "late", 7, 0),
+            Mapped::of(&mut std::iter::once(v(7))),
+        );
+        m.settle(LABEL_IDLE_NS);
+        assert_eq!(get(&m, "early", "do_anonymous_page", false), 5);
+        assert_eq!(get(&m, OTHER, "do_anonymous_page", false), 7);
+        // Past the idle time with nothing credited, `early` is gone and the
+        // next busy name takes the label; `other` keeps what it had.
+        m.exited(
+            &process(3, "late", 9, 0),
+            Mapped::of(&mut std::iter::once(v(9))),
+        );
+        m.settle(LABEL_IDLE_NS + 1);
+        assert_eq!(get(&m, "early", "do_anonymous_page", false), 0);
+        assert_eq!(get(&m, "late", "do_anonymous_page", false), 9);
+        assert_eq!(get(&m, OTHER, "do_anonymous_page", false), 7);
     }
 
     #[test]
