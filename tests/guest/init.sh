@@ -106,6 +106,33 @@ echo "RMAPTRACE-STACKS-STDERR-END"
 sed 's/^/RMAPTRACE-FOLDED /' /tmp/s.folded 2>/dev/null
 echo "RMAPTRACE-STACKS {\"rc\":$rc,\"report\":$(line_or_null 1p /tmp/s.out)}"
 
+# --cgroup: a shell moves itself into a child of a new cgroup v2 subtree and
+# execs a scenario: the kernel follows it from that exec (its cgroup's
+# ancestors checked against the subtree's root), and its record names the
+# cgroup. The same scenario run outside the subtree is not traced.
+mkdir -p /sys/fs/cgroup
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mkdir -p /sys/fs/cgroup/rmt/inner
+rm -f /tmp/cg.json /tmp/cg.err
+/rmaptrace --no-tui --json /tmp/cg.json --cgroup /rmt 2>/tmp/cg.err &
+cg_pid=$!
+i=0
+while ! grep -q '"type":"header"' /tmp/cg.json 2>/dev/null && [ $i -lt 120 ]; do
+    sleep 1
+    i=$((i + 1))
+done
+/rmaptrace workload shared-anon --pages 32 >/dev/null 2>&1
+sh -c 'echo $$ > /sys/fs/cgroup/rmt/inner/cgroup.procs && exec /rmaptrace workload shared-anon --pages 64' >/dev/null 2>&1
+# SIGTERM: a background job of a script starts with SIGINT ignored.
+kill -TERM $cg_pid
+wait $cg_pid
+rc=$?
+echo "RMAPTRACE-CGROUP-STDERR-BEGIN"
+cat /tmp/cg.err
+echo "RMAPTRACE-CGROUP-STDERR-END"
+procs=$(grep '"type":"process"' /tmp/cg.json | sed '$!s/$/,/' | tr -d '\n')
+echo "RMAPTRACE-CGROUP {\"rc\":$rc,\"processes\":[$procs]}"
+
 echo "RMAPTRACE-DMESG-BEGIN"
 dmesg
 echo "RMAPTRACE-DMESG-END"

@@ -488,10 +488,19 @@ fn process<'a>(run: &'a Value, pid: &Value) -> Result<&'a Value> {
         .ok_or_else(|| anyhow::anyhow!("pid {pid} has no process record"))
 }
 
+/// The row of the mapping a workload reported at `addr`: the newest lifetime
+/// starting there. An address can be reused within a process (a thread's
+/// stack freed, then a region mapped at its start): what was there before
+/// ended before the workload mapped its own, which it keeps until it reports.
 fn find_vma<'a>(proc_: &'a Value, addr: &Value) -> Option<&'a Value> {
-    proc_["vmas"]
-        .as_array()
-        .and_then(|vs| vs.iter().find(|v| &v["start"] == addr))
+    proc_["vmas"].as_array().and_then(|vs| {
+        vs.iter().filter(|v| &v["start"] == addr).max_by_key(|v| {
+            v["first_seen_ns"]
+                .as_u64()
+                .or(v["mapped_ns"].as_u64())
+                .unwrap_or(0)
+        })
+    })
 }
 
 fn check_vma(proc_: &Value, addr: &Value, want: &Option<Vma>) -> Result<()> {

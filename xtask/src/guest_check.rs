@@ -140,6 +140,16 @@ pub fn check(lines: &[String], opts: &Options, n: usize, kernel: &str) -> Result
             failures += 1;
         }
     }
+    match check_cgroup(lines) {
+        Ok(()) => {
+            eprintln!("PASS {kernel} default cgroup");
+            passes += 1;
+        }
+        Err(e) => {
+            eprintln!("FAIL {kernel} default cgroup: {e:#}");
+            failures += 1;
+        }
+    }
     // The plain closing line CI reads, like cargo test's own.
     println!("guest {kernel}: {passes} passed, {failures} failed");
     Ok(failures)
@@ -187,6 +197,46 @@ fn check_call_sites(lines: &[String]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--cgroup /rmt` in the guest: only the scenario that moved into
+/// /rmt/inner and exec'd is traced, its shared mapping with exactly its 64
+/// pages and the record with its cgroup's path; the one run outside (32
+/// pages) is not. (The guest's root file system is tmpfs: the program's own
+/// text is shmem too, so the mapping is found by its protection.)
+fn check_cgroup(lines: &[String]) -> Result<()> {
+    let result = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("RMAPTRACE-CGROUP "))
+        .context("no --cgroup result from the guest")?;
+    let result: Value = serde_json::from_str(result)?;
+    if result["rc"] != 0 {
+        anyhow::bail!("rmaptrace --cgroup failed: {result}");
+    }
+    let processes = result["processes"]
+        .as_array()
+        .context("no processes in the --cgroup result")?;
+    let shared_pages = |p: &Value| -> Vec<u64> {
+        p["vmas"]
+            .as_array()
+            .map(|vs| {
+                vs.iter()
+                    .filter(|v| v["kind"] == "shmem" && v["prot"] == "rw-s")
+                    .filter_map(|v| v["faults"].as_u64())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let seen: Vec<(&Value, Vec<u64>)> = processes
+        .iter()
+        .map(|p| (&p["cgroup"], shared_pages(p)))
+        .collect();
+    match &seen[..] {
+        [(cgroup, pages)] if *cgroup == "/rmt/inner" && pages[..] == [64] => Ok(()),
+        _ => anyhow::bail!(
+            "want one process in /rmt/inner with one shared mapping of 64 faults, got (cgroup, shared mappings' faults) {seen:?}"
+        ),
+    }
 }
 
 #[cfg(test)]
