@@ -40,8 +40,10 @@ pub fn wants_tui(args: &TraceArgs) -> bool {
         && std::io::stdin().is_terminal()
 }
 
-/// Mappings per process the live screen shows (the busiest).
-const SCREEN_VMAS: usize = 1000;
+/// Mappings per process the live screen shows (the busiest; the export has
+/// every one). Each refresh holds them beside the kernel tables just read: a
+/// process with 200k mappings must stay within the memory goal.
+const SCREEN_VMAS: usize = 500;
 
 fn title(args: &TraceArgs, demo: bool) -> String {
     if demo {

@@ -712,6 +712,9 @@ async fn trace(
     };
     // The terminal is given back before anything else is printed.
     let live_result = live.finish();
+    // What the screen's thread held (its own malloc arena) goes back before
+    // the end's tables are read and summarised, the trace's peak.
+    release_freed_memory();
     // Stopping early: the command's whole tree (grandchildren and daemons
     // included) gets the signal, and a grace period in which its events are
     // still read; what is left then is killed. The status is the command's own.
@@ -732,8 +735,15 @@ async fn trace(
     trace.release_snapshot();
     // The call sites as read after the detach (`--stacks`).
     let end_stacks = std::cell::Cell::new(None);
+    let mut ring = Some(ring);
     let mut finish = |snap: crate::model::snapshot::Snapshot| {
-        drain(ring.get_mut(), &mut trace, &mut out);
+        if let Some(mut r) = ring.take() {
+            drain(r.get_mut(), &mut trace, &mut out);
+            // Nothing can send any more (the programs are detached, or no
+            // process is followed): the ring's pages, mapped twice, are
+            // given back before the summary is built, the trace's peak.
+            drop(r);
+        }
         trace.set_snapshot(snap);
         if let (Some(read), Some(stacks)) = (end_stacks.take(), trace.call_stacks()) {
             let read: crate::bpf::stacks::StackRead = read;
