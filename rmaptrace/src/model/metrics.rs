@@ -347,7 +347,7 @@ impl FaultMetrics {
         admit(&mut self.comms, self.top, &pending, |p| &p.comm);
         admit(&mut self.cgroups, self.top, &pending, |p| &p.cgroup);
         for p in pending {
-            let mut label =
+            let label =
                 |labels: &mut HashMap<String, u64>, name: String| match labels.get_mut(&name) {
                     Some(last) => {
                         *last = now_ns;
