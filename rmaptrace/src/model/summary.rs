@@ -240,6 +240,9 @@ impl Summary {
         }
         for p in &mut self.processes {
             esc(&mut p.comm);
+            if let Some(c) = &mut p.cgroup {
+                esc(c);
+            }
             for v in &mut p.vmas {
                 for s in [&mut v.file, &mut v.origin, &mut v.handler, &mut v.module]
                     .into_iter()

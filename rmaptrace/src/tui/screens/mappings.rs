@@ -32,6 +32,13 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         .map(|l| format!(" [{l}]"))
         .unwrap_or_default();
     let exited = if p.exited { " (exited)" } else { "" };
+    // Which container or unit, where that is not the root.
+    let cgroup = p
+        .cgroup
+        .as_deref()
+        .filter(|c| *c != "/")
+        .map(|c| format!(" in cgroup {c}"))
+        .unwrap_or_default();
     // The screen holds a process's busiest mappings; the export has them all.
     let dropped = match p.vmas_dropped {
         0 => String::new(),
@@ -43,7 +50,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     };
     f.render_widget(
         Paragraph::new(format!(
-            " pid {} {}{label}{exited}: {} faults ({} major), {}/s{kernel}{dropped}",
+            " pid {} {}{label}{cgroup}{exited}: {} faults ({} major), {}/s{kernel}{dropped}",
             p.pid,
             p.comm,
             p.faults.total,
