@@ -130,24 +130,19 @@ pub fn check(lines: &[String], opts: &Options, n: usize, kernel: &str) -> Result
             }
         }
     }
-    match check_call_sites(lines) {
-        Ok(()) => {
-            eprintln!("PASS {kernel} default call-sites");
-            passes += 1;
-        }
-        Err(e) => {
-            eprintln!("FAIL {kernel} default call-sites: {e:#}");
-            failures += 1;
-        }
-    }
-    match check_cgroup(lines) {
-        Ok(()) => {
-            eprintln!("PASS {kernel} default cgroup");
-            passes += 1;
-        }
-        Err(e) => {
-            eprintln!("FAIL {kernel} default cgroup: {e:#}");
-            failures += 1;
+    // Runs of their own after the scenarios, on the default backend.
+    let own_runs: [(&str, fn(&[String]) -> Result<()>); 2] =
+        [("call-sites", check_call_sites), ("cgroup", check_cgroup)];
+    for (name, check) in own_runs {
+        match check(lines) {
+            Ok(()) => {
+                eprintln!("PASS {kernel} default {name}");
+                passes += 1;
+            }
+            Err(e) => {
+                eprintln!("FAIL {kernel} default {name}: {e:#}");
+                failures += 1;
+            }
         }
     }
     // The plain closing line CI reads, like cargo test's own.
