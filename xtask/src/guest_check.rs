@@ -131,7 +131,7 @@ pub fn check(lines: &[String], opts: &Options, n: usize, kernel: &str) -> Result
         }
     }
     // Runs of their own after the scenarios, on the default backend.
-    let own_runs: [(&str, fn(&[String]) -> Result<()>); 2] =
+    let own_runs: [(&str, OwnRun); 2] =
         [("call-sites", check_call_sites), ("cgroup", check_cgroup)];
     for (name, check) in own_runs {
         match check(lines) {
@@ -149,6 +149,9 @@ pub fn check(lines: &[String], opts: &Options, n: usize, kernel: &str) -> Result
     println!("guest {kernel}: {passes} passed, {failures} failed");
     Ok(failures)
 }
+
+/// A check of a guest run made apart from the scenarios, on its output lines.
+type OwnRun = fn(&[String]) -> Result<()>;
 
 /// `--stacks` in the guest (tests/programs/callsites.c): each function right
 /// above its own kind of mapping in the folded stacks, with exactly the pages
