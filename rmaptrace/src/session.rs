@@ -105,8 +105,12 @@ const MAX_COMMS: usize = rmaptrace_common::MAX_COMMS as usize;
 const MAX_RING_MIB: u32 = 1024;
 const MAX_DURATION_S: f64 = 1e9;
 
+/// The cgroup v2 subtrees `--cgroup` follows: each root's directory and id.
+type CgroupRoots = Vec<(std::path::PathBuf, u64)>;
+
 /// Checks that need nothing attached, in the order a user would fix them.
-fn preflight(args: &TraceArgs, procfs: &dyn ProcSource) -> Result<()> {
+/// Returns the `--cgroup` subtrees, resolved once here.
+fn preflight(args: &TraceArgs, procfs: &dyn ProcSource) -> Result<CgroupRoots> {
     check_privileges_and_btf()?;
     for &pid in &args.pids {
         if !procfs.alive(pid) {
@@ -149,9 +153,7 @@ fn preflight(args: &TraceArgs, procfs: &dyn ProcSource) -> Result<()> {
             Some(_) => {}
         }
     }
-    if !args.cgroups.is_empty() {
-        followed_cgroups(&args.cgroups)?;
-    }
+    let cgroups = followed_cgroups(&args.cgroups)?;
     if args.events && args.json.is_none() {
         bail!("--events writes one JSON record per fault: add --json PATH");
     }
@@ -176,12 +178,12 @@ fn preflight(args: &TraceArgs, procfs: &dyn ProcSource) -> Result<()> {
             bail!("--duration must be a number of seconds above 0 and at most {MAX_DURATION_S:e} (about 30 years), not {d}");
         }
     }
-    Ok(())
+    Ok(cgroups)
 }
 
 /// The cgroup v2 directories `--cgroup` names, with their ids; one clear
 /// error for the first that is not one.
-fn followed_cgroups(asked: &[std::path::PathBuf]) -> Result<Vec<(std::path::PathBuf, u64)>> {
+fn followed_cgroups(asked: &[std::path::PathBuf]) -> Result<CgroupRoots> {
     use crate::kernel::cgroup;
     if asked.is_empty() {
         return Ok(Vec::new());
@@ -297,7 +299,7 @@ struct ServeOpts {
 fn run_with(args: TraceArgs, demo: Option<DemoOpts>, serve: Option<ServeOpts>) -> Result<i32> {
     let started = std::time::Instant::now();
     let procfs = LiveProc::default();
-    preflight(&args, &procfs)?;
+    let cgroups = preflight(&args, &procfs)?;
     // Bound before anything is loaded: a taken port fails first.
     let serve = serve
         .map(|o| {
@@ -312,7 +314,7 @@ fn run_with(args: TraceArgs, demo: Option<DemoOpts>, serve: Option<ServeOpts>) -
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(trace(args, json, call_sites, demo, serve, started))
+    runtime.block_on(trace(args, cgroups, json, call_sites, demo, serve, started))
 }
 
 fn drain(ring: &mut RingBuf<MapData>, trace: &mut Trace, out: &mut Outputs) {
@@ -372,16 +374,21 @@ fn attach(
 
 /// Follows the processes named by --pid, and those running now whose name
 /// --comm gives (later ones are matched in the kernel at exec).
-fn add_targets(args: &TraceArgs, probes: &mut Probes, trace: &mut Trace) -> Result<()> {
+fn add_targets(
+    args: &TraceArgs,
+    cgroups: &CgroupRoots,
+    probes: &mut Probes,
+    trace: &mut Trace,
+) -> Result<()> {
     for &pid in &args.pids {
         probes.trace_pid(pid, rmaptrace_common::traced::YES)?;
         trace.add_target(pid);
         note_mappings(trace, pid);
     }
-    for (_, id) in followed_cgroups(&args.cgroups)? {
+    for &(_, id) in cgroups {
         probes.add_cgroup(id)?;
     }
-    join_cgroups(args, probes, trace)?;
+    join_cgroups(cgroups, probes, trace)?;
     if args.comms.is_empty() {
         return Ok(());
     }
@@ -409,14 +416,16 @@ fn add_targets(args: &TraceArgs, probes: &mut Probes, trace: &mut Trace) -> Resu
 /// Follows the processes in the `--cgroup` subtrees that are not followed
 /// yet: at the start, and at each tick for those moved in since (the kernel
 /// picks up those that exec or fork there).
-fn join_cgroups(args: &TraceArgs, probes: &mut Probes, trace: &mut Trace) -> Result<()> {
-    if args.cgroups.is_empty() {
+/// A subtree removed since (its container stopped) has no processes left to
+/// find.
+fn join_cgroups(cgroups: &CgroupRoots, probes: &mut Probes, trace: &mut Trace) -> Result<()> {
+    if cgroups.is_empty() {
         return Ok(());
     }
     let followed: std::collections::HashSet<u32> = probes.followed_pids()?.into_iter().collect();
     let me = std::process::id();
-    for (dir, _) in followed_cgroups(&args.cgroups)? {
-        for pid in crate::kernel::cgroup::processes_below(&dir) {
+    for (dir, _) in cgroups {
+        for pid in crate::kernel::cgroup::processes_below(dir) {
             if pid != me && !followed.contains(&pid) {
                 probes.trace_pid(pid, rmaptrace_common::traced::YES)?;
                 trace.add_target(pid);
@@ -504,6 +513,7 @@ fn report(
 
 async fn trace(
     args: TraceArgs,
+    cgroups: CgroupRoots,
     json: Option<JsonExport>,
     call_sites: Option<CallSiteFiles>,
     demo: Option<DemoOpts>,
@@ -532,7 +542,7 @@ async fn trace(
             depth,
         ));
     }
-    add_targets(&args, &mut probes, &mut trace)?;
+    add_targets(&args, &cgroups, &mut probes, &mut trace)?;
     trace.set_swap_in_use(swap_in_use());
 
     // Before the header says rmaptrace is attached: from then on a signal
@@ -561,7 +571,7 @@ async fn trace(
         kind: "header",
         format: FORMAT_VERSION,
         version: env!("CARGO_PKG_VERSION"),
-        kernel: kernel_release(),
+        kernel: kernel.clone(),
         backend: serde_json::to_value(&probes.plan)?,
         limits: &limits,
         start_ts_ns: start,
@@ -665,7 +675,7 @@ async fn trace(
                         // while it runs, whether or not the tables are due.
                         read_call_stacks(&probes, &mut trace)?;
                     }
-                    join_cgroups(&args, &mut probes, &mut trace)?;
+                    join_cgroups(&cgroups, &mut probes, &mut trace)?;
                     out.settle_metrics();
                     Ok(())
                 });
@@ -793,7 +803,6 @@ async fn trace(
         None
     };
     report(&args, &summary, &end_reason, brief);
-    drop(scrapes.take());
     live_result?;
     call_sites?;
     if internal_error {

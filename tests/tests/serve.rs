@@ -378,6 +378,21 @@ fn names_beyond_top_are_other_and_the_series_add_up_to_the_export() {
     }
 }
 
+/// A followed cgroup removed while the daemon runs (its container stopped):
+/// the daemon goes on serving.
+#[test]
+fn a_followed_cgroup_removed_mid_trace_leaves_the_daemon_serving() {
+    require_root();
+    let cg = TestCgroup::new("gone");
+    let cgroup_arg = cg.dir.to_str().unwrap().to_string();
+    let (_serve, port) = start_serve(&["--cgroup", &cgroup_arg]);
+    std::fs::remove_dir(&cg.dir).unwrap();
+    // Several ticks look for processes moved into it.
+    std::thread::sleep(Duration::from_secs(2));
+    let text = get(port, "/metrics").expect("/metrics after the cgroup was removed");
+    assert!(text.contains("rmaptrace_build_info{"), "{text}");
+}
+
 #[test]
 fn a_bad_listen_address_or_cgroup_fails_before_loading() {
     let out = Command::new(bin())
