@@ -40,6 +40,13 @@ pub fn visible(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// [`visible`] in place: the string is replaced only when it needed escapes.
+pub fn make_visible(s: &mut String) {
+    if let Cow::Owned(v) = visible(s) {
+        *s = v;
+    }
+}
+
 /// Bytes as a terminal may show them: [`from_bytes`], then [`visible`].
 pub fn shown(bytes: &[u8]) -> String {
     visible(&from_bytes(bytes)).into_owned()

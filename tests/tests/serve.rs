@@ -153,15 +153,20 @@ fn start_serve(extra: &[&str]) -> (Running, u16) {
         .spawn()
         .unwrap();
     let serve = Running(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while get(port, "/metrics").is_none() {
+    answers(port, "/metrics", Duration::from_secs(30), "rmaptrace serve");
+    (serve, port)
+}
+
+/// Waits until `target` on `port` answers 200; fails the test after `within`.
+fn answers(port: u16, target: &str, within: Duration, what: &str) {
+    let deadline = Instant::now() + within;
+    while get(port, target).is_none() {
         assert!(
             Instant::now() < deadline,
-            "rmaptrace serve did not answer on {listen} within 30 s"
+            "{what} did not answer {target} on port {port} within {within:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    (serve, port)
 }
 
 /// The value of an instant query that gives one number, None for no series.
@@ -220,14 +225,7 @@ fn start_prometheus(target_port: u16) -> (Running, u16) {
         .spawn()
         .unwrap();
     let prometheus = Running(child);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while get(port, "/-/ready").is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "Prometheus did not get ready within 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    answers(port, "/-/ready", Duration::from_secs(60), "Prometheus");
     (prometheus, port)
 }
 

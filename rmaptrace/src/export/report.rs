@@ -24,7 +24,6 @@ use super::{
 };
 use crate::{
     model::{
-        kind::{Kind, VM_SHARED},
         small_map::SmallMap,
         snapshot::Counters,
         stacks::{CallSite, StackTotals},
@@ -33,18 +32,8 @@ use crate::{
             Summary, Totals, VmaSummary,
         },
     },
-    text::{from_bytes, visible},
+    text::{from_bytes, make_visible, visible},
 };
-
-const KINDS: [Kind; 7] = [
-    Kind::Anon,
-    Kind::Shmem,
-    Kind::File,
-    Kind::Driver,
-    Kind::Special,
-    Kind::Hugetlb,
-    Kind::Unknown,
-];
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ReportArgs {
@@ -398,11 +387,9 @@ struct CallSiteRecord {
 }
 
 /// Text from the file as a terminal may show it.
-fn esc(s: String) -> String {
-    match visible(&s) {
-        std::borrow::Cow::Borrowed(_) => s,
-        std::borrow::Cow::Owned(v) => v,
-    }
+fn esc(mut s: String) -> String {
+    make_visible(&mut s);
+    s
 }
 
 fn esc_opt(s: Option<String>) -> Option<String> {
@@ -410,39 +397,10 @@ fn esc_opt(s: Option<String>) -> Option<String> {
 }
 
 /// A name the model holds as `&'static str` (kinds, kernel paths, backends,
-/// table names): the model's own static for a name it knows, else the name
-/// (escaped) leaked once; a report is read once per run.
+/// table names), escaped and leaked once per distinct name: a report is read
+/// once per run, and an export holds a few dozen such names.
 fn intern(s: &str) -> &'static str {
-    static NAMES: LazyLock<Mutex<HashSet<&'static str>>> = LazyLock::new(|| {
-        let mut known: HashSet<&'static str> = KINDS.iter().map(|k| k.as_str()).collect();
-        known.extend((0..=u8::MAX).filter_map(crate::model::path::observed_name));
-        for kind in KINDS {
-            for acc in 0..=u8::MAX {
-                for (major, swap) in [(false, false), (false, true), (true, false), (true, true)] {
-                    for flags in [0, VM_SHARED] {
-                        known.insert(crate::model::path::derive(kind, flags, acc, major, swap));
-                    }
-                }
-            }
-        }
-        known.extend(
-            Counters::from_raw(&[1; 64])
-                .tables_full()
-                .into_iter()
-                .map(|(name, _)| name),
-        );
-        known.extend([
-            "fentry",
-            "kprobe",
-            "tracepoint",
-            "observed",
-            "derived",
-            "fault",
-            "fork",
-            "other",
-        ]);
-        Mutex::new(known)
-    });
+    static NAMES: LazyLock<Mutex<HashSet<&'static str>>> = LazyLock::new(Default::default);
     let shown = visible(s);
     let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(name) = names.get(shown.as_ref()) {

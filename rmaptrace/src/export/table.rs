@@ -68,11 +68,8 @@ pub fn render(s: &Summary, max_procs: usize, max_vmas: usize) -> String {
             .unseen
             .map(|u| format!(", unseen {u}"))
             .unwrap_or_default();
-        // Which container or unit it ran in, where that is not the root.
         let cgroup = p
-            .cgroup
-            .as_deref()
-            .filter(|c| *c != "/")
+            .cgroup_below_root()
             .map(|c| format!(" in cgroup {}", visible(c)))
             .unwrap_or_default();
         let _ = writeln!(

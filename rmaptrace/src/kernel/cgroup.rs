@@ -100,8 +100,7 @@ impl CgroupTree {
     fn walk(&mut self) {
         self.walked = Some(Instant::now());
         self.by_id.clear();
-        let mut stack = vec![self.root.clone()];
-        while let Some(dir) = stack.pop() {
+        for dir in subtree(&self.root) {
             let Ok(meta) = std::fs::symlink_metadata(&dir) else {
                 continue;
             };
@@ -111,16 +110,26 @@ impl CgroupTree {
             if self.by_id.len() >= MAX_NAMED {
                 return;
             }
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push(e.path());
-                }
-            }
         }
     }
+}
+
+/// `dir` and every directory below it, depth first (a directory that cannot
+/// be read is given, not its children).
+fn subtree(dir: &Path) -> impl Iterator<Item = PathBuf> {
+    let mut stack = vec![dir.to_path_buf()];
+    std::iter::from_fn(move || {
+        let d = stack.pop()?;
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            stack.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
+        }
+        Some(d)
+    })
 }
 
 /// A cgroup directory given by the user: an absolute path inside the
@@ -145,25 +154,15 @@ pub fn resolve(root: &Path, asked: &Path) -> std::io::Result<(PathBuf, u64)> {
 /// Every process in the subtree at `dir` (its cgroup.procs and its
 /// descendants').
 pub fn processes_below(dir: &Path) -> Vec<u32> {
-    let mut pids = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        if let Ok(procs) = std::fs::read(d.join("cgroup.procs")) {
-            pids.extend(
-                procs
-                    .split(|&b| b == b'\n')
-                    .filter_map(|l| std::str::from_utf8(l).ok()?.parse::<u32>().ok()),
-            );
-        }
-        if let Ok(entries) = std::fs::read_dir(&d) {
-            for e in entries.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push(e.path());
-                }
-            }
-        }
-    }
-    pids
+    subtree(dir)
+        .filter_map(|d| std::fs::read(d.join("cgroup.procs")).ok())
+        .flat_map(|procs| {
+            procs
+                .split(|&b| b == b'\n')
+                .filter_map(|l| std::str::from_utf8(l).ok()?.parse::<u32>().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
 }
 
 #[cfg(test)]

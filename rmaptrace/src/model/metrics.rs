@@ -132,7 +132,6 @@ impl Latency {
 struct Tally {
     faults: HashMap<FaultLabels, u64>,
     latency: HashMap<LatencyKey, Latency>,
-    unseen: u64,
 }
 
 impl Tally {
@@ -214,6 +213,7 @@ struct ProcessCredit {
     ended: Tally,
     /// What was credited so far.
     credited: Tally,
+    unseen_credited: u64,
 }
 
 /// Credits waiting for their comm and cgroup labels (given at `settle`).
@@ -265,17 +265,6 @@ impl FaultMetrics {
     /// A running process's summary: what it counted since it was last seen
     /// is credited.
     pub fn running(&mut self, p: &ProcessSummary, vmas: Mapped) {
-        self.credit(p, vmas);
-    }
-
-    /// An exited process's last summary: credited, then forgotten (a later
-    /// process with its pid starts from nothing).
-    pub fn exited(&mut self, p: &ProcessSummary, vmas: Mapped) {
-        self.credit(p, vmas);
-        self.processes.remove(&p.pid);
-    }
-
-    fn credit(&mut self, p: &ProcessSummary, vmas: Mapped) {
         let state = self.processes.entry(p.pid).or_default();
         let mut now = state.ended.clone();
         now.merge(&vmas.0);
@@ -296,7 +285,6 @@ impl FaultMetrics {
                 );
             }
         }
-        now.unseen = p.unseen.unwrap_or(0).max(0) as u64;
         let cgroup = p.cgroup.clone().unwrap_or_default();
         for (labels, &n) in &now.faults {
             let before = state.credited.faults.get(labels).copied().unwrap_or(0);
@@ -318,8 +306,16 @@ impl FaultMetrics {
                 before.raise_to(l);
             }
         }
-        self.unseen += now.unseen.saturating_sub(state.credited.unseen);
-        state.credited.unseen = state.credited.unseen.max(now.unseen);
+        let unseen = p.unseen.unwrap_or(0).max(0) as u64;
+        self.unseen += unseen.saturating_sub(state.unseen_credited);
+        state.unseen_credited = state.unseen_credited.max(unseen);
+    }
+
+    /// An exited process's last summary: credited, then forgotten (a later
+    /// process with its pid starts from nothing).
+    pub fn exited(&mut self, p: &ProcessSummary, vmas: Mapped) {
+        self.running(p, vmas);
+        self.processes.remove(&p.pid);
     }
 
     /// Gives the credits their comm and cgroup labels (at `now_ns`): names

@@ -180,6 +180,14 @@ pub struct Totals {
     pub resolved_later: u64,
 }
 
+impl ProcessSummary {
+    /// Its cgroup where that tells something: a container or a unit, not the
+    /// hierarchy's root (every process of a machine without them).
+    pub fn cgroup_below_root(&self) -> Option<&str> {
+        self.cgroup.as_deref().filter(|c| *c != "/")
+    }
+}
+
 impl Totals {
     pub fn add(&mut self, p: &ProcessSummary) {
         self.processes += 1;
@@ -233,11 +241,7 @@ impl Summary {
     /// The summary as a terminal may show it: every name a traced process
     /// chose (its comm, the files it maps) with control characters escaped.
     pub fn escape_for_terminal(&mut self) {
-        fn esc(s: &mut String) {
-            if let std::borrow::Cow::Owned(v) = crate::text::visible(s) {
-                *s = v;
-            }
-        }
+        let esc = crate::text::make_visible;
         for p in &mut self.processes {
             esc(&mut p.comm);
             if let Some(c) = &mut p.cgroup {

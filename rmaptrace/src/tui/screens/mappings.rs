@@ -32,11 +32,8 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         .map(|l| format!(" [{l}]"))
         .unwrap_or_default();
     let exited = if p.exited { " (exited)" } else { "" };
-    // Which container or unit, where that is not the root.
     let cgroup = p
-        .cgroup
-        .as_deref()
-        .filter(|c| *c != "/")
+        .cgroup_below_root()
         .map(|c| format!(" in cgroup {c}"))
         .unwrap_or_default();
     // The screen holds a process's busiest mappings; the export has them all.
