@@ -646,8 +646,8 @@ pub struct LifeEntry {
 /// during the trace; its counters just before its first fault otherwise),
 /// `last` at its latest counted fault. `last - base` is what the kernel counted
 /// over the same span as rmaptrace's own counts, read at the same instants.
-/// The tracepoint backend keeps its fault in flight here too: the entry and the
-/// completion each find the thread with one lookup.
+/// The tracepoint backend keeps the thread's cached VMA here too: its
+/// completion finds the thread with one lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadAcct {
@@ -660,23 +660,23 @@ pub struct ThreadAcct {
     pub fault: ThreadFault,
 }
 
-/// The tracepoint backend's state of a thread between a fault's entry and its
-/// completion, and the VMA it faulted on last (kernel side only): a fault storm
-/// on one mapping then does not pay for a VMA lookup each time (bpf_find_vma is
-/// an mmap_lock trylock that fails under any writer, and an irq_work self-IPI
-/// where interrupts are off).
+/// The VMA a thread faulted on last (tracepoint backend, kernel side only): a
+/// fault storm on one mapping then does not pay for a VMA lookup each time
+/// (bpf_find_vma is an mmap_lock trylock that fails under any writer, and an
+/// irq_work self-IPI where interrupts are off).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadFault {
-    /// Entry time of the fault in flight, 0 for none.
-    pub ts_ns: u64,
-    /// Page of the faulting address, to match the completion to this entry.
-    pub page: u64,
-    pub access: u8,
     pub cache_valid: u8,
+    /// What the cached VMA's `anon_vma` is known to be without reading it
+    /// (`anon_state`).
+    pub cache_anon: u8,
     pub _pad: [u8; 2],
-    /// `vm_lock_seq` of the cached VMA when it was looked up.
-    pub cache_lock_seq: u32,
+    /// Where VMAs carry vm_lock_seq (6.4+): the mm's `mm_lock_seq` when the
+    /// cache was filled. Every change to a VMA happens in a write window of
+    /// mmap_lock, which changes it: unchanged, the cached VMA is still what the
+    /// kernel has.
+    pub cache_mm_seq: u32,
     /// MM_GEN of the process's mm when the cache was filled (kernels without
     /// per-VMA lock sequence numbers).
     pub cache_gen: u64,
@@ -685,6 +685,16 @@ pub struct ThreadFault {
     pub cache_start: u64,
     pub cache_end: u64,
     pub cache_life: u64,
+}
+
+/// What a thread's cached VMA's `anon_vma` is known to be (`ThreadFault`).
+pub mod anon_state {
+    /// Not known: read it at each fault.
+    pub const UNKNOWN: u8 = 0;
+    /// Set: made at a first write fault, it stays for the VMA's life.
+    pub const SET: u8 = 1;
+    /// Never: a shared mapping has none.
+    pub const NEVER: u8 = 2;
 }
 
 /// exec or fork of a traced process.

@@ -3,8 +3,9 @@
 //! when it changed, and the optional per-fault ring buffer record.
 use aya_ebpf::{macros::map, maps::PerCpuArray, programs::tracing::StackIdContext};
 use rmaptrace_common::{
-    access, counter, event_kind, key_flags, latency_bucket, vma_status, FaultEvent, FaultKey,
-    FaultStats, FaultVmaEvent, ProcStats, UnresolvedFault, VmaInfo, LAT_BUCKETS,
+    access, anon_state, counter, event_kind, key_flags, latency_bucket, vm_flags, vma_status,
+    FaultEvent, FaultKey, FaultStats, FaultVmaEvent, ProcStats, UnresolvedFault, VmaInfo,
+    LAT_BUCKETS,
 };
 
 use crate::maps::{bump, config, off, EVENTS, FAULTS, PROCS};
@@ -31,6 +32,12 @@ pub struct Completed {
     pub accounted: u8,
     /// Lockless walks of the VMA tree made again (see `fault_tp::lookup`).
     pub lookup_walks: u8,
+    /// What the VMA's `anon_vma` is known to be without reading it
+    /// (`anon_state`, from the thread's VMA cache).
+    pub anon: u8,
+    /// The VMA came from the thread's cache (tracepoint backend).
+    pub cache_hit: u8,
+    pub _pad: [u8; 6],
     pub now: u64,
     pub addr: u64,
     pub ip: u64,
@@ -84,6 +91,21 @@ pub fn record<C: StackIdContext>(ctx: &C, vma: Option<&VmaInfo>) {
         None if c.has_vma != 0 => looked_up_slot().map(|v| unsafe { &*v }),
         None => None,
     };
+    // Whether the VMA had its anon_vma when this fault completed (the first
+    // write fault of a private mapping makes it). Branch-free: a failed read
+    // (no VMA) leaves 0. The thread's VMA cache may know it without a read.
+    let vma_ptr = match vma {
+        Some(v) => v.vma,
+        None => c.vma,
+    };
+    let anon: u64 = match c.anon {
+        anon_state::SET => 1,
+        anon_state::NEVER => 0,
+        _ => crate::maps::kernel_read_flat(vma_ptr, off!(vma_anon_vma)),
+    };
+    if anon != 0 && c.cache_hit != 0 && c.anon == anon_state::UNKNOWN {
+        crate::maps::set_cached_anon(c.tid);
+    }
     if c.key.vma_status == vma_status::FOUND && c.key.life == 0 {
         match vma {
             Some(v) => {
@@ -92,20 +114,21 @@ pub fn record<C: StackIdContext>(ctx: &C, vma: Option<&VmaInfo>) {
                     c.key.vma_status = vma_status::UNTRACKED;
                 }
                 if c.has_vma != 0 {
-                    crate::maps::set_cached_life(c.tid, c.key.life);
+                    // What later faults on the cached VMA need not read: an
+                    // anon_vma, once made, stays; a shared mapping has none.
+                    let state = if anon != 0 {
+                        anon_state::SET
+                    } else if v.vm_flags & vm_flags::VM_SHARED != 0 {
+                        anon_state::NEVER
+                    } else {
+                        anon_state::UNKNOWN
+                    };
+                    crate::maps::set_cached_life(c.tid, c.key.life, state);
                 }
             }
             None => c.key.vma_status = vma_status::ERROR,
         }
     }
-    // Whether the VMA had its anon_vma when this fault completed (the first
-    // write fault of a private mapping makes it). Branch-free: a failed read
-    // (no VMA) leaves 0.
-    let vma_ptr = match vma {
-        Some(v) => v.vma,
-        None => c.vma,
-    };
-    let anon: u64 = crate::maps::kernel_read_flat(vma_ptr, off!(vma_anon_vma));
     c.key.flags = ((anon | anon.wrapping_neg()) >> 63) as u8 * key_flags::ANON_VMA;
     let major = c.major != 0;
     let added = add_to_aggregate(&c.key, major, c.now, c.latency, c.handler_ns);

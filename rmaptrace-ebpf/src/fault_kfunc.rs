@@ -181,6 +181,8 @@ fn on_fault_exit<C: StackIdContext>(ctx: &C, ret: u64) {
     c.handler_ns = s.handler_ns;
     c.has_vma = 0;
     c.accounted = 0;
+    c.anon = rmaptrace_common::anon_state::UNKNOWN;
+    c.cache_hit = 0;
     c.vma = info.vma;
     aggregate::record(ctx, Some(info));
 }

@@ -1,7 +1,8 @@
 //! The fault path on kernels without kprobes or fentry.
 //!
 //! Entry: `exceptions:page_fault_user` / `page_fault_kernel` fire once per exception,
-//! before any VMA lookup; they record the time and the x86 error code per thread.
+//! before any VMA lookup; they record the time and the x86 error code per thread,
+//! in the thread's IN_FLIGHT slot, with no table lookup.
 //!
 //! Completion: `mm_account_fault` raises the perf software event PAGE_FAULTS_MIN or
 //! PAGE_FAULTS_MAJ exactly when it adds to the task's min_flt/maj_flt (and regs is
@@ -14,7 +15,7 @@ use core::ptr::write_volatile;
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map, perf_event, tracepoint},
-    maps::ProgramArray,
+    maps::{Array, ProgramArray},
     programs::{BtfTracePointContext, PerfEventContext, TracePointContext},
 };
 use rmaptrace_common::{
@@ -24,13 +25,61 @@ use rmaptrace_common::{
 use crate::{
     aggregate::{self, Completed},
     maps::{
-        bump, bump_mm_gen, current_mm, current_task_field, known_untraced, mm_gen, off,
-        traced_current, traced_thread, THREADS,
+        bump, bump_mm_gen, config, current_mm, current_mm_seq, current_task_field, known_untraced,
+        mm_gen, off, traced_current, traced_when_all, THREADS,
     },
     task, vma,
 };
 
 const PAGE_SHIFT: u64 = 12;
+
+/// A thread's fault between its entry and its completion.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct InFlight {
+    pub tid: u32,
+    pub access: u8,
+    pub _pad: [u8; 3],
+    /// Page of the faulting address, to match the completion to this entry.
+    pub page: u64,
+    /// Entry time, 0 for none in flight.
+    pub ts_ns: u64,
+    pub _pad2: u64,
+}
+
+/// Each thread's fault in flight, in a slot picked by a hash of its thread id.
+/// The entry runs on every exception in the system: an array slot is one
+/// address computation, where a hash table is a hash, a bucket and an element
+/// (cache misses each, on a CPU that has just cleared a page), and the entry
+/// needs no table lookup at all. Two threads with faults in flight at once in
+/// one slot leave the first's completion unmatched (counted, without latency
+/// or access), never matched to the other's entry: the slot holds its tid.
+/// Slots are 32 bytes and consecutive thread ids land far apart, so threads
+/// faulting at once on different CPUs do not share cache lines.
+#[map]
+static IN_FLIGHT: Array<InFlight> = Array::with_max_entries(1 << IN_FLIGHT_BITS, 0);
+const IN_FLIGHT_BITS: u32 = 16;
+
+/// The IN_FLIGHT slot of thread `tid` (Fibonacci hashing).
+#[inline(always)]
+pub fn in_flight_slot(tid: u32) -> Option<*mut InFlight> {
+    IN_FLIGHT.get_ptr_mut(tid.wrapping_mul(0x9E37_79B1) >> (32 - IN_FLIGHT_BITS))
+}
+
+/// Forgets an exiting thread's fault in flight (one that never completed):
+/// a thread reusing its id must not take it for its own.
+#[inline(always)]
+pub fn forget_in_flight(tid: u32) {
+    if let Some(s) = in_flight_slot(tid) {
+        // SAFETY: a map value pointer, valid for this run, read and written
+        // through this one pointer.
+        unsafe {
+            if (*s).tid == tid {
+                (*s).ts_ns = 0;
+            }
+        }
+    }
+}
 
 #[btf_tracepoint(function = "page_fault_user")]
 pub fn page_fault_user(ctx: BtfTracePointContext) -> i32 {
@@ -58,32 +107,31 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
     if kernel_mode && current_task_field::<i32>(off!(task_pagefault_disabled)) > 0 {
         return;
     }
-    let Some((tgid, tid, mut thread)) = traced_thread() else {
+    // No traced check here: recording an entry costs less than finding out
+    // (the completion does, with the thread's entry it needs anyway). Only a
+    // process already found untraced on this CPU returns at once.
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    let cfg = config();
+    if (cfg.trace_all != 0 && !traced_when_all(&cfg, tgid)) || known_untraced(tgid) {
+        return;
+    }
+    let Some(s) = in_flight_slot(tid) else {
         return;
     };
     let error_code: u64 = ctx.arg(2);
     // SAFETY: a helper without arguments.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
-    let access = access::from_x86_error_code(error_code, kernel_mode);
-    if thread.is_none() {
-        // A thread of a process traced from before rmaptrace started (threads
-        // born since are followed from their fork): followed from now.
-        let now = task::current_faults();
-        task::follow_thread(tid, tgid, now, now);
-        thread = THREADS.get_ptr_mut(tid);
-    }
-    let Some(t) = thread else {
-        return; // THREADS is full, counted
-    };
-    // SAFETY: this thread's map value, reached through this one pointer.
+    // SAFETY: this thread's slot, reached through this one pointer; another
+    // thread hashed to it may write it meanwhile, which its tid check catches.
     unsafe {
-        let f = &raw mut (*t).fault;
-        if (*f).ts_ns != 0 {
+        if (*s).ts_ns != 0 && (*s).tid == tid {
             bump(counter::ENTRY_WITHOUT_COMPLETION);
         }
-        (*f).ts_ns = ts_ns;
-        (*f).page = address >> PAGE_SHIFT;
-        (*f).access = access;
+        (*s).tid = tid;
+        (*s).ts_ns = ts_ns;
+        (*s).page = address >> PAGE_SHIFT;
+        (*s).access = access::from_x86_error_code(error_code, kernel_mode);
     }
 }
 
@@ -118,7 +166,12 @@ pub fn fault_done_major_vls(ctx: PerfEventContext) -> u32 {
 #[inline(always)]
 fn cache_current<const LOCK_SEQ: bool>(s: &ThreadFault) -> bool {
     if LOCK_SEQ {
-        vma::unchanged(s.cache_vma, s.cache_mm, s.cache_lock_seq)
+        // The faulting VMA is read-locked (or mmap_lock held) while this
+        // runs, so no window can be changing it now; one that changed it
+        // since the cache was filled has ended and moved the sequence. The
+        // mm compare guards an mm reused at the same address (exec also
+        // clears the cache).
+        current_mm_seq() == (s.cache_mm, s.cache_mm_seq)
     } else {
         mm_gen(s.cache_mm) == s.cache_gen
     }
@@ -133,17 +186,28 @@ fn on_completion<const LOCK_SEQ: bool>(ctx: &PerfEventContext, major: bool) {
     }
     // SAFETY: the perf event context the kernel passed in.
     let (addr, ip) = unsafe { ((*ctx.ctx).addr, (*ctx.ctx).regs.rip) };
+    // The entry of this fault, taken out of the thread's slot: (access, time).
+    let entry: Option<(u8, u64)> = in_flight_slot(tid).and_then(|s| {
+        // SAFETY: this thread's slot, reached through this one pointer.
+        unsafe {
+            let ts = (*s).ts_ns;
+            if ts == 0 || (*s).tid != tid || (*s).page != addr >> PAGE_SHIFT {
+                return None;
+            }
+            (*s).ts_ns = 0;
+            Some(((*s).access, ts))
+        }
+    });
     // One raw pointer to this thread's entry, used for every read and write
     // (two live `&mut` to one map value would be undefined behaviour).
     let thread: Option<*mut ThreadAcct> = THREADS.get_ptr_mut(tid);
-    // Entries are recorded only for traced threads: a completion of the page
-    // its thread entered is traced, and needs no TRACED lookup (one hash
-    // lookup less on every fault).
+    // Only a traced process's threads have entries (made after a TRACED
+    // check or at a traced parent's fork, removed at the thread's exit): a
+    // thread that has one needs no TRACED lookup (one hash lookup less on
+    // every fault). The tgid guards against a thread id reused elsewhere.
     // SAFETY: `t` is this thread's map value, read through this one pointer.
-    let entered = thread.is_some_and(|t| unsafe {
-        (*t).tgid == tgid && (*t).fault.ts_ns != 0 && (*t).fault.page == addr >> PAGE_SHIFT
-    });
-    if !entered && traced_current().is_none() {
+    let followed = thread.is_some_and(|t| unsafe { (*t).tgid } == tgid);
+    if !followed && traced_current().is_none() {
         return;
     }
     let Some(c) = aggregate::completed_slot() else {
@@ -181,6 +245,8 @@ fn on_completion<const LOCK_SEQ: bool>(ctx: &PerfEventContext, major: bool) {
         write_volatile(&raw mut c.vma, 0);
         write_volatile(&raw mut c.accounted, 0);
         write_volatile(&raw mut c.lookup_walks, 0);
+        write_volatile(&raw mut c.anon, 0);
+        write_volatile(&raw mut c.cache_hit, 0);
     }
     c.tid = tid;
     c.major = major as u8;
@@ -199,31 +265,38 @@ fn on_completion<const LOCK_SEQ: bool>(ctx: &PerfEventContext, major: bool) {
             (*t).last_maj = maj_flt;
             c.accounted = 1;
             let s = &raw mut (*t).fault;
-            if entered {
-                c.key.access = (*s).access;
-                c.latency = now.saturating_sub((*s).ts_ns);
-                (*s).ts_ns = 0;
-            }
             if (*s).cache_valid != 0 && (*s).cache_start <= addr && addr < (*s).cache_end {
                 if cache_current::<LOCK_SEQ>(&*s) {
                     c.key.life = (*s).cache_life;
                     c.vma = (*s).cache_vma;
+                    c.anon = (*s).cache_anon;
+                    c.cache_hit = 1;
                 } else {
                     (*s).cache_valid = 0;
                 }
             }
         }
     }
-    if c.key.access == access::NO_ENTRY {
-        bump(counter::UNMATCHED_COMPLETION);
+    match entry {
+        Some((access, ts)) => {
+            c.key.access = access;
+            c.latency = now.saturating_sub(ts);
+        }
+        None => bump(counter::UNMATCHED_COMPLETION),
     }
     // Counting continues in programs of their own, verified apart: the VMA
     // lookup (on a cache miss) and then the counting. Each stays within older
-    // verifiers' limits; together they did not (Linux 6.1).
+    // verifiers' limits; together they did not (Linux 6.1). Where VMAs carry
+    // vm_lock_seq (6.4+, whose verifiers take it), a cache hit counts here,
+    // without a tail call: the common case by far.
     // SAFETY (both): a tail call with this program's own context, into
     // programs of its type; where it fails it returns, and that is counted.
     if c.key.life != 0 {
         bump(counter::VMA_CACHE_HIT);
+        if LOCK_SEQ {
+            aggregate::record(ctx, None);
+            return;
+        }
         unsafe { TAILS.tail_call(ctx, TAIL_RECORD) };
     } else {
         unsafe { TAILS.tail_call(ctx, TAIL_LOOKUP) };
@@ -270,10 +343,14 @@ fn lookup<const LOCK_SEQ: bool>(c: &mut Completed) -> bool {
         bump(counter::VMA_LOOKUP);
     }
     // Read before the lookup: a writer that changes the tree after it leaves the
-    // cache filled below already stale, never wrongly current. (Unused where
-    // VMAs carry vm_lock_seq.)
-    let mm = current_mm();
-    let gen = mm_gen(mm);
+    // cache filled below already stale, never wrongly current. (The first
+    // where VMAs carry vm_lock_seq, the second elsewhere.)
+    let (mm, mm_seq) = if LOCK_SEQ {
+        current_mm_seq()
+    } else {
+        (current_mm(), 0)
+    };
+    let gen = if LOCK_SEQ { 0 } else { mm_gen(mm) };
     // On the stack: bpf_find_vma's callback context must be.
     let mut info = core::mem::MaybeUninit::<VmaInfo>::uninit();
     // SAFETY: a local VmaInfo (plain data) on the stack, zeroed before it is
@@ -313,7 +390,7 @@ fn lookup<const LOCK_SEQ: bool>(c: &mut Completed) -> bool {
             (*s).cache_gen = gen;
             (*s).cache_vma = info.vma;
             (*s).cache_mm = info.mm;
-            (*s).cache_lock_seq = info.lock_seq;
+            (*s).cache_mm_seq = mm_seq;
             (*s).cache_start = info.vm_start;
             (*s).cache_end = info.vm_end;
             (*s).cache_life = 0;

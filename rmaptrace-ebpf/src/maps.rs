@@ -260,6 +260,40 @@ pub fn current_mm() -> u64 {
     current_task_field(off!(task_mm))
 }
 
+/// The current task's fault counters (min_flt, maj_flt), read as loads
+/// through the task's BTF pointer, which the verifier checks against
+/// `task_struct`: no helper call (a probe read is one, ~30 ns), on every fault.
+#[inline(always)]
+pub fn current_fault_counters() -> (u64, u64) {
+    // SAFETY: the helper returns the current task, valid for this run; the
+    // offsets are task_struct's own (BTF), and the verifier checks each load
+    // against its type.
+    unsafe {
+        let task = bpf_get_current_task_btf() as *const u8;
+        (
+            core::ptr::read_volatile(task.add(off!(task_min_flt) as usize) as *const u64),
+            core::ptr::read_volatile(task.add(off!(task_maj_flt) as usize) as *const u64),
+        )
+    }
+}
+
+/// The current task's mm and that mm's `mm_lock_seq` (0, 0 without an mm),
+/// read as loads through BTF pointers, as above.
+#[inline(always)]
+pub fn current_mm_seq() -> (u64, u32) {
+    // SAFETY: as in `current_fault_counters`; the mm pointer is a BTF pointer
+    // too, whose loads the kernel guards (a bad one reads 0).
+    unsafe {
+        let task = bpf_get_current_task_btf() as *const u8;
+        let mm = core::ptr::read_volatile(task.add(off!(task_mm) as usize) as *const *const u8);
+        if mm.is_null() {
+            return (0, 0);
+        }
+        let seq = core::ptr::read_volatile(mm.add(off!(mm_lock_seq) as usize) as *const u32);
+        (mm as u64, seq)
+    }
+}
+
 #[inline(always)]
 pub fn bump(counter: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(counter) {
@@ -299,7 +333,7 @@ pub fn known_untraced(tgid: u32) -> bool {
 /// With `trace_all`, every process is traced but rmaptrace itself (and the
 /// idle task).
 #[inline(always)]
-fn traced_when_all(cfg: &Config, tgid: u32) -> bool {
+pub fn traced_when_all(cfg: &Config, tgid: u32) -> bool {
     tgid != cfg.self_tgid && tgid != 0
 }
 
@@ -331,34 +365,11 @@ pub fn traced_current() -> Option<(u32, u32)> {
     }
 }
 
-/// The current thread's THREADS entry when its process is traced: found by
-/// the thread (one lookup) where it has one, by TRACED otherwise (`None`
-/// inside then: a traced thread not followed yet).
-#[inline(always)]
-pub fn traced_thread() -> Option<(u32, u32, Option<*mut ThreadAcct>)> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    let cfg = config();
-    if (cfg.trace_all != 0 && !traced_when_all(&cfg, tgid)) || known_untraced(tgid) {
-        return None;
-    }
-    // Only a traced process's threads have entries (made after a TRACED
-    // check or at a traced parent's fork, removed at the thread's exit); the
-    // tgid guards against a thread id reused by another process.
-    // SAFETY: a map value pointer; only its tgid is read here.
-    if let Some(t) = THREADS
-        .get_ptr_mut(tid)
-        .filter(|t| unsafe { (**t).tgid } == tgid)
-    {
-        return Some((tgid, tid, Some(t)));
-    }
-    traced_current().map(|(tgid, tid)| (tgid, tid, None))
-}
-
 /// Stores the lifetime of the VMA a thread just cached (looked up by the
-/// tracepoint backend's completion, numbered by its counting program).
+/// tracepoint backend's completion, numbered by its counting program), and
+/// what its `anon_vma` is known to be (`anon_state`).
 #[inline(always)]
-pub fn set_cached_life(tid: u32, life: u64) {
+pub fn set_cached_life(tid: u32, life: u64, anon: u8) {
     if let Some(t) = THREADS.get_ptr_mut(tid) {
         // SAFETY: a map value pointer, valid for this run.
         unsafe {
@@ -366,6 +377,16 @@ pub fn set_cached_life(tid: u32, life: u64) {
                 (*t).fault.cache_valid = 0;
             }
             (*t).fault.cache_life = life;
+            (*t).fault.cache_anon = anon;
         }
+    }
+}
+
+/// The thread's cached VMA was seen with its `anon_vma`, which stays.
+#[inline(always)]
+pub fn set_cached_anon(tid: u32) {
+    if let Some(t) = THREADS.get_ptr_mut(tid) {
+        // SAFETY: a map value pointer, valid for this run.
+        unsafe { (*t).fault.cache_anon = rmaptrace_common::anon_state::SET };
     }
 }

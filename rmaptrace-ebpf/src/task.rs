@@ -52,16 +52,7 @@ fn in_followed_cgroup() -> bool {
 /// The current thread's own fault counters.
 #[inline(always)]
 pub fn current_faults() -> (u64, u64) {
-    // One read where the two are neighbours, as in every kernel seen: this runs
-    // on every counted fault.
-    if off!(task_maj_flt) == off!(task_min_flt) + 8 {
-        let both: [u64; 2] = current_task_field(off!(task_min_flt));
-        return (both[0], both[1]);
-    }
-    (
-        current_task_field(off!(task_min_flt)),
-        current_task_field(off!(task_maj_flt)),
-    )
+    crate::maps::current_fault_counters()
 }
 
 /// Follows the kernel's counters of thread `tid` from `base` (min_flt, maj_flt);
@@ -236,6 +227,7 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
     crate::prefill::forget(tid);
     crate::anon_vma::forget(tid);
     crate::mmap::forget(tid);
+    crate::fault_tp::forget_in_flight(tid);
     let _ = THREADS.remove(tid);
     if off!(ready) == 0 {
         return 0;

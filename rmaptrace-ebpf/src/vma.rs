@@ -80,18 +80,6 @@ fn setup_fns(file: u64) -> (u64, u64) {
     )
 }
 
-/// Whether the VMA at `vma` is still the one cached as (`mm`, `lock_seq`): every
-/// change to a VMA (resize, split, protection, unmap) first write-locks it, which
-/// stores the mm's current lock sequence in `vm_lock_seq`; a freed struct was
-/// write-locked on its way out, and a reused one again when it was set up (in
-/// another mm, whose sequence could match by chance: hence the mm too). Read
-/// without any lock: the struct is type-stable (SLAB_TYPESAFE_BY_RCU) and probe
-/// reads cannot fault.
-#[inline(always)]
-pub fn unchanged(vma: u64, mm: u64, lock_seq: u32) -> bool {
-    read::<u32>(vma, off!(vma_vm_lock_seq)) == lock_seq && read::<u64>(vma, off!(vma_vm_mm)) == mm
-}
-
 // include/linux/maple_tree.h and lib/maple_tree.c (#defines, not in BTF): an
 // encoded node pointer is 256-byte aligned and keeps its type in bits 3..6; the
 // root one is also marked internal (low bits 0b10). Range nodes have 16 slots

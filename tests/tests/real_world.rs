@@ -90,6 +90,18 @@ fn assert_few_unknown(t: &Traced, p: &Value) {
     );
 }
 
+/// Every one of the row's `n` faults was matched to its own thread's entry
+/// while many threads faulted at once: each has a latency and a path (an
+/// unmatched completion has neither: path `unknown`).
+fn assert_each_fault_met_its_entry(v: &Value, n: u64) {
+    assert_eq!(
+        v["latency_ns"]["samples"].as_u64(),
+        Some(n),
+        "every fault timed: {v}"
+    );
+    assert!(v["paths"].get("unknown").is_none(), "every path known: {v}");
+}
+
 /// When a row's mapping was there: from its first sighting until it was removed
 /// (open while it still is). Not from mapped_ns: a MAP_FIXED replacement removes the
 /// old mapping inside the call that creates the new one.
@@ -127,6 +139,7 @@ fn threads_churning_mappings_beside_faulting_threads() {
     assert_eq!(addr(&v["end"]), start + N * PAGE, "{v}");
     assert_eq!(v["kind"], "anon", "{v}");
     assert_eq!(faults(v), N, "the 32 threads' faults on the region: {v}");
+    assert_each_fault_met_its_entry(v, N);
     assert!(t.report["churn_iterations"].as_u64().unwrap() > 0);
     println!("churn iterations: {}", t.report["churn_iterations"]);
     assert_few_unknown(&t, p);
@@ -145,6 +158,7 @@ fn every_thread_region_gets_its_own_exact_row() {
         assert_eq!(addr(&v["end"]), start + N * PAGE, "{v}");
         assert_eq!(v["kind"], "anon", "{v}");
         assert_eq!(faults(v), N, "{v}");
+        assert_each_fault_met_its_entry(v, N);
     }
     assert_few_unknown(&t, p);
 }
