@@ -94,7 +94,22 @@ pub(crate) fn wait_for_header(json: &Path, limit: Duration) -> Result<()> {
     Ok(())
 }
 
+/// How long a tracer is left to settle before a timed run: bpftrace prints
+/// "Attaching" before it attaches and works on after it, rmaptrace reads /proc
+/// after its header; either competing with the workload on a small machine
+/// made the one-liner's overhead here bimodal (230-350 ns a fault, or 500-1,000).
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// Starts a tracer and returns once it is attached and settled.
 fn start_tracer(mode: Mode, bin: &Path) -> Result<Option<Tracer>> {
+    let tracer = start_tracer_unsettled(mode, bin)?;
+    if tracer.is_some() {
+        std::thread::sleep(SETTLE);
+    }
+    Ok(tracer)
+}
+
+fn start_tracer_unsettled(mode: Mode, bin: &Path) -> Result<Option<Tracer>> {
     let started = Instant::now();
     match mode {
         Mode::Untraced => Ok(None),
