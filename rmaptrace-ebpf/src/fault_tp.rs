@@ -25,8 +25,8 @@ use rmaptrace_common::{
 use crate::{
     aggregate::{self, Completed},
     maps::{
-        bump, bump_mm_gen, config, current_mm, current_mm_seq, current_task_field, known_untraced,
-        mm_gen, off, traced_current, traced_when_all, THREADS,
+        bump, bump_mm_gen, config, current_mm, current_mm_seq, current_pagefault_disabled,
+        known_untraced, mm_gen, off, traced_current, traced_when_all, THREADS,
     },
     task, vma,
 };
@@ -39,7 +39,11 @@ const PAGE_SHIFT: u64 = 12;
 pub struct InFlight {
     pub tid: u32,
     pub access: u8,
-    pub _pad: [u8; 3],
+    /// The thread is followed (set at its follow and at its completions): its
+    /// entries that never complete are counted as such, an untraced thread's
+    /// are not.
+    pub traced: u8,
+    pub _pad: [u8; 2],
     /// Page of the faulting address, to match the completion to this entry.
     pub page: u64,
     /// Entry time, 0 for none in flight.
@@ -64,6 +68,21 @@ const IN_FLIGHT_BITS: u32 = 16;
 #[inline(always)]
 pub fn in_flight_slot(tid: u32) -> Option<*mut InFlight> {
     IN_FLIGHT.get_ptr_mut(tid.wrapping_mul(0x9E37_79B1) >> (32 - IN_FLIGHT_BITS))
+}
+
+/// Thread `tid` is followed from now: its slot is its own, with nothing in
+/// flight.
+#[inline(always)]
+pub fn mark_in_flight_traced(tid: u32) {
+    if let Some(s) = in_flight_slot(tid) {
+        // SAFETY: a map value pointer, valid for this run, written through
+        // this one pointer.
+        unsafe {
+            (*s).tid = tid;
+            (*s).ts_ns = 0;
+            (*s).traced = 1;
+        }
+    }
 }
 
 /// Forgets an exiting thread's fault in flight (one that never completed):
@@ -104,7 +123,7 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
     // without handle_mm_fault: never a fault. A user stack walk for
     // --stacks (inside the completion) takes such exceptions on frame
     // pointers gone astray, and would otherwise leave a bogus fault in flight.
-    if kernel_mode && current_task_field::<i32>(off!(task_pagefault_disabled)) > 0 {
+    if kernel_mode && current_pagefault_disabled() {
         return;
     }
     // No traced check here: recording an entry costs less than finding out
@@ -125,10 +144,16 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
     // SAFETY: this thread's slot, reached through this one pointer; another
     // thread hashed to it may write it meanwhile, which its tid check catches.
     unsafe {
-        if (*s).ts_ns != 0 && (*s).tid == tid {
-            bump(counter::ENTRY_WITHOUT_COMPLETION);
+        if (*s).tid == tid {
+            // The previous exception of a followed thread never completed:
+            // it failed (or its completion was lost).
+            if (*s).ts_ns != 0 && (*s).traced != 0 {
+                bump(counter::ENTRY_WITHOUT_COMPLETION);
+            }
+        } else {
+            (*s).tid = tid;
+            (*s).traced = 0;
         }
-        (*s).tid = tid;
         (*s).ts_ns = ts_ns;
         (*s).page = address >> PAGE_SHIFT;
         (*s).access = access::from_x86_error_code(error_code, kernel_mode);
@@ -187,7 +212,8 @@ fn on_completion<const LOCK_SEQ: bool>(ctx: &PerfEventContext, major: bool) {
     // SAFETY: the perf event context the kernel passed in.
     let (addr, ip) = unsafe { ((*ctx.ctx).addr, (*ctx.ctx).regs.rip) };
     // The entry of this fault, taken out of the thread's slot: (access, time).
-    let entry: Option<(u8, u64)> = in_flight_slot(tid).and_then(|s| {
+    let slot = in_flight_slot(tid);
+    let entry: Option<(u8, u64)> = slot.and_then(|s| {
         // SAFETY: this thread's slot, reached through this one pointer.
         unsafe {
             let ts = (*s).ts_ns;
@@ -209,6 +235,14 @@ fn on_completion<const LOCK_SEQ: bool>(ctx: &PerfEventContext, major: bool) {
     let followed = thread.is_some_and(|t| unsafe { (*t).tgid } == tgid);
     if !followed && traced_current().is_none() {
         return;
+    }
+    if let Some(s) = slot {
+        // SAFETY: this thread's slot, reached through this one pointer.
+        unsafe {
+            if (*s).tid == tid && (*s).traced == 0 {
+                (*s).traced = 1;
+            }
+        }
     }
     let Some(c) = aggregate::completed_slot() else {
         return;

@@ -277,6 +277,18 @@ pub fn current_fault_counters() -> (u64, u64) {
     }
 }
 
+/// Whether the current task runs with page faults disabled, read as a load
+/// through its BTF pointer: a probe read would see its own pagefault_disable()
+/// (bpf_probe_read_kernel runs under one), that is always 1.
+#[inline(always)]
+pub fn current_pagefault_disabled() -> bool {
+    // SAFETY: as in `current_fault_counters`.
+    unsafe {
+        let task = bpf_get_current_task_btf() as *const u8;
+        core::ptr::read_volatile(task.add(off!(task_pagefault_disabled) as usize) as *const i32) > 0
+    }
+}
+
 /// The current task's mm and that mm's `mm_lock_seq` (0, 0 without an mm),
 /// read as loads through BTF pointers, as above.
 #[inline(always)]

@@ -75,6 +75,7 @@ pub fn follow_thread(tid: u32, tgid: u32, base: (u64, u64), last: (u64, u64)) {
     if THREADS.insert(tid, acct, 0).is_err() {
         bump(counter::THREAD_TABLE_FULL);
     }
+    crate::fault_tp::mark_in_flight_traced(tid);
 }
 
 /// A counted fault of the current thread: its counters include it already

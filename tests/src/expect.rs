@@ -164,6 +164,14 @@ fn expect(scenario: &str, n: u64, observed: bool) -> Option<Expect> {
                 ..vma("anon", None, n, &[("do_anonymous_page", n)])?
             })
         }
+        // The kernel's copy_to_user faults on each page, in kernel mode:
+        // counted, placed and timed like the process's own writes.
+        "read-into" => {
+            e.vma = Some(Vma {
+                anon_vma: made_by("fault", 0),
+                ..vma("anon", None, n, &[("do_anonymous_page", n)])?
+            })
+        }
         "dev-zero-private" => {
             e.vma = vma("anon", None, n, &[("do_anonymous_page", n)]);
             // vm_file stays set. Once the process is gone the name comes from the

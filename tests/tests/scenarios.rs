@@ -95,6 +95,17 @@ fn reads_map_the_zero_page_then_writes_copy_it() {
     check("anon-read-write");
 }
 
+/// read(2) into fresh memory: the kernel's copy_to_user faults on each page.
+/// These kernel-mode exceptions were counted without their entry (no
+/// latency, path `unknown`) when the entry read `pagefault_disabled` with a
+/// probe read, which runs under a pagefault_disable() of its own.
+#[test]
+fn kernel_writes_into_fresh_memory_are_placed_and_timed() {
+    let t = check("read-into");
+    let c = &t.summary()["counters"];
+    assert_eq!(c["completions_without_entry"], 0, "{c}");
+}
+
 #[test]
 fn shared_anonymous_is_shmem() {
     check("shared-anon");

@@ -38,6 +38,7 @@ pub const BACKENDS: &[&str] = &["tracepoint", "fentry", "kprobe"];
 const SCENARIOS: &[&str] = &[
     "anon-write",
     "anon-read-write",
+    "read-into",
     "shared-anon",
     "dev-zero-private",
     "file-private-write",

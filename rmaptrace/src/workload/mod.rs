@@ -17,6 +17,7 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("anon-write", "private anonymous, write each page: N x do_anonymous_page"),
     ("anon-read-write", "private anonymous, read then write: N x do_anonymous_page (zero page) + N x do_wp_page (COW)"),
     ("shared-anon", "MAP_SHARED|MAP_ANONYMOUS, write: shmem, shmem_fault, N x do_shared_fault"),
+    ("read-into", "private anonymous, filled by read(2) one byte a page: the kernel's own writes fault (kernel-mode exceptions), N x do_anonymous_page"),
     ("dev-zero-private", "/dev/zero MAP_PRIVATE, write: anonymous despite vm_file, N x do_anonymous_page"),
     ("file-private-write", "regular file MAP_PRIVATE, write: filemap_fault, N x do_cow_fault"),
     ("file-shared-write", "regular file MAP_SHARED, write: filemap_fault, N x do_shared_fault"),
@@ -193,6 +194,17 @@ pub fn run(scenario: &str, pages: usize, wait: bool) -> Result<()> {
             read_pages(p, pages);
             write_pages(p, pages);
             report(scenario, pages, p, json!({}));
+        }
+        "read-into" => {
+            let (fd, path) = scratch_file(1)?;
+            let p = map_fresh_anon(len, rw)?;
+            for i in 0..pages {
+                // SAFETY: one byte into page i of a mapping of `pages` pages.
+                let n = unsafe { libc::pread(fd, p.add(i * PAGE).cast(), 1, 0) };
+                check(n as libc::c_int, "pread")?;
+            }
+            unsafe { libc::close(fd) };
+            report(scenario, pages, p, json!({"file": path}));
         }
         "shared-anon" => {
             let p = map(len, rw, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1)?;
