@@ -260,50 +260,42 @@ pub fn current_mm() -> u64 {
     current_task_field(off!(task_mm))
 }
 
-/// The current task's fault counters (min_flt, maj_flt), read as loads
-/// through the task's BTF pointer, which the verifier checks against
-/// `task_struct`: no helper call (a probe read is one, ~30 ns), on every fault.
+/// The `T` at `off` in the current task, as a load through the task's BTF
+/// pointer, which the verifier checks against `task_struct` (the offsets are
+/// constants to it, in frozen .rodata): no helper call, where a probe read is
+/// one (~30 ns). For what the fault path reads on every fault; a pointer
+/// loaded this way is itself a BTF pointer (see `current_mm_seq`).
 #[inline(always)]
-pub fn current_fault_counters() -> (u64, u64) {
+pub fn current_task_load<T: Copy>(off: u32) -> T {
     // SAFETY: the helper returns the current task, valid for this run; the
-    // offsets are task_struct's own (BTF), and the verifier checks each load
+    // offset is task_struct's own (BTF), and the verifier checks the load
     // against its type.
     unsafe {
         let task = bpf_get_current_task_btf() as *const u8;
-        (
-            core::ptr::read_volatile(task.add(off!(task_min_flt) as usize) as *const u64),
-            core::ptr::read_volatile(task.add(off!(task_maj_flt) as usize) as *const u64),
-        )
+        core::ptr::read_volatile(task.add(off as usize) as *const T)
     }
 }
 
-/// Whether the current task runs with page faults disabled, read as a load
-/// through its BTF pointer: a probe read would see its own pagefault_disable()
-/// (bpf_probe_read_kernel runs under one), that is always 1.
+/// Whether the current task runs with page faults disabled. A load: a probe
+/// read would see its own pagefault_disable() (bpf_probe_read_kernel runs
+/// under one), that is always 1.
 #[inline(always)]
 pub fn current_pagefault_disabled() -> bool {
-    // SAFETY: as in `current_fault_counters`.
-    unsafe {
-        let task = bpf_get_current_task_btf() as *const u8;
-        core::ptr::read_volatile(task.add(off!(task_pagefault_disabled) as usize) as *const i32) > 0
-    }
+    current_task_load::<i32>(off!(task_pagefault_disabled)) > 0
 }
 
 /// The current task's mm and that mm's `mm_lock_seq` (0, 0 without an mm),
-/// read as loads through BTF pointers, as above.
+/// both loads through BTF pointers.
 #[inline(always)]
 pub fn current_mm_seq() -> (u64, u32) {
-    // SAFETY: as in `current_fault_counters`; the mm pointer is a BTF pointer
-    // too, whose loads the kernel guards (a bad one reads 0).
-    unsafe {
-        let task = bpf_get_current_task_btf() as *const u8;
-        let mm = core::ptr::read_volatile(task.add(off!(task_mm) as usize) as *const *const u8);
-        if mm.is_null() {
-            return (0, 0);
-        }
-        let seq = core::ptr::read_volatile(mm.add(off!(mm_lock_seq) as usize) as *const u32);
-        (mm as u64, seq)
+    let mm: *const u8 = current_task_load(off!(task_mm));
+    if mm.is_null() {
+        return (0, 0);
     }
+    // SAFETY: `mm` is a BTF pointer to the task's mm_struct, whose loads the
+    // kernel guards (a bad one reads 0); the offset is mm_struct's own.
+    let seq = unsafe { core::ptr::read_volatile(mm.add(off!(mm_lock_seq) as usize) as *const u32) };
+    (mm as u64, seq)
 }
 
 #[inline(always)]

@@ -28,20 +28,42 @@ fn version(kernel: &str) -> (u32, u32) {
     (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
+/// The checks of one guest that passed and failed.
+#[derive(Default)]
+struct Tally {
+    passes: usize,
+    failures: usize,
+}
+
+impl Tally {
+    /// Prints `what`'s PASS or FAIL line and counts it.
+    fn record(&mut self, kernel: &str, what: &str, outcome: Result<()>) {
+        match outcome {
+            Ok(()) => {
+                eprintln!("PASS {kernel} {what}");
+                self.passes += 1;
+            }
+            Err(e) => {
+                eprintln!("FAIL {kernel} {what}: {e:#}");
+                self.failures += 1;
+            }
+        }
+    }
+}
+
 /// Prints one line per backend x scenario of guest `kernel` and returns how
 /// many checks failed.
 pub fn check(lines: &[String], opts: &Options, n: usize, kernel: &str) -> Result<usize> {
-    let mut failures = 0;
-    let mut passes = 0;
+    let mut t = Tally::default();
     for l in lines.iter().filter(|l| trouble(l)) {
         eprintln!("FAIL {kernel} serial log: {l}");
-        failures += 1;
+        t.failures += 1;
     }
     match lines.iter().find(|l| l.starts_with("RMAPTRACE-INSMOD")) {
         Some(l) if l.ends_with(" ok") => {}
         _ => {
             eprintln!("FAIL {kernel} insmod rmapdemo.ko (see the serial log)");
-            failures += 1;
+            t.failures += 1;
         }
     }
     // `rmaptrace probe` with no flag: on this kernel every mechanism loads, so the
@@ -56,10 +78,10 @@ pub fn check(lines: &[String], opts: &Options, n: usize, kernel: &str) -> Result
         .any(|l| l.starts_with("backend: fentry (fault paths observed)"))
     {
         eprintln!("PASS {kernel} probe chooses fentry");
-        passes += 1;
+        t.passes += 1;
     } else {
         eprintln!("FAIL {kernel} probe does not choose fentry: {probe:?}");
-        failures += 1;
+        t.failures += 1;
     }
     // do_mmap has more than six arguments: its trampoline (fentry) takes them
     // from 6.5 on; before, the plan must fall back to a kprobe and say why.
@@ -71,10 +93,10 @@ pub fn check(lines: &[String], opts: &Options, n: usize, kernel: &str) -> Result
     let do_mmap = probe.iter().find(|l| l.starts_with("do_mmap "));
     if do_mmap.is_some_and(|l| l.split_whitespace().nth(1) == Some(want)) {
         eprintln!("PASS {kernel} probe hooks do_mmap with {want}");
-        passes += 1;
+        t.passes += 1;
     } else {
         eprintln!("FAIL {kernel} probe should hook do_mmap with {want}: {do_mmap:?}");
-        failures += 1;
+        t.failures += 1;
     }
     let (mut reports, mut runs) = (Vec::new(), Vec::new());
     for l in lines {
@@ -89,7 +111,7 @@ pub fn check(lines: &[String], opts: &Options, n: usize, kernel: &str) -> Result
             Ok(v) => list.push(v),
             Err(e) => {
                 eprintln!("FAIL {kernel} unreadable guest line ({e}): {l}");
-                failures += 1;
+                t.failures += 1;
             }
         }
     }
@@ -118,36 +140,18 @@ pub fn check(lines: &[String], opts: &Options, n: usize, kernel: &str) -> Result
                 (Some(r), Some(run)) => check_result(r, run, n as u64),
                 _ => Err(anyhow::anyhow!("no result from the guest")),
             };
-            match outcome {
-                Ok(()) => {
-                    eprintln!("PASS {kernel} {label} {s}");
-                    passes += 1;
-                }
-                Err(e) => {
-                    eprintln!("FAIL {kernel} {label} {s}: {e:#}");
-                    failures += 1;
-                }
-            }
+            t.record(kernel, &format!("{label} {s}"), outcome);
         }
     }
     // Runs of their own after the scenarios, on the default backend.
     let own_runs: [(&str, OwnRun); 2] =
         [("call-sites", check_call_sites), ("cgroup", check_cgroup)];
     for (name, check) in own_runs {
-        match check(lines) {
-            Ok(()) => {
-                eprintln!("PASS {kernel} default {name}");
-                passes += 1;
-            }
-            Err(e) => {
-                eprintln!("FAIL {kernel} default {name}: {e:#}");
-                failures += 1;
-            }
-        }
+        t.record(kernel, &format!("default {name}"), check(lines));
     }
     // The plain closing line CI reads, like cargo test's own.
-    println!("guest {kernel}: {passes} passed, {failures} failed");
-    Ok(failures)
+    println!("guest {kernel}: {} passed, {} failed", t.passes, t.failures);
+    Ok(t.failures)
 }
 
 /// A check of a guest run made apart from the scenarios, on its output lines.
