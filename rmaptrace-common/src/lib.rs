@@ -140,6 +140,7 @@ pub mod vm_flags {
     pub const VM_WRITE: u64 = 0x2;
     pub const VM_EXEC: u64 = 0x4;
     pub const VM_SHARED: u64 = 0x8;
+    pub const VM_GROWSDOWN: u64 = 0x100;
     pub const VM_PFNMAP: u64 = 0x400;
     pub const VM_IO: u64 = 0x4000;
     pub const VM_HUGETLB: u64 = 0x40_0000;
@@ -351,7 +352,11 @@ pub mod counter {
     /// table was full). Both are counted in their rows all the same.
     pub const STACK_LOST: u32 = 19;
     pub const STACK_ROWS_FULL: u32 = 20;
-    pub const COUNT: u32 = 21;
+    /// Counting at the entry: faults counted at their entry that the kernel
+    /// then did not count (failed: SIGSEGV, SIGBUS, an EFAULT fixup), taken
+    /// back at the thread's next fault or exit.
+    pub const FAULT_TAKEN_BACK: u32 = 21;
+    pub const COUNT: u32 = 22;
 }
 
 /// Values of the `TRACED` map.
@@ -671,7 +676,9 @@ pub struct ThreadFault {
     /// What the cached VMA's `anon_vma` is known to be without reading it
     /// (`anon_state`).
     pub cache_anon: u8,
-    pub _pad: [u8; 2],
+    /// The cached VMA has VM_WRITE: a write fault there can succeed.
+    pub cache_writable: u8,
+    pub _pad: u8,
     /// Where VMAs carry vm_lock_seq (6.4+): the mm's `mm_lock_seq` when the
     /// cache was filled. Every change to a VMA happens in a write window of
     /// mmap_lock, which changes it: unchanged, the cached VMA is still what the
@@ -685,6 +692,20 @@ pub struct ThreadFault {
     pub cache_start: u64,
     pub cache_end: u64,
     pub cache_life: u64,
+    /// Counting at the entry: the thread's latest fault, counted when it
+    /// entered and confirmed or taken back once its outcome shows (its
+    /// completion event, the thread's next fault, its exit). 0: none.
+    pub pend_ts: u64,
+    pub pend_addr: u64,
+    /// min_flt + maj_flt when it entered: unmoved at the next fault or the
+    /// exit, the kernel did not count it (it failed).
+    pub pend_faults: u64,
+    /// The row it was counted in (`pend_counted`), or would be.
+    pub pend_key: FaultKey,
+    /// 1: counted in `pend_key`'s row at its entry; 0: its VMA was not found
+    /// there, it is counted (as placed later by address) only once confirmed.
+    pub pend_counted: u8,
+    pub _pad2: [u8; 7],
 }
 
 /// What a thread's cached VMA's `anon_vma` is known to be (`ThreadFault`).

@@ -37,7 +37,14 @@ pub struct Completed {
     pub anon: u8,
     /// The VMA came from the thread's cache (tracepoint backend).
     pub cache_hit: u8,
-    pub _pad: [u8; 6],
+    /// The fault is counted without its latency (counting at the entry:
+    /// latency comes from sampled completions).
+    pub untimed: u8,
+    /// Counting at the entry: the fault will make the VMA's anon_vma if it
+    /// has none (a write to a private mapping), which the kernel does only
+    /// after the entry.
+    pub makes_anon: u8,
+    pub _pad: [u8; 4],
     pub now: u64,
     pub addr: u64,
     pub ip: u64,
@@ -129,9 +136,17 @@ pub fn record<C: StackIdContext>(ctx: &C, vma: Option<&VmaInfo>) {
             None => c.key.vma_status = vma_status::ERROR,
         }
     }
-    c.key.flags = ((anon | anon.wrapping_neg()) >> 63) as u8 * key_flags::ANON_VMA;
+    let has_anon = ((anon | anon.wrapping_neg()) >> 63) as u8 | c.makes_anon;
+    c.key.flags = has_anon * key_flags::ANON_VMA;
     let major = c.major != 0;
-    let added = add_to_aggregate(&c.key, major, c.now, c.latency, c.handler_ns);
+    let timed = c.key.access & access::NO_ENTRY == 0 && c.untimed == 0;
+    let added = add_to_aggregate(
+        &c.key,
+        major,
+        c.now,
+        timed.then_some(c.latency),
+        c.handler_ns,
+    );
     match added {
         Added::Full => count_overflow(c.key.tgid, major),
         // The first fault to find the anon_vma starts a row of its own.
@@ -147,7 +162,7 @@ pub fn record<C: StackIdContext>(ctx: &C, vma: Option<&VmaInfo>) {
         crate::task::account_fault(c.tid, c.key.tgid, major);
     }
     if c.key.vma_status != vma_status::FOUND {
-        send_unresolved(c);
+        send_unresolved(&c.key, c.tid, c.now, c.addr, c.latency, c.major);
     }
     if config().fault_events != 0 {
         // Records name the lifetime; the VMA is described at a row's first
@@ -161,7 +176,7 @@ pub fn record<C: StackIdContext>(ctx: &C, vma: Option<&VmaInfo>) {
 }
 
 #[inline(always)]
-fn send_unresolved(c: &Completed) {
+fn send_unresolved(key: &FaultKey, tid: u32, now: u64, addr: u64, latency: u64, major: u8) {
     let mm_seq: u32 = if off!(has_vm_lock_seq) != 0 {
         crate::maps::kernel_read(crate::maps::current_mm(), off!(mm_lock_seq))
     } else {
@@ -170,17 +185,17 @@ fn send_unresolved(c: &Completed) {
     let ev = UnresolvedFault {
         header: rmaptrace_common::EventHeader {
             kind: event_kind::UNRESOLVED_FAULT,
-            tgid: c.key.tgid,
-            tid: c.tid,
+            tgid: key.tgid,
+            tid,
             _pad: 0,
-            ts_ns: c.now,
+            ts_ns: now,
         },
-        addr: c.addr,
-        latency_ns: c.latency,
-        access: c.key.access,
-        path: c.key.path,
-        vma_status: c.key.vma_status,
-        major: c.major,
+        addr,
+        latency_ns: latency,
+        access: key.access,
+        path: key.path,
+        vma_status: key.vma_status,
+        major,
         mm_seq,
         has_mm_seq: off!(has_vm_lock_seq) as u8,
         _pad: [0; 7],
@@ -199,7 +214,13 @@ enum Added {
 
 /// Adds the fault to its row.
 #[inline(always)]
-fn add_to_aggregate(key: &FaultKey, major: bool, now: u64, latency: u64, handler_ns: u64) -> Added {
+fn add_to_aggregate(
+    key: &FaultKey,
+    major: bool,
+    now: u64,
+    latency: Option<u64>,
+    handler_ns: u64,
+) -> Added {
     let mut added = Added::ToRow;
     let mut stats = FAULTS.get_ptr_mut(key);
     if stats.is_none() {
@@ -225,18 +246,77 @@ fn add_to_aggregate(key: &FaultKey, major: bool, now: u64, latency: u64, handler
         stats.handler_calls += 1;
         stats.handler_ns += handler_ns;
     }
-    if key.access & access::NO_ENTRY == 0 {
-        stats.timed += 1;
-        stats.latency_sum_ns += latency;
-        if latency > stats.latency_max_ns {
-            stats.latency_max_ns = latency;
-        }
-        let bucket = latency_bucket(latency);
-        if bucket < LAT_BUCKETS {
-            stats.latency_hist[bucket] += 1;
-        }
+    if let Some(latency) = latency {
+        add_latency(stats, latency);
     }
     added
+}
+
+#[inline(always)]
+fn add_latency(stats: &mut FaultStats, latency: u64) {
+    stats.timed += 1;
+    stats.latency_sum_ns += latency;
+    if latency > stats.latency_max_ns {
+        stats.latency_max_ns = latency;
+    }
+    let bucket = latency_bucket(latency);
+    if bucket < LAT_BUCKETS {
+        stats.latency_hist[bucket] += 1;
+    }
+}
+
+/// What happened to a fault counted at its entry, once its outcome shows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The kernel did not count it: its minor count is taken back.
+    Failed,
+    /// Its major completion: moved from minor to major, with its latency.
+    Major(u64),
+    /// A sampled minor completion: its latency only.
+    MinorSampled(u64),
+}
+
+/// Settles a fault that was counted as minor in `key`'s row at its entry.
+/// Per-CPU values: the change lands on this CPU's value of the row (zero on
+/// CPUs that never counted in it), so one may go below zero and wrap; the
+/// sum over CPUs, which userspace takes with wrapping adds, is exact.
+#[inline(always)]
+pub fn settle(key: &FaultKey, outcome: Outcome) {
+    let Some(stats) = FAULTS.get_ptr_mut(key) else {
+        return; // the row never made it into a full table
+    };
+    // SAFETY: this CPU's value of the row, reached through this one reference.
+    let stats = unsafe { &mut *stats };
+    match outcome {
+        Outcome::Failed => {
+            stats.minor = stats.minor.wrapping_sub(1);
+            bump(counter::FAULT_TAKEN_BACK);
+        }
+        Outcome::Major(latency) => {
+            stats.minor = stats.minor.wrapping_sub(1);
+            stats.major += 1;
+            add_latency(stats, latency);
+        }
+        Outcome::MinorSampled(latency) => add_latency(stats, latency),
+    }
+}
+
+/// Counts a confirmed fault whose VMA its entry did not find (counting at the
+/// entry): a row without a lifetime, and a record from which userspace
+/// places it by address, as for the completion's failed lookups.
+#[inline(always)]
+pub fn count_unplaced(
+    key: &FaultKey,
+    tid: u32,
+    now: u64,
+    addr: u64,
+    major: bool,
+    latency: Option<u64>,
+) {
+    if add_to_aggregate(key, major, now, latency, 0) == Added::Full {
+        count_overflow(key.tgid, major);
+    }
+    send_unresolved(key, tid, now, addr, latency.unwrap_or(0), major as u8);
 }
 
 #[inline(always)]

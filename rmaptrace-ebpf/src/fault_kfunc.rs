@@ -183,6 +183,8 @@ fn on_fault_exit<C: StackIdContext>(ctx: &C, ret: u64) {
     c.accounted = 0;
     c.anon = rmaptrace_common::anon_state::UNKNOWN;
     c.cache_hit = 0;
+    c.untimed = 0;
+    c.makes_anon = 0;
     c.vma = info.vma;
     aggregate::record(ctx, Some(info));
 }

@@ -19,7 +19,7 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, PerfEventContext, TracePointContext},
 };
 use rmaptrace_common::{
-    access, counter, path_id, vma_status, FaultKey, ThreadAcct, ThreadFault, VmaInfo,
+    access, counter, path_id, vm_flags, vma_status, FaultKey, ThreadAcct, ThreadFault, VmaInfo,
 };
 
 use crate::{
@@ -112,33 +112,63 @@ pub fn page_fault_kernel(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// A fault entering, as the exceptions tracepoints give it.
+pub struct Entry {
+    pub address: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub access: u8,
+}
+
+/// The exception that `ctx` reports, unless it can be no fault of a traced
+/// process's memory.
 #[inline(always)]
-fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
+pub fn entry_of(ctx: &BtfTracePointContext, kernel_mode: bool) -> Option<Entry> {
     // TP_PROTO(unsigned long address, struct pt_regs *regs, unsigned long error_code)
     let address: u64 = ctx.arg(0);
     if kernel_mode && address >> 63 != 0 {
-        return; // a fault on a kernel address: not the process's memory
+        return None; // a fault on a kernel address: not the process's memory
     }
     // With page faults disabled the kernel fixes the access up at once,
     // without handle_mm_fault: never a fault. A user stack walk for
     // --stacks (inside the completion) takes such exceptions on frame
     // pointers gone astray, and would otherwise leave a bogus fault in flight.
     if kernel_mode && current_pagefault_disabled() {
-        return;
+        return None;
     }
-    // No traced check here: recording an entry costs less than finding out
-    // (the completion does, with the thread's entry it needs anyway). Only a
-    // process already found untraced on this CPU returns at once.
+    // Only a process already found untraced on this CPU returns at once: the
+    // full check costs more than what follows it here.
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     let cfg = config();
     if (cfg.trace_all != 0 && !traced_when_all(&cfg, tgid)) || known_untraced(tgid) {
-        return;
+        return None;
     }
+    let error_code: u64 = ctx.arg(2);
+    Some(Entry {
+        address,
+        tgid,
+        tid,
+        access: access::from_x86_error_code(error_code, kernel_mode),
+    })
+}
+
+#[inline(always)]
+fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
+    // No traced check here: recording an entry costs less than finding out
+    // (the completion does, with the thread's entry it needs anyway).
+    let Some(Entry {
+        address,
+        tgid: _,
+        tid,
+        access,
+    }) = entry_of(ctx, kernel_mode)
+    else {
+        return;
+    };
     let Some(s) = in_flight_slot(tid) else {
         return;
     };
-    let error_code: u64 = ctx.arg(2);
     // SAFETY: a helper without arguments.
     let ts_ns = unsafe { bpf_ktime_get_ns() };
     // SAFETY: this thread's slot, reached through this one pointer; another
@@ -156,7 +186,7 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
         }
         (*s).ts_ns = ts_ns;
         (*s).page = address >> PAGE_SHIFT;
-        (*s).access = access::from_x86_error_code(error_code, kernel_mode);
+        (*s).access = access;
     }
 }
 
@@ -281,6 +311,8 @@ fn on_completion<const LOCK_SEQ: bool>(ctx: &PerfEventContext, major: bool) {
         write_volatile(&raw mut c.lookup_walks, 0);
         write_volatile(&raw mut c.anon, 0);
         write_volatile(&raw mut c.cache_hit, 0);
+        write_volatile(&raw mut c.untimed, 0);
+        write_volatile(&raw mut c.makes_anon, 0);
     }
     c.tid = tid;
     c.major = major as u8;
@@ -372,7 +404,7 @@ fn lookup_then_count<const LOCK_SEQ: bool>(ctx: &PerfEventContext) {
 /// Looks up the VMA of the fault in `c`; true when it must be walked again (by
 /// this program, once more, reached again by tail call).
 #[inline(always)]
-fn lookup<const LOCK_SEQ: bool>(c: &mut Completed) -> bool {
+pub fn lookup<const LOCK_SEQ: bool>(c: &mut Completed) -> bool {
     if c.lookup_walks == 0 {
         bump(counter::VMA_LOOKUP);
     }
@@ -428,6 +460,7 @@ fn lookup<const LOCK_SEQ: bool>(c: &mut Completed) -> bool {
             (*s).cache_start = info.vm_start;
             (*s).cache_end = info.vm_end;
             (*s).cache_life = 0;
+            (*s).cache_writable = (info.vm_flags & vm_flags::VM_WRITE != 0) as u8;
         }
     }
     if let Some(looked_up) = aggregate::looked_up_slot() {

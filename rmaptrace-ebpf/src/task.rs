@@ -233,6 +233,16 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
     crate::anon_vma::forget(tid);
     crate::mmap::forget(tid);
     crate::fault_tp::forget_in_flight(tid);
+    if followed {
+        if let Some(t) = THREADS.get_ptr_mut(tid) {
+            let (min_flt, maj_flt) = current_faults();
+            // SAFETY: this thread's map value, reached through this one
+            // pointer until it is removed below.
+            unsafe {
+                crate::count_at_entry::settle_previous(&raw mut (*t).fault, tid, min_flt + maj_flt)
+            };
+        }
+    }
     let _ = THREADS.remove(tid);
     if off!(ready) == 0 {
         return 0;

@@ -96,8 +96,12 @@ const MAPLE_MAX_DEPTH: usize = 7;
 /// way the kernel's lockless fault path does (`mtree_range_walk` under RCU, which
 /// the caller holds); 0 when the walk found none. Nodes may be changing under a
 /// writer: the caller validates what this returns.
+///
+/// With `NEXT`, an address in a gap gives the VMA after the gap (the leaf's
+/// next slot: a maple tree never holds two empty slots in a row), where the
+/// leaf has one.
 #[inline(always)]
-fn maple_find(mm: u64, addr: u64) -> u64 {
+fn maple_find<const NEXT: bool>(mm: u64, addr: u64) -> u64 {
     let mut entry: u64 = read(mm, off!(mm_mt_root));
     if entry & 3 != 2 || entry < 4096 {
         return 0; // not a node: an empty tree, or a single-entry one
@@ -130,6 +134,9 @@ fn maple_find(mm: u64, addr: u64) -> u64 {
         }
         entry = read(node, slots + offset * 8);
         if ty == off!(maple_leaf_64) {
+            if NEXT && entry == 0 && offset + 1 < n {
+                return read(node, slots + (offset + 1) * 8);
+            }
             return entry;
         }
     }
@@ -155,7 +162,7 @@ pub fn lookup_lockless<const LOCK_SEQ: bool>(mm: u64, addr: u64, info: &mut VmaI
     } else {
         0
     };
-    let vma = maple_find(mm, addr);
+    let vma = maple_find::<false>(mm, addr);
     if vma == 0 {
         return Walk::Missed;
     }
@@ -176,6 +183,31 @@ pub fn lookup_lockless<const LOCK_SEQ: bool>(mm: u64, addr: u64, info: &mut VmaI
 }
 
 /// What a lockless walk of the VMA tree found.
+/// The first VMA above `addr`, which no VMA holds, by the same walk as
+/// `lookup_lockless` (6.4+): Found only when no write window moved the mm's
+/// sequence during the walk and none has that VMA write-locked.
+#[inline(always)]
+pub fn next_lockless(mm: u64, addr: u64, info: &mut VmaInfo) -> Walk {
+    if off!(mm_mt_root) == 0 || mm == 0 {
+        return Walk::Missed;
+    }
+    let seq: u32 = read(mm, off!(mm_lock_seq));
+    let vma = maple_find::<true>(mm, addr);
+    if vma == 0 {
+        return Walk::Missed;
+    }
+    describe(vma, info);
+    let seq_after: u32 = read(mm, off!(mm_lock_seq));
+    if seq_after != seq {
+        return Walk::Unstable;
+    }
+    if info.vm_start > addr && info.mm == mm && info.lock_seq != seq {
+        Walk::Found
+    } else {
+        Walk::Missed
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Walk {
     /// The VMA the kernel has for the address.

@@ -533,6 +533,7 @@ async fn trace(
     release_freed_memory();
     let limits = probes.plan.limits();
     trace.set_limits(limits.clone());
+    trace.set_latency_sample_period(probes.plan.latency_sample_period);
     trace.set_backend(probes.plan.backend, probes.plan.paths);
     trace.set_prefill_observed(crate::bpf::plan::prefill_observed(&probes.plan.rows));
 
@@ -566,6 +567,7 @@ async fn trace(
         version: env!("CARGO_PKG_VERSION"),
         kernel: &kernel,
         backend: probes.plan.backend,
+        latency_sample_period: probes.plan.latency_sample_period,
     };
     out.start(&Header {
         kind: "header",

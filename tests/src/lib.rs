@@ -142,6 +142,21 @@ impl Traced {
             .unwrap_or_else(|| panic!("VMA {addr} missing from pid {pid}: {}", self.process(pid)))
     }
 
+    /// Minor faults timed one in this many per CPU (1: every fault), from
+    /// the export's header.
+    pub fn latency_sample_period(&self) -> u64 {
+        self.export
+            .iter()
+            .find(|l| l["type"] == "header")
+            .and_then(|h| h["backend"]["latency_sample_period"].as_u64())
+            .unwrap_or(1)
+    }
+
+    /// Whether row `v` of `faults` faults has every latency sample it should.
+    pub fn samples_fit(&self, v: &Value, faults: u64) -> bool {
+        expect::samples_fit(v, faults, self.latency_sample_period())
+    }
+
     pub fn workload_pid(&self) -> u64 {
         self.report["pid"].as_u64().unwrap()
     }

@@ -91,14 +91,11 @@ fn assert_few_unknown(t: &Traced, p: &Value) {
 }
 
 /// Every one of the row's `n` faults was matched to its own thread's entry
-/// while many threads faulted at once: each has a latency and a path (an
-/// unmatched completion has neither: path `unknown`).
-fn assert_each_fault_met_its_entry(v: &Value, n: u64) {
-    assert_eq!(
-        v["latency_ns"]["samples"].as_u64(),
-        Some(n),
-        "every fault timed: {v}"
-    );
+/// while many threads faulted at once: each has a path (an unmatched
+/// completion has none: path `unknown`), and a latency, or, where minor
+/// latency is sampled, the row has its share of samples.
+fn assert_each_fault_met_its_entry(t: &Traced, v: &Value, n: u64) {
+    assert!(t.samples_fit(v, n), "every fault timed, or a sample: {v}");
     assert!(v["paths"].get("unknown").is_none(), "every path known: {v}");
 }
 
@@ -139,7 +136,7 @@ fn threads_churning_mappings_beside_faulting_threads() {
     assert_eq!(addr(&v["end"]), start + N * PAGE, "{v}");
     assert_eq!(v["kind"], "anon", "{v}");
     assert_eq!(faults(v), N, "the 32 threads' faults on the region: {v}");
-    assert_each_fault_met_its_entry(v, N);
+    assert_each_fault_met_its_entry(&t, v, N);
     assert!(t.report["churn_iterations"].as_u64().unwrap() > 0);
     println!("churn iterations: {}", t.report["churn_iterations"]);
     assert_few_unknown(&t, p);
@@ -158,7 +155,7 @@ fn every_thread_region_gets_its_own_exact_row() {
         assert_eq!(addr(&v["end"]), start + N * PAGE, "{v}");
         assert_eq!(v["kind"], "anon", "{v}");
         assert_eq!(faults(v), N, "{v}");
-        assert_each_fault_met_its_entry(v, N);
+        assert_each_fault_met_its_entry(&t, v, N);
     }
     assert_few_unknown(&t, p);
 }

@@ -47,8 +47,13 @@ fn assert_vma(
         .map(|(p, n)| (p.to_string(), *n))
         .collect();
     assert_eq!(paths(v), want, "paths of {v}");
-    assert_eq!(v["latency_ns"]["samples"], faults, "every fault timed: {v}");
-    assert!(v["latency_ns"]["p50"].as_u64().unwrap() > 0);
+    assert!(
+        t.samples_fit(v, faults),
+        "every fault timed, or a sample: {v}"
+    );
+    if v["latency_ns"]["samples"].as_u64() > Some(0) {
+        assert!(v["latency_ns"]["p50"].as_u64().unwrap() > 0, "{v}");
+    }
 }
 
 /// The process's totals equal the kernel's minflt+majflt but for `unseen`.
@@ -104,6 +109,18 @@ fn kernel_writes_into_fresh_memory_are_placed_and_timed() {
     let t = check("read-into");
     let c = &t.summary()["counters"];
     assert_eq!(c["completions_without_entry"], 0, "{c}");
+}
+
+/// Faults that fail (read(2) into read-only memory: EFAULT; a write there:
+/// SIGSEGV) are not the kernel's faults, and not rmaptrace's: counting at
+/// the entry takes each back once the thread's counters show it failed.
+#[test]
+fn failed_faults_are_not_counted() {
+    let t = check("failed-faults");
+    let c = &t.summary()["counters"];
+    if t.export[0]["backend"]["counted_at"] == "entry" {
+        assert_eq!(c["faults_taken_back"], N as u64 + 1, "{c}");
+    }
 }
 
 #[test]

@@ -77,6 +77,7 @@ fn counts_fresh_anonymous_pages_per_process() {
 fn without_the_probes_nothing_is_counted() {
     // Every program that can count a fault, on any backend.
     let disabled = "fault_done_minor,fault_done_major,fault_done_minor_vls,fault_done_major_vls,\
+                    fault_entry_count_user,fault_entry_count_kernel,\
                     handle_mm_fault_fentry,handle_mm_fault_fexit,\
                     handle_mm_fault_kprobe,handle_mm_fault_kretprobe";
     let json = temp_json("disabled");

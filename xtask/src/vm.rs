@@ -39,6 +39,7 @@ const SCENARIOS: &[&str] = &[
     "anon-write",
     "anon-read-write",
     "read-into",
+    "failed-faults",
     "shared-anon",
     "dev-zero-private",
     "file-private-write",

@@ -13,8 +13,9 @@ use aya::{
 use rmaptrace_common::{Config, KernelOffsets, COMM_LEN};
 
 use super::plan::{
-    attempt_failed, choose, counting_order, sub_order, Backend, HookPoint, KfuncPoint, Mechanism,
-    Offer, Plan, PlanRow, Rejection, Role, ALWAYS, KFUNC_POINTS, TRACEPOINT_COUNTING,
+    attempt_failed, choose, count_at_entry, counting_order, sub_order, Backend, EntryCountingNeeds,
+    HookPoint, KfuncPoint, Mechanism, Offer, Plan, PlanRow, Rejection, Role, ALWAYS, KFUNC_POINTS,
+    TRACEPOINT_COUNTING, TRACEPOINT_COUNTING_AT_ENTRY,
 };
 use crate::kernel::{btf::KernelBtf, kallsyms::Kallsyms, tracefs};
 
@@ -199,7 +200,7 @@ impl Attacher<'_> {
                     p.attach(
                         PerfEventConfig::Software(event),
                         PerfEventScope::AllProcessesOneCpu { cpu },
-                        SamplePolicy::Period(1),
+                        SamplePolicy::Period(super::plan::sample_period(point.program)),
                         false,
                     )
                     .with_context(|| format!("perf_event_open on cpu {cpu}"))?;
@@ -389,6 +390,14 @@ impl Attacher<'_> {
     }
 }
 
+/// Whether a read fault on private anonymous memory maps the zero page
+/// (THP's huge zero page included): a kernel without THP always does.
+fn zero_page_on_read() -> bool {
+    std::fs::read("/sys/kernel/mm/transparent_hugepage/use_zero_page")
+        .map(|v| v.trim_ascii() != b"0")
+        .unwrap_or(true)
+}
+
 impl Probes {
     pub fn load(facts: &KernelFacts, symbols: &Kallsyms, opts: &LoadOptions) -> Result<Self> {
         if super::EBPF_OBJECT.is_empty() {
@@ -483,7 +492,19 @@ impl Probes {
             }
             rows.push(row);
         }
-        if counting.is_none() {
+        let at_entry = count_at_entry(EntryCountingNeeds {
+            vm_lock_seq: offsets.has_vm_lock_seq != 0,
+            maple_tree: offsets.mm_mt_root != 0,
+            fault_events: opts.fault_events,
+            stacks: opts.stack_depth.is_some(),
+            zero_page_on_read: zero_page_on_read(),
+            forced_off: std::env::var_os("RMAPTRACE_COUNT_AT_COMPLETION").is_some(),
+        });
+        if counting.is_none() && at_entry.is_ok() {
+            for point in TRACEPOINT_COUNTING_AT_ENTRY {
+                rows.push(a.hook_row(point)?);
+            }
+        } else if counting.is_none() {
             // The completion programs tail-call into the counting one: load it and
             // put it in their program array before they are attached.
             a.load_tails(offsets.has_vm_lock_seq != 0)
@@ -532,6 +553,16 @@ impl Probes {
                 offsets.has_vm_lock_seq != 0,
             ),
             backend: counting.map(Mechanism::name).unwrap_or("tracepoint"),
+            counted_at: match (counting, at_entry) {
+                (Some(_), _) => "handle_mm_fault",
+                (None, Ok(())) => "entry",
+                (None, Err(_)) => "completion",
+            },
+            completion_because: at_entry.err().filter(|_| counting.is_none()),
+            latency_sample_period: match (counting, at_entry) {
+                (None, Ok(())) => super::plan::MINOR_LATENCY_SAMPLE_PERIOD,
+                _ => 1,
+            },
             paths: if counting.is_some() {
                 "observed"
             } else {

@@ -301,6 +301,94 @@ pub const TRACEPOINT_COUNTING: &[HookPoint] = &[
     },
 ];
 
+/// The tracepoint backend counting at the entry (see [`count_at_entry`]): one
+/// program per fault, the completion events only to settle majors (every one)
+/// and to time minors (a sample).
+pub const TRACEPOINT_COUNTING_AT_ENTRY: &[HookPoint] = &[
+    HookPoint {
+        program: "fault_entry_count_user",
+        mechanism: Mechanism::TpBtf,
+        hook: "exceptions/page_fault_user",
+        required: true,
+        purpose:
+            "fault entry in user mode: counts (taken back if the kernel does not), VMA, access",
+    },
+    HookPoint {
+        program: "fault_entry_count_kernel",
+        mechanism: Mechanism::TpBtf,
+        hook: "exceptions/page_fault_kernel",
+        required: true,
+        purpose: "fault entry in kernel mode on user addresses",
+    },
+    HookPoint {
+        program: "fault_major_settle",
+        mechanism: Mechanism::PerfSoftware,
+        hook: "page-faults-maj",
+        required: true,
+        purpose: "fault completion, major (every one): moves the fault to major, latency",
+    },
+    HookPoint {
+        program: "fault_minor_sample",
+        mechanism: Mechanism::PerfSoftware,
+        hook: "page-faults-min",
+        required: false,
+        purpose: "fault completion, minor, sampled: latency",
+    },
+];
+
+/// One minor completion in this many, per CPU, is timed when counting at the
+/// entry: the perf event's cost is paid by the sampled ones only (about 220 ns
+/// each), and 1 in 16 still fills a latency histogram within seconds of a
+/// fault storm.
+pub const MINOR_LATENCY_SAMPLE_PERIOD: u64 = 16;
+
+/// The sample period of a perf event program: every event, but for the
+/// sampled minor completions.
+pub fn sample_period(program: &str) -> u64 {
+    if program == "fault_minor_sample" {
+        MINOR_LATENCY_SAMPLE_PERIOD
+    } else {
+        1
+    }
+}
+
+/// What the kernel offers that counting at the entry needs, and what was
+/// asked for: a plain function of both, so the choice can be tested.
+#[derive(Clone, Copy, Debug)]
+pub struct EntryCountingNeeds {
+    /// VMAs carry vm_lock_seq (6.4+): a cached VMA can be checked without a
+    /// lock, at the entry, where the fault holds none yet.
+    pub vm_lock_seq: bool,
+    /// The maple tree can be walked (6.1+).
+    pub maple_tree: bool,
+    /// `--events`: a record per fault, which needs its completion.
+    pub fault_events: bool,
+    /// `--stacks`: a stack per counted fault, walked at its completion.
+    pub stacks: bool,
+    /// A read fault on private anonymous memory maps the (huge) zero page, so
+    /// only a write makes its anon_vma (THP's `use_zero_page` not 0).
+    pub zero_page_on_read: bool,
+    /// RMAPTRACE_COUNT_AT_COMPLETION set: the completion design on any kernel.
+    pub forced_off: bool,
+}
+
+/// Whether the tracepoint backend counts at the entry, or why not.
+pub fn count_at_entry(n: EntryCountingNeeds) -> Result<(), &'static str> {
+    if n.forced_off {
+        Err("RMAPTRACE_COUNT_AT_COMPLETION is set")
+    } else if !n.vm_lock_seq || !n.maple_tree {
+        Err("VMAs have no vm_lock_seq (before 6.4): the VMA is found under the fault's lock")
+    } else if n.fault_events {
+        Err("--events records every fault at its completion")
+    } else if n.stacks {
+        Err("--stacks walks every fault's stack at its completion")
+    } else if !n.zero_page_on_read {
+        Err("transparent_hugepage/use_zero_page is 0: a read fault can make an anon_vma")
+    } else {
+        Ok(())
+    }
+}
+
 /// Hooks every backend uses.
 pub const ALWAYS: &[HookPoint] = &[
     HookPoint {
@@ -419,6 +507,15 @@ pub struct Plan {
     /// How the tracepoint backend finds a fault's VMA (see [`vma_lookup`]); the
     /// kernel-function backends get it as handle_mm_fault's argument.
     pub vma_lookup: &'static str,
+    /// Where the tracepoint backend counts faults: "entry" or "completion"
+    /// (see [`count_at_entry`]); "handle_mm_fault" on the other backends.
+    pub counted_at: &'static str,
+    /// Why the tracepoint backend counts at the completion, where it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completion_because: Option<&'static str>,
+    /// Minor faults timed: one in this many completions per CPU (1: every
+    /// fault). Major faults are always timed, every one.
+    pub latency_sample_period: u64,
     pub rows: Vec<PlanRow>,
 }
 
@@ -438,7 +535,16 @@ pub const TRACEPOINT_LIMITS: &[&str] = &[
     "get_user_pages faults (MAP_POPULATE, mlock, MADV_POPULATE_*, O_DIRECT pinning, /proc/PID/mem, execve argument copying) raise no exception and no perf event: they are counted by the kernel but reported here as 'unseen'",
     "kernel paths (do_anonymous_page, do_wp_page, do_read_fault, ...) are derived from the VMA and the x86 error code, not observed: a major anonymous fault is a swap-in (do_swap_page); a minor not-present one on anonymous memory is do_anonymous_page only where no swap was in use, otherwise it is labelled 'do_anonymous_page|do_swap_page' (a swap-cache hit looks the same); NUMA hinting and huge-page faults are not told apart",
     "the VMA comes from the thread's cache of its last VMA (used only while the kernel provably has not changed it: no mmap_lock write window of the process ended since, told by its mm_lock_seq on 6.4+ and by the mmap_lock tracepoints before), else from a walk of the VMA tree without mmap_lock (Linux 6.1+), else from bpf_find_vma, which fails with -EBUSY while a writer holds or waits for mmap_lock; faults whose VMA no lookup found are counted with kind 'unknown' unless the mapping timeline names their mapping for certain afterwards (resolved_later)",
-    "a fault whose completion event is throttled by perf or that fails (SIGSEGV, SIGBUS) is counted in counters.entries_without_completion, not in fault totals, as the kernel does",
+];
+
+/// Counting at the completion: what becomes of faults that never complete.
+const COMPLETION_LIMIT: &str = "a fault whose completion event is throttled by perf or that fails (SIGSEGV, SIGBUS) is counted in counters.entries_without_completion, not in fault totals, as the kernel does";
+
+/// What counting at the entry changes (`Plan::counted_at` "entry").
+pub const ENTRY_COUNTING_LIMITS: &[&str] = &[
+    "faults are counted at their entry, in the row of the VMA found there, and settled once their outcome shows: a major completion moves one to major; one the kernel did not count (SIGSEGV, SIGBUS, an EFAULT fixup: min_flt+maj_flt unmoved at the thread's next fault or exit) is taken back (counters.faults_taken_back); a thread's latest fault stays counted as minor until then, so a live process's totals may hold one unsettled fault per thread",
+    "a failed fault followed, before the thread's next fault, by get_user_pages faults in a syscall (MAP_POPULATE, mlock) is taken for a counted one and one of those is not: totals stay the kernel's, that fault's row holds one too many",
+    "a VMA changed by another thread between a fault's entry and its handling (mprotect, munmap, mremap of that very VMA, in that microsecond) leaves the fault in the row of the VMA as it was at its entry",
 ];
 
 /// Where freed VMA structs are seen, and what is lost without it.
@@ -459,7 +565,19 @@ impl Plan {
     /// The limits of this plan: the backend's own, plus every path probe that is off.
     pub fn limits(&self) -> Vec<String> {
         let mut limits: Vec<String> = if self.backend == "tracepoint" {
-            TRACEPOINT_LIMITS.iter().map(|s| s.to_string()).collect()
+            let mut l: Vec<String> = TRACEPOINT_LIMITS.iter().map(|s| s.to_string()).collect();
+            if self.counted_at == "entry" {
+                l.extend(ENTRY_COUNTING_LIMITS.iter().map(|s| s.to_string()));
+            } else {
+                l.push(COMPLETION_LIMIT.to_string());
+            }
+            if self.latency_sample_period > 1 {
+                l.push(format!(
+                    "minor-fault latency is sampled: one minor completion in {} per CPU is timed (latency_ns.samples says how many), major faults every one",
+                    self.latency_sample_period
+                ));
+            }
+            l
         } else {
             KFUNC_LIMITS.iter().map(|s| s.to_string()).collect()
         };
@@ -503,8 +621,14 @@ impl Plan {
     /// `rmaptrace probe`'s output: one line per attach point.
     pub fn render(&self) -> String {
         let mut out = format!(
-            "backend: {} (fault paths {})\nVMA lookup: {}\n",
-            self.backend, self.paths, self.vma_lookup
+            "backend: {} (fault paths {})\nVMA lookup: {}\ncounted at: {}{}\n",
+            self.backend,
+            self.paths,
+            self.vma_lookup,
+            self.counted_at,
+            self.completion_because
+                .map(|why| format!(" (not the entry: {why})"))
+                .unwrap_or_default()
         );
         for row in &self.rows {
             let chosen = row.chosen.map(Mechanism::name).unwrap_or("off");
@@ -764,6 +888,72 @@ mod tests {
         assert!(counting_order(Backend::Tracepoint).is_empty());
         assert_eq!(sub_order(Some(Mechanism::Kprobe))[0], Mechanism::Kprobe);
         assert!(sub_order(None).is_empty());
+    }
+
+    #[test]
+    fn counting_at_the_entry_needs_lock_sequences_and_no_per_fault_output() {
+        let all = EntryCountingNeeds {
+            vm_lock_seq: true,
+            maple_tree: true,
+            fault_events: false,
+            stacks: false,
+            zero_page_on_read: true,
+            forced_off: false,
+        };
+        assert_eq!(count_at_entry(all), Ok(()));
+        for (needs, why) in [
+            (
+                EntryCountingNeeds {
+                    vm_lock_seq: false,
+                    ..all
+                },
+                "vm_lock_seq",
+            ),
+            (
+                EntryCountingNeeds {
+                    maple_tree: false,
+                    ..all
+                },
+                "vm_lock_seq",
+            ),
+            (
+                EntryCountingNeeds {
+                    fault_events: true,
+                    ..all
+                },
+                "--events",
+            ),
+            (
+                EntryCountingNeeds {
+                    stacks: true,
+                    ..all
+                },
+                "--stacks",
+            ),
+            (
+                EntryCountingNeeds {
+                    zero_page_on_read: false,
+                    ..all
+                },
+                "use_zero_page",
+            ),
+            (
+                EntryCountingNeeds {
+                    forced_off: true,
+                    ..all
+                },
+                "RMAPTRACE_COUNT_AT_COMPLETION",
+            ),
+        ] {
+            let err = count_at_entry(needs).unwrap_err();
+            assert!(err.contains(why), "{needs:?}: {err}");
+        }
+        assert_eq!(
+            sample_period("fault_minor_sample"),
+            MINOR_LATENCY_SAMPLE_PERIOD
+        );
+        assert_eq!(sample_period("fault_major_settle"), 1);
+        assert_eq!(sample_period("fault_done_minor_vls"), 1);
     }
 
     #[test]

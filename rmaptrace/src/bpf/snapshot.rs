@@ -221,7 +221,7 @@ fn read_batched(fds: TableFds) -> Result<Option<Snapshot>> {
                 for cpu in v.chunks(stats.next_multiple_of(8)) {
                     t.add(&batch::value::<FaultStats>(cpu));
                 }
-                rows.push((key, t));
+                rows.push((key, t.settled()));
             });
             log::debug!("fault table: {} rows in {:?}", rows.len(), t0.elapsed());
             read.map(|supported| supported.then_some(rows))
@@ -293,7 +293,7 @@ impl Probes {
             for s in per_cpu.iter() {
                 t.add(s);
             }
-            snap.faults.push((key, t));
+            snap.faults.push((key, t.settled()));
         }
         for item in threads.iter() {
             snap.threads.push(item?);

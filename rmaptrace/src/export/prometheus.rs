@@ -12,6 +12,8 @@ pub struct BuildInfo<'a> {
     pub version: &'a str,
     pub kernel: &'a str,
     pub backend: &'a str,
+    /// Minor faults timed one in this many per CPU (1: every fault).
+    pub latency_sample_period: u64,
 }
 
 /// The `Content-Type` of the exposition.
@@ -45,7 +47,7 @@ pub fn render(m: &FaultMetrics, counters: &Counters, info: &BuildInfo<'_>) -> St
         &mut out,
         "rmaptrace_fault_latency_seconds",
         "histogram",
-        "Fault latency from the exception's entry to the fault's completion, by mapping kind and fault handler.",
+        "Fault latency from the exception's entry to the fault's completion, by mapping kind and fault handler: every major fault, and minor faults one in rmaptrace_latency_sample_period per CPU (a sample: _count is the samples, not the faults).",
     );
     for (k, h) in m.latency_series() {
         let labels = format!(
@@ -101,6 +103,17 @@ pub fn render(m: &FaultMetrics, counters: &Counters, info: &BuildInfo<'_>) -> St
         "Processes with faults whose counters are held until they exit.",
     );
     let _ = writeln!(out, "rmaptrace_processes_followed {}", m.processes());
+    family(
+        &mut out,
+        "rmaptrace_latency_sample_period",
+        "gauge",
+        "Minor faults are timed one in this many per CPU (1: every fault); major faults every one.",
+    );
+    let _ = writeln!(
+        out,
+        "rmaptrace_latency_sample_period {}",
+        info.latency_sample_period
+    );
     family(
         &mut out,
         "rmaptrace_build_info",
@@ -197,6 +210,7 @@ mod tests {
             version: "0.1.0",
             kernel: "6.18.0",
             backend: "tracepoint",
+            latency_sample_period: 16,
         }
     }
 
@@ -239,6 +253,7 @@ mod tests {
         let text = render(&FaultMetrics::new(50), &Counters::default(), &info());
         assert!(text.contains("rmaptrace_table_full_total{table=\"VMAS\"} 0\n"));
         assert!(text.contains("rmaptrace_events_lost_total 0\n"));
+        assert!(text.contains("rmaptrace_latency_sample_period 16\n"));
         assert!(text.contains(
             "rmaptrace_build_info{version=\"0.1.0\",kernel=\"6.18.0\",backend=\"tracepoint\"} 1\n"
         ));

@@ -246,12 +246,19 @@ struct SummaryRecord {
     tables_full: BTreeMap<String, u64>,
     #[serde(default)]
     limits: Vec<String>,
+    /// Absent from exports made before latency was sampled: every fault.
+    #[serde(default = "every_fault")]
+    latency_sample_period: u64,
     #[serde(default)]
     end_reason: Option<String>,
     #[serde(default)]
     totals: TotalsRecord,
     #[serde(default)]
     call_sites: Option<StackTotals>,
+}
+
+fn every_fault() -> u64 {
+    1
 }
 
 #[derive(Deserialize, Default)]
@@ -699,6 +706,7 @@ impl Reader {
                 counters: s.counters,
                 tables_full: interned_map(s.tables_full),
                 limits: s.limits.into_iter().map(esc).collect(),
+                latency_sample_period: s.latency_sample_period,
                 end_reason: esc_opt(s.end_reason),
                 totals: if self.filters.any() {
                     derived()

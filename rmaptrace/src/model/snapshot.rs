@@ -300,9 +300,24 @@ impl FaultTotals {
         }
     }
 
+    /// A kernel row once all its CPUs are added. Counting at the entry
+    /// settles a fault on the CPU where it completes or is taken back, so one
+    /// CPU's share can be below zero (wrapped): the wrapping sum is exact. A
+    /// sum still below zero was read while a settle raced the read (the
+    /// count on one CPU not yet seen, its settle on another seen): held at
+    /// zero until the next read.
+    pub fn settled(mut self) -> Self {
+        for n in [&mut self.minor, &mut self.major] {
+            if (*n as i64) < 0 {
+                *n = 0;
+            }
+        }
+        self
+    }
+
     pub fn merge(&mut self, o: &FaultTotals) {
-        self.minor += o.minor;
-        self.major += o.major;
+        self.minor = self.minor.wrapping_add(o.minor);
+        self.major = self.major.wrapping_add(o.major);
         self.timed += o.timed;
         self.latency_sum_ns += o.latency_sum_ns;
         self.latency_max_ns = self.latency_max_ns.max(o.latency_max_ns);
@@ -419,6 +434,9 @@ pub struct Counters {
     /// are counted in their rows all the same.
     pub stacks_lost: u64,
     pub stack_rows_full: u64,
+    /// Counting at the entry: faults counted there that the kernel then did
+    /// not count (they failed), taken back.
+    pub faults_taken_back: u64,
 }
 
 impl Counters {
@@ -446,6 +464,7 @@ impl Counters {
             anon_made_table_full: at(counter::ANON_MADE_FULL),
             stacks_lost: at(counter::STACK_LOST),
             stack_rows_full: at(counter::STACK_ROWS_FULL),
+            faults_taken_back: at(counter::FAULT_TAKEN_BACK),
         }
     }
 

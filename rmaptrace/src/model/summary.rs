@@ -222,6 +222,9 @@ pub struct Summary {
     /// `counters`: what could not be stored is counted, never dropped silently.
     pub tables_full: BTreeMap<&'static str, u64>,
     pub limits: Vec<String>,
+    /// Minor faults timed one in this many per CPU (1: every fault; major
+    /// faults always every one): `latency_ns.samples` counts the timed ones.
+    pub latency_sample_period: u64,
     /// Why the trace ended ("all traced processes exited", "--duration
     /// reached", ...); None while it runs.
     pub end_reason: Option<String>,

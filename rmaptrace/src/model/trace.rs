@@ -155,6 +155,7 @@ pub struct Trace {
     backend: &'static str,
     paths_source: &'static str,
     limits: Vec<String>,
+    latency_sample_period: u64,
     /// Swap was in use: a minor anonymous not-present fault may be a swap-cache hit.
     swap_in_use: bool,
     /// Faults the kernel could not find the VMA of, to attribute from the
@@ -397,6 +398,7 @@ impl Trace {
             backend: "tracepoint",
             paths_source: "derived",
             limits: Vec::new(),
+            latency_sample_period: 1,
             swap_in_use: false,
             unresolved: Vec::new(),
             exited_totals: Totals::default(),
@@ -440,6 +442,11 @@ impl Trace {
 
     pub fn set_limits(&mut self, limits: Vec<String>) {
         self.limits = limits;
+    }
+
+    /// Minor faults timed one in `period` per CPU (1: every fault).
+    pub fn set_latency_sample_period(&mut self, period: u64) {
+        self.latency_sample_period = period;
     }
 
     /// A process rmaptrace was asked to trace. Its kernel counters are followed
@@ -1815,6 +1822,7 @@ impl Trace {
             counters,
             tables_full: counters.tables_full().into_iter().collect(),
             limits: self.limits.clone(),
+            latency_sample_period: self.latency_sample_period,
             end_reason: None,
             totals,
             call_sites: self.stacks.as_ref().map(|s| s.borrow().totals()),

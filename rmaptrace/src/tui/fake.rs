@@ -244,6 +244,7 @@ pub fn summary() -> Summary {
             "kernel paths are derived from the mapping kind and error code".into(),
         ],
         tables_full: Default::default(),
+        latency_sample_period: 16,
         end_reason: None,
         call_sites: None,
         totals: {

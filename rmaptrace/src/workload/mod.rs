@@ -17,6 +17,7 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("anon-write", "private anonymous, write each page: N x do_anonymous_page"),
     ("anon-read-write", "private anonymous, read then write: N x do_anonymous_page (zero page) + N x do_wp_page (COW)"),
     ("shared-anon", "MAP_SHARED|MAP_ANONYMOUS, write: shmem, shmem_fault, N x do_shared_fault"),
+    ("failed-faults", "read(2) into each of N read-only private anonymous pages (EFAULT), one write there (SIGSEGV, whose handler makes it writable; the write then succeeds), then N pages written: faults the kernel did not count are not counted, N x do_anonymous_page, and 1 on the read-only mapping"),
     ("read-into", "private anonymous, filled by read(2) one byte a page: the kernel's own writes fault (kernel-mode exceptions), N x do_anonymous_page"),
     ("dev-zero-private", "/dev/zero MAP_PRIVATE, write: anonymous despite vm_file, N x do_anonymous_page"),
     ("file-private-write", "regular file MAP_PRIVATE, write: filemap_fault, N x do_cow_fault"),
@@ -90,6 +91,49 @@ fn map_at(hint: *mut libc::c_void, len: usize, prot: i32, flags: i32, fd: i32) -
         let _ = std::io::stdin().read_line(&mut line);
     }
     Ok(p as *mut u8)
+}
+
+/// The read-only mapping a SIGSEGV handler makes writable.
+static READ_ONLY: [std::sync::atomic::AtomicUsize; 2] = [
+    std::sync::atomic::AtomicUsize::new(0),
+    std::sync::atomic::AtomicUsize::new(0),
+];
+
+extern "C" fn make_writable(_sig: libc::c_int) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (start, len) = (READ_ONLY[0].load(Relaxed), READ_ONLY[1].load(Relaxed));
+    // SAFETY: mprotect (async-signal-safe) of the mapping the main thread
+    // made; on return the faulting write runs again, and succeeds.
+    unsafe {
+        libc::mprotect(
+            start as *mut libc::c_void,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+        )
+    };
+}
+
+/// Writes the first page of the read-only mapping `ro`: the write fails
+/// (SIGSEGV, not a fault to the kernel's counters), the handler makes the
+/// mapping writable, and the write made again succeeds (one fault).
+fn write_after_sigsegv(ro: *mut u8, len: usize) -> Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    READ_ONLY[0].store(ro as usize, Relaxed);
+    READ_ONLY[1].store(len, Relaxed);
+    // SAFETY: a zeroed sigaction with a plain handler, installed for SIGSEGV
+    // and restored once the write is done.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = make_writable as *const () as usize;
+        let mut old: libc::sigaction = std::mem::zeroed();
+        check(libc::sigaction(libc::SIGSEGV, &act, &mut old), "sigaction")?;
+        ptr::write_volatile(ro, 1);
+        check(
+            libc::sigaction(libc::SIGSEGV, &old, ptr::null_mut()),
+            "sigaction",
+        )?;
+    }
+    Ok(())
 }
 
 pub(crate) fn write_pages(p: *mut u8, pages: usize) {
@@ -205,6 +249,28 @@ pub fn run(scenario: &str, pages: usize, wait: bool) -> Result<()> {
             }
             unsafe { libc::close(fd) };
             report(scenario, pages, p, json!({"file": path}));
+        }
+        "failed-faults" => {
+            let (fd, path) = scratch_file(1)?;
+            let ro = map_fresh_anon(len, libc::PROT_READ)?;
+            for i in 0..pages {
+                // SAFETY: one byte into page i of a mapping of `pages` pages;
+                // the kernel's write into it fails (read-only).
+                let n = unsafe { libc::pread(fd, ro.add(i * PAGE).cast(), 1, 0) };
+                if n != -1 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EFAULT) {
+                    bail!("pread into read-only memory gave {n}, not EFAULT");
+                }
+            }
+            unsafe { libc::close(fd) };
+            write_after_sigsegv(ro, len)?;
+            let p = map_fresh_anon(len, rw)?;
+            write_pages(p, pages);
+            report(
+                scenario,
+                pages,
+                p,
+                json!({"file": path, "ro_addr": format!("{:#x}", ro as usize)}),
+            );
         }
         "shared-anon" => {
             let p = map(len, rw, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1)?;

@@ -36,7 +36,7 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(area);
     let header = Row::new([
         Cell::from("HANDLER / KIND"),
-        num("FAULTS".into()),
+        num("TIMED".into()),
         num("P50".into()),
         num("P99".into()),
         num("MAX".into()),
@@ -67,11 +67,11 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
     )
     .header(header)
     .row_highlight_style(selected_style())
-    .block(
-        Block::default()
-            .borders(Borders::TOP)
-            .title(format!(" fault latency of {} ", app.scope_name())),
-    );
+    .block(Block::default().borders(Borders::TOP).title(format!(
+        " fault latency of {}{} ",
+        app.scope_name(),
+        sampling(app)
+    )));
     let mut state = TableState::default();
     let sel = app.lat_sel.min(n.saturating_sub(1));
     if n > 0 {
@@ -102,6 +102,14 @@ pub fn draw(f: &mut Frame, app: &App, area: Rect) {
         Paragraph::new(lines).block(block.title(format!(" {} ", g.name))),
         right,
     );
+}
+
+/// What the timed faults are: all of them, or a sample of the minor ones.
+fn sampling(app: &App) -> String {
+    match app.data.as_ref().map(|d| d.summary.latency_sample_period) {
+        Some(n) if n > 1 => format!(" (sampled: 1 in {n} minor)"),
+        _ => String::new(),
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,309 @@
+//! The tracepoint backend counting at the entry: one program per fault.
+//!
+//! The completion's perf software event costs about as much per fault as a
+//! whole bpftrace one-liner, before any BPF runs. So, where the kernel's VMAs
+//! carry lock sequence numbers (6.4+), and neither fault records nor stacks
+//! are asked for (they need the completion), each fault is counted at its
+//! entry (`exceptions:page_fault_{user,kernel}`), as a minor fault in the row
+//! of the VMA found there, and settled once its outcome shows:
+//!
+//! - a major completion (`PAGE_FAULTS_MAJ`, every one: they are rare) moves it
+//!   to major, with its latency;
+//! - a sampled minor completion (`PAGE_FAULTS_MIN`, one in N per CPU) gives
+//!   its latency: minor-fault latency is a sample, labelled as such;
+//! - at the thread's next entry or its exit, min_flt + maj_flt unmoved since
+//!   it entered means the kernel did not count it (SIGSEGV, SIGBUS, an EFAULT
+//!   fixup): it is taken back.
+//!
+//! A fault whose VMA the entry cannot find (nothing mapped there yet: a stack
+//! about to grow, a mapping made by another thread meanwhile, or an address
+//! that will fail) is counted only once confirmed, without a lifetime, and
+//! placed by address in userspace.
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{btf_tracepoint, perf_event},
+    programs::{BtfTracePointContext, PerfEventContext},
+};
+use rmaptrace_common::{
+    access, anon_state, counter, path_id, vm_flags, vma_status, FaultKey, ThreadAcct, ThreadFault,
+};
+
+use crate::{
+    aggregate::{self, Completed, Outcome},
+    fault_tp::{entry_of, lookup, Entry},
+    maps::{bump, current_mm_seq, kernel_read, known_untraced, off, traced_current, THREADS},
+    task, vma,
+};
+
+const PAGE_SHIFT: u64 = 12;
+const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
+
+#[btf_tracepoint(function = "page_fault_user")]
+pub fn fault_entry_count_user(ctx: BtfTracePointContext) -> i32 {
+    on_entry(&ctx, false);
+    0
+}
+
+#[btf_tracepoint(function = "page_fault_kernel")]
+pub fn fault_entry_count_kernel(ctx: BtfTracePointContext) -> i32 {
+    on_entry(&ctx, true);
+    0
+}
+
+#[perf_event]
+pub fn fault_major_settle(ctx: PerfEventContext) -> u32 {
+    on_completion(&ctx, true);
+    0
+}
+
+#[perf_event]
+pub fn fault_minor_sample(ctx: PerfEventContext) -> u32 {
+    on_completion(&ctx, false);
+    0
+}
+
+/// This thread's entry in THREADS, when it is followed.
+#[inline(always)]
+fn followed(tid: u32, tgid: u32) -> Option<*mut ThreadAcct> {
+    let t = THREADS.get_ptr_mut(tid)?;
+    // SAFETY: a map value pointer, valid for this run, read through it once.
+    (unsafe { (*t).tgid } == tgid).then_some(t)
+}
+
+/// Settles the thread's previous fault, given its counters now (at its next
+/// entry or at its exit): the only other thing that moves them between two
+/// exceptions of a thread is get_user_pages, inside a syscall.
+///
+/// # Safety
+/// `s` is this thread's `ThreadFault`, not otherwise referenced meanwhile.
+#[inline(always)]
+pub unsafe fn settle_previous(s: *mut ThreadFault, tid: u32, faults_now: u64) {
+    if (*s).pend_ts == 0 {
+        return;
+    }
+    (*s).pend_ts = 0;
+    let counted_by_kernel = faults_now != (*s).pend_faults;
+    if (*s).pend_counted != 0 {
+        if !counted_by_kernel {
+            aggregate::settle(&(*s).pend_key, Outcome::Failed);
+        }
+    } else if counted_by_kernel {
+        // SAFETY: a helper without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        aggregate::count_unplaced(&(*s).pend_key, tid, now, (*s).pend_addr, false, None);
+    }
+}
+
+#[inline(always)]
+fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
+    let Some(Entry {
+        address,
+        tgid,
+        tid,
+        access: acc,
+    }) = entry_of(ctx, kernel_mode)
+    else {
+        return;
+    };
+    let (min_flt, maj_flt) = task::current_faults();
+    let t = match followed(tid, tgid) {
+        Some(t) => t,
+        None => {
+            if traced_current().is_none() {
+                return;
+            }
+            // Its counters before this fault: what came before is not ours.
+            task::follow_thread(tid, tgid, (min_flt, maj_flt), (min_flt, maj_flt));
+            let Some(t) = followed(tid, tgid) else {
+                return;
+            };
+            t
+        }
+    };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: `t` is this thread's map value; every access below goes
+    // through it (or through `s`, a pointer into it), no reference is held.
+    let s = unsafe { &raw mut (*t).fault };
+    // SAFETY: as above.
+    unsafe { settle_previous(s, tid, min_flt + maj_flt) };
+
+    let Some(c) = aggregate::completed_slot() else {
+        return;
+    };
+    // SAFETY: this CPU's slot, reached through this one reference until
+    // `record` takes it again (after its last use here).
+    let c = unsafe { &mut *c };
+    c.key = FaultKey {
+        tgid,
+        access: acc,
+        path: path_id::DERIVED,
+        vma_status: vma_status::FOUND,
+        flags: 0,
+        life: 0,
+    };
+    c.tid = tid;
+    c.major = 0;
+    c.has_vma = 0;
+    // The thread's counters are kept below, not by `record`.
+    c.accounted = 1;
+    c.lookup_walks = 0;
+    c.anon = anon_state::UNKNOWN;
+    c.cache_hit = 0;
+    c.untimed = 1;
+    c.makes_anon = 0;
+    c.now = now;
+    c.addr = address;
+    c.ip = 0;
+    c.latency = 0;
+    c.handler_ns = 0;
+    c.vma = 0;
+    let write = acc & access::WRITE != 0;
+    // SAFETY: `s` as above.
+    unsafe {
+        if (*s).cache_valid != 0 && (*s).cache_start <= address && address < (*s).cache_end {
+            if cache_current(&*s) {
+                bump(counter::VMA_CACHE_HIT);
+                c.key.life = (*s).cache_life;
+                c.vma = (*s).cache_vma;
+                c.anon = (*s).cache_anon;
+                c.cache_hit = 1;
+                // Unknown means private: a write makes it, where writes
+                // are allowed (one that is not fails, and is taken back).
+                c.makes_anon =
+                    (write && c.anon == anon_state::UNKNOWN && (*s).cache_writable != 0) as u8;
+            } else {
+                (*s).cache_valid = 0;
+            }
+        }
+    }
+    if c.cache_hit == 0 {
+        // A walk that met a writer is made once more (see `lookup`).
+        for _ in 0..2 {
+            if !lookup::<true>(c) {
+                break;
+            }
+        }
+        if c.key.vma_status == vma_status::NONE {
+            stack_above(c);
+        }
+        if c.key.vma_status == vma_status::FOUND && c.has_vma != 0 {
+            if let Some(v) = aggregate::looked_up_slot() {
+                // SAFETY: this CPU's looked-up VMA, only read here.
+                let flags = unsafe { (*v).vm_flags };
+                // Private: a write makes the anon_vma where writes are
+                // allowed, and so does any fault of hugetlb memory (no zero
+                // page there).
+                let writes = write && flags & vm_flags::VM_WRITE != 0;
+                c.makes_anon = (flags & vm_flags::VM_SHARED == 0
+                    && (writes || flags & vm_flags::VM_HUGETLB != 0))
+                    as u8;
+            }
+        }
+    }
+    let placed = c.key.vma_status == vma_status::FOUND;
+    if placed {
+        aggregate::record(ctx, None);
+    }
+    let Some(c) = aggregate::completed_slot() else {
+        return;
+    };
+    // SAFETY: this CPU's slot, read after `record` let go of it.
+    let key = unsafe { (*c).key };
+    // `record` can have found no lifetime for it (a full table): still counted.
+    // SAFETY: `t`, `s` as above.
+    unsafe {
+        (*s).pend_key = key;
+        (*s).pend_counted = placed as u8;
+        (*s).pend_addr = address;
+        (*s).pend_faults = min_flt + maj_flt;
+        (*s).pend_ts = now;
+        // What the kernel will have counted once this fault completes as a
+        // minor one, as rmaptrace has: settled with the fault.
+        (*t).last_min = min_flt + placed as u64;
+        (*t).last_maj = maj_flt;
+    }
+}
+
+/// A fault below a stack VMA (VM_GROWSDOWN), with no VMA between, grows it
+/// once handled, after this entry: it belongs to that VMA (or fails, and is
+/// taken back). Found by a walk of the tree (a second bpf_find_vma would
+/// fail: interrupts are off here).
+#[inline(always)]
+fn stack_above(c: &mut Completed) {
+    let Some(v) = aggregate::looked_up_slot() else {
+        return;
+    };
+    // SAFETY: this CPU's looked-up VMA, reached through this one reference.
+    let v = unsafe { &mut *v };
+    let (mm, _) = current_mm_seq();
+    if vma::next_lockless(mm, c.addr, v) == vma::Walk::Found
+        && v.vm_flags & vm_flags::VM_GROWSDOWN != 0
+    {
+        c.key.vma_status = vma_status::FOUND;
+        c.has_vma = 1;
+        // Its start and page offset once grown (expand_downwards: the
+        // faulting page's), so that the lifetime's range covers the fault.
+        let start = c.addr & !(PAGE_SIZE - 1);
+        v.vm_pgoff = v.vm_pgoff.wrapping_sub((v.vm_start - start) >> PAGE_SHIFT);
+        v.vm_start = start;
+    }
+}
+
+/// Whether this thread's cached VMA is still what the kernel has, at an entry:
+/// no write window of mmap_lock ended since it was filled (the sequence), and
+/// none has it write-locked now (its own lock sequence equals the mm's while a
+/// window has it). Unlike at the completion, the fault holds no lock yet.
+#[inline(always)]
+fn cache_current(s: &ThreadFault) -> bool {
+    let (mm, seq) = current_mm_seq();
+    if (mm, seq) != (s.cache_mm, s.cache_mm_seq) {
+        return false;
+    }
+    kernel_read::<u32>(s.cache_vma, off!(vma_vm_lock_seq)) != seq
+}
+
+#[inline(always)]
+fn on_completion(ctx: &PerfEventContext, major: bool) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if known_untraced(tgid) {
+        return;
+    }
+    let Some(t) = followed(tid, tgid) else {
+        return;
+    };
+    // SAFETY: the perf event context the kernel passed in.
+    let addr = unsafe { (*ctx.ctx).addr };
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: `t` is this thread's map value, reached through this one
+    // pointer; no reference to it is held.
+    unsafe {
+        let s = &raw mut (*t).fault;
+        if (*s).pend_ts == 0 || (*s).pend_addr >> PAGE_SHIFT != addr >> PAGE_SHIFT {
+            // Its entry was not seen: the thread's counters show it as unseen.
+            if major {
+                bump(counter::UNMATCHED_COMPLETION);
+            }
+            return;
+        }
+        let latency = now.saturating_sub((*s).pend_ts);
+        (*s).pend_ts = 0;
+        if (*s).pend_counted != 0 {
+            aggregate::settle(
+                &(*s).pend_key,
+                if major {
+                    Outcome::Major(latency)
+                } else {
+                    Outcome::MinorSampled(latency)
+                },
+            );
+        } else {
+            aggregate::count_unplaced(&(*s).pend_key, tid, now, addr, major, Some(latency));
+        }
+        let (min_flt, maj_flt) = task::current_faults();
+        (*t).last_min = min_flt;
+        (*t).last_maj = maj_flt;
+    }
+}
