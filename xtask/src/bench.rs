@@ -26,6 +26,9 @@ const WORKLOADS: &[&str] = &["bench-anon", "bench-shared", "bench-file"];
 enum Mode {
     Untraced,
     Rmaptrace,
+    /// The default mode as it counts where it cannot count at the entry
+    /// (RMAPTRACE_COUNT_AT_COMPLETION): what counting at the entry saves.
+    RmaptraceCompletion,
     RmaptraceEvents,
     RmaptraceStacks,
     Bpftrace,
@@ -36,6 +39,7 @@ impl Mode {
         match self {
             Mode::Untraced => "untraced",
             Mode::Rmaptrace => "rmaptrace",
+            Mode::RmaptraceCompletion => "rmaptrace completion",
             Mode::RmaptraceEvents => "rmaptrace --events",
             Mode::RmaptraceStacks => "rmaptrace --stacks",
             Mode::Bpftrace => "bpftrace one-liner",
@@ -113,7 +117,10 @@ fn start_tracer_unsettled(mode: Mode, bin: &Path) -> Result<Option<Tracer>> {
     let started = Instant::now();
     match mode {
         Mode::Untraced => Ok(None),
-        Mode::Rmaptrace | Mode::RmaptraceEvents | Mode::RmaptraceStacks => {
+        Mode::Rmaptrace
+        | Mode::RmaptraceCompletion
+        | Mode::RmaptraceEvents
+        | Mode::RmaptraceStacks => {
             let json = bench_dir().join("run.json");
             let _ = std::fs::remove_file(&json);
             let mut cmd = Command::new(bin);
@@ -124,6 +131,9 @@ fn start_tracer_unsettled(mode: Mode, bin: &Path) -> Result<Option<Tracer>> {
                 }
                 Mode::RmaptraceStacks => {
                     cmd.arg("--stacks");
+                }
+                Mode::RmaptraceCompletion => {
+                    cmd.env("RMAPTRACE_COUNT_AT_COMPLETION", "1");
                 }
                 _ => {}
             }
@@ -504,6 +514,7 @@ fn run_all(bin: &Path, faults: u64, reps: usize) -> Result<()> {
     let started = Instant::now();
     let traced = [
         Mode::Rmaptrace,
+        Mode::RmaptraceCompletion,
         Mode::RmaptraceEvents,
         Mode::RmaptraceStacks,
         Mode::Bpftrace,
@@ -587,6 +598,12 @@ fn run_all(bin: &Path, faults: u64, reps: usize) -> Result<()> {
                 "attach_ms": attach, "rounds": ps.len(),
             }));
         }
+        let mut entry = round_ratios(&runs, workload, Mode::Rmaptrace, Mode::RmaptraceCompletion);
+        table.push_str(&format!(
+            "{:<13} default overhead / counting-at-completion overhead, per round: {}\n",
+            workload,
+            spread(&mut entry, 2)
+        ));
         let mut events = round_ratios(&runs, workload, Mode::RmaptraceEvents, Mode::Rmaptrace);
         table.push_str(&format!(
             "{:<13} --events overhead / default overhead, per round: {}\n",
