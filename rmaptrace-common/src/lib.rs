@@ -753,6 +753,9 @@ pub struct KernelOffsets {
     pub has_vm_lock_seq: u32,
     /// `mm_struct.mm_lock_seq` (its `.sequence` since 6.13), with vm_lock_seq.
     pub mm_lock_seq: u32,
+    /// 1 where `mm_lock_seq` is a seqcount (6.13+): odd while a write window of
+    /// mmap_lock is open, so "no window open" needs no VMA read.
+    pub mm_lock_seqcount: u32,
     /// The mm's VMA tree (`mm_mt.ma_root`) and the maple node layouts, to find
     /// a VMA without mmap_lock as the kernel's own lockless fault path does
     /// (6.4+, with vm_lock_seq).

@@ -301,6 +301,20 @@ pub fn settle(key: &FaultKey, outcome: Outcome) {
     }
 }
 
+/// Counts a minor fault in `key`'s row if the row exists (on this CPU's
+/// value): false when it does not, for `record` to make it.
+#[inline(always)]
+pub fn count_minor_in_row(key: &FaultKey, now: u64) -> bool {
+    let Some(stats) = FAULTS.get_ptr_mut(key) else {
+        return false;
+    };
+    // SAFETY: this CPU's value of the row, reached through this one reference.
+    let stats = unsafe { &mut *stats };
+    stats.minor += 1;
+    stats.last_ns = now;
+    true
+}
+
 /// Counts a confirmed fault whose VMA its entry did not find (counting at the
 /// entry): a row without a lifetime, and a record from which userspace
 /// places it by address, as for the completion's failed lookups.

@@ -25,7 +25,8 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, PerfEventContext},
 };
 use rmaptrace_common::{
-    access, anon_state, counter, path_id, vm_flags, vma_status, FaultKey, ThreadAcct, ThreadFault,
+    access, anon_state, counter, key_flags, path_id, vm_flags, vma_status, FaultKey, ThreadAcct,
+    ThreadFault,
 };
 
 use crate::{
@@ -128,6 +129,36 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
     // SAFETY: as above.
     unsafe { settle_previous(s, tid, min_flt + maj_flt) };
 
+    // The common case, a fault storm on one mapping: a cache hit whose row is
+    // known for good (its anon_vma made, or never to be) and exists already
+    // is counted in place, with one hash lookup.
+    // SAFETY: `s` as above.
+    unsafe {
+        let hit = (*s).cache_valid != 0
+            && (*s).cache_start <= address
+            && address < (*s).cache_end
+            && (*s).cache_anon != anon_state::UNKNOWN;
+        if hit && cache_current(&*s) {
+            let key = FaultKey {
+                tgid,
+                access: acc,
+                path: path_id::DERIVED,
+                vma_status: vma_status::FOUND,
+                flags: if (*s).cache_anon == anon_state::SET {
+                    key_flags::ANON_VMA
+                } else {
+                    0
+                },
+                life: (*s).cache_life,
+            };
+            if aggregate::count_minor_in_row(&key, now) {
+                bump(counter::VMA_CACHE_HIT);
+                pend(t, key, 1, address, (min_flt, maj_flt), now);
+                return;
+            }
+        }
+    }
+
     let Some(c) = aggregate::completed_slot() else {
         return;
     };
@@ -211,18 +242,33 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
     // SAFETY: this CPU's slot, read after `record` let go of it.
     let key = unsafe { (*c).key };
     // `record` can have found no lifetime for it (a full table): still counted.
-    // SAFETY: `t`, `s` as above.
-    unsafe {
-        (*s).pend_key = key;
-        (*s).pend_counted = placed as u8;
-        (*s).pend_addr = address;
-        (*s).pend_faults = min_flt + maj_flt;
-        (*s).pend_ts = now;
-        // What the kernel will have counted once this fault completes as a
-        // minor one, as rmaptrace has: settled with the fault.
-        (*t).last_min = min_flt + placed as u64;
-        (*t).last_maj = maj_flt;
-    }
+    // SAFETY: `t` as above.
+    unsafe { pend(t, key, placed as u8, address, (min_flt, maj_flt), now) };
+}
+
+/// Leaves the fault entering now as the thread's one to settle.
+///
+/// # Safety
+/// `t` is this thread's THREADS value, not otherwise referenced meanwhile.
+#[inline(always)]
+unsafe fn pend(
+    t: *mut ThreadAcct,
+    key: FaultKey,
+    counted: u8,
+    address: u64,
+    (min_flt, maj_flt): (u64, u64),
+    now: u64,
+) {
+    let s = &raw mut (*t).fault;
+    (*s).pend_key = key;
+    (*s).pend_counted = counted;
+    (*s).pend_addr = address;
+    (*s).pend_faults = min_flt + maj_flt;
+    (*s).pend_ts = now;
+    // What the kernel will have counted once this fault completes as a
+    // minor one, as rmaptrace has: settled with the fault.
+    (*t).last_min = min_flt + counted as u64;
+    (*t).last_maj = maj_flt;
 }
 
 /// A fault below a stack VMA (VM_GROWSDOWN), with no VMA between, grows it
@@ -252,13 +298,19 @@ fn stack_above(c: &mut Completed) {
 
 /// Whether this thread's cached VMA is still what the kernel has, at an entry:
 /// no write window of mmap_lock ended since it was filled (the sequence), and
-/// none has it write-locked now (its own lock sequence equals the mm's while a
-/// window has it). Unlike at the completion, the fault holds no lock yet.
+/// none has it write-locked now. Unlike at the completion, the fault holds no
+/// lock yet. Where the sequence is a seqcount (6.13+) it is odd while a window
+/// is open (one opened since the fill moved it too); before, a window moves
+/// it only at its end, and the VMA's own lock sequence equals the mm's while
+/// a window has it write-locked (a probe read, about 50 ns).
 #[inline(always)]
 fn cache_current(s: &ThreadFault) -> bool {
     let (mm, seq) = current_mm_seq();
     if (mm, seq) != (s.cache_mm, s.cache_mm_seq) {
         return false;
+    }
+    if off!(mm_lock_seqcount) != 0 {
+        return seq & 1 == 0;
     }
     kernel_read::<u32>(s.cache_vma, off!(vma_vm_lock_seq)) != seq
 }

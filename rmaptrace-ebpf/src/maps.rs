@@ -24,6 +24,7 @@ pub(crate) static OFFSETS: KernelOffsets = KernelOffsets {
     vma_vm_lock_seq: 0,
     has_vm_lock_seq: 0,
     mm_lock_seq: 0,
+    mm_lock_seqcount: 0,
     mm_mt_root: 0,
     mr64_pivot: 0,
     mr64_slot: 0,

@@ -138,10 +138,8 @@ impl KernelBtf {
         // Per-VMA locks (6.4+) give each VMA a write-lock sequence number.
         let lock_seq = self.offset_of("vm_area_struct", "vm_lock_seq").ok();
         // A seqcount since 6.13, a plain int from 6.4.
-        let mm_lock_seq = self
-            .offset_of("mm_struct", "mm_lock_seq.sequence")
-            .or_else(|_| self.offset_of("mm_struct", "mm_lock_seq"))
-            .ok();
+        let seqcount = self.offset_of("mm_struct", "mm_lock_seq.sequence").ok();
+        let mm_lock_seq = seqcount.or_else(|| self.offset_of("mm_struct", "mm_lock_seq").ok());
         let lock_seq = lock_seq.filter(|_| mm_lock_seq.is_some());
         // The VMA tree (maple tree, 6.1+), walked without mmap_lock: validated by
         // vm_lock_seq where VMAs have it, and stable anyway before 6.4, where a
@@ -186,6 +184,7 @@ impl KernelBtf {
             vma_vm_lock_seq: lock_seq.map_or_else(|| o("vm_area_struct", "vm_start"), Ok)?,
             has_vm_lock_seq: lock_seq.is_some() as u32,
             mm_lock_seq: mm_lock_seq.unwrap_or(0),
+            mm_lock_seqcount: (seqcount.is_some() && lock_seq.is_some()) as u32,
             // 0 (no walk) where the kernel has no maple tree or no vm_lock_seq.
             mm_mt_root,
             mr64_pivot,
