@@ -57,6 +57,39 @@ pub struct Completed {
     pub vma: u64,
 }
 
+impl Completed {
+    /// Starts the slot for a fault of thread `tid` of `tgid` at `addr`, its
+    /// VMA taken as found until a lookup says otherwise (its lifetime is
+    /// numbered by `record`), and everything a backend finds out later
+    /// cleared.
+    #[inline(always)]
+    pub fn begin(&mut self, (tgid, tid): (u32, u32), access: u8, path: u8, now: u64, addr: u64) {
+        self.key = FaultKey {
+            tgid,
+            access,
+            path,
+            vma_status: vma_status::FOUND,
+            flags: 0,
+            life: 0,
+        };
+        self.tid = tid;
+        self.major = 0;
+        self.has_vma = 0;
+        self.accounted = 0;
+        self.lookup_walks = 0;
+        self.anon = anon_state::UNKNOWN;
+        self.cache_hit = 0;
+        self.untimed = 0;
+        self.makes_anon = 0;
+        self.now = now;
+        self.addr = addr;
+        self.ip = 0;
+        self.latency = 0;
+        self.handler_ns = 0;
+        self.vma = 0;
+    }
+}
+
 #[map]
 static COMPLETED: PerCpuArray<Completed> = PerCpuArray::with_max_entries(1, 0);
 

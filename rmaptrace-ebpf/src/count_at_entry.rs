@@ -165,30 +165,10 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
     // SAFETY: this CPU's slot, reached through this one reference until
     // `record` takes it again (after its last use here).
     let c = unsafe { &mut *c };
-    c.key = FaultKey {
-        tgid,
-        access: acc,
-        path: path_id::DERIVED,
-        vma_status: vma_status::FOUND,
-        flags: 0,
-        life: 0,
-    };
-    c.tid = tid;
-    c.major = 0;
-    c.has_vma = 0;
+    c.begin((tgid, tid), acc, path_id::DERIVED, now, address);
     // The thread's counters are kept below, not by `record`.
     c.accounted = 1;
-    c.lookup_walks = 0;
-    c.anon = anon_state::UNKNOWN;
-    c.cache_hit = 0;
     c.untimed = 1;
-    c.makes_anon = 0;
-    c.now = now;
-    c.addr = address;
-    c.ip = 0;
-    c.latency = 0;
-    c.handler_ns = 0;
-    c.vma = 0;
     let write = acc & access::WRITE != 0;
     // SAFETY: `s` as above.
     unsafe {

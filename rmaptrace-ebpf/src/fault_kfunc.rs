@@ -19,7 +19,7 @@ use aya_ebpf::{
         tracing::StackIdContext, FEntryContext, FExitContext, ProbeContext, RetProbeContext,
     },
 };
-use rmaptrace_common::{access, path_id, vm_flags, vma_status, FaultKey, VmaInfo};
+use rmaptrace_common::{access, path_id, vm_flags, VmaInfo};
 
 use crate::{
     aggregate::{self, BPF_NOEXIST},
@@ -162,29 +162,12 @@ fn on_fault_exit<C: StackIdContext>(ctx: &C, ret: u64) {
     // SAFETY: this CPU's slot; this reference ends before `record` takes the
     // slot again.
     let c = unsafe { &mut *c };
-    c.key = FaultKey {
-        tgid,
-        access: acc,
-        path,
-        vma_status: vma_status::FOUND,
-        flags: 0,
-        // Numbered by `record` from the VMA read at entry.
-        life: 0,
-    };
-    c.tid = tid;
+    // Its lifetime is numbered by `record` from the VMA read at entry.
+    c.begin((tgid, tid), acc, path, now, s.addr);
     c.major =
         (ret & bit(off!(vm_fault_major)) != 0 || flags & bit(off!(fault_flag_tried)) != 0) as u8;
-    c.now = now;
-    c.addr = s.addr;
-    c.ip = 0;
     c.latency = now.saturating_sub(s.ts_ns);
     c.handler_ns = s.handler_ns;
-    c.has_vma = 0;
-    c.accounted = 0;
-    c.anon = rmaptrace_common::anon_state::UNKNOWN;
-    c.cache_hit = 0;
-    c.untimed = 0;
-    c.makes_anon = 0;
     c.vma = info.vma;
     aggregate::record(ctx, Some(info));
 }

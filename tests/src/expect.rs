@@ -664,7 +664,7 @@ fn check_vma(proc_: &Value, addr: &Value, want: &Option<Vma>) -> Result<()> {
 
 /// Every fault timed, or (minor latency sampled one in `latency_period` per
 /// CPU) every major one and at most every fault, and some minor ones once
-/// there are enough to overflow a CPU's period several times.
+/// there are enough minor ones to overflow a CPU's period several times.
 fn latency_samples_fit(v: &Value, want: &Vma) -> bool {
     samples_fit(v, want.faults, want.latency_period)
 }
@@ -680,7 +680,8 @@ pub fn samples_fit(v: &Value, faults: u64, period: u64) -> bool {
         return samples == faults;
     }
     let major = v["major"].as_u64().unwrap_or(0);
-    samples <= faults && samples >= major && (faults < 8 * period || samples > major)
+    let minor = faults.saturating_sub(major);
+    samples <= faults && samples >= major && (minor < 8 * period || samples > major)
 }
 
 /// unseen is the kernel's minflt+majflt minus what was seen, and equals `want`.

@@ -123,6 +123,34 @@ fn failed_faults_are_not_counted() {
     }
 }
 
+/// Reads of a file's pages dropped from the page cache, without readahead:
+/// each a major fault (where the file is on a disk), counted as major with
+/// its latency, every one, and the kernel's majflt agrees. Counting at the
+/// entry, the major completion moves each from minor to major.
+#[test]
+fn cold_file_reads_are_major_faults_each_timed() {
+    let t = trace_workload("file-read-cold", N, &[]);
+    let pid = t.workload_pid();
+    let p = t.process(pid);
+    let v = t.vma(pid);
+    let kernel_major = p["kernel"]["majflt"].as_u64().unwrap();
+    assert_eq!(v["faults"], N as u64, "{v}");
+    // The process's other majors: its binary and libraries read in.
+    assert_eq!(p["faults"]["major"].as_u64(), Some(kernel_major), "{p}");
+    let major = v["major"].as_u64().unwrap();
+    assert!(major <= kernel_major, "{v}");
+    if major == 0 {
+        println!("no major faults: the scratch file is on a filesystem without a disk");
+        return;
+    }
+    assert!(major >= N as u64 / 2, "most reads went to the disk: {v}");
+    assert!(
+        v["latency_ns"]["samples"].as_u64().unwrap() >= major,
+        "every major fault timed: {v}"
+    );
+    assert!(t.samples_fit(v, N as u64), "{v}");
+}
+
 #[test]
 fn shared_anonymous_is_shmem() {
     check("shared-anon");

@@ -22,6 +22,7 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("dev-zero-private", "/dev/zero MAP_PRIVATE, write: anonymous despite vm_file, N x do_anonymous_page"),
     ("file-private-write", "regular file MAP_PRIVATE, write: filemap_fault, N x do_cow_fault"),
     ("file-shared-write", "regular file MAP_SHARED, write: filemap_fault, N x do_shared_fault"),
+    ("file-read-cold", "regular file written, synced and dropped from the page cache, MAP_SHARED with MADV_RANDOM (no readahead), read: N major faults where the file is on a disk (minor on tmpfs)"),
     ("fork-cow", "write N pages, fork, child writes them again: N x do_wp_page in the child"),
     ("kvm-vcpu", "mmap of a KVM vCPU fd, read each page: driver, kvm_vcpu_fault"),
     ("memfd-secret", "memfd_secret, write: driver-like, secretmem_fault, N x do_shared_fault"),
@@ -286,6 +287,24 @@ pub fn run(scenario: &str, pages: usize, wait: bool) -> Result<()> {
             unsafe { libc::close(fd) };
             write_pages(p, pages);
             report(scenario, pages, p, json!({}));
+        }
+        "file-read-cold" => {
+            let (fd, path) = scratch_file(pages)?;
+            let buf = vec![1u8; len];
+            // SAFETY: `len` bytes of `buf` written to the file's start.
+            let n = unsafe { libc::pwrite(fd, buf.as_ptr().cast(), len, 0) };
+            check(n as libc::c_int, "pwrite")?;
+            check(unsafe { libc::fsync(fd) }, "fsync")?;
+            // SAFETY: advice on the whole file; written back above, so the
+            // kernel drops its pages from the page cache.
+            unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
+            let p = map(len, libc::PROT_READ, libc::MAP_SHARED, fd)?;
+            unsafe { libc::close(fd) };
+            // SAFETY: advice on the mapping just made: no readahead, so each
+            // page is read from the disk by its own fault.
+            unsafe { libc::madvise(p.cast(), len, libc::MADV_RANDOM) };
+            read_pages(p, pages);
+            report(scenario, pages, p, json!({"file": path}));
         }
         "file-private-write" | "file-shared-write" => {
             let (fd, path) = scratch_file(pages)?;
