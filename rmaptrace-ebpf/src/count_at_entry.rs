@@ -129,16 +129,24 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
     // SAFETY: as above.
     unsafe { settle_previous(s, tid, min_flt + maj_flt) };
 
+    // Whether the thread's cached VMA holds the address and is still the
+    // kernel's; one that holds it but changed is dropped.
+    // SAFETY: `s` as above.
+    let hit = unsafe {
+        let holds =
+            (*s).cache_valid != 0 && (*s).cache_start <= address && address < (*s).cache_end;
+        let hit = holds && cache_current(&*s);
+        if holds && !hit {
+            (*s).cache_valid = 0;
+        }
+        hit
+    };
     // The common case, a fault storm on one mapping: a cache hit whose row is
     // known for good (its anon_vma made, or never to be) and exists already
     // is counted in place, with one hash lookup.
     // SAFETY: `s` as above.
     unsafe {
-        let hit = (*s).cache_valid != 0
-            && (*s).cache_start <= address
-            && address < (*s).cache_end
-            && (*s).cache_anon != anon_state::UNKNOWN;
-        if hit && cache_current(&*s) {
+        if hit && (*s).cache_anon != anon_state::UNKNOWN {
             let key = FaultKey {
                 tgid,
                 access: acc,
@@ -170,25 +178,20 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
     c.accounted = 1;
     c.untimed = 1;
     let write = acc & access::WRITE != 0;
-    // SAFETY: `s` as above.
-    unsafe {
-        if (*s).cache_valid != 0 && (*s).cache_start <= address && address < (*s).cache_end {
-            if cache_current(&*s) {
-                bump(counter::VMA_CACHE_HIT);
-                c.key.life = (*s).cache_life;
-                c.vma = (*s).cache_vma;
-                c.anon = (*s).cache_anon;
-                c.cache_hit = 1;
-                // Unknown means private: a write makes it, where writes
-                // are allowed (one that is not fails, and is taken back).
-                c.makes_anon =
-                    (write && c.anon == anon_state::UNKNOWN && (*s).cache_writable != 0) as u8;
-            } else {
-                (*s).cache_valid = 0;
-            }
+    if hit {
+        bump(counter::VMA_CACHE_HIT);
+        // SAFETY: `s` as above.
+        unsafe {
+            c.key.life = (*s).cache_life;
+            c.vma = (*s).cache_vma;
+            c.anon = (*s).cache_anon;
+            c.cache_hit = 1;
+            // Unknown means private: a write makes it, where writes are
+            // allowed (one that is not fails, and is taken back).
+            c.makes_anon =
+                (write && c.anon == anon_state::UNKNOWN && (*s).cache_writable != 0) as u8;
         }
-    }
-    if c.cache_hit == 0 {
+    } else {
         // A walk that met a writer is made once more (see `lookup`).
         for _ in 0..2 {
             if !lookup::<true>(c) {

@@ -154,6 +154,20 @@ fn maple_find<const NEXT: bool>(mm: u64, addr: u64) -> u64 {
 /// mmap_lock for read until the fault completes, so the tree cannot change.
 #[inline(always)]
 pub fn lookup_lockless<const LOCK_SEQ: bool>(mm: u64, addr: u64, info: &mut VmaInfo) -> Walk {
+    walk::<LOCK_SEQ, false>(mm, addr, info)
+}
+
+/// The first VMA above `addr`, which no VMA holds, by the same walk and the
+/// same validation as `lookup_lockless` on 6.4+ (vm_lock_seq).
+#[inline(always)]
+pub fn next_lockless(mm: u64, addr: u64, info: &mut VmaInfo) -> Walk {
+    walk::<true, true>(mm, addr, info)
+}
+
+/// The walk of `lookup_lockless` (`NEXT` false: the VMA must cover `addr`) and
+/// of `next_lockless` (`NEXT`: it must start above `addr`).
+#[inline(always)]
+fn walk<const LOCK_SEQ: bool, const NEXT: bool>(mm: u64, addr: u64, info: &mut VmaInfo) -> Walk {
     if off!(mm_mt_root) == 0 || mm == 0 {
         return Walk::Missed;
     }
@@ -162,20 +176,25 @@ pub fn lookup_lockless<const LOCK_SEQ: bool>(mm: u64, addr: u64, info: &mut VmaI
     } else {
         0
     };
-    let vma = maple_find::<false>(mm, addr);
+    let vma = maple_find::<NEXT>(mm, addr);
     if vma == 0 {
         return Walk::Missed;
     }
     describe(vma, info);
-    let covers = info.vm_start <= addr && addr < info.vm_end && info.mm == mm;
+    let placed = if NEXT {
+        info.vm_start > addr
+    } else {
+        info.vm_start <= addr && addr < info.vm_end
+    };
+    let ours = placed && info.mm == mm;
     if !LOCK_SEQ {
-        return if covers { Walk::Found } else { Walk::Missed };
+        return if ours { Walk::Found } else { Walk::Missed };
     }
     let seq_after: u32 = read(mm, off!(mm_lock_seq));
     if seq_after != seq {
         return Walk::Unstable;
     }
-    if covers && info.lock_seq != seq {
+    if ours && info.lock_seq != seq {
         Walk::Found
     } else {
         Walk::Missed
@@ -183,31 +202,6 @@ pub fn lookup_lockless<const LOCK_SEQ: bool>(mm: u64, addr: u64, info: &mut VmaI
 }
 
 /// What a lockless walk of the VMA tree found.
-/// The first VMA above `addr`, which no VMA holds, by the same walk as
-/// `lookup_lockless` (6.4+): Found only when no write window moved the mm's
-/// sequence during the walk and none has that VMA write-locked.
-#[inline(always)]
-pub fn next_lockless(mm: u64, addr: u64, info: &mut VmaInfo) -> Walk {
-    if off!(mm_mt_root) == 0 || mm == 0 {
-        return Walk::Missed;
-    }
-    let seq: u32 = read(mm, off!(mm_lock_seq));
-    let vma = maple_find::<true>(mm, addr);
-    if vma == 0 {
-        return Walk::Missed;
-    }
-    describe(vma, info);
-    let seq_after: u32 = read(mm, off!(mm_lock_seq));
-    if seq_after != seq {
-        return Walk::Unstable;
-    }
-    if info.vm_start > addr && info.mm == mm && info.lock_seq != seq {
-        Walk::Found
-    } else {
-        Walk::Missed
-    }
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Walk {
     /// The VMA the kernel has for the address.
