@@ -391,6 +391,8 @@ pub mod event_kind {
     pub const MMAP_SETUP: u32 = 13;
     /// A fault record followed by its VMA's description (see [`FaultVmaEvent`]).
     pub const FAULT_VMA: u32 = 14;
+    /// How a fault recorded at its entry ended (see [`FaultOutcome`]).
+    pub const FAULT_OUTCOME: u32 = 15;
 }
 
 pub const COMM_LEN: usize = 16;
@@ -433,10 +435,39 @@ pub struct FaultEvent {
     pub path: u8,
     pub vma_status: u8,
     pub major: u8,
-    pub _pad: u32,
+    /// 1: sent at the fault's entry (counting at the entry), as a minor fault
+    /// without latency. Its thread's next [`FaultOutcome`], if one comes
+    /// before the thread's next fault record, says otherwise.
+    pub pending: u8,
+    pub _pad: [u8; 3],
     /// The mapping lifetime; 0 for none. Userspace describes it from the
     /// lifetime's first record, which carries the VMA ([`FaultVmaEvent`]).
     pub life: u64,
+}
+
+/// What became of a thread's latest fault recorded at its entry, when it was
+/// not a minor fault without latency: sent after that record, before the
+/// thread's next one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FaultOutcome {
+    /// `ts_ns` is when the outcome showed (the completion, the next entry).
+    pub header: EventHeader,
+    pub addr: u64,
+    /// Entry to completion; 0 for `TAKEN_BACK`.
+    pub latency_ns: u64,
+    /// [`fault_outcome`].
+    pub outcome: u8,
+    pub _pad: [u8; 7],
+}
+
+pub mod fault_outcome {
+    /// A major fault, with its latency.
+    pub const MAJOR: u8 = 1;
+    /// A minor fault whose completion was sampled: its latency.
+    pub const MINOR_TIMED: u8 = 2;
+    /// The kernel did not count it (SIGSEGV, SIGBUS, an EFAULT fixup): not a fault.
+    pub const TAKEN_BACK: u8 = 3;
 }
 
 /// The first fault of a row (a lifetime's first fault on a CPU, or of a new
@@ -886,6 +917,7 @@ mod tests {
     #[test]
     fn a_fault_record_is_one_cache_line() {
         assert_eq!(core::mem::size_of::<FaultEvent>(), 64);
+        assert_eq!(core::mem::size_of::<FaultOutcome>(), 40);
     }
 
     #[test]

@@ -4,8 +4,8 @@
 use aya_ebpf::{macros::map, maps::PerCpuArray, programs::tracing::StackIdContext};
 use rmaptrace_common::{
     access, anon_state, counter, event_kind, key_flags, latency_bucket, vm_flags, vma_status,
-    FaultEvent, FaultKey, FaultStats, FaultVmaEvent, ProcStats, UnresolvedFault, VmaInfo,
-    LAT_BUCKETS,
+    FaultEvent, FaultKey, FaultOutcome, FaultStats, FaultVmaEvent, ProcStats, UnresolvedFault,
+    VmaInfo, LAT_BUCKETS,
 };
 
 use crate::maps::{bump, config, off, EVENTS, FAULTS, PROCS};
@@ -429,12 +429,13 @@ unsafe fn fill_fault(ev: *mut FaultEvent, c: &Completed, kind: u32) {
     (*ev).path = c.key.path;
     (*ev).vma_status = c.key.vma_status;
     (*ev).major = c.major;
-    (*ev)._pad = 0;
+    (*ev).pending = c.untimed;
+    (*ev)._pad = [0; 3];
     (*ev).life = c.key.life;
 }
 
 #[inline(always)]
-fn send_fault(c: &Completed) {
+pub fn send_fault(c: &Completed) {
     let Some(mut entry) = EVENTS.reserve::<FaultEvent>(0) else {
         bump(counter::EVENTS_LOST);
         return;
@@ -458,4 +459,56 @@ fn send_fault_with_vma(c: &Completed, vma: &VmaInfo) {
         crate::mem::copy(&raw mut (*ev).vma, vma);
     }
     entry.submit(submit_flags());
+}
+
+/// The record of a fault counted at its entry in an existing row (the
+/// thread's cached VMA): its outcome follows if it is not a minor fault.
+#[inline(always)]
+pub fn send_counted_at_entry(key: &FaultKey, tid: u32, now: u64, addr: u64, ip: u64) {
+    let Some(mut entry) = EVENTS.reserve::<FaultEvent>(0) else {
+        bump(counter::EVENTS_LOST);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: the reserved record, ours until it is submitted.
+    unsafe {
+        (*ev).header.kind = event_kind::FAULT;
+        (*ev).header.tgid = key.tgid;
+        (*ev).header.tid = tid;
+        (*ev).header._pad = 0;
+        (*ev).header.ts_ns = now;
+        (*ev).addr = addr;
+        (*ev).ip = ip;
+        (*ev).latency_ns = 0;
+        (*ev).access = key.access;
+        (*ev).path = key.path;
+        (*ev).vma_status = key.vma_status;
+        (*ev).major = 0;
+        (*ev).pending = 1;
+        (*ev)._pad = [0; 3];
+        (*ev).life = key.life;
+    }
+    entry.submit(submit_flags());
+}
+
+/// How the thread's latest fault recorded at its entry ended, where that is
+/// not as a minor fault without latency.
+#[inline(always)]
+pub fn send_outcome(tgid: u32, tid: u32, now: u64, addr: u64, outcome: u8, latency: u64) {
+    let ev = FaultOutcome {
+        header: rmaptrace_common::EventHeader {
+            kind: event_kind::FAULT_OUTCOME,
+            tgid,
+            tid,
+            _pad: 0,
+            ts_ns: now,
+        },
+        addr,
+        latency_ns: latency,
+        outcome,
+        _pad: [0; 7],
+    };
+    if EVENTS.output::<FaultOutcome>(&ev, submit_flags()).is_err() {
+        bump(counter::EVENTS_LOST);
+    }
 }

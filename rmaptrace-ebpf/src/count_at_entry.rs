@@ -2,8 +2,8 @@
 //!
 //! The completion's perf software event costs about as much per fault as a
 //! whole bpftrace one-liner, before any BPF runs. So, where the kernel's VMAs
-//! carry lock sequence numbers (6.4+), and neither fault records nor stacks
-//! are asked for (they need the completion), each fault is counted at its
+//! carry lock sequence numbers (6.4+), and no stacks are asked for (they are
+//! walked at the completion), each fault is counted at its
 //! entry (`exceptions:page_fault_{user,kernel}`), as a minor fault in the row
 //! of the VMA found there, and settled once its outcome shows:
 //!
@@ -15,24 +15,31 @@
 //!   it entered means the kernel did not count it (SIGSEGV, SIGBUS, an EFAULT
 //!   fixup): it is taken back.
 //!
+//! With `--events` the entry sends the fault's record as a minor fault without
+//! latency, and each of the above that settles it otherwise sends its outcome
+//! (`FaultOutcome`) after it, for userspace to apply before writing it.
+//!
 //! A fault whose VMA the entry cannot find (nothing mapped there yet: a stack
 //! about to grow, a mapping made by another thread meanwhile, or an address
 //! that will fail) is counted only once confirmed, without a lifetime, and
 //! placed by address in userspace.
 use aya_ebpf::{
+    bindings::pt_regs,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, perf_event},
     programs::{BtfTracePointContext, PerfEventContext},
 };
 use rmaptrace_common::{
-    access, anon_state, counter, key_flags, path_id, vm_flags, vma_status, FaultKey, ThreadAcct,
-    ThreadFault,
+    access, anon_state, counter, fault_outcome, key_flags, path_id, vm_flags, vma_status, FaultKey,
+    ThreadAcct, ThreadFault,
 };
 
 use crate::{
     aggregate::{self, Completed, Outcome},
     fault_tp::{entry_of, lookup, Entry},
-    maps::{bump, current_mm_seq, kernel_read, known_untraced, off, traced_current, THREADS},
+    maps::{
+        bump, config, current_mm_seq, kernel_read, known_untraced, off, traced_current, THREADS,
+    },
     task, vma,
 };
 
@@ -84,6 +91,12 @@ pub unsafe fn settle_previous(s: *mut ThreadFault, tid: u32, faults_now: u64) {
     }
     (*s).pend_ts = 0;
     let counted_by_kernel = faults_now != (*s).pend_faults;
+    if !counted_by_kernel && config().fault_events != 0 {
+        // SAFETY: a helper without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        let (tgid, addr) = ((*s).pend_key.tgid, (*s).pend_addr);
+        aggregate::send_outcome(tgid, tid, now, addr, fault_outcome::TAKEN_BACK, 0);
+    }
     if (*s).pend_counted != 0 {
         if !counted_by_kernel {
             aggregate::settle(&(*s).pend_key, Outcome::Failed);
@@ -123,6 +136,8 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
     };
     // SAFETY: a helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
+    let events = config().fault_events != 0;
+    let ip = if events { user_ip(ctx) } else { 0 };
     // SAFETY: `t` is this thread's map value; every access below goes
     // through it (or through `s`, a pointer into it), no reference is held.
     let s = unsafe { &raw mut (*t).fault };
@@ -161,6 +176,9 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
             };
             if aggregate::count_minor_in_row(&key, now) {
                 bump(counter::VMA_CACHE_HIT);
+                if events {
+                    aggregate::send_counted_at_entry(&key, tid, now, address, ip);
+                }
                 pend(t, key, 1, address, (min_flt, maj_flt), now);
                 return;
             }
@@ -177,6 +195,7 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
     // The thread's counters are kept below, not by `record`.
     c.accounted = 1;
     c.untimed = 1;
+    c.ip = ip;
     let write = acc & access::WRITE != 0;
     if hit {
         bump(counter::VMA_CACHE_HIT);
@@ -217,7 +236,10 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
     }
     let placed = c.key.vma_status == vma_status::FOUND;
     if placed {
+        // With --events, this sends the fault's record.
         aggregate::record(ctx, None);
+    } else if events {
+        aggregate::send_fault(c);
     }
     let Some(c) = aggregate::completed_slot() else {
         return;
@@ -227,6 +249,15 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
     // `record` can have found no lifetime for it (a full table): still counted.
     // SAFETY: `t` as above.
     unsafe { pend(t, key, placed as u8, address, (min_flt, maj_flt), now) };
+}
+
+/// The instruction that faulted, for its record.
+#[inline(always)]
+fn user_ip(ctx: &BtfTracePointContext) -> u64 {
+    let regs: *const pt_regs = ctx.arg(1);
+    // SAFETY: the tracepoint's own regs argument, a BTF pointer whose loads
+    // the kernel guards; x86-64's pt_regs is the user ABI's layout.
+    unsafe { core::ptr::read_volatile(&raw const (*regs).rip) }
 }
 
 /// Leaves the fault entering now as the thread's one to settle.
@@ -336,6 +367,14 @@ fn on_completion(ctx: &PerfEventContext, major: bool) {
             );
         } else {
             aggregate::count_unplaced(&(*s).pend_key, tid, now, addr, major, Some(latency));
+        }
+        if config().fault_events != 0 {
+            let outcome = if major {
+                fault_outcome::MAJOR
+            } else {
+                fault_outcome::MINOR_TIMED
+            };
+            aggregate::send_outcome(tgid, tid, now, addr, outcome, latency);
         }
         let (min_flt, maj_flt) = task::current_faults();
         (*t).last_min = min_flt;

@@ -756,6 +756,9 @@ async fn trace(
             // given back before the summary is built, the trace's peak.
             drop(r);
         }
+        for rec in trace.take_held_faults() {
+            out.record(&rec);
+        }
         trace.set_snapshot(snap);
         if let (Some(read), Some(stacks)) = (end_stacks.take(), trace.call_stacks()) {
             let read: crate::bpf::stacks::StackRead = read;

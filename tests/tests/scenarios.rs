@@ -123,13 +123,43 @@ fn failed_faults_are_not_counted() {
     }
 }
 
+/// With `--events`, a fault the kernel did not count leaves no record: the
+/// read-only page has one (the write that succeeded once the signal handler
+/// made the page writable), none for the reads that failed with EFAULT nor
+/// for the write that raised SIGSEGV.
+#[test]
+fn failed_faults_leave_no_fault_records() {
+    let t = trace_workload("failed-faults", N, &["--events"]);
+    t.check("failed-faults", N);
+    let pid = t.workload_pid();
+    let page = |v: &serde_json::Value| {
+        let hex = v.as_str().expect("an address").trim_start_matches("0x");
+        u64::from_str_radix(hex, 16).expect("a hex address") >> 12
+    };
+    let ro = page(&t.report["ro_addr"]);
+    let records: Vec<_> = t
+        .export
+        .iter()
+        .filter(|l| l["type"] == "fault" && l["pid"] == pid)
+        .collect();
+    let at_ro: Vec<_> = records.iter().filter(|l| page(&l["addr"]) == ro).collect();
+    assert_eq!(t.summary()["events_lost"], 0);
+    assert_eq!(at_ro.len(), 1, "{at_ro:?}");
+    assert_eq!(
+        Some(records.len() as u64),
+        t.process(pid)["faults"]["total"].as_u64(),
+        "one record per counted fault"
+    );
+}
+
 /// Reads of a file's pages dropped from the page cache, without readahead:
 /// each a major fault (where the file is on a disk), counted as major with
-/// its latency, every one, and the kernel's majflt agrees. Counting at the
-/// entry, the major completion moves each from minor to major.
+/// its latency, every one, and the kernel's majflt agrees; so do the fault
+/// records. Counting at the entry, the major completion moves each from
+/// minor to major.
 #[test]
 fn cold_file_reads_are_major_faults_each_timed() {
-    let t = trace_workload("file-read-cold", N, &[]);
+    let t = trace_workload("file-read-cold", N, &["--events"]);
     let pid = t.workload_pid();
     let p = t.process(pid);
     let v = t.vma(pid);
@@ -149,6 +179,20 @@ fn cold_file_reads_are_major_faults_each_timed() {
         "every major fault timed: {v}"
     );
     assert!(t.samples_fit(v, N as u64), "{v}");
+    // Each major fault's record says so, with its latency.
+    let start = &v["start"];
+    let majors: Vec<_> = t
+        .export
+        .iter()
+        .filter(|l| l["type"] == "fault" && l["pid"] == pid && l["vma_start"] == *start)
+        .filter(|l| l["major"] == true)
+        .collect();
+    assert_eq!(majors.len() as u64, major, "{v}");
+    for e in majors {
+        assert!(e["latency_ns"].as_u64() > Some(0), "{e}");
+        let path = e["path"].as_str().unwrap_or_default();
+        assert!(v["paths"].get(path).is_some(), "{e} in {v}");
+    }
 }
 
 #[test]
@@ -287,6 +331,9 @@ fn fault_events_of_a_storm_are_all_accounted_for() {
     assert!(lost * 100 <= total, "{lost} of {total} fault records lost");
 }
 
+/// One record per counted fault, and a latency on exactly the faults the
+/// aggregate timed: each one where every fault is timed, the sampled ones
+/// where the backend counts at the entry.
 #[test]
 fn fault_events_match_the_aggregate() {
     let t = trace_workload("anon-write", 64, &["--events"]);
@@ -299,13 +346,17 @@ fn fault_events_match_the_aggregate() {
         .collect();
     assert_eq!(t.summary()["events_lost"], 0);
     assert_eq!(events.len(), 64);
-    for e in events {
+    for e in &events {
         assert_eq!(e["kind"], "anon");
         assert_eq!(e["path"], "do_anonymous_page");
         assert_eq!(e["write"], true);
         assert_eq!(e["major"], false);
-        assert!(e["latency_ns"].as_u64().unwrap() > 0);
+        assert_ne!(e["latency_ns"], 0, "{e}");
     }
+    let timed = events.iter().filter(|e| e["latency_ns"].is_u64()).count() as u64;
+    let row = t.vma(pid);
+    assert!(t.samples_fit(row, 64), "{row}");
+    assert_eq!(Some(timed), row["latency_ns"]["samples"].as_u64(), "{row}");
     let all_faults = t
         .export
         .iter()

@@ -31,6 +31,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
         event_kind::FAULT_VMA => {
             read::<FaultVmaEvent>(bytes).map(|e| Event::Fault(e.fault, Some(Box::new(e.vma))))
         }
+        event_kind::FAULT_OUTCOME => read(bytes).map(Event::FaultOutcome),
         event_kind::MMAP_EXIT | event_kind::KERNEL_MMAP => read_mmap(bytes).map(Event::MmapExit),
         event_kind::MMAP_ENTER
         | event_kind::MUNMAP

@@ -495,7 +495,6 @@ impl Probes {
         let at_entry = count_at_entry(EntryCountingNeeds {
             vm_lock_seq: offsets.has_vm_lock_seq != 0,
             maple_tree: offsets.mm_mt_root != 0,
-            fault_events: opts.fault_events,
             stacks: opts.stack_depth.is_some(),
             zero_page_on_read: zero_page_on_read(),
             forced_off: std::env::var_os("RMAPTRACE_COUNT_AT_COMPLETION").is_some(),

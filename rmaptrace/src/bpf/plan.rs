@@ -361,8 +361,6 @@ pub struct EntryCountingNeeds {
     pub vm_lock_seq: bool,
     /// The maple tree can be walked (6.1+).
     pub maple_tree: bool,
-    /// `--events`: a record per fault, which needs its completion.
-    pub fault_events: bool,
     /// `--stacks`: a stack per counted fault, walked at its completion.
     pub stacks: bool,
     /// A read fault on private anonymous memory maps the (huge) zero page, so
@@ -378,8 +376,6 @@ pub fn count_at_entry(n: EntryCountingNeeds) -> Result<(), &'static str> {
         Err("RMAPTRACE_COUNT_AT_COMPLETION is set")
     } else if !n.vm_lock_seq || !n.maple_tree {
         Err("VMAs have no vm_lock_seq (before 6.4): the VMA is found under the fault's lock")
-    } else if n.fault_events {
-        Err("--events records every fault at its completion")
     } else if n.stacks {
         Err("--stacks walks every fault's stack at its completion")
     } else if !n.zero_page_on_read {
@@ -891,11 +887,10 @@ mod tests {
     }
 
     #[test]
-    fn counting_at_the_entry_needs_lock_sequences_and_no_per_fault_output() {
+    fn counting_at_the_entry_needs_lock_sequences_and_no_stacks() {
         let all = EntryCountingNeeds {
             vm_lock_seq: true,
             maple_tree: true,
-            fault_events: false,
             stacks: false,
             zero_page_on_read: true,
             forced_off: false,
@@ -915,13 +910,6 @@ mod tests {
                     ..all
                 },
                 "vm_lock_seq",
-            ),
-            (
-                EntryCountingNeeds {
-                    fault_events: true,
-                    ..all
-                },
-                "--events",
             ),
             (
                 EntryCountingNeeds {

@@ -1,8 +1,8 @@
 //! The records the kernel side sends, as the model takes them in (bpf::events
 //! decodes the ring buffer's bytes into these), and the names they carry.
 use rmaptrace_common::{
-    ExitEvent, FaultEvent, MmapExitEvent, MmapSetupEvent, SyscallEvent, TaskEvent, UnresolvedFault,
-    VmaInfo,
+    ExitEvent, FaultEvent, FaultOutcome, MmapExitEvent, MmapSetupEvent, SyscallEvent, TaskEvent,
+    UnresolvedFault, VmaInfo,
 };
 
 // Decoded one at a time and taken in at once: a box would cost an allocation
@@ -12,6 +12,9 @@ use rmaptrace_common::{
 pub enum Event {
     /// With its VMA's description when the record carried one.
     Fault(FaultEvent, Option<Box<VmaInfo>>),
+    /// How a fault recorded at its entry ended, when not as a minor fault
+    /// without latency.
+    FaultOutcome(FaultOutcome),
     Syscall(SyscallEvent),
     MmapExit(MmapExitEvent),
     MmapSetup(MmapSetupEvent),

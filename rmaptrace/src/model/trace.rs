@@ -8,8 +8,8 @@ use std::{
 };
 
 use rmaptrace_common::{
-    access, anon_vma_by, event_kind, key_flags, prefill, vma_status, ExitEvent, FaultEvent,
-    FaultKey, MmapExitEvent, SyscallEvent, UnresolvedFault, VmaInfo,
+    access, anon_vma_by, event_kind, fault_outcome, key_flags, prefill, vma_status, ExitEvent,
+    FaultEvent, FaultKey, FaultOutcome, MmapExitEvent, SyscallEvent, UnresolvedFault, VmaInfo,
 };
 
 use super::{
@@ -51,6 +51,16 @@ pub struct FaultRecord {
     pub vma_start: Option<u64>,
     /// The mapping lifetime (the `life` of a summary row), None without a VMA.
     pub life: Option<u64>,
+}
+
+/// A fault recorded at its entry, as a minor fault without latency, with what
+/// its path is derived from should it turn out major.
+struct HeldFault {
+    rec: FaultRecord,
+    kind: Kind,
+    vm_flags: u64,
+    access: u8,
+    path: u8,
 }
 
 /// What a fault record says of its lifetime's VMA, worked out at the
@@ -147,6 +157,10 @@ pub struct Trace {
     processes: HashMap<u32, ProcessState>,
     /// Syscall entry records waiting for their exit, by tid.
     pending: HashMap<u32, SyscallEvent>,
+    /// Each thread's latest fault recorded at its entry, written once its
+    /// outcome is known: its outcome record, the thread's next fault, its
+    /// exit, or the end of the trace.
+    held_faults: HashMap<u32, HeldFault>,
     snapshot: Snapshot,
     /// VMA descriptions carried by fault records, for the records that carry none.
     event_vmas: HashMap<u64, EventVma>,
@@ -392,6 +406,7 @@ impl Trace {
             start_ns,
             processes: HashMap::new(),
             pending: HashMap::new(),
+            held_faults: HashMap::new(),
             snapshot: Snapshot::default(),
             event_vmas: HashMap::new(),
             event_files: Files::default(),
@@ -797,7 +812,23 @@ impl Trace {
 
     pub fn on_event(&mut self, event: Event) -> Option<Record> {
         match event {
-            Event::Fault(f, vma) => Some(Record::Fault(self.fault_record(&f, vma.as_deref()))),
+            Event::Fault(f, vma) => {
+                let (rec, kind, vm_flags) = self.fault_record(&f, vma.as_deref());
+                if f.pending == 0 {
+                    return Some(Record::Fault(rec));
+                }
+                let held = HeldFault {
+                    rec,
+                    kind,
+                    vm_flags,
+                    access: f.access,
+                    path: f.path,
+                };
+                self.held_faults
+                    .insert(f.header.tid, held)
+                    .map(|h| Record::Fault(h.rec))
+            }
+            Event::FaultOutcome(o) => self.on_fault_outcome(&o),
             // A fault whose VMA found the lifetime table full has no lifetime
             // to go to: it stays unknown, counted in its row, and is not kept.
             Event::Unresolved(u) if u.vma_status == vma_status::UNTRACKED => None,
@@ -839,7 +870,10 @@ impl Trace {
                     st.exit_ns = Some(e.header.ts_ns);
                     self.group_exits += 1;
                 }
-                None
+                // Its last fault was settled before it exited.
+                self.held_faults
+                    .remove(&e.header.tid)
+                    .map(|h| Record::Fault(h.rec))
             }
             Event::Task(t) => {
                 let comm = c_str(&t.comm);
@@ -922,7 +956,49 @@ impl Trace {
         }
     }
 
-    fn fault_record(&mut self, f: &FaultEvent, carried: Option<&VmaInfo>) -> FaultRecord {
+    /// A thread's held fault as its outcome says. An outcome for another
+    /// address (the fault it settles was lost with the ring's records) leaves
+    /// the held one as it was.
+    fn on_fault_outcome(&mut self, o: &FaultOutcome) -> Option<Record> {
+        let mut held = self.held_faults.remove(&o.header.tid)?;
+        // Pages of 4 KiB or more: the same page is the same fault.
+        if held.rec.addr >> 12 != o.addr >> 12 {
+            return Some(Record::Fault(held.rec));
+        }
+        match o.outcome {
+            fault_outcome::TAKEN_BACK => return None,
+            fault_outcome::MAJOR => {
+                held.rec.major = true;
+                held.rec.path = path::observed_name(held.path).unwrap_or_else(|| {
+                    path::derive(
+                        held.kind,
+                        held.vm_flags,
+                        held.access,
+                        true,
+                        self.swap_in_use,
+                    )
+                });
+            }
+            _ => {}
+        }
+        held.rec.latency_ns = Some(o.latency_ns);
+        Some(Record::Fault(held.rec))
+    }
+
+    /// The faults still held at the end of the trace, oldest first: minor
+    /// faults without latency (nothing said otherwise).
+    pub fn take_held_faults(&mut self) -> Vec<Record> {
+        let mut held: Vec<FaultRecord> = self.held_faults.drain().map(|(_, h)| h.rec).collect();
+        held.sort_by_key(|r| r.ts_ns);
+        held.into_iter().map(Record::Fault).collect()
+    }
+
+    /// The record of a fault, with the kind and flags of its VMA.
+    fn fault_record(
+        &mut self,
+        f: &FaultEvent,
+        carried: Option<&VmaInfo>,
+    ) -> (FaultRecord, Kind, u64) {
         let found = f.vma_status == vma_status::FOUND;
         let vma = self.vma_of_event(f, carried);
         let kind = vma.as_ref().map_or(Kind::Unknown, |v| v.kind);
@@ -934,7 +1010,7 @@ impl Trace {
             Some(v) => (found.then_some(v.vm_start), v.handler, v.module),
             None => (None, None, None),
         };
-        FaultRecord {
+        let rec = FaultRecord {
             ts_ns: f.header.ts_ns,
             pid: f.header.tgid,
             tid: f.header.tid,
@@ -947,10 +1023,12 @@ impl Trace {
             module,
             path,
             major: f.major != 0,
-            latency_ns: (f.access & access::NO_ENTRY == 0).then_some(f.latency_ns),
+            latency_ns: (f.access & access::NO_ENTRY == 0 && f.pending == 0)
+                .then_some(f.latency_ns),
             vma_start,
             life: found.then_some(f.life),
-        }
+        };
+        (rec, kind, vm_flags)
     }
 
     fn on_syscall(&mut self, s: SyscallEvent) -> Option<MmapRecord> {

@@ -6,8 +6,8 @@ use crate::{
     model::snapshot::{AnonVmaSeen, Counters, Hist, ProcTotals},
 };
 use rmaptrace_common::{
-    access, path_id, EventHeader, ExitEvent, FaultKey, MmapSetupEvent, TaskEvent, ThreadAcct,
-    VmaInfo, VmaRecord,
+    access, path_id, EventHeader, ExitEvent, FaultEvent, FaultKey, FaultOutcome, MmapSetupEvent,
+    TaskEvent, ThreadAcct, VmaInfo, VmaRecord,
 };
 
 #[derive(Default)]
@@ -1008,4 +1008,87 @@ fn the_anon_vma_word_keeps_maker_and_time() {
     assert_eq!((w.by(), w.ns()), (anon_vma_by::FAULT, Some(123_456_789)));
     assert_eq!(AnonVmaSeen::new(anon_vma_by::NONE, 7).ns(), None);
     assert_eq!(AnonVmaSeen::default().by(), anon_vma_by::NONE);
+}
+
+/// A fault recorded at its entry, at `addr`, by thread `tid` of process 7.
+fn entry_fault(tid: u32, ts_ns: u64, addr: u64) -> Event {
+    let mut f = FaultEvent {
+        header: header(event_kind::FAULT, 7, ts_ns),
+        addr,
+        access: access::WRITE,
+        vma_status: vma_status::NONE,
+        pending: 1,
+        ..Default::default()
+    };
+    f.header.tid = tid;
+    Event::Fault(f, None)
+}
+
+fn outcome(tid: u32, addr: u64, outcome: u8, latency_ns: u64) -> Event {
+    let mut o = FaultOutcome {
+        header: header(event_kind::FAULT_OUTCOME, 7, 0),
+        addr,
+        latency_ns,
+        outcome,
+        _pad: [0; 7],
+    };
+    o.header.tid = tid;
+    Event::FaultOutcome(o)
+}
+
+fn written(r: Option<Record>) -> Option<(u64, bool, Option<u64>)> {
+    match r? {
+        Record::Fault(f) => Some((f.addr, f.major, f.latency_ns)),
+        Record::Mmap(_) => panic!("a fault was expected"),
+    }
+}
+
+#[test]
+fn faults_recorded_at_their_entry_are_written_once_their_outcome_is_known() {
+    let mut t = trace_with(FakeProc::default());
+    t.add_target(7);
+    // Held until the thread's next fault: then a minor fault without latency.
+    assert_eq!(written(t.on_event(entry_fault(8, 10, 0x1000))), None);
+    assert_eq!(
+        written(t.on_event(entry_fault(8, 20, 0x2000))),
+        Some((0x1000, false, None))
+    );
+    // Another thread's faults are held apart.
+    assert_eq!(written(t.on_event(entry_fault(9, 21, 0x9000))), None);
+    // A major outcome, with its latency.
+    assert_eq!(
+        written(t.on_event(outcome(8, 0x2008, fault_outcome::MAJOR, 5_000))),
+        Some((0x2000, true, Some(5_000)))
+    );
+    // A sampled minor one.
+    t.on_event(entry_fault(8, 30, 0x3000));
+    assert_eq!(
+        written(t.on_event(outcome(8, 0x3000, fault_outcome::MINOR_TIMED, 700))),
+        Some((0x3000, false, Some(700)))
+    );
+    // Taken back: not a fault, never written.
+    t.on_event(entry_fault(8, 40, 0x4000));
+    assert_eq!(
+        written(t.on_event(outcome(8, 0x4000, fault_outcome::TAKEN_BACK, 0))),
+        None
+    );
+    // An outcome for a fault whose record was lost leaves the held one as it was.
+    t.on_event(entry_fault(8, 50, 0x5000));
+    assert_eq!(
+        written(t.on_event(outcome(8, 0x6000, fault_outcome::MAJOR, 9))),
+        Some((0x5000, false, None))
+    );
+    // The thread's exit writes its last one; the end of the trace the rest.
+    t.on_event(entry_fault(8, 60, 0x7000));
+    assert_eq!(
+        written(t.on_event(Event::Exit(exit(8, 70, 6, false, 100)))),
+        Some((0x7000, false, None))
+    );
+    let rest: Vec<_> = t
+        .take_held_faults()
+        .into_iter()
+        .map(|r| written(Some(r)))
+        .collect();
+    assert_eq!(rest, vec![Some((0x9000, false, None))]);
+    assert!(t.take_held_faults().is_empty());
 }
