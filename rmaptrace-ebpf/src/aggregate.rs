@@ -303,8 +303,9 @@ fn add_latency(stats: &mut FaultStats, latency: u64) {
 pub enum Outcome {
     /// The kernel did not count it: its minor count is taken back.
     Failed,
-    /// Its major completion: moved from minor to major, with its latency.
-    Major(u64),
+    /// Its major completion: moved from minor to major, with its latency
+    /// where its entry was timed.
+    Major(Option<u64>),
     /// A sampled minor completion: its latency only.
     MinorSampled(u64),
 }
@@ -328,7 +329,9 @@ pub fn settle(key: &FaultKey, outcome: Outcome) {
         Outcome::Major(latency) => {
             stats.minor = stats.minor.wrapping_sub(1);
             stats.major += 1;
-            add_latency(stats, latency);
+            if let Some(latency) = latency {
+                add_latency(stats, latency);
+            }
         }
         Outcome::MinorSampled(latency) => add_latency(stats, latency),
     }

@@ -26,12 +26,13 @@
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{btf_tracepoint, perf_event},
+    macros::{btf_tracepoint, map, perf_event},
+    maps::PerCpuArray,
     programs::{BtfTracePointContext, PerfEventContext},
 };
 use rmaptrace_common::{
     access, anon_state, counter, fault_outcome, key_flags, path_id, vm_flags, vma_status, FaultKey,
-    ThreadAcct, ThreadFault,
+    ThreadAcct, ThreadFault, MINOR_LATENCY_SAMPLE_PERIOD,
 };
 
 use crate::{
@@ -45,6 +46,71 @@ use crate::{
 
 const PAGE_SHIFT: u64 = 12;
 const PAGE_SIZE: u64 = 1 << PAGE_SHIFT;
+
+/// `pend_ts` of a fault whose entry was not timed (no clock reads 1).
+const UNTIMED: u64 = 1;
+
+/// What this CPU's entries know of the clock, which only some of them read
+/// (it costs a third of the entry).
+#[repr(C)]
+struct EntryClock {
+    /// Fault entries since the latest sampled minor completion. The sample
+    /// takes the period's last minor completion on the CPU, so an entry near
+    /// the period's end is timed. The sample resets it; an entry that
+    /// completes otherwise (major, failed) shifts the guess until then, and a
+    /// sample that finds its entry untimed is counted (`SAMPLE_UNTIMED`).
+    phase: u32,
+    _pad: u32,
+    /// The latest time an entry read here: no later than any fault entering
+    /// after it, so good for its row's `last_ns`.
+    last_ns: u64,
+}
+
+#[map]
+static ENTRY_CLOCK: PerCpuArray<EntryClock> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+fn entry_clock() -> Option<*mut EntryClock> {
+    ENTRY_CLOCK.get_ptr_mut(0)
+}
+
+/// Counts an entry on this CPU: whether its completion may be the sampled one.
+#[inline(always)]
+fn minor_sample_due(clock: Option<*mut EntryClock>) -> bool {
+    let Some(c) = clock else {
+        return true;
+    };
+    // SAFETY: this CPU's value, reached through this one pointer.
+    unsafe {
+        (*c).phase = (*c).phase.saturating_add(1);
+        (*c).phase as u64 + 1 >= MINOR_LATENCY_SAMPLE_PERIOD
+    }
+}
+
+/// The time now where `timed`, else the latest time read on this CPU.
+#[inline(always)]
+fn entry_time(clock: Option<*mut EntryClock>, timed: bool) -> u64 {
+    let Some(c) = clock else {
+        // SAFETY: a helper without arguments.
+        return unsafe { bpf_ktime_get_ns() };
+    };
+    // SAFETY: this CPU's value, reached through this one pointer; a helper
+    // without arguments.
+    unsafe {
+        if timed {
+            (*c).last_ns = bpf_ktime_get_ns();
+        }
+        (*c).last_ns
+    }
+}
+
+#[inline(always)]
+fn minor_sample_taken() {
+    if let Some(c) = entry_clock() {
+        // SAFETY: this CPU's value, reached through this one pointer.
+        unsafe { (*c).phase = 0 };
+    }
+}
 
 #[btf_tracepoint(function = "page_fault_user")]
 pub fn fault_entry_count_user(ctx: BtfTracePointContext) -> i32 {
@@ -110,6 +176,9 @@ pub unsafe fn settle_previous(s: *mut ThreadFault, tid: u32, faults_now: u64) {
 
 #[inline(always)]
 fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
+    // Every process's: the sampling perf event counts them all.
+    let clock = entry_clock();
+    let sample_due = minor_sample_due(clock);
     let Some(Entry {
         address,
         tgid,
@@ -134,9 +203,8 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
             t
         }
     };
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    let events = config().fault_events != 0;
+    let cfg = config();
+    let events = cfg.fault_events != 0;
     let ip = if events { user_ip(ctx) } else { 0 };
     // SAFETY: `t` is this thread's map value; every access below goes
     // through it (or through `s`, a pointer into it), no reference is held.
@@ -156,6 +224,12 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
         }
         hit
     };
+    // Only a fault that can be major, or be the sampled minor one, needs the
+    // time of its entry; the row's latest fault needs a time no later than it.
+    // SAFETY: `s` as above.
+    let timed =
+        unsafe { events || sample_due || cfg.anon_swaps != 0 || !hit || (*s).cache_may_major != 0 };
+    let mut now = entry_time(clock, timed);
     // The common case, a fault storm on one mapping: a cache hit whose row is
     // known for good (its anon_vma made, or never to be) and exists already
     // is counted in place, with one hash lookup.
@@ -179,10 +253,14 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
                 if events {
                     aggregate::send_counted_at_entry(&key, tid, now, address, ip);
                 }
-                pend(t, key, 1, address, (min_flt, maj_flt), now);
+                let pend_ts = if timed { now } else { UNTIMED };
+                pend(t, key, 1, address, (min_flt, maj_flt), pend_ts);
                 return;
             }
         }
+    }
+    if !timed {
+        now = entry_time(clock, true);
     }
 
     let Some(c) = aggregate::completed_slot() else {
@@ -260,7 +338,8 @@ fn user_ip(ctx: &BtfTracePointContext) -> u64 {
     unsafe { core::ptr::read_volatile(&raw const (*regs).rip) }
 }
 
-/// Leaves the fault entering now as the thread's one to settle.
+/// Leaves the fault entering now as the thread's one to settle, entered at
+/// `pend_ts` (`UNTIMED` where not timed).
 ///
 /// # Safety
 /// `t` is this thread's THREADS value, not otherwise referenced meanwhile.
@@ -271,14 +350,14 @@ unsafe fn pend(
     counted: u8,
     address: u64,
     (min_flt, maj_flt): (u64, u64),
-    now: u64,
+    pend_ts: u64,
 ) {
     let s = &raw mut (*t).fault;
     (*s).pend_key = key;
     (*s).pend_counted = counted;
     (*s).pend_addr = address;
     (*s).pend_faults = min_flt + maj_flt;
-    (*s).pend_ts = now;
+    (*s).pend_ts = pend_ts;
     // What the kernel will have counted once this fault completes as a
     // minor one, as rmaptrace has: settled with the fault.
     (*t).last_min = min_flt + counted as u64;
@@ -331,6 +410,9 @@ fn cache_current(s: &ThreadFault) -> bool {
 
 #[inline(always)]
 fn on_completion(ctx: &PerfEventContext, major: bool) {
+    if !major {
+        minor_sample_taken();
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
     if known_untraced(tgid) {
@@ -354,21 +436,27 @@ fn on_completion(ctx: &PerfEventContext, major: bool) {
             }
             return;
         }
-        let latency = now.saturating_sub((*s).pend_ts);
+        let latency = ((*s).pend_ts != UNTIMED).then(|| now.saturating_sub((*s).pend_ts));
         (*s).pend_ts = 0;
-        if (*s).pend_counted != 0 {
-            aggregate::settle(
-                &(*s).pend_key,
-                if major {
-                    Outcome::Major(latency)
-                } else {
-                    Outcome::MinorSampled(latency)
-                },
-            );
-        } else {
-            aggregate::count_unplaced(&(*s).pend_key, tid, now, addr, major, Some(latency));
+        if latency.is_none() {
+            bump(if major {
+                counter::MAJOR_UNTIMED
+            } else {
+                counter::SAMPLE_UNTIMED
+            });
         }
-        if config().fault_events != 0 {
+        if (*s).pend_counted != 0 {
+            if major {
+                aggregate::settle(&(*s).pend_key, Outcome::Major(latency));
+            } else if let Some(latency) = latency {
+                aggregate::settle(&(*s).pend_key, Outcome::MinorSampled(latency));
+            }
+        } else {
+            aggregate::count_unplaced(&(*s).pend_key, tid, now, addr, major, latency);
+        }
+        // An untimed minor one stands as its record says.
+        if config().fault_events != 0 && (major || latency.is_some()) {
+            let latency = latency.unwrap_or(0);
             let outcome = if major {
                 fault_outcome::MAJOR
             } else {

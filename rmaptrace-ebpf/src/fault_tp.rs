@@ -461,6 +461,9 @@ pub fn lookup<const LOCK_SEQ: bool>(c: &mut Completed) -> bool {
             (*s).cache_end = info.vm_end;
             (*s).cache_life = 0;
             (*s).cache_writable = (info.vm_flags & vm_flags::VM_WRITE != 0) as u8;
+            (*s).cache_may_major = (info.file != 0
+                || info.vm_flags & (vm_flags::VM_UFFD_MISSING | vm_flags::VM_UFFD_WP) != 0)
+                as u8;
         }
     }
     if let Some(looked_up) = aggregate::looked_up_slot() {

@@ -90,7 +90,8 @@ static CONFIG: Config = Config {
     match_comms: 0,
     stacks: 0,
     match_cgroups: 0,
-    _pad: [0; 3],
+    anon_swaps: 0,
+    _pad: [0; 2],
     self_tgid: 0,
 };
 

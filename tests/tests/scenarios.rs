@@ -154,12 +154,42 @@ fn failed_faults_leave_no_fault_records() {
 
 /// Reads of a file's pages dropped from the page cache, without readahead:
 /// each a major fault (where the file is on a disk), counted as major with
-/// its latency, every one, and the kernel's majflt agrees; so do the fault
-/// records. Counting at the entry, the major completion moves each from
-/// minor to major.
+/// its latency, every one, and the kernel's majflt agrees. Counting at the
+/// entry, the major completion moves each from minor to major, and the
+/// entry, which reads the clock only where a fault can be major or be the
+/// sampled one, times each (the file's pages can be read in).
 #[test]
 fn cold_file_reads_are_major_faults_each_timed() {
-    let t = trace_workload("file-read-cold", N, &["--events"]);
+    cold_file_reads(&[]);
+}
+
+/// The same, with `--events`: each major fault's record says so, with its
+/// latency.
+#[test]
+fn cold_file_reads_are_recorded_major_with_latency() {
+    let Some((t, major)) = cold_file_reads(&["--events"]) else {
+        return;
+    };
+    let pid = t.workload_pid();
+    let v = t.vma(pid);
+    let majors: Vec<_> = t
+        .export
+        .iter()
+        .filter(|l| l["type"] == "fault" && l["pid"] == pid && l["vma_start"] == v["start"])
+        .filter(|l| l["major"] == true)
+        .collect();
+    assert_eq!(majors.len() as u64, major, "{v}");
+    for e in majors {
+        assert!(e["latency_ns"].as_u64() > Some(0), "{e}");
+        let path = e["path"].as_str().unwrap_or_default();
+        assert!(v["paths"].get(path).is_some(), "{e} in {v}");
+    }
+}
+
+/// The trace of `file-read-cold` and its region's major faults, checked;
+/// None where the file is on a filesystem without a disk.
+fn cold_file_reads(args: &[&str]) -> Option<(Traced, u64)> {
+    let t = trace_workload("file-read-cold", N, args);
     let pid = t.workload_pid();
     let p = t.process(pid);
     let v = t.vma(pid);
@@ -171,7 +201,7 @@ fn cold_file_reads_are_major_faults_each_timed() {
     assert!(major <= kernel_major, "{v}");
     if major == 0 {
         println!("no major faults: the scratch file is on a filesystem without a disk");
-        return;
+        return None;
     }
     assert!(major >= N as u64 / 2, "most reads went to the disk: {v}");
     assert!(
@@ -179,20 +209,34 @@ fn cold_file_reads_are_major_faults_each_timed() {
         "every major fault timed: {v}"
     );
     assert!(t.samples_fit(v, N as u64), "{v}");
-    // Each major fault's record says so, with its latency.
-    let start = &v["start"];
-    let majors: Vec<_> = t
-        .export
-        .iter()
-        .filter(|l| l["type"] == "fault" && l["pid"] == pid && l["vma_start"] == *start)
-        .filter(|l| l["major"] == true)
-        .collect();
-    assert_eq!(majors.len() as u64, major, "{v}");
-    for e in majors {
-        assert!(e["latency_ns"].as_u64() > Some(0), "{e}");
-        let path = e["path"].as_str().unwrap_or_default();
-        assert!(v["paths"].get(path).is_some(), "{e} in {v}");
+    assert_eq!(t.summary()["counters"]["majors_untimed"], 0);
+    Some((t, major))
+}
+
+/// A storm of minor faults on one mapping: counting at the entry, only the
+/// entries near the end of each CPU's sample period read the clock, and the
+/// sampled completions still find theirs timed; elsewhere every fault is.
+#[test]
+fn sampled_minor_faults_find_their_entry_timed() {
+    let faults = 1u64 << 16;
+    let t = trace_workload("anon-write", faults as usize, &[]);
+    let v = t.vma(t.workload_pid());
+    assert_eq!(v["faults"], faults, "{v}");
+    let samples = v["latency_ns"]["samples"].as_u64().unwrap();
+    let period = t.latency_sample_period();
+    let untimed = t.summary()["counters"]["samples_untimed"].as_u64().unwrap();
+    println!("{samples} of {faults} faults timed (period {period}), {untimed} samples untimed");
+    if period == 1 {
+        assert_eq!(samples, faults, "{v}");
+        return;
     }
+    // One in `period` per CPU, give or take the other processes' faults.
+    assert!(samples >= faults / period / 2, "{v}");
+    assert!(samples <= faults / period * 2, "{v}");
+    assert!(
+        untimed * 50 <= samples,
+        "{untimed} of {samples} samples untimed"
+    );
 }
 
 #[test]

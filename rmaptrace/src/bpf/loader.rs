@@ -26,6 +26,8 @@ pub struct LoadOptions {
     pub match_comms: bool,
     /// Add processes that exec or fork inside a `--cgroup` subtree.
     pub match_cgroups: bool,
+    /// Swap is on: anonymous memory can fault major.
+    pub anon_swaps: bool,
     pub ring_bytes: u32,
     /// Frames of each fault's user stack to record (`--stacks`); None: none.
     pub stack_depth: Option<u32>,
@@ -419,7 +421,8 @@ impl Probes {
             match_comms: opts.match_comms as u8,
             stacks: opts.stack_depth.is_some() as u8,
             match_cgroups: opts.match_cgroups as u8,
-            _pad: [0; 3],
+            anon_swaps: opts.anon_swaps as u8,
+            _pad: [0; 2],
             self_tgid: std::process::id(),
         };
         let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;

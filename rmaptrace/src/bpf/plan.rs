@@ -336,11 +336,7 @@ pub const TRACEPOINT_COUNTING_AT_ENTRY: &[HookPoint] = &[
     },
 ];
 
-/// One minor completion in this many, per CPU, is timed when counting at the
-/// entry: the perf event's cost is paid by the sampled ones only (about 220 ns
-/// each), and 1 in 16 still fills a latency histogram within seconds of a
-/// fault storm.
-pub const MINOR_LATENCY_SAMPLE_PERIOD: u64 = 16;
+pub use rmaptrace_common::MINOR_LATENCY_SAMPLE_PERIOD;
 
 /// The sample period of a perf event program: every event, but for the
 /// sampled minor completions.
@@ -569,7 +565,7 @@ impl Plan {
             }
             if self.latency_sample_period > 1 {
                 l.push(format!(
-                    "minor-fault latency is sampled: one minor completion in {} per CPU is timed (latency_ns.samples says how many), major faults every one",
+                    "minor-fault latency is sampled: one minor completion in {} per CPU is timed (latency_ns.samples says how many), major faults every one, but those of anonymous memory when swap was turned on after the start (counters.majors_untimed)",
                     self.latency_sample_period
                 ));
             }

@@ -437,6 +437,10 @@ pub struct Counters {
     /// Counting at the entry: faults counted there that the kernel then did
     /// not count (they failed), taken back.
     pub faults_taken_back: u64,
+    /// Counting at the entry: sampled minor completions, and major ones,
+    /// whose entry was not timed. They count all the same, without latency.
+    pub samples_untimed: u64,
+    pub majors_untimed: u64,
 }
 
 impl Counters {
@@ -465,6 +469,8 @@ impl Counters {
             stacks_lost: at(counter::STACK_LOST),
             stack_rows_full: at(counter::STACK_ROWS_FULL),
             faults_taken_back: at(counter::FAULT_TAKEN_BACK),
+            samples_untimed: at(counter::SAMPLE_UNTIMED),
+            majors_untimed: at(counter::MAJOR_UNTIMED),
         }
     }
 
