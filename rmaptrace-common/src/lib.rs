@@ -370,7 +370,11 @@ pub mod counter {
     /// start): no latency from them.
     pub const SAMPLE_UNTIMED: u32 = 22;
     pub const MAJOR_UNTIMED: u32 = 23;
-    pub const COUNT: u32 = 24;
+    /// Counting at the entry: confirmed faults whose entry could not find
+    /// their VMA, placed in it since, at their completion or their thread's
+    /// next fault, where that was certain.
+    pub const PLACED_LATE: u32 = 24;
+    pub const COUNT: u32 = 25;
 }
 
 /// Values of the `TRACED` map.
@@ -752,7 +756,12 @@ pub struct ThreadFault {
     /// 1: counted in `pend_key`'s row at its entry; 0: its VMA was not found
     /// there, it is counted (as placed later by address) only once confirmed.
     pub pend_counted: u8,
-    pub _pad2: [u8; 7],
+    /// 1: the entry found the VMA at the address write-locked, by the write
+    /// window whose sequence is `pend_locked_seq`: the fault is handled after
+    /// that window ends.
+    pub pend_locked: u8,
+    pub _pad2: [u8; 2],
+    pub pend_locked_seq: u32,
 }
 
 /// What a thread's cached VMA's `anon_vma` is known to be (`ThreadFault`).
@@ -863,6 +872,8 @@ pub struct KernelOffsets {
     /// `mmap_lock:mmap_lock_{acquire_returned,released}` record fields.
     pub mmap_lock_mm: u32,
     pub mmap_lock_write: u32,
+    /// `mmap_lock:mmap_lock_acquire_returned`'s `success`.
+    pub mmap_lock_success: u32,
     /// `raw_syscalls:sys_enter` (id, args) and `sys_exit` (id, ret) record fields.
     pub raw_enter_id: u32,
     pub raw_enter_args: u32,

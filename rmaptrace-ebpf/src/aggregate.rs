@@ -44,7 +44,12 @@ pub struct Completed {
     /// has none (a write to a private mapping), which the kernel does only
     /// after the entry.
     pub makes_anon: u8,
-    pub _pad: [u8; 4],
+    /// The lockless walk found the VMA at the address write-locked by the
+    /// window of sequence `locked_seq` (`vma::Walk::Locked`).
+    pub locked: u8,
+    pub _pad: [u8; 3],
+    pub locked_seq: u32,
+    pub _pad2: u32,
     pub now: u64,
     pub addr: u64,
     pub ip: u64,
@@ -81,6 +86,7 @@ impl Completed {
         self.cache_hit = 0;
         self.untimed = 0;
         self.makes_anon = 0;
+        self.locked = 0;
         self.now = now;
         self.addr = addr;
         self.ip = 0;
@@ -349,6 +355,19 @@ pub fn count_minor_in_row(key: &FaultKey, now: u64) -> bool {
     stats.minor += 1;
     stats.last_ns = now;
     true
+}
+
+/// Counts a confirmed fault whose VMA its entry did not find but was found
+/// since (counting at the entry), in the row `key` names.
+#[inline(always)]
+pub fn count_placed_late(key: &FaultKey, major: bool, now: u64, latency: Option<u64>) {
+    match add_to_aggregate(key, major, now, latency, 0) {
+        Added::Full => count_overflow(key.tgid, major),
+        Added::NewRow if key.flags & key_flags::ANON_VMA != 0 => {
+            crate::anon_vma::seen_at_fault(key.life, now)
+        }
+        _ => {}
+    }
 }
 
 /// Counts a confirmed fault whose VMA its entry did not find (counting at the

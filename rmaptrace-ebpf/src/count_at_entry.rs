@@ -26,9 +26,9 @@
 use aya_ebpf::{
     bindings::pt_regs,
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{btf_tracepoint, map, perf_event},
+    macros::{btf_tracepoint, map, perf_event, tracepoint},
     maps::PerCpuArray,
-    programs::{BtfTracePointContext, PerfEventContext},
+    programs::{BtfTracePointContext, PerfEventContext, TracePointContext},
 };
 use rmaptrace_common::{
     access, anon_state, counter, fault_outcome, key_flags, path_id, vm_flags, vma_status, FaultKey,
@@ -39,7 +39,8 @@ use crate::{
     aggregate::{self, Completed, Outcome},
     fault_tp::{entry_of, lookup, Entry},
     maps::{
-        bump, config, current_mm_seq, kernel_read, known_untraced, off, traced_current, THREADS,
+        bump, config, current_mm_seq, kernel_read, kernel_read_flat, known_untraced, off,
+        traced_current, THREADS,
     },
     task, vma,
 };
@@ -124,6 +125,15 @@ pub fn fault_entry_count_kernel(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// `mmap_lock:mmap_lock_acquire_returned`: a fault whose entry found the
+/// VMA at its address being changed falls back to mmap_lock once the per-VMA
+/// lock fails, and is handled under it, on the tree as it is now.
+#[tracepoint]
+pub fn fault_place_under_lock(ctx: TracePointContext) -> u32 {
+    on_read_lock(&ctx);
+    0
+}
+
 #[perf_event]
 pub fn fault_major_settle(ctx: PerfEventContext) -> u32 {
     on_completion(&ctx, true);
@@ -146,12 +156,14 @@ fn followed(tid: u32, tgid: u32) -> Option<*mut ThreadAcct> {
 
 /// Settles the thread's previous fault, given its counters now (at its next
 /// entry or at its exit): the only other thing that moves them between two
-/// exceptions of a thread is get_user_pages, inside a syscall.
+/// exceptions of a thread is get_user_pages, inside a syscall. With `PLACE`,
+/// a fault its entry could not place is placed now where that is certain
+/// (`place_late`).
 ///
 /// # Safety
 /// `s` is this thread's `ThreadFault`, not otherwise referenced meanwhile.
 #[inline(always)]
-pub unsafe fn settle_previous(s: *mut ThreadFault, tid: u32, faults_now: u64) {
+pub unsafe fn settle_previous<const PLACE: bool>(s: *mut ThreadFault, tid: u32, faults_now: u64) {
     if (*s).pend_ts == 0 {
         return;
     }
@@ -170,8 +182,122 @@ pub unsafe fn settle_previous(s: *mut ThreadFault, tid: u32, faults_now: u64) {
     } else if counted_by_kernel {
         // SAFETY: a helper without arguments.
         let now = unsafe { bpf_ktime_get_ns() };
-        aggregate::count_unplaced(&(*s).pend_key, tid, now, (*s).pend_addr, false, None);
+        if !(PLACE && place_late(s, now, false, None, false)) {
+            aggregate::count_unplaced(&(*s).pend_key, tid, now, (*s).pend_addr, false, None);
+        }
     }
+}
+
+/// A read acquire of mmap_lock by a thread whose latest fault, not yet placed
+/// nor accounted by the kernel (min_flt + maj_flt as at its entry), is in
+/// progress: the fault handler's own, which finds the VMA in the tree as it
+/// is now and holds it until the fault completes. The fault is counted there
+/// now, as at an entry (taken back if the kernel does not count it). A
+/// thread that takes mmap_lock again after its fault failed (in a signal
+/// handler's syscalls) places it too, and the settling takes it back.
+#[inline(always)]
+fn on_read_lock(ctx: &TracePointContext) {
+    // SAFETY: offsets of this tracepoint's record, from its tracefs format.
+    let (write, success, mm) = unsafe {
+        (
+            ctx.read_at::<u8>(off!(mmap_lock_write) as usize)
+                .unwrap_or(1),
+            ctx.read_at::<u8>(off!(mmap_lock_success) as usize)
+                .unwrap_or(0),
+            ctx.read_at::<u64>(off!(mmap_lock_mm) as usize).unwrap_or(0),
+        )
+    };
+    if write != 0 || success == 0 {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if known_untraced(tgid) {
+        return;
+    }
+    let Some(t) = followed(tid, tgid) else {
+        return;
+    };
+    let (min_flt, maj_flt) = task::current_faults();
+    // SAFETY: `t` is this thread's map value, reached through this one
+    // pointer; no reference to it is held.
+    unsafe {
+        let s = &raw mut (*t).fault;
+        if (*s).pend_ts == 0 || (*s).pend_counted != 0 || (*s).pend_faults != min_flt + maj_flt {
+            return;
+        }
+        // Another process's mmap_lock (reading its /proc maps): not the fault's.
+        if current_mm_seq().0 != mm {
+            return;
+        }
+        // SAFETY: a helper without arguments.
+        let now = bpf_ktime_get_ns();
+        if let Some(key) = place(s, mm, now) {
+            aggregate::count_placed_late(&key, false, now, None);
+            (*s).pend_key = key;
+            (*s).pend_counted = 1;
+            (*t).last_min = min_flt + 1;
+            bump(counter::PLACED_LATE);
+        }
+    }
+}
+
+/// The row of the thread's latest fault in the VMA now at its address in
+/// `mm`'s tree, its lifetime started if new; None where no VMA is there.
+///
+/// # Safety
+/// `s` is this thread's `ThreadFault`, not otherwise referenced meanwhile.
+#[inline(always)]
+unsafe fn place(s: *mut ThreadFault, mm: u64, now: u64) -> Option<FaultKey> {
+    let v = aggregate::looked_up_slot()?;
+    // SAFETY: this CPU's looked-up VMA, unused by any fault entering now
+    // until its own lookup, after this.
+    let v = unsafe { &mut *v };
+    if vma::lookup_lockless::<true>(mm, (*s).pend_addr, v) != vma::Walk::Found {
+        return None;
+    }
+    let unplaced = (*s).pend_key;
+    let life = crate::life::life_of(v, unplaced.tgid, now);
+    if life == 0 {
+        return None;
+    }
+    let anon: u64 = kernel_read_flat(v.vma, off!(vma_anon_vma));
+    Some(FaultKey {
+        vma_status: vma_status::FOUND,
+        flags: if anon != 0 { key_flags::ANON_VMA } else { 0 },
+        life,
+        ..unplaced
+    })
+}
+
+/// Counts a confirmed fault that its entry could not place in the VMA now at
+/// its address, where that is surely the VMA that served it: at its
+/// completion (`completed`: the fault holds that VMA's lock), or later where
+/// the only write window ended since its entry is the one that had the VMA
+/// there write-locked at the entry (the fault waited for it to end, and the
+/// tree has not changed since). False where it is not certain: it is then
+/// placed by address in userspace, or stays unknown.
+///
+/// # Safety
+/// `s` is this thread's `ThreadFault`, not otherwise referenced meanwhile.
+#[inline(always)]
+unsafe fn place_late(
+    s: *mut ThreadFault,
+    now: u64,
+    major: bool,
+    latency: Option<u64>,
+    completed: bool,
+) -> bool {
+    let (mm, seq) = current_mm_seq();
+    if !completed && ((*s).pend_locked == 0 || seq != (*s).pend_locked_seq.wrapping_add(1)) {
+        return false;
+    }
+    let Some(key) = place(s, mm, now) else {
+        return false;
+    };
+    aggregate::count_placed_late(&key, major, now, latency);
+    bump(counter::PLACED_LATE);
+    true
 }
 
 #[inline(always)]
@@ -210,7 +336,7 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
     // through it (or through `s`, a pointer into it), no reference is held.
     let s = unsafe { &raw mut (*t).fault };
     // SAFETY: as above.
-    unsafe { settle_previous(s, tid, min_flt + maj_flt) };
+    unsafe { settle_previous::<true>(s, tid, min_flt + maj_flt) };
 
     // Whether the thread's cached VMA holds the address and is still the
     // kernel's; one that holds it but changed is dropped.
@@ -323,10 +449,17 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
         return;
     };
     // SAFETY: this CPU's slot, read after `record` let go of it.
-    let key = unsafe { (*c).key };
+    let (key, locked) = unsafe { ((*c).key, ((*c).locked != 0).then_some((*c).locked_seq)) };
     // `record` can have found no lifetime for it (a full table): still counted.
     // SAFETY: `t` as above.
     unsafe { pend(t, key, placed as u8, address, (min_flt, maj_flt), now) };
+    if !placed {
+        // SAFETY: `s` as above.
+        unsafe {
+            (*s).pend_locked = locked.is_some() as u8;
+            (*s).pend_locked_seq = locked.unwrap_or(0);
+        }
+    }
 }
 
 /// The instruction that faulted, for its record.
@@ -358,6 +491,7 @@ unsafe fn pend(
     (*s).pend_addr = address;
     (*s).pend_faults = min_flt + maj_flt;
     (*s).pend_ts = pend_ts;
+    (*s).pend_locked = 0;
     // What the kernel will have counted once this fault completes as a
     // minor one, as rmaptrace has: settled with the fault.
     (*t).last_min = min_flt + counted as u64;
@@ -451,7 +585,7 @@ fn on_completion(ctx: &PerfEventContext, major: bool) {
             } else if let Some(latency) = latency {
                 aggregate::settle(&(*s).pend_key, Outcome::MinorSampled(latency));
             }
-        } else {
+        } else if !place_late(s, now, major, latency, true) {
             aggregate::count_unplaced(&(*s).pend_key, tid, now, addr, major, latency);
         }
         // An untimed minor one stands as its record says.

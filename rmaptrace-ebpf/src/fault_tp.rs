@@ -313,6 +313,7 @@ fn on_completion<const LOCK_SEQ: bool>(ctx: &PerfEventContext, major: bool) {
         write_volatile(&raw mut c.cache_hit, 0);
         write_volatile(&raw mut c.untimed, 0);
         write_volatile(&raw mut c.makes_anon, 0);
+        write_volatile(&raw mut c.locked, 0);
     }
     c.tid = tid;
     c.major = major as u8;
@@ -433,6 +434,10 @@ pub fn lookup<const LOCK_SEQ: bool>(c: &mut Completed) -> bool {
     if walk == vma::Walk::Unstable && c.lookup_walks == 0 {
         c.lookup_walks = 1;
         return true;
+    }
+    if walk == vma::Walk::Locked {
+        c.locked = 1;
+        c.locked_seq = info.lock_seq;
     }
     let status = if walk == vma::Walk::Found {
         vma_status::FOUND

@@ -65,6 +65,7 @@ pub(crate) static OFFSETS: KernelOffsets = KernelOffsets {
     syscall_ret: 0,
     mmap_lock_mm: 0,
     mmap_lock_write: 0,
+    mmap_lock_success: 0,
     raw_enter_id: 0,
     raw_enter_args: 0,
     raw_exit_id: 0,

@@ -239,7 +239,12 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> i32 {
             // SAFETY: this thread's map value, reached through this one
             // pointer until it is removed below.
             unsafe {
-                crate::count_at_entry::settle_previous(&raw mut (*t).fault, tid, min_flt + maj_flt)
+                // Its mm is gone: a fault its entry could not place stays so.
+                crate::count_at_entry::settle_previous::<false>(
+                    &raw mut (*t).fault,
+                    tid,
+                    min_flt + maj_flt,
+                )
             };
         }
     }

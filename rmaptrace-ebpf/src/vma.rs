@@ -194,10 +194,12 @@ fn walk<const LOCK_SEQ: bool, const NEXT: bool>(mm: u64, addr: u64, info: &mut V
     if seq_after != seq {
         return Walk::Unstable;
     }
-    if ours && info.lock_seq != seq {
+    if !ours {
+        Walk::Missed
+    } else if info.lock_seq != seq {
         Walk::Found
     } else {
-        Walk::Missed
+        Walk::Locked
     }
 }
 
@@ -208,6 +210,10 @@ pub enum Walk {
     Found,
     /// None that can be trusted: the lookup falls back to bpf_find_vma.
     Missed,
+    /// The VMA there is write-locked by the window in progress (its
+    /// `lock_seq`, in the info filled, is that window's): it is being changed,
+    /// and a fault there waits for the window to end.
+    Locked,
     /// A write window began or ended during the walk, which voids it; a walk
     /// made again soon after usually sees none.
     Unstable,

@@ -321,6 +321,22 @@ fn mbind_split_gives_the_kernels_two_vmas() {
     split("mbind-split");
 }
 
+/// The same race without `--events`: counting at the entry, a fault whose
+/// entry found its VMA being replaced is placed once it holds mmap_lock (or
+/// once the window it waited for ended), so next to none stays unknown.
+#[test]
+fn faults_racing_map_fixed_replacement_are_placed_once_handled() {
+    let t = trace_workload("populate-race", 16, &[]);
+    let pid = t.workload_pid();
+    let p = t.process(pid);
+    let c = &t.summary()["counters"];
+    println!(
+        "{} faults, {} unknown, {} placed after their entry, {} lookups busy",
+        p["faults"]["total"], p["by_kind"]["unknown"], c["placed_late"], c["vma_lookups_busy"]
+    );
+    assert_few_unknown(&t, p);
+}
+
 #[test]
 fn faults_during_map_fixed_replacement_land_in_the_live_mapping() {
     const N: u64 = 16;

@@ -96,6 +96,17 @@ fn mmap_lock_offsets(o: &mut KernelOffsets) -> Result<()> {
     Ok(())
 }
 
+/// The offset of `success` in `mmap_lock_acquire_returned` records, after
+/// `mmap_lock_offsets`.
+fn mmap_lock_acquire_offsets(o: &mut KernelOffsets, common: &Result<()>) -> Result<()> {
+    if let Err(e) = common {
+        bail!("{e:#}");
+    }
+    o.mmap_lock_success =
+        tracefs::tracepoint_field_offset("mmap_lock", "mmap_lock_acquire_returned", "success")?;
+    Ok(())
+}
+
 /// Test hook: programs listed in RMAPTRACE_DISABLE_PROGRAMS are left unattached, so
 /// the integration tests can show that counts really come from the probes.
 fn disabled_programs() -> Vec<String> {
@@ -415,6 +426,7 @@ impl Probes {
         let syscalls_ok = syscall_offsets(&mut offsets);
         let raw_ok = raw_syscall_offsets(&mut offsets);
         let mmap_lock_ok = mmap_lock_offsets(&mut offsets);
+        let mmap_lock_acquire_ok = mmap_lock_acquire_offsets(&mut offsets, &mmap_lock_ok);
         let config = Config {
             trace_all: opts.trace_all as u8,
             fault_events: opts.fault_events as u8,
@@ -504,6 +516,19 @@ impl Probes {
         });
         if counting.is_none() && at_entry.is_ok() {
             for point in TRACEPOINT_COUNTING_AT_ENTRY {
+                if let (Mechanism::Tracepoint, Err(e)) = (point.mechanism, &mmap_lock_acquire_ok) {
+                    rows.push(PlanRow {
+                        point: point.hook.to_string(),
+                        purpose: point.purpose,
+                        chosen: None,
+                        programs: vec![point.program],
+                        rejected: vec![Rejection {
+                            mechanism: point.mechanism,
+                            reason: short_reason(&anyhow!("{e:#}")),
+                        }],
+                    });
+                    continue;
+                }
                 rows.push(a.hook_row(point)?);
             }
         } else if counting.is_none() {

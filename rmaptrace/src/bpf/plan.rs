@@ -334,6 +334,13 @@ pub const TRACEPOINT_COUNTING_AT_ENTRY: &[HookPoint] = &[
         required: false,
         purpose: "fault completion, minor, sampled: latency",
     },
+    HookPoint {
+        program: "fault_place_under_lock",
+        mechanism: Mechanism::Tracepoint,
+        hook: "mmap_lock/mmap_lock_acquire_returned",
+        required: false,
+        purpose: "a fault whose VMA its entry found being changed: placed once it holds mmap_lock",
+    },
 ];
 
 pub use rmaptrace_common::MINOR_LATENCY_SAMPLE_PERIOD;

@@ -209,6 +209,7 @@ impl KernelBtf {
                 .unwrap_or(0),
             mmap_lock_mm: 0,
             mmap_lock_write: 0,
+            mmap_lock_success: 0,
             raw_enter_id: 0,
             raw_enter_args: 0,
             raw_exit_id: 0,

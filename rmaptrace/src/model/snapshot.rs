@@ -441,6 +441,9 @@ pub struct Counters {
     /// whose entry was not timed. They count all the same, without latency.
     pub samples_untimed: u64,
     pub majors_untimed: u64,
+    /// Counting at the entry: faults whose entry could not find their VMA,
+    /// placed in it since (at their completion or their thread's next fault).
+    pub placed_late: u64,
 }
 
 impl Counters {
@@ -471,6 +474,7 @@ impl Counters {
             faults_taken_back: at(counter::FAULT_TAKEN_BACK),
             samples_untimed: at(counter::SAMPLE_UNTIMED),
             majors_untimed: at(counter::MAJOR_UNTIMED),
+            placed_late: at(counter::PLACED_LATE),
         }
     }
 
