@@ -374,7 +374,11 @@ pub mod counter {
     /// their VMA, placed in it since, at their completion or their thread's
     /// next fault, where that was certain.
     pub const PLACED_LATE: u32 = 24;
-    pub const COUNT: u32 = 25;
+    /// Counting at the entry: faults counted at their entry in a VMA that was
+    /// replaced before the kernel handled them, moved to the one that served
+    /// them (seen as the fault took mmap_lock).
+    pub const MOVED_LATE: u32 = 25;
+    pub const COUNT: u32 = 26;
 }
 
 /// Values of the `TRACED` map.

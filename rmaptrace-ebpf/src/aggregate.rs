@@ -309,6 +309,8 @@ fn add_latency(stats: &mut FaultStats, latency: u64) {
 pub enum Outcome {
     /// The kernel did not count it: its minor count is taken back.
     Failed,
+    /// It belongs to another row: its minor count leaves this one.
+    Moved,
     /// Its major completion: moved from minor to major, with its latency
     /// where its entry was timed.
     Major(Option<u64>),
@@ -332,6 +334,7 @@ pub fn settle(key: &FaultKey, outcome: Outcome) {
             stats.minor = stats.minor.wrapping_sub(1);
             bump(counter::FAULT_TAKEN_BACK);
         }
+        Outcome::Moved => stats.minor = stats.minor.wrapping_sub(1),
         Outcome::Major(latency) => {
             stats.minor = stats.minor.wrapping_sub(1);
             stats.major += 1;

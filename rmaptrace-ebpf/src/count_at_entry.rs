@@ -188,13 +188,15 @@ pub unsafe fn settle_previous<const PLACE: bool>(s: *mut ThreadFault, tid: u32, 
     }
 }
 
-/// A read acquire of mmap_lock by a thread whose latest fault, not yet placed
-/// nor accounted by the kernel (min_flt + maj_flt as at its entry), is in
-/// progress: the fault handler's own, which finds the VMA in the tree as it
-/// is now and holds it until the fault completes. The fault is counted there
-/// now, as at an entry (taken back if the kernel does not count it). A
-/// thread that takes mmap_lock again after its fault failed (in a signal
-/// handler's syscalls) places it too, and the settling takes it back.
+/// A read acquire of mmap_lock by a thread whose latest fault, not yet
+/// accounted by the kernel (min_flt + maj_flt as at its entry), is in
+/// progress: the fault handler's own, after its per-VMA lock failed (the VMA
+/// was being changed), which finds the VMA in the tree as it is now and holds
+/// it until the fault completes. A fault its entry could not place is counted
+/// there now, as at an entry (taken back if the kernel does not count it); one
+/// its entry counted in a VMA since replaced moves there. A thread that takes
+/// mmap_lock again after its fault failed (in a signal handler's syscalls)
+/// places it too, and the settling takes it back from where it went.
 #[inline(always)]
 fn on_read_lock(ctx: &TracePointContext) {
     // SAFETY: offsets of this tracepoint's record, from its tracefs format.
@@ -223,7 +225,7 @@ fn on_read_lock(ctx: &TracePointContext) {
     // pointer; no reference to it is held.
     unsafe {
         let s = &raw mut (*t).fault;
-        if (*s).pend_ts == 0 || (*s).pend_counted != 0 || (*s).pend_faults != min_flt + maj_flt {
+        if (*s).pend_ts == 0 || (*s).pend_faults != min_flt + maj_flt {
             return;
         }
         // Another process's mmap_lock (reading its /proc maps): not the fault's.
@@ -232,13 +234,22 @@ fn on_read_lock(ctx: &TracePointContext) {
         }
         // SAFETY: a helper without arguments.
         let now = bpf_ktime_get_ns();
-        if let Some(key) = place(s, mm, now) {
-            aggregate::count_placed_late(&key, false, now, None);
-            (*s).pend_key = key;
-            (*s).pend_counted = 1;
-            (*t).last_min = min_flt + 1;
+        let Some(key) = place(s, mm, now) else {
+            return;
+        };
+        if (*s).pend_counted != 0 {
+            if key.life == (*s).pend_key.life {
+                return;
+            }
+            aggregate::settle(&(*s).pend_key, Outcome::Moved);
+            bump(counter::MOVED_LATE);
+        } else {
             bump(counter::PLACED_LATE);
         }
+        aggregate::count_placed_late(&key, false, now, None);
+        (*s).pend_key = key;
+        (*s).pend_counted = 1;
+        (*t).last_min = min_flt + 1;
     }
 }
 
@@ -262,9 +273,17 @@ unsafe fn place(s: *mut ThreadFault, mm: u64, now: u64) -> Option<FaultKey> {
         return None;
     }
     let anon: u64 = kernel_read_flat(v.vma, off!(vma_anon_vma));
+    // A fault still in progress makes it as at its entry (see there).
+    let write = unplaced.access & access::WRITE != 0 && v.vm_flags & vm_flags::VM_WRITE != 0;
+    let makes_anon =
+        v.vm_flags & vm_flags::VM_SHARED == 0 && (write || v.vm_flags & vm_flags::VM_HUGETLB != 0);
     Some(FaultKey {
         vma_status: vma_status::FOUND,
-        flags: if anon != 0 { key_flags::ANON_VMA } else { 0 },
+        flags: if anon != 0 || makes_anon {
+            key_flags::ANON_VMA
+        } else {
+            0
+        },
         life,
         ..unplaced
     })

@@ -444,6 +444,9 @@ pub struct Counters {
     /// Counting at the entry: faults whose entry could not find their VMA,
     /// placed in it since (at their completion or their thread's next fault).
     pub placed_late: u64,
+    /// Counting at the entry: faults counted at their entry in a VMA replaced
+    /// before the kernel handled them, moved to the one that served them.
+    pub moved_late: u64,
 }
 
 impl Counters {
@@ -475,6 +478,7 @@ impl Counters {
             samples_untimed: at(counter::SAMPLE_UNTIMED),
             majors_untimed: at(counter::MAJOR_UNTIMED),
             placed_late: at(counter::PLACED_LATE),
+            moved_late: at(counter::MOVED_LATE),
         }
     }
 
