@@ -436,7 +436,7 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
     } else {
         // A walk that met a writer is made once more (see `lookup`).
         for _ in 0..2 {
-            if !lookup::<true>(c) {
+            if !lookup::<true, true>(c) {
                 break;
             }
         }

@@ -395,7 +395,7 @@ fn lookup_then_count<const LOCK_SEQ: bool>(ctx: &PerfEventContext) {
     if let Some(c) = aggregate::completed_slot() {
         // SAFETY: this CPU's slot (see `completed_slot`), reached through this
         // one reference until the tail call.
-        let again = lookup::<LOCK_SEQ>(unsafe { &mut *c });
+        let again = lookup::<LOCK_SEQ, false>(unsafe { &mut *c });
         // SAFETY: as above.
         unsafe { TAILS.tail_call(ctx, if again { TAIL_LOOKUP } else { TAIL_RECORD }) };
         bump(counter::TAIL_CALL_FAILED);
@@ -405,7 +405,7 @@ fn lookup_then_count<const LOCK_SEQ: bool>(ctx: &PerfEventContext) {
 /// Looks up the VMA of the fault in `c`; true when it must be walked again (by
 /// this program, once more, reached again by tail call).
 #[inline(always)]
-pub fn lookup<const LOCK_SEQ: bool>(c: &mut Completed) -> bool {
+pub fn lookup<const LOCK_SEQ: bool, const AT_ENTRY: bool>(c: &mut Completed) -> bool {
     if c.lookup_walks == 0 {
         bump(counter::VMA_LOOKUP);
     }
@@ -435,7 +435,7 @@ pub fn lookup<const LOCK_SEQ: bool>(c: &mut Completed) -> bool {
         c.lookup_walks = 1;
         return true;
     }
-    if walk == vma::Walk::Locked {
+    if AT_ENTRY && walk == vma::Walk::Locked {
         c.locked = 1;
         c.locked_seq = info.lock_seq;
     }
@@ -466,9 +466,13 @@ pub fn lookup<const LOCK_SEQ: bool>(c: &mut Completed) -> bool {
             (*s).cache_end = info.vm_end;
             (*s).cache_life = 0;
             (*s).cache_writable = (info.vm_flags & vm_flags::VM_WRITE != 0) as u8;
-            (*s).cache_may_major = (info.file != 0
-                || info.vm_flags & (vm_flags::VM_UFFD_MISSING | vm_flags::VM_UFFD_WP) != 0)
-                as u8;
+            if AT_ENTRY {
+                // Branch-free: each branch here multiplies the verifier's
+                // states in the completion's lookup (6.1 gave up at 1M insns).
+                let may =
+                    info.file | info.vm_flags & (vm_flags::VM_UFFD_MISSING | vm_flags::VM_UFFD_WP);
+                (*s).cache_may_major = ((may | may.wrapping_neg()) >> 63) as u8;
+            }
         }
     }
     if let Some(looked_up) = aggregate::looked_up_slot() {

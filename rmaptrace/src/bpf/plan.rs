@@ -543,7 +543,7 @@ const COMPLETION_LIMIT: &str = "a fault whose completion event is throttled by p
 pub const ENTRY_COUNTING_LIMITS: &[&str] = &[
     "faults are counted at their entry, in the row of the VMA found there, and settled once their outcome shows: a major completion moves one to major; one the kernel did not count (SIGSEGV, SIGBUS, an EFAULT fixup: min_flt+maj_flt unmoved at the thread's next fault or exit) is taken back (counters.faults_taken_back); a thread's latest fault stays counted as minor until then, so a live process's totals may hold one unsettled fault per thread",
     "a failed fault followed, before the thread's next fault, by get_user_pages faults in a syscall (MAP_POPULATE, mlock) is taken for a counted one and one of those is not: totals stay the kernel's, that fault's row holds one too many",
-    "a VMA changed by another thread between a fault's entry and its handling (mprotect, munmap, mremap of that very VMA, in that microsecond) leaves the fault in the row of the VMA as it was at its entry",
+    "a VMA another thread changed between a fault's entry and its handling (mprotect, munmap, mremap, MAP_FIXED of that very VMA, in that microsecond): the fault goes to the VMA that served it where it then waited for mmap_lock (counters.placed_late, moved_late), else where the only write window that ended since its entry is the one it waited for; one whose writer was done before the fault took its per-VMA lock stays in the row of the VMA as it was at its entry",
 ];
 
 /// Where freed VMA structs are seen, and what is lost without it.
