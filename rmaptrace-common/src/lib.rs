@@ -370,9 +370,9 @@ pub mod counter {
     /// start): no latency from them.
     pub const SAMPLE_UNTIMED: u32 = 22;
     pub const MAJOR_UNTIMED: u32 = 23;
-    /// Counting at the entry: confirmed faults whose entry could not find
-    /// their VMA, placed in it since, at their completion or their thread's
-    /// next fault, where that was certain.
+    /// Counting at the entry: faults whose entry could not find their VMA,
+    /// placed in it since (as they took mmap_lock, or at their thread's next
+    /// fault) where that was certain.
     pub const PLACED_LATE: u32 = 24;
     /// Counting at the entry: faults counted at their entry in a VMA that was
     /// replaced before the kernel handled them, moved to the one that served

@@ -360,12 +360,12 @@ pub fn count_minor_in_row(key: &FaultKey, now: u64) -> bool {
     true
 }
 
-/// Counts a confirmed fault whose VMA its entry did not find but was found
-/// since (counting at the entry), in the row `key` names.
+/// Counts a minor fault whose VMA its entry did not find but was found since
+/// (counting at the entry), in the row `key` names.
 #[inline(always)]
-pub fn count_placed_late(key: &FaultKey, major: bool, now: u64, latency: Option<u64>) {
-    match add_to_aggregate(key, major, now, latency, 0) {
-        Added::Full => count_overflow(key.tgid, major),
+pub fn count_placed_late(key: &FaultKey, now: u64) {
+    match add_to_aggregate(key, false, now, None, 0) {
+        Added::Full => count_overflow(key.tgid, false),
         Added::NewRow if key.flags & key_flags::ANON_VMA != 0 => {
             crate::anon_vma::seen_at_fault(key.life, now)
         }

@@ -115,13 +115,13 @@ fn minor_sample_taken() {
 
 #[btf_tracepoint(function = "page_fault_user")]
 pub fn fault_entry_count_user(ctx: BtfTracePointContext) -> i32 {
-    on_entry(&ctx, false);
+    on_entry::<false>(&ctx);
     0
 }
 
 #[btf_tracepoint(function = "page_fault_kernel")]
 pub fn fault_entry_count_kernel(ctx: BtfTracePointContext) -> i32 {
-    on_entry(&ctx, true);
+    on_entry::<true>(&ctx);
     0
 }
 
@@ -182,7 +182,7 @@ pub unsafe fn settle_previous<const PLACE: bool>(s: *mut ThreadFault, tid: u32, 
     } else if counted_by_kernel {
         // SAFETY: a helper without arguments.
         let now = unsafe { bpf_ktime_get_ns() };
-        if !(PLACE && place_late(s, now, false, None, false)) {
+        if !(PLACE && place_late(s, now)) {
             aggregate::count_unplaced(&(*s).pend_key, tid, now, (*s).pend_addr, false, None);
         }
     }
@@ -246,7 +246,7 @@ fn on_read_lock(ctx: &TracePointContext) {
         } else {
             bump(counter::PLACED_LATE);
         }
-        aggregate::count_placed_late(&key, false, now, None);
+        aggregate::count_placed_late(&key, now);
         (*s).pend_key = key;
         (*s).pend_counted = 1;
         (*t).last_min = min_flt + 1;
@@ -289,38 +289,33 @@ unsafe fn place(s: *mut ThreadFault, mm: u64, now: u64) -> Option<FaultKey> {
     })
 }
 
-/// Counts a confirmed fault that its entry could not place in the VMA now at
-/// its address, where that is surely the VMA that served it: at its
-/// completion (`completed`: the fault holds that VMA's lock), or later where
-/// the only write window ended since its entry is the one that had the VMA
-/// there write-locked at the entry (the fault waited for it to end, and the
-/// tree has not changed since). False where it is not certain: it is then
-/// placed by address in userspace, or stays unknown.
+/// Counts a confirmed minor fault (its thread's next entry saw it counted)
+/// that its entry could not place, in the VMA now at its address, where that
+/// is surely the VMA that served it: the only write window that ended since
+/// its entry is the one that had the VMA there write-locked at the entry (the
+/// fault waited for it to end, and the tree has not changed since). False
+/// where it is not certain: it is then placed by address in userspace, or
+/// stays unknown.
 ///
 /// # Safety
 /// `s` is this thread's `ThreadFault`, not otherwise referenced meanwhile.
 #[inline(always)]
-unsafe fn place_late(
-    s: *mut ThreadFault,
-    now: u64,
-    major: bool,
-    latency: Option<u64>,
-    completed: bool,
-) -> bool {
+unsafe fn place_late(s: *mut ThreadFault, now: u64) -> bool {
     let (mm, seq) = current_mm_seq();
-    if !completed && ((*s).pend_locked == 0 || seq != (*s).pend_locked_seq.wrapping_add(1)) {
+    if (*s).pend_locked == 0 || seq != (*s).pend_locked_seq.wrapping_add(1) {
         return false;
     }
     let Some(key) = place(s, mm, now) else {
         return false;
     };
-    aggregate::count_placed_late(&key, major, now, latency);
+    aggregate::count_placed_late(&key, now);
     bump(counter::PLACED_LATE);
     true
 }
 
 #[inline(always)]
-fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
+fn on_entry<const KERNEL_MODE: bool>(ctx: &BtfTracePointContext) {
+    let kernel_mode = KERNEL_MODE;
     // Every process's: the sampling perf event counts them all.
     let clock = entry_clock();
     let sample_due = minor_sample_due(clock);
@@ -354,8 +349,17 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
     // SAFETY: `t` is this thread's map value; every access below goes
     // through it (or through `s`, a pointer into it), no reference is held.
     let s = unsafe { &raw mut (*t).fault };
+    // Placing the previous fault takes a tree walk, which doubles the time
+    // the kernel takes to load the program: user-mode entries do it, the rare
+    // kernel-mode ones (copy_to_user) leave it to userspace.
     // SAFETY: as above.
-    unsafe { settle_previous::<true>(s, tid, min_flt + maj_flt) };
+    unsafe {
+        if KERNEL_MODE {
+            settle_previous::<false>(s, tid, min_flt + maj_flt)
+        } else {
+            settle_previous::<true>(s, tid, min_flt + maj_flt)
+        }
+    };
 
     // Whether the thread's cached VMA holds the address and is still the
     // kernel's; one that holds it but changed is dropped.
@@ -604,7 +608,7 @@ fn on_completion(ctx: &PerfEventContext, major: bool) {
             } else if let Some(latency) = latency {
                 aggregate::settle(&(*s).pend_key, Outcome::MinorSampled(latency));
             }
-        } else if !place_late(s, now, major, latency, true) {
+        } else {
             aggregate::count_unplaced(&(*s).pend_key, tid, now, addr, major, latency);
         }
         // An untimed minor one stands as its record says.

@@ -442,7 +442,8 @@ pub struct Counters {
     pub samples_untimed: u64,
     pub majors_untimed: u64,
     /// Counting at the entry: faults whose entry could not find their VMA,
-    /// placed in it since (at their completion or their thread's next fault).
+    /// placed in it since (as they took mmap_lock, or at their thread's next
+    /// fault).
     pub placed_late: u64,
     /// Counting at the entry: faults counted at their entry in a VMA replaced
     /// before the kernel handled them, moved to the one that served them.
