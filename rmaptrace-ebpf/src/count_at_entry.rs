@@ -154,6 +154,18 @@ fn followed(tid: u32, tgid: u32) -> Option<*mut ThreadAcct> {
     (unsafe { (*t).tgid } == tgid).then_some(t)
 }
 
+/// The current thread (tgid, tid) and its THREADS entry, when it is followed
+/// (a process found untraced on this CPU returns at once).
+#[inline(always)]
+fn followed_current() -> Option<(u32, u32, *mut ThreadAcct)> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if known_untraced(tgid) {
+        return None;
+    }
+    Some((tgid, tid, followed(tid, tgid)?))
+}
+
 /// Settles the thread's previous fault, given its counters now (at its next
 /// entry or at its exit): the only other thing that moves them between two
 /// exceptions of a thread is get_user_pages, inside a syscall. With `PLACE`,
@@ -212,12 +224,7 @@ fn on_read_lock(ctx: &TracePointContext) {
     if write != 0 || success == 0 {
         return;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    if known_untraced(tgid) {
-        return;
-    }
-    let Some(t) = followed(tid, tgid) else {
+    let Some((_, _, t)) = followed_current() else {
         return;
     };
     let (min_flt, maj_flt) = task::current_faults();
@@ -570,12 +577,7 @@ fn on_completion(ctx: &PerfEventContext, major: bool) {
     if !major {
         minor_sample_taken();
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
-    if known_untraced(tgid) {
-        return;
-    }
-    let Some(t) = followed(tid, tgid) else {
+    let Some((tgid, tid, t)) = followed_current() else {
         return;
     };
     // SAFETY: the perf event context the kernel passed in.

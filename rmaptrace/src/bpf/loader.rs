@@ -403,6 +403,21 @@ impl Attacher<'_> {
     }
 }
 
+/// The row of a tracepoint program left unattached because its record's
+/// field offsets could not be read (`e` says why).
+fn without_offsets(point: &HookPoint, e: &anyhow::Error) -> PlanRow {
+    PlanRow {
+        point: point.hook.to_string(),
+        purpose: point.purpose,
+        chosen: None,
+        programs: vec![point.program],
+        rejected: vec![Rejection {
+            mechanism: point.mechanism,
+            reason: short_reason(&anyhow!("{e:#}")),
+        }],
+    }
+}
+
 /// Whether a read fault on private anonymous memory maps the zero page
 /// (THP's huge zero page included): a kernel without THP always does.
 fn zero_page_on_read() -> bool {
@@ -517,16 +532,7 @@ impl Probes {
         if counting.is_none() && at_entry.is_ok() {
             for point in TRACEPOINT_COUNTING_AT_ENTRY {
                 if let (Mechanism::Tracepoint, Err(e)) = (point.mechanism, &mmap_lock_acquire_ok) {
-                    rows.push(PlanRow {
-                        point: point.hook.to_string(),
-                        purpose: point.purpose,
-                        chosen: None,
-                        programs: vec![point.program],
-                        rejected: vec![Rejection {
-                            mechanism: point.mechanism,
-                            reason: short_reason(&anyhow!("{e:#}")),
-                        }],
-                    });
+                    rows.push(without_offsets(point, e));
                     continue;
                 }
                 rows.push(a.hook_row(point)?);
@@ -558,16 +564,7 @@ impl Probes {
             };
             if point.mechanism == Mechanism::Tracepoint {
                 if let Err(e) = offsets_ok {
-                    rows.push(PlanRow {
-                        point: point.hook.to_string(),
-                        purpose: point.purpose,
-                        chosen: None,
-                        programs: vec![point.program],
-                        rejected: vec![Rejection {
-                            mechanism: point.mechanism,
-                            reason: short_reason(&anyhow!("{e:#}")),
-                        }],
-                    });
+                    rows.push(without_offsets(point, e));
                     continue;
                 }
             }
