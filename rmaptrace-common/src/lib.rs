@@ -951,7 +951,7 @@ mod tests {
     #[test]
     fn a_fault_record_is_one_cache_line() {
         assert_eq!(core::mem::size_of::<FaultEvent>(), 64);
-        assert_eq!(core::mem::size_of::<FaultOutcome>(), 40);
+        assert_eq!(core::mem::size_of::<FaultOutcome>(), 48);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! | file        | hooks                                              | job |
 //! |-------------|----------------------------------------------------|-----|
 //! | `fault_tp.rs` | `exceptions:page_fault_{user,kernel}` (tp_btf), perf `PAGE_FAULTS_{MIN,MAJ}`, `mmap_lock` writes | the tracepoint backend: fault entry, completion, latency, VMA cache |
-//! | `count_at_entry.rs` | `exceptions:page_fault_{user,kernel}` (tp_btf), perf `PAGE_FAULTS_MAJ`, sampled `PAGE_FAULTS_MIN` | the tracepoint backend's default on 6.4+: counts at the entry, settles at the completion or the thread's next fault |
+//! | `count_at_entry.rs` | `exceptions:page_fault_{user,kernel}` (tp_btf), perf `PAGE_FAULTS_MAJ`, sampled `PAGE_FAULTS_MIN`, `mmap_lock:mmap_lock_acquire_returned` | the tracepoint backend's default on 6.4+: counts at the entry, settles at the completion or the thread's next fault, places a fault whose VMA was being changed once it holds mmap_lock |
 //! | `fault_kfunc.rs` | fentry/fexit or kprobe/kretprobe on `handle_mm_fault`, `__do_fault`, `do_*` | the kernel-function backends: counts, observed paths, handler time |
 //! | `aggregate.rs` | (called by both backends) | per-VMA counts, latency histograms, per-process totals, fault records |
 //! | `vma.rs`    | `bpf_find_vma` callback                            | describe the faulting VMA from BTF offsets |
