@@ -442,21 +442,48 @@ fn submit_flags() -> u64 {
 /// `ev` points at a reserved record, not otherwise referenced until submitted.
 #[inline(always)]
 unsafe fn fill_fault(ev: *mut FaultEvent, c: &Completed, kind: u32) {
+    let times = (c.now, c.latency);
+    fill_record(
+        ev,
+        kind,
+        &c.key,
+        c.tid,
+        times,
+        (c.addr, c.ip),
+        (c.major, c.untimed),
+    );
+}
+
+/// Fills a fault record of `key`'s row, of thread `tid`, at `now` with
+/// `latency`, at `addr` from instruction `ip`, `major`, `pending` its outcome.
+///
+/// # Safety
+/// As `fill_fault`.
+#[inline(always)]
+unsafe fn fill_record(
+    ev: *mut FaultEvent,
+    kind: u32,
+    key: &FaultKey,
+    tid: u32,
+    (now, latency): (u64, u64),
+    (addr, ip): (u64, u64),
+    (major, pending): (u8, u8),
+) {
     (*ev).header.kind = kind;
-    (*ev).header.tgid = c.key.tgid;
-    (*ev).header.tid = c.tid;
+    (*ev).header.tgid = key.tgid;
+    (*ev).header.tid = tid;
     (*ev).header._pad = 0;
-    (*ev).header.ts_ns = c.now;
-    (*ev).addr = c.addr;
-    (*ev).ip = c.ip;
-    (*ev).latency_ns = c.latency;
-    (*ev).access = c.key.access;
-    (*ev).path = c.key.path;
-    (*ev).vma_status = c.key.vma_status;
-    (*ev).major = c.major;
-    (*ev).pending = c.untimed;
+    (*ev).header.ts_ns = now;
+    (*ev).addr = addr;
+    (*ev).ip = ip;
+    (*ev).latency_ns = latency;
+    (*ev).access = key.access;
+    (*ev).path = key.path;
+    (*ev).vma_status = key.vma_status;
+    (*ev).major = major;
+    (*ev).pending = pending;
     (*ev)._pad = [0; 3];
-    (*ev).life = c.key.life;
+    (*ev).life = key.life;
 }
 
 #[inline(always)]
@@ -494,24 +521,18 @@ pub fn send_counted_at_entry(key: &FaultKey, tid: u32, now: u64, addr: u64, ip: 
         bump(counter::EVENTS_LOST);
         return;
     };
-    let ev = entry.as_mut_ptr();
     // SAFETY: the reserved record, ours until it is submitted.
     unsafe {
-        (*ev).header.kind = event_kind::FAULT;
-        (*ev).header.tgid = key.tgid;
-        (*ev).header.tid = tid;
-        (*ev).header._pad = 0;
-        (*ev).header.ts_ns = now;
-        (*ev).addr = addr;
-        (*ev).ip = ip;
-        (*ev).latency_ns = 0;
-        (*ev).access = key.access;
-        (*ev).path = key.path;
-        (*ev).vma_status = key.vma_status;
-        (*ev).major = 0;
-        (*ev).pending = 1;
-        (*ev)._pad = [0; 3];
-        (*ev).life = key.life;
+        let ev = entry.as_mut_ptr();
+        fill_record(
+            ev,
+            event_kind::FAULT,
+            key,
+            tid,
+            (now, 0),
+            (addr, ip),
+            (0, 1),
+        );
     }
     entry.submit(submit_flags());
 }

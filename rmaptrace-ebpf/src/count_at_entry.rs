@@ -280,13 +280,10 @@ unsafe fn place(s: *mut ThreadFault, mm: u64, now: u64) -> Option<FaultKey> {
         return None;
     }
     let anon: u64 = kernel_read_flat(v.vma, off!(vma_anon_vma));
-    // A fault still in progress makes it as at its entry (see there).
-    let write = unplaced.access & access::WRITE != 0 && v.vm_flags & vm_flags::VM_WRITE != 0;
-    let makes_anon =
-        v.vm_flags & vm_flags::VM_SHARED == 0 && (write || v.vm_flags & vm_flags::VM_HUGETLB != 0);
+    // A fault still in progress makes it as at its entry.
     Some(FaultKey {
         vma_status: vma_status::FOUND,
-        flags: if anon != 0 || makes_anon {
+        flags: if anon != 0 || makes_anon(unplaced.access, v.vm_flags) {
             key_flags::ANON_VMA
         } else {
             0
@@ -294,6 +291,15 @@ unsafe fn place(s: *mut ThreadFault, mm: u64, now: u64) -> Option<FaultKey> {
         life,
         ..unplaced
     })
+}
+
+/// Whether a fault of `access` on a VMA of `vm_flags` makes its anon_vma
+/// where it has none: in a private VMA, a write where writes are allowed, and
+/// any fault of hugetlb memory (no zero page there).
+#[inline(always)]
+fn makes_anon(access: u8, vm_flags: u64) -> bool {
+    let writes = access & access::WRITE != 0 && vm_flags & vm_flags::VM_WRITE != 0;
+    vm_flags & vm_flags::VM_SHARED == 0 && (writes || vm_flags & vm_flags::VM_HUGETLB != 0)
 }
 
 /// Counts a confirmed minor fault (its thread's next entry saw it counted)
@@ -458,13 +464,7 @@ fn on_entry<const KERNEL_MODE: bool>(ctx: &BtfTracePointContext) {
             if let Some(v) = aggregate::looked_up_slot() {
                 // SAFETY: this CPU's looked-up VMA, only read here.
                 let flags = unsafe { (*v).vm_flags };
-                // Private: a write makes the anon_vma where writes are
-                // allowed, and so does any fault of hugetlb memory (no zero
-                // page there).
-                let writes = write && flags & vm_flags::VM_WRITE != 0;
-                c.makes_anon = (flags & vm_flags::VM_SHARED == 0
-                    && (writes || flags & vm_flags::VM_HUGETLB != 0))
-                    as u8;
+                c.makes_anon = makes_anon(acc, flags) as u8;
             }
         }
     }

@@ -969,15 +969,8 @@ impl Trace {
             fault_outcome::TAKEN_BACK => return None,
             fault_outcome::MAJOR => {
                 held.rec.major = true;
-                held.rec.path = path::observed_name(held.path).unwrap_or_else(|| {
-                    path::derive(
-                        held.kind,
-                        held.vm_flags,
-                        held.access,
-                        true,
-                        self.swap_in_use,
-                    )
-                });
+                held.rec.path =
+                    self.record_path(held.path, held.kind, held.vm_flags, held.access, true);
             }
             _ => {}
         }
@@ -993,6 +986,20 @@ impl Trace {
         held.into_iter().map(Record::Fault).collect()
     }
 
+    /// A fault record's kernel path: the one observed (`path_id`), else the
+    /// one derived from its VMA and access.
+    fn record_path(
+        &self,
+        path_id: u8,
+        kind: Kind,
+        vm_flags: u64,
+        access: u8,
+        major: bool,
+    ) -> &'static str {
+        path::observed_name(path_id)
+            .unwrap_or_else(|| path::derive(kind, vm_flags, access, major, self.swap_in_use))
+    }
+
     /// The record of a fault, with the kind and flags of its VMA.
     fn fault_record(
         &mut self,
@@ -1003,9 +1010,7 @@ impl Trace {
         let vma = self.vma_of_event(f, carried);
         let kind = vma.as_ref().map_or(Kind::Unknown, |v| v.kind);
         let vm_flags = vma.as_ref().map_or(0, |v| v.vm_flags);
-        let path = path::observed_name(f.path).unwrap_or_else(|| {
-            path::derive(kind, vm_flags, f.access, f.major != 0, self.swap_in_use)
-        });
+        let path = self.record_path(f.path, kind, vm_flags, f.access, f.major != 0);
         let (vma_start, handler, module) = match vma {
             Some(v) => (found.then_some(v.vm_start), v.handler, v.module),
             None => (None, None, None),
