@@ -476,7 +476,8 @@ pub struct FaultOutcome {
     /// `ts_ns` is when the outcome showed (the completion, the next entry).
     pub header: EventHeader,
     pub addr: u64,
-    /// Entry to completion; 0 for `TAKEN_BACK`.
+    /// Entry to completion; 0 for `TAKEN_BACK`, and for a major fault whose
+    /// entry was not timed.
     pub latency_ns: u64,
     /// [`fault_outcome`].
     pub outcome: u8,

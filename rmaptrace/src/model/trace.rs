@@ -974,7 +974,8 @@ impl Trace {
             }
             _ => {}
         }
-        held.rec.latency_ns = Some(o.latency_ns);
+        // 0: a major fault whose entry was not timed (swap turned on since).
+        held.rec.latency_ns = (o.latency_ns != 0).then_some(o.latency_ns);
         Some(Record::Fault(held.rec))
     }
 

@@ -1060,6 +1060,12 @@ fn faults_recorded_at_their_entry_are_written_once_their_outcome_is_known() {
         written(t.on_event(outcome(8, 0x2008, fault_outcome::MAJOR, 5_000))),
         Some((0x2000, true, Some(5_000)))
     );
+    // A major one whose entry was not timed: no latency, not 0.
+    t.on_event(entry_fault(8, 25, 0x2800));
+    assert_eq!(
+        written(t.on_event(outcome(8, 0x2800, fault_outcome::MAJOR, 0))),
+        Some((0x2800, true, None))
+    );
     // A sampled minor one.
     t.on_event(entry_fault(8, 30, 0x3000));
     assert_eq!(
