@@ -158,6 +158,30 @@ pub const VM_IDENT_FLAGS: u64 = vm_flags::VM_SHARED
     | vm_flags::VM_HUGETLB
     | vm_flags::VM_MIXEDMAP;
 
+/// 1 where `x` is non-zero, else 0, without a branch (the verifier's cost of
+/// a program grows with each branch).
+#[inline(always)]
+pub const fn nonzero(x: u64) -> u64 {
+    (x | x.wrapping_neg()) >> 63
+}
+
+/// Whether a fault in a VMA can be major, so that its entry must be timed:
+/// decided when the VMA is looked up, without a branch.
+///
+/// A file's page can be missing from the page cache (read from disk: major),
+/// and a userfaultfd fault waits for its handler. Shmem's (`swap_backed`: the
+/// addresses of `shmem_fault` and SysV shm's `shm_fault`, 0 where unknown) is
+/// major only when read back from swap, as anonymous memory's is: the caller
+/// times those where swap was on at the start. hugetlbfs behind `shm_fault`
+/// stays a file.
+#[inline(always)]
+pub fn may_fault_major(file: u64, fault_fn: u64, flags: u64, swap_backed: [u64; 2]) -> bool {
+    let other_fn = nonzero(fault_fn ^ swap_backed[0]) & nonzero(fault_fn ^ swap_backed[1]);
+    let shmem = nonzero(fault_fn) & (1 ^ other_fn) & (1 ^ nonzero(flags & vm_flags::VM_HUGETLB));
+    let uffd = nonzero(flags & (vm_flags::VM_UFFD_MISSING | vm_flags::VM_UFFD_WP));
+    (nonzero(file) & (1 ^ shmem)) | uffd != 0
+}
+
 /// A 32-bit identity of a mapping's kind: its ops, file and defining flags. A VMA
 /// struct whose identity changed was freed and reused for another mapping.
 #[inline(always)]
@@ -378,7 +402,10 @@ pub mod counter {
     /// replaced before the kernel handled them, moved to the one that served
     /// them (seen as the fault took mmap_lock).
     pub const MOVED_LATE: u32 = 25;
-    pub const COUNT: u32 = 26;
+    /// Counting at the entry: entries that read the clock (a fault that can
+    /// be major, or may be the sampled minor one, or whose VMA was looked up).
+    pub const ENTRIES_TIMED: u32 = 26;
+    pub const COUNT: u32 = 27;
 }
 
 /// Values of the `TRACED` map.
@@ -733,7 +760,7 @@ pub struct ThreadFault {
     /// The cached VMA has VM_WRITE: a write fault there can succeed.
     pub cache_writable: u8,
     /// Faults in the cached VMA can be major (a file's page read in, a
-    /// userfaultfd retry), so their entry is timed.
+    /// userfaultfd retry; `may_fault_major`), so their entry is timed.
     pub cache_may_major: u8,
     /// Where VMAs carry vm_lock_seq (6.4+): the mm's `mm_lock_seq` when the
     /// cache was filled. Every change to a VMA happens in a write window of
@@ -920,8 +947,8 @@ pub struct Config {
     /// Add processes that exec, or fork, inside a cgroup subtree of the
     /// `CGROUPS` map to `TRACED`.
     pub match_cgroups: u8,
-    /// Swap was on at the start: anonymous memory can fault major (swap-in),
-    /// so counting at the entry times every fault's entry.
+    /// Swap was on at the start: anonymous and shmem memory can fault major
+    /// (swap-in), so counting at the entry times every fault's entry.
     pub anon_swaps: u8,
     pub _pad: [u8; 2],
     /// rmaptrace's own tgid, never traced.
@@ -986,6 +1013,36 @@ mod tests {
         assert_eq!(latency_bucket(80), 1);
         assert_eq!(latency_bucket(128), 4);
         assert_eq!(latency_bucket(u64::MAX), LAT_BUCKETS - 1);
+    }
+
+    #[test]
+    fn only_page_cache_and_userfaultfd_faults_may_be_major() {
+        use vm_flags::*;
+        const SHMEM: u64 = 0xffff_ffff_8150_0000;
+        const SHM: u64 = 0xffff_ffff_8160_0000;
+        const FILEMAP: u64 = 0xffff_ffff_8170_0000;
+        let fns = [SHMEM, SHM];
+        let file = 0xffff_8880_0000_1000;
+        assert!(
+            !may_fault_major(0, 0, VM_READ | VM_WRITE, fns),
+            "private anonymous"
+        );
+        assert!(may_fault_major(file, FILEMAP, VM_READ, fns), "a file");
+        assert!(!may_fault_major(file, SHMEM, VM_SHARED, fns), "shmem");
+        assert!(!may_fault_major(file, SHM, VM_SHARED, fns), "SysV shm");
+        assert!(
+            may_fault_major(file, SHM, VM_SHARED | VM_HUGETLB, fns),
+            "SysV shm on hugetlbfs"
+        );
+        assert!(may_fault_major(0, 0, VM_UFFD_MISSING, fns), "userfaultfd");
+        assert!(
+            may_fault_major(file, SHMEM, VM_UFFD_WP, fns),
+            "userfaultfd on shmem"
+        );
+        // Unknown addresses, or a file without a fault handler: a file.
+        assert!(may_fault_major(file, SHMEM, VM_SHARED, [0, 0]));
+        assert!(may_fault_major(file, 0, VM_SHARED, [0, 0]));
+        assert!(may_fault_major(file, 0, VM_SHARED, fns));
     }
 
     #[test]

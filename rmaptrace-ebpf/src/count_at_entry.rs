@@ -100,6 +100,7 @@ fn entry_time(clock: Option<*mut EntryClock>, timed: bool) -> u64 {
     unsafe {
         if timed {
             (*c).last_ns = bpf_ktime_get_ns();
+            bump(counter::ENTRIES_TIMED);
         }
         (*c).last_ns
     }

@@ -469,9 +469,12 @@ pub fn lookup<const LOCK_SEQ: bool, const AT_ENTRY: bool>(c: &mut Completed) -> 
             if AT_ENTRY {
                 // Branch-free: each branch here multiplies the verifier's
                 // states in the completion's lookup (6.1 gave up at 1M insns).
-                let may =
-                    info.file | info.vm_flags & (vm_flags::VM_UFFD_MISSING | vm_flags::VM_UFFD_WP);
-                (*s).cache_may_major = ((may | may.wrapping_neg()) >> 63) as u8;
+                (*s).cache_may_major = rmaptrace_common::may_fault_major(
+                    info.file,
+                    info.fault_fn,
+                    info.vm_flags,
+                    crate::maps::swap_backed_faults(),
+                ) as u8;
             }
         }
     }

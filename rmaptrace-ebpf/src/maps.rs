@@ -112,6 +112,18 @@ macro_rules! off {
 }
 pub(crate) use off;
 
+/// The addresses of `shmem_fault` and `shm_fault` (0 where unknown): their
+/// faults are major only from swap (`may_fault_major`).
+#[unsafe(no_mangle)]
+static SWAP_BACKED_FAULTS: [u64; 2] = [0; 2];
+
+#[inline(always)]
+pub fn swap_backed_faults() -> [u64; 2] {
+    // SAFETY: a static the loader fills before load; nothing writes it after.
+    // Volatile, as `config`.
+    unsafe { core::ptr::read_volatile(&raw const SWAP_BACKED_FAULTS) }
+}
+
 #[inline(always)]
 pub fn config() -> Config {
     // Volatile so the compiler does not fold the zero initialiser into the code.

@@ -239,6 +239,38 @@ fn sampled_minor_faults_find_their_entry_timed() {
     );
 }
 
+/// Shmem's pages, like anonymous memory's, fault major only when read back
+/// from swap, and a file's whenever its page left the page cache: counting at
+/// the entry, a storm on a shared anonymous mapping reads the clock at the
+/// sampled entries only (where swap is off), one on a shared file at each.
+#[test]
+fn only_faults_that_can_be_major_read_the_clock_at_their_entry() {
+    let pages = 1u64 << 14;
+    let swap_on = std::fs::read_to_string("/proc/swaps").is_ok_and(|s| s.lines().count() > 1);
+    for (scenario, may_be_major) in [("shared-anon", swap_on), ("file-shared-write", true)] {
+        let t = trace_workload(scenario, pages as usize, &[]);
+        // A file's large folios are mapped whole, by fewer faults than pages.
+        let v = t.vma(t.workload_pid());
+        let faults = v["faults"].as_u64().unwrap();
+        if scenario == "shared-anon" {
+            t.check(scenario, pages as usize);
+        }
+        assert!(faults > 0 && t.samples_fit(v, faults), "{v}");
+        let c = &t.summary()["counters"];
+        let timed = c["entries_timed"].as_u64().unwrap();
+        let period = t.latency_sample_period();
+        println!("{scenario}: {timed} entries timed for {faults} faults (period {period}, swap {swap_on})");
+        if t.export[0]["backend"]["counted_at"] != "entry" {
+            assert_eq!(timed, 0, "{c}");
+        } else if may_be_major {
+            assert!(timed >= faults, "{c}");
+        } else {
+            // The samples, and the process's own start (its lookups).
+            assert!(timed <= faults / period * 2 + 2000, "{c}");
+        }
+    }
+}
+
 #[test]
 fn shared_anonymous_is_shmem() {
     check("shared-anon");

@@ -66,6 +66,13 @@ pub struct Probes {
 }
 
 /// Offsets of the syscall tracepoint records, from tracefs.
+/// The fault handlers whose faults are major only from swap (shmem's, and
+/// SysV shm's in front of it), for the entry to skip the clock where swap was
+/// off; 0 (a file's rule: always timed) where kallsyms does not name them.
+fn swap_backed_faults(symbols: &Kallsyms) -> [u64; 2] {
+    ["shmem_fault", "shm_fault"].map(|name| symbols.kernel_function(name).unwrap_or(0))
+}
+
 fn syscall_offsets(o: &mut KernelOffsets) -> Result<()> {
     tracefs::ensure_mounted()?;
     o.syscall_args = tracefs::tracepoint_field_offset("syscalls", "sys_enter_mmap", "addr")?;
@@ -470,6 +477,7 @@ impl Probes {
             .btf(Some(&btf))
             .override_global("OFFSETS", &offsets, true)
             .override_global("CONFIG", &config, true)
+            .override_global("SWAP_BACKED_FAULTS", &swap_backed_faults(symbols), true)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .map_max_entries("FAULTS", fault_rows)
             .map_max_entries("VMAS", vma_rows)

@@ -172,6 +172,16 @@ impl Kallsyms {
             .map(|e| self.symbol(e))
     }
 
+    /// The address of the kernel's (not a module's) function of this name,
+    /// where it is the only one and kallsyms shows addresses.
+    pub fn kernel_function(&self, name: &str) -> Option<u64> {
+        let mut found = self.text.iter().filter(|e| self.symbol(e).name == name);
+        match (found.next(), found.next()) {
+            (Some(e), None) if e.module == NO_MODULE && e.addr != 0 => Some(e.addr),
+            _ => None,
+        }
+    }
+
     /// How many text symbols carry this name (0: absent or inlined everywhere):
     /// kallsyms has duplicates (two `do_fault` in Debian's 6.1, one an IOMMU
     /// driver's), and a kprobe by name must be unique. Asked only while
@@ -210,6 +220,17 @@ ffffffffc0b00000 t do_fault\t[amd_iommu]
         assert_eq!(k.count("do_fault"), 2, "ambiguous: not attachable by name");
         assert_eq!(k.count("not_text"), 0);
         assert!(k.has_addresses());
+    }
+
+    #[test]
+    fn finds_a_kernel_function_only_where_its_name_is_unambiguous() {
+        let k = Kallsyms::parse(SAMPLE);
+        assert_eq!(k.kernel_function("shmem_fault"), Some(0xffffffff815cdc10));
+        assert_eq!(k.kernel_function("do_fault"), None, "two of them");
+        assert_eq!(k.kernel_function("rmapdemo_fault"), None, "a module's");
+        assert_eq!(k.kernel_function("not_text"), None);
+        let hidden = Kallsyms::parse("0000000000000000 T shmem_fault\n");
+        assert_eq!(hidden.kernel_function("shmem_fault"), None);
     }
 
     #[test]

@@ -448,6 +448,9 @@ pub struct Counters {
     /// Counting at the entry: faults counted at their entry in a VMA replaced
     /// before the kernel handled them, moved to the one that served them.
     pub moved_late: u64,
+    /// Counting at the entry: entries that read the clock (those of faults
+    /// that can be major or may be the sampled minor one, and lookups).
+    pub entries_timed: u64,
 }
 
 impl Counters {
@@ -480,6 +483,7 @@ impl Counters {
             majors_untimed: at(counter::MAJOR_UNTIMED),
             placed_late: at(counter::PLACED_LATE),
             moved_late: at(counter::MOVED_LATE),
+            entries_timed: at(counter::ENTRIES_TIMED),
         }
     }
 
