@@ -405,7 +405,14 @@ pub mod counter {
     /// Counting at the entry: entries that read the clock (a fault that can
     /// be major, or may be the sampled minor one, or whose VMA was looked up).
     pub const ENTRIES_TIMED: u32 = 26;
-    pub const COUNT: u32 = 27;
+    /// Counting at the entry: rows that found no free fast slot (the
+    /// `ROW_SLOT` table full, or the CPU's slots used): they count through
+    /// the hash, as exactly, a little slower.
+    pub const FAST_SLOTS_FULL: u32 = 27;
+    /// Counting at the entry: fast slots taken again after userspace freed
+    /// them with their rows.
+    pub const FAST_SLOTS_REUSED: u32 = 28;
+    pub const COUNT: u32 = 29;
 }
 
 /// Values of the `TRACED` map.
@@ -794,7 +801,46 @@ pub struct ThreadFault {
     pub pend_locked: u8,
     pub _pad2: [u8; 2],
     pub pend_locked_seq: u32,
+    /// Counting at the entry: the rows of this thread's cached VMA whose
+    /// minor faults it counts in `ROW_FAST` slots, one per kind of access
+    /// (indexed by its PRESENT and WRITE bits).
+    pub fast: [FastSlot; 4],
 }
+
+/// Rows that count their minor faults at the entry through a slot of a
+/// per-CPU array (`ROW_FAST`) as well as their `FAULTS` value: the slot,
+/// named by the faulting thread's cache, costs a fraction of the hash
+/// lookup. Beyond this many, rows count through the hash only.
+pub const FAST_SLOTS: u32 = 16384;
+
+/// A row's minor faults counted through its fast slot, on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FastCount {
+    pub minor: u64,
+    /// The entry time of the latest, as `FaultStats::last_ns`.
+    pub last_ns: u64,
+}
+
+/// A thread's fast slot for one kind of access to its cached VMA: the row
+/// of that lifetime, access and flags counts in `ROW_FAST[slot - 1]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FastSlot {
+    pub life: u64,
+    /// 0: none yet.
+    pub slot: u32,
+    pub access: u8,
+    pub flags: u8,
+    /// Faults of this row the thread counted through the hash so far: a slot
+    /// is taken once they reach `FAST_SLOT_AFTER`, so that short-lived rows
+    /// (a buffer of a few pages) do not use slots up.
+    pub hashed: u8,
+    pub _pad: u8,
+}
+
+/// See `FastSlot::hashed`.
+pub const FAST_SLOT_AFTER: u8 = 8;
 
 /// What a thread's cached VMA's `anon_vma` is known to be (`ThreadFault`).
 pub mod anon_state {
@@ -953,6 +999,9 @@ pub struct Config {
     pub _pad: [u8; 2],
     /// rmaptrace's own tgid, never traced.
     pub self_tgid: u32,
+    /// Fast slots each CPU numbers (`FAST_SLOTS` over the possible CPUs);
+    /// slots freed by userspace are shared through a queue.
+    pub fast_slots_per_cpu: u32,
 }
 
 #[cfg(feature = "user")]
@@ -970,6 +1019,7 @@ mod pod {
     unsafe impl aya::Pod for ProcStats {}
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for FastCount {}
 }
 
 #[cfg(test)]
@@ -980,6 +1030,19 @@ mod tests {
     fn a_fault_record_is_one_cache_line() {
         assert_eq!(core::mem::size_of::<FaultEvent>(), 64);
         assert_eq!(core::mem::size_of::<FaultOutcome>(), 48);
+    }
+
+    #[test]
+    fn kernel_shared_structs_have_no_hidden_padding() {
+        use core::mem::{align_of, size_of};
+        assert_eq!(size_of::<Config>(), 16);
+        assert_eq!(size_of::<FastSlot>(), 16);
+        assert_eq!(size_of::<ThreadFault>() % align_of::<ThreadFault>(), 0);
+        assert_eq!(
+            core::mem::offset_of!(ThreadFault, fast),
+            core::mem::offset_of!(ThreadFault, pend_locked_seq) + 4,
+            "fast slots right after the last field"
+        );
     }
 
     #[test]

@@ -25,14 +25,15 @@
 //! placed by address in userspace.
 use aya_ebpf::{
     bindings::pt_regs,
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_smp_processor_id, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map, perf_event, tracepoint},
-    maps::PerCpuArray,
+    maps::{HashMap, PerCpuArray, Queue},
     programs::{BtfTracePointContext, PerfEventContext, TracePointContext},
 };
 use rmaptrace_common::{
-    access, anon_state, counter, fault_outcome, key_flags, path_id, vm_flags, vma_status, FaultKey,
-    ThreadAcct, ThreadFault, MINOR_LATENCY_SAMPLE_PERIOD,
+    access, anon_state, counter, fault_outcome, key_flags, path_id, vm_flags, vma_status,
+    FastCount, FastSlot, FaultKey, ThreadAcct, ThreadFault, FAST_SLOTS, FAST_SLOT_AFTER,
+    MINOR_LATENCY_SAMPLE_PERIOD,
 };
 
 use crate::{
@@ -111,6 +112,135 @@ fn minor_sample_taken() {
     if let Some(c) = entry_clock() {
         // SAFETY: this CPU's value, reached through this one pointer.
         unsafe { (*c).phase = 0 };
+    }
+}
+
+/// Minor faults of rows counted through a fast slot (see `FAST_SLOTS`), on
+/// top of their `FAULTS` values; userspace adds the two.
+#[map]
+static ROW_FAST: PerCpuArray<FastCount> = PerCpuArray::with_max_entries(FAST_SLOTS, 0);
+
+/// Each row's fast slot, one per row: threads of a process faulting on one
+/// mapping share it. Userspace deletes an entry with its row, and returns
+/// the slot, zeroed, through `SLOTS_FREE`.
+#[map]
+static ROW_SLOT: HashMap<FaultKey, u32> = HashMap::with_max_entries(FAST_SLOTS, 0);
+
+#[map]
+static SLOTS_FREE: Queue<u32> = Queue::with_max_entries(FAST_SLOTS, 0);
+
+/// Slots this CPU numbered so far, from `cpu * fast_slots_per_cpu` on
+/// (numbered without atomics).
+#[map]
+static SLOTS_NUMBERED: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// The thread's fast slot entry for faults of `key`'s access.
+///
+/// # Safety
+/// `s` is this thread's `ThreadFault`.
+#[inline(always)]
+unsafe fn fast_entry(s: *mut ThreadFault, key: &FaultKey) -> *mut FastSlot {
+    let i = (key.access & (access::PRESENT | access::WRITE)) as usize & 3;
+    &raw mut (*s).fast[i]
+}
+
+#[inline(always)]
+fn fast_entry_is(f: &FastSlot, key: &FaultKey) -> bool {
+    f.life == key.life && f.access == key.access && f.flags == key.flags
+}
+
+/// Counts a minor fault in `key`'s row through the thread's fast slot for
+/// that access, where it has one; false where not.
+///
+/// # Safety
+/// `s` is this thread's `ThreadFault`, not otherwise referenced meanwhile.
+#[inline(always)]
+unsafe fn count_minor_fast(s: *mut ThreadFault, key: &FaultKey, now: u64) -> bool {
+    let f = *fast_entry(s, key);
+    if f.slot == 0 || !fast_entry_is(&f, key) {
+        return false;
+    }
+    let Some(c) = ROW_FAST.get_ptr_mut(f.slot - 1) else {
+        return false;
+    };
+    // SAFETY: this CPU's value of the slot, reached through this one pointer.
+    unsafe {
+        (*c).minor += 1;
+        (*c).last_ns = now;
+    }
+    true
+}
+
+/// Notes a fault just counted in `key`'s row through the hash (the row
+/// exists): the thread's fast slot entry for that access follows the row,
+/// and takes a slot once the thread has counted a few there.
+///
+/// # Safety
+/// `s` is this thread's `ThreadFault`, not otherwise referenced meanwhile.
+#[inline(always)]
+unsafe fn counted_through_hash(s: *mut ThreadFault, key: &FaultKey) {
+    let e = fast_entry(s, key);
+    if !fast_entry_is(&*e, key) {
+        *e = FastSlot {
+            life: key.life,
+            slot: 0,
+            access: key.access,
+            flags: key.flags,
+            hashed: 1,
+            _pad: 0,
+        };
+        return;
+    }
+    (*e).hashed = (*e).hashed.saturating_add(1);
+    if (*e).hashed == FAST_SLOT_AFTER {
+        adopt_fast_slot(e, key);
+    }
+}
+
+/// Gives a thread's fast slot entry `e` the slot of `key`'s row: the row's
+/// own, else a new one.
+///
+/// # Safety
+/// `e` is in this thread's `ThreadFault`, not otherwise referenced meanwhile.
+#[inline(always)]
+unsafe fn adopt_fast_slot(e: *mut FastSlot, key: &FaultKey) {
+    // SAFETY: the value is copied out at once.
+    let slot = match unsafe { ROW_SLOT.get(key) } {
+        Some(&slot) => slot,
+        None => {
+            let Some(slot) = new_fast_slot() else {
+                bump(counter::FAST_SLOTS_FULL);
+                return;
+            };
+            if ROW_SLOT.insert(key, slot, aggregate::BPF_NOEXIST).is_err() {
+                // Another thread's, just now (or the table is full).
+                let _ = SLOTS_FREE.push(slot, 0);
+                return;
+            }
+            slot
+        }
+    };
+    (*e).slot = slot + 1;
+}
+
+/// A zeroed slot: one userspace freed, else the next of this CPU's share.
+#[inline(always)]
+fn new_fast_slot() -> Option<u32> {
+    if let Ok(Some(slot)) = SLOTS_FREE.pop() {
+        bump(counter::FAST_SLOTS_REUSED);
+        return Some(slot);
+    }
+    let share = config().fast_slots_per_cpu;
+    let numbered = SLOTS_NUMBERED.get_ptr_mut(0)?;
+    // SAFETY: a helper without arguments; this CPU's value, reached through
+    // this one pointer.
+    unsafe {
+        let slot = bpf_get_smp_processor_id() * share + *numbered;
+        if *numbered >= share || slot >= FAST_SLOTS {
+            return None;
+        }
+        *numbered += 1;
+        Some(slot)
     }
 }
 
@@ -411,7 +541,12 @@ fn on_entry<const KERNEL_MODE: bool>(ctx: &BtfTracePointContext) {
                 },
                 life: (*s).cache_life,
             };
-            if aggregate::count_minor_in_row(&key, now) {
+            let counted = count_minor_fast(s, &key, now)
+                || (aggregate::count_minor_in_row(&key, now) && {
+                    counted_through_hash(s, &key);
+                    true
+                });
+            if counted {
                 bump(counter::VMA_CACHE_HIT);
                 if events {
                     aggregate::send_counted_at_entry(&key, tid, now, address, ip);

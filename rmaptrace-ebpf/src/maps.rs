@@ -94,6 +94,7 @@ static CONFIG: Config = Config {
     anon_swaps: 0,
     _pad: [0; 2],
     self_tgid: 0,
+    fast_slots_per_cpu: 0,
 };
 
 /// A field of the kernel's offsets and enum values as the loader wrote them:

@@ -423,3 +423,66 @@ fn mapping_churn_in_a_running_process_never_fills_the_tables() {
         assert_eq!(late, 0);
     }
 }
+
+/// Large buffers churned at one address, each written whole, while the
+/// trace runs: a buffer's row counts its faults through a fast slot once it
+/// is hot, and the slots freed with the rows of buffers gone are taken again
+/// by later ones (each CPU here numbers one of its own), zeroed first: every
+/// buffer is a row of its 32 faults, no more, and the process's count is the
+/// kernel's.
+#[test]
+fn fast_slots_freed_with_their_rows_are_taken_again_zeroed() {
+    let cycles = 600u64;
+    let t = rmaptrace_tests::trace_workload_with(
+        "buffer-churn",
+        cycles as usize,
+        &[],
+        // Ended mappings are collected (their rows and slots freed) once an
+        // eighth of the lifetime table's worth ended: a few times here.
+        &[
+            ("RMAPTRACE_FAST_SLOTS_PER_CPU", "1"),
+            ("RMAPTRACE_VMA_ENTRIES", "1024"),
+        ],
+    );
+    let summary = t.summary();
+    let pid = t.workload_pid();
+    let p = t.process(pid);
+    assert_eq!(
+        p["unseen"],
+        rmaptrace_tests::expect::exec_unseen(summary),
+        "faults lost or doubled: {}",
+        p["faults"]
+    );
+    let addr = u64::from_str_radix(
+        t.report["addr"].as_str().unwrap().trim_start_matches("0x"),
+        16,
+    )
+    .unwrap();
+    let buffers: Vec<&Value> = t
+        .export
+        .iter()
+        .filter(|l| l["type"] == "mappings" && l["pid"] == pid)
+        .flat_map(|l| l["vmas"].as_array().unwrap())
+        .chain(p["vmas"].as_array().unwrap())
+        .filter(|v| v["start"] == format!("{addr:#x}") && v["faults"].as_u64() > Some(0))
+        .collect();
+    let faults: u64 = buffers.iter().map(|v| v["faults"].as_u64().unwrap()).sum();
+    let late = p["ended_late"].as_u64().unwrap();
+    assert_eq!(faults + late, 32 * cycles, "{} rows", buffers.len());
+    let blind = summary["limits"].as_array().unwrap().iter().any(|l| {
+        l.as_str()
+            .unwrap()
+            .starts_with("freed VMA structs are not seen")
+    });
+    if !blind {
+        assert_eq!(buffers.len() as u64, cycles);
+        let odd: Vec<&&Value> = buffers.iter().filter(|v| v["faults"] != 32).collect();
+        assert!(odd.is_empty(), "rows of other than 32 faults: {odd:?}");
+    }
+    let c = &summary["counters"];
+    println!("{c}");
+    if t.export[0]["backend"]["counted_at"] == "entry" {
+        assert!(c["fast_slots_full"].as_u64().unwrap() > 0, "{c}");
+        assert!(c["fast_slots_reused"].as_u64().unwrap() > 0, "{c}");
+    }
+}

@@ -414,7 +414,10 @@ pub fn run(faults: u64, reps: usize, sections: &[String]) -> Result<()> {
     sysctl_set("vm.max_map_count", "262144")?;
     let result = (|| {
         if sections.iter().any(|s| s == "faults") {
-            run_all(&bin, faults, reps)?;
+            run_all(&bin, faults, reps, ALL_MODES, "bench.json")?;
+        }
+        if sections.iter().any(|s| s == "versus") {
+            run_all(&bin, faults, reps, VERSUS_MODES, "versus.json")?;
         }
         if sections.iter().any(|s| s == "threads") {
             run_threads(&bin, faults, reps)?;
@@ -510,15 +513,22 @@ fn round_ratios(runs: &[Paired], workload: &str, of: Mode, over: Mode) -> Vec<f6
         .collect()
 }
 
-fn run_all(bin: &Path, faults: u64, reps: usize) -> Result<()> {
+/// Every mode: what each costs, against the one-liner and the default mode.
+const ALL_MODES: &[Mode] = &[
+    Mode::Rmaptrace,
+    Mode::RmaptraceCompletion,
+    Mode::RmaptraceEvents,
+    Mode::RmaptraceStacks,
+    Mode::Bpftrace,
+];
+
+/// The default mode and the one-liner alone: more rounds in the same time,
+/// for the one ratio whose noise is as large as the difference it measures.
+const VERSUS_MODES: &[Mode] = &[Mode::Rmaptrace, Mode::Bpftrace];
+
+fn run_all(bin: &Path, faults: u64, reps: usize, traced: &[Mode], report_name: &str) -> Result<()> {
     let started = Instant::now();
-    let traced = [
-        Mode::Rmaptrace,
-        Mode::RmaptraceCompletion,
-        Mode::RmaptraceEvents,
-        Mode::RmaptraceStacks,
-        Mode::Bpftrace,
-    ];
+    let traced = traced.to_vec();
     let mut runs: Vec<Paired> = Vec::new();
     for rep in 0..reps {
         for workload in WORKLOADS {
@@ -547,7 +557,7 @@ fn run_all(bin: &Path, faults: u64, reps: usize) -> Result<()> {
                 .filter(|p| p.workload == *workload && p.mode == mode)
                 .collect()
         };
-        for mode in traced {
+        for &mode in &traced {
             let ps = of(mode);
             let mut base: Vec<f64> = ps.iter().map(|p| p.baseline).collect();
             let mut over: Vec<f64> = ps.iter().map(|p| p.overhead()).collect();
@@ -598,33 +608,55 @@ fn run_all(bin: &Path, faults: u64, reps: usize) -> Result<()> {
                 "attach_ms": attach, "rounds": ps.len(),
             }));
         }
+        // The ratio of the median overheads: steadier than the median of
+        // per-round ratios, whose denominators come near 0 in noisy rounds.
+        let median_overhead = |mode: Mode| {
+            let mut v: Vec<f64> = of(mode).iter().map(|p| p.overhead()).collect();
+            (!v.is_empty()).then(|| median(&mut v))
+        };
+        if let (Some(rm), Some(bt)) = (
+            median_overhead(Mode::Rmaptrace),
+            median_overhead(Mode::Bpftrace),
+        ) {
+            table.push_str(&format!(
+                "{:<13} default median overhead / one-liner median overhead: {:.2}\n",
+                workload,
+                rm / bt
+            ));
+        }
         let mut entry = round_ratios(&runs, workload, Mode::Rmaptrace, Mode::RmaptraceCompletion);
-        table.push_str(&format!(
-            "{:<13} default overhead / counting-at-completion overhead, per round: {}\n",
-            workload,
-            spread(&mut entry, 2)
-        ));
+        if !entry.is_empty() {
+            table.push_str(&format!(
+                "{:<13} default overhead / counting-at-completion overhead, per round: {}\n",
+                workload,
+                spread(&mut entry, 2)
+            ));
+        }
         let mut events = round_ratios(&runs, workload, Mode::RmaptraceEvents, Mode::Rmaptrace);
-        table.push_str(&format!(
-            "{:<13} --events overhead / default overhead, per round: {}\n",
-            workload,
-            spread(&mut events, 2)
-        ));
+        if !events.is_empty() {
+            table.push_str(&format!(
+                "{:<13} --events overhead / default overhead, per round: {}\n",
+                workload,
+                spread(&mut events, 2)
+            ));
+        }
         let mut stacks = round_ratios(&runs, workload, Mode::RmaptraceStacks, Mode::Rmaptrace);
         let mut frames: Vec<f64> = of(Mode::RmaptraceStacks)
             .iter()
             .filter_map(|p| p.sample.stack_frames)
             .collect();
-        table.push_str(&format!(
-            "{:<13} --stacks overhead / default overhead, per round: {} ({} frames per stack)\n",
-            workload,
-            spread(&mut stacks, 2),
-            spread(&mut frames, 1)
-        ));
+        if !stacks.is_empty() {
+            table.push_str(&format!(
+                "{:<13} --stacks overhead / default overhead, per round: {} ({} frames per stack)\n",
+                workload,
+                spread(&mut stacks, 2),
+                spread(&mut frames, 1)
+            ));
+        }
     }
     // Per program, as bpftop shows it: ns per run over every run of the bench.
     table.push_str("\nBPF programs (ns per run, all runs of bench-anon):\n");
-    for mode in traced {
+    for &mode in &traced {
         let mut per: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
         for p in runs
             .iter()
@@ -658,7 +690,7 @@ fn run_all(bin: &Path, faults: u64, reps: usize) -> Result<()> {
         "peak_rss_mib_with_vmas": {"vmas": tracked, "mib": rss_mib},
         "table": table,
     });
-    let path = bench_dir().join("bench.json");
+    let path = bench_dir().join(report_name);
     std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
     eprintln!("bench: wrote {}", path.display());
     Ok(())

@@ -8,7 +8,7 @@
 //! | `test`     | `lint`, then every test: unit, integration (real eBPF on this kernel), then `vm-test` |
 //! | `lint`     | `cargo fmt --check`, clippy -D warnings on the userspace crates and on rmaptrace-ebpf (pinned nightly) |
 //! | `vm-test`  | rmaptrace and the rmapdemo driver in QEMU guests (Debian's 6.1 and 6.12 kernels), checked from here |
-//! | `bench`    | cost per fault against untraced and a bpftrace one-liner; long traces, 200k VMAs, 200 forks (`--sections`); target/bench/*.json |
+//! | `bench`    | cost per fault against untraced and a bpftrace one-liner; long traces, 200k VMAs, 200 forks (`--sections`; `versus`: the default mode against the one-liner alone, more rounds); target/bench/*.json |
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::{
@@ -75,7 +75,9 @@ enum Task {
         /// traced mode, and ratios are taken within the round.
         #[arg(long, default_value_t = 5)]
         reps: usize,
-        /// Sections to run: `faults` (cost per fault), `threads` (cost per
+        /// Sections to run: `faults` (cost per fault, every mode), `versus`
+        /// (the default mode and the one-liner only: more rounds in the same
+        /// time; not by default), `threads` (cost per
         /// fault with 1, 4, 16 and all cores' threads faulting at once), `long`
         /// (a 60 s process churn, 200k VMAs, 200 forks); all by default.
         #[arg(long, value_delimiter = ',', default_values_t = vec!["faults".to_string(), "threads".to_string(), "long".to_string()])]

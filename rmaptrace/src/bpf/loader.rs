@@ -458,6 +458,7 @@ impl Probes {
             anon_swaps: opts.anon_swaps as u8,
             _pad: [0; 2],
             self_tgid: std::process::id(),
+            fast_slots_per_cpu: fast_slots_per_cpu(),
         };
         let btf = Btf::from_sys_fs().context("reading the kernel's BTF")?;
         let (fault_rows, vma_rows) = table_sizes();
@@ -755,6 +756,17 @@ fn table_sizes() -> (u32, u32) {
         from_env("RMAPTRACE_FAULT_ENTRIES", fault_rows),
         from_env("RMAPTRACE_VMA_ENTRIES", 131072),
     )
+}
+
+/// Fast slots each CPU numbers: the table shared out. RMAPTRACE_FAST_SLOTS_PER_CPU
+/// (a test hook) makes it small, so that a test can show slots freed with
+/// their rows taken again.
+fn fast_slots_per_cpu() -> u32 {
+    let share = rmaptrace_common::FAST_SLOTS / aya::util::nr_cpus().map_or(1, |n| n.max(1)) as u32;
+    std::env::var("RMAPTRACE_FAST_SLOTS_PER_CPU")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(share, |n: u32| n.min(share))
 }
 
 /// Processes followed at once. RMAPTRACE_TRACED_ENTRIES (a test hook) makes it

@@ -2,13 +2,15 @@
 use std::os::fd::RawFd;
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap};
+use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, Queue};
 use rmaptrace_common::{
-    AnonVmaMade, FaultKey, FaultStats, LifeEntry, ProcStats, ThreadAcct, VmaRecord,
+    AnonVmaMade, FastCount, FaultKey, FaultStats, LifeEntry, ProcStats, ThreadAcct, VmaRecord,
 };
 
 use super::{batch, loader::Probes};
-use crate::model::snapshot::{Counters, FaultTotals, Files, Lifetime, ProcTotals, Snapshot};
+use crate::model::snapshot::{
+    rows_with_fast_counts, Counters, FaultTotals, Files, Lifetime, ProcTotals, Snapshot,
+};
 
 impl Probes {
     /// Frees the kernel rows of processes the model retired, or of mappings
@@ -54,27 +56,27 @@ impl Probes {
             }
         }
         let faults_fd = self.map_fd("FAULTS")?;
+        let (slot_fd, fast_fd) = (self.map_fd("ROW_SLOT")?, self.map_fd("ROW_FAST")?);
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         let stats = std::mem::size_of::<FaultStats>().next_multiple_of(8);
+        let mut slots_freed = Vec::new();
         for g in gone {
             for (i, key) in g.rows.iter().enumerate() {
-                let v = match batch::take(faults_fd, key, stats * cpus) {
-                    Ok(v) => v,
-                    Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-                    // A kernel without the combined step (before 5.14): read,
-                    // then delete.
-                    Err(_) => match batch::lookup(faults_fd, key, stats * cpus) {
-                        Ok(v) => {
-                            batch::delete(faults_fd, key)?;
-                            v
-                        }
-                        Err(_) => continue,
-                    },
+                let mut t = FaultTotals::default();
+                // The row's fast slot first: its faults are the row's too.
+                if let Some(slot) = take_or_lookup(slot_fd, key, 4)? {
+                    let slot: u32 = batch::value(&slot);
+                    if let Ok(f) = fast_count(fast_fd, slot, cpus) {
+                        t.merge(&f);
+                    }
+                    slots_freed.push(slot);
+                }
+                let Some(v) = take_or_lookup(faults_fd, key, stats * cpus)? else {
+                    continue;
                 };
                 let Some(&(minor, major, kind)) = g.counted.get(i) else {
                     continue;
                 };
-                let mut t = FaultTotals::default();
                 for cpu in v.chunks(stats) {
                     t.add(&batch::value::<FaultStats>(cpu));
                 }
@@ -85,6 +87,20 @@ impl Probes {
             }
         }
         let ebpf = self.ebpf_mut();
+        if !slots_freed.is_empty() {
+            // Zeroed before they are handed out again.
+            let zero = || PerCpuValues::try_from(vec![FastCount::default(); cpus]);
+            let mut fast: PerCpuArray<&mut MapData, FastCount> =
+                PerCpuArray::try_from(ebpf.map_mut("ROW_FAST").context("ROW_FAST map")?)?;
+            for &slot in &slots_freed {
+                fast.set(slot, zero()?, 0)?;
+            }
+            let mut free: Queue<&mut MapData, u32> =
+                Queue::try_from(ebpf.map_mut("SLOTS_FREE").context("SLOTS_FREE map")?)?;
+            for slot in slots_freed {
+                free.push(slot, 0)?;
+            }
+        }
         let mut procs: PerCpuHashMap<&mut MapData, u32, ProcStats> =
             PerCpuHashMap::try_from(ebpf.map_mut("PROCS").context("PROCS map")?)?;
         for g in gone.iter().filter(|g| g.whole) {
@@ -161,6 +177,8 @@ impl Probes {
             threads: self.map_fd("THREADS")?,
             procs: self.map_fd("PROCS")?,
             counters: self.map_fd("COUNTERS")?,
+            row_slot: self.map_fd("ROW_SLOT")?,
+            row_fast: self.map_fd("ROW_FAST")?,
         })
     }
 }
@@ -187,6 +205,48 @@ struct TableFds {
     threads: RawFd,
     procs: RawFd,
     counters: RawFd,
+    row_slot: RawFd,
+    row_fast: RawFd,
+}
+
+/// Reads and deletes `key`'s value (read, then deleted, on a kernel without
+/// the combined step: before 5.14); None where there is none.
+fn take_or_lookup<K: Copy>(fd: RawFd, key: &K, len: usize) -> Result<Option<Vec<u8>>> {
+    match batch::take(fd, key, len) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(_) => match batch::lookup(fd, key, len) {
+            Ok(v) => {
+                batch::delete(fd, key)?;
+                Ok(Some(v))
+            }
+            Err(_) => Ok(None),
+        },
+    }
+}
+
+/// The minor faults counted through fast slot `slot`, summed over CPUs.
+fn fast_count(fd: RawFd, slot: u32, cpus: usize) -> std::io::Result<FaultTotals> {
+    let stride = std::mem::size_of::<FastCount>().next_multiple_of(8);
+    let v = batch::lookup(fd, &slot, stride * cpus)?;
+    let mut t = FaultTotals::default();
+    for cpu in v.chunks(stride) {
+        t.add_fast(&batch::value(cpu));
+    }
+    Ok(t)
+}
+
+/// Each fast slot's row and faults (`ROW_SLOT`, `ROW_FAST`), one lookup per
+/// slot in use.
+fn fast_counts(
+    fds: TableFds,
+    slots: Vec<(FaultKey, u32)>,
+    cpus: usize,
+) -> std::io::Result<Vec<(FaultKey, FaultTotals)>> {
+    slots
+        .into_iter()
+        .map(|(key, slot)| Ok((key, fast_count(fds.row_fast, slot, cpus)?)))
+        .collect()
 }
 
 /// The tables, a few thousand rows per syscall; None where the kernel has no
@@ -221,12 +281,12 @@ fn read_batched(fds: TableFds) -> Result<Option<Snapshot>> {
                 for cpu in v.chunks(stats.next_multiple_of(8)) {
                     t.add(&batch::value::<FaultStats>(cpu));
                 }
-                rows.push((key, t.settled()));
+                rows.push((key, t));
             });
             log::debug!("fault table: {} rows in {:?}", rows.len(), t0.elapsed());
             read.map(|supported| supported.then_some(rows))
         });
-        let rest = (|| -> std::io::Result<()> {
+        let rest = (|| -> std::io::Result<Vec<(FaultKey, FaultTotals)>> {
             batch::for_each(
                 fds.threads,
                 std::mem::size_of::<ThreadAcct>(),
@@ -246,14 +306,18 @@ fn read_batched(fds: TableFds) -> Result<Option<Snapshot>> {
                 *slot = v.chunks(8).map(batch::value::<u64>).sum();
             }
             snap.counters = Counters::from_raw(&raw);
-            Ok(())
+            let mut slots = Vec::new();
+            batch::for_each(fds.row_slot, 4, |key: FaultKey, v| {
+                slots.push((key, batch::value::<u32>(v)))
+            })?;
+            fast_counts(fds, slots, cpus)
         })();
         (faults.join().expect("the fault table's reader"), rest)
     });
-    rest?;
+    let fast = rest?;
     match faults? {
         Some(rows) => {
-            snap.faults = rows;
+            snap.faults = rows_with_fast_counts(rows, fast);
             Ok(Some(snap))
         }
         None => Ok(None),
@@ -287,14 +351,29 @@ impl Probes {
             snap.vmas
                 .push((life, Lifetime::from_kernel(&rec, &mut files)));
         }
+        let mut rows = Vec::new();
         for item in faults.iter() {
             let (key, per_cpu) = item?;
             let mut t = FaultTotals::default();
             for s in per_cpu.iter() {
                 t.add(s);
             }
-            snap.faults.push((key, t.settled()));
+            rows.push((key, t));
         }
+        let row_slot: HashMap<&MapData, FaultKey, u32> =
+            HashMap::try_from(ebpf.map("ROW_SLOT").context("ROW_SLOT map")?)?;
+        let fast: PerCpuArray<&MapData, FastCount> =
+            PerCpuArray::try_from(ebpf.map("ROW_FAST").context("ROW_FAST map")?)?;
+        let mut fast_rows = Vec::new();
+        for item in row_slot.iter() {
+            let (key, slot) = item?;
+            let mut t = FaultTotals::default();
+            for f in fast.get(&slot, 0)?.iter() {
+                t.add_fast(f);
+            }
+            fast_rows.push((key, t));
+        }
+        snap.faults = rows_with_fast_counts(rows, fast_rows);
         for item in threads.iter() {
             snap.threads.push(item?);
         }

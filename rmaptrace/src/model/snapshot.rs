@@ -315,6 +315,12 @@ impl FaultTotals {
         self
     }
 
+    /// Adds one CPU's minor faults counted through the row's fast slot.
+    pub fn add_fast(&mut self, f: &rmaptrace_common::FastCount) {
+        self.minor = self.minor.wrapping_add(f.minor);
+        self.last_ns = self.last_ns.max(f.last_ns);
+    }
+
     pub fn merge(&mut self, o: &FaultTotals) {
         self.minor = self.minor.wrapping_add(o.minor);
         self.major = self.major.wrapping_add(o.major);
@@ -371,6 +377,28 @@ impl FaultTotals {
         }
         None
     }
+}
+
+/// The kernel's fault rows as read (`rows`, per-CPU values summed, not yet
+/// settled) with each fast slot's minor faults (`fast`: the row of the slot,
+/// its faults summed over CPUs) added to its row, then settled. A slot whose
+/// row is missing (the table was full when it was made again) is a row of its
+/// own: its faults are counted all the same.
+pub fn rows_with_fast_counts(
+    mut rows: Vec<(FaultKey, FaultTotals)>,
+    fast: Vec<(FaultKey, FaultTotals)>,
+) -> Vec<(FaultKey, FaultTotals)> {
+    if !fast.is_empty() {
+        let at: std::collections::HashMap<FaultKey, usize> =
+            rows.iter().enumerate().map(|(i, (k, _))| (*k, i)).collect();
+        for (key, t) in fast {
+            match at.get(&key) {
+                Some(&i) => rows[i].1.merge(&t),
+                None => rows.push((key, t)),
+            }
+        }
+    }
+    rows.into_iter().map(|(k, t)| (k, t.settled())).collect()
 }
 
 /// Faults of a process counted outside the per-VMA table because it was full.
@@ -451,6 +479,12 @@ pub struct Counters {
     /// Counting at the entry: entries that read the clock (those of faults
     /// that can be major or may be the sampled minor one, and lookups).
     pub entries_timed: u64,
+    /// Counting at the entry: rows that found no fast slot free (`ROW_SLOT`
+    /// full, or the CPU's share used): counted through the hash, as exactly
+    /// (not a table that loses anything: not in `tables_full`). Slots taken
+    /// again once freed with their rows.
+    pub fast_slots_full: u64,
+    pub fast_slots_reused: u64,
 }
 
 impl Counters {
@@ -484,6 +518,8 @@ impl Counters {
             placed_late: at(counter::PLACED_LATE),
             moved_late: at(counter::MOVED_LATE),
             entries_timed: at(counter::ENTRIES_TIMED),
+            fast_slots_full: at(counter::FAST_SLOTS_FULL),
+            fast_slots_reused: at(counter::FAST_SLOTS_REUSED),
         }
     }
 
@@ -589,6 +625,42 @@ mod tests {
         h.add(2, u64::MAX);
         assert_eq!(h.total(), COUNT_MAX, "saturates within its bits");
         assert_eq!(std::mem::size_of::<Hist>(), 24, "two buckets inline");
+    }
+
+    #[test]
+    fn faults_counted_through_fast_slots_join_their_rows_before_settling() {
+        let key = |life| FaultKey {
+            tgid: 7,
+            life,
+            vma_status: rmaptrace_common::vma_status::FOUND,
+            ..Default::default()
+        };
+        let totals = |minor: u64, major, last_ns| FaultTotals {
+            minor,
+            major,
+            last_ns,
+            ..Default::default()
+        };
+        let fast = |minor: u64, last_ns| {
+            let mut t = FaultTotals::default();
+            t.add_fast(&rmaptrace_common::FastCount { minor, last_ns });
+            t
+        };
+        let rows = vec![
+            // A fault counted through the slot, then moved to major through
+            // the hash: -1 minor there until the slot's are added.
+            (key(1), totals(1u64.wrapping_neg(), 1, 50)),
+            (key(2), totals(5, 0, 10)),
+        ];
+        let merged =
+            rows_with_fast_counts(rows, vec![(key(1), fast(100, 90)), (key(3), fast(4, 20))]);
+        assert_eq!(merged[0], (key(1), totals(99, 1, 90)));
+        assert_eq!(merged[1], (key(2), totals(5, 0, 10)), "no slot");
+        assert_eq!(merged[2], (key(3), totals(4, 0, 20)), "its row missing");
+        // Without the slot's faults the row holds at zero, as any racing read.
+        let alone =
+            rows_with_fast_counts(vec![(key(1), totals(1u64.wrapping_neg(), 1, 50))], vec![]);
+        assert_eq!(alone[0].1.minor, 0);
     }
 
     #[test]

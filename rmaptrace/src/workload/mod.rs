@@ -41,6 +41,7 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("mprotect-split", "N+1 pages, mprotect the first read-only, read it, write the rest: rows of 1 and N faults"),
     ("split-written", "N+1 pages written, mprotect the first read-only, drop the other N and write them again: N faults on a split-off part whose anon_vma came from before the split"),
     ("mbind-split", "N+1 pages, mbind the first to node 0, write all: rows of 1 and N faults"),
+    ("buffer-churn", "N cycles at one address of: map 32 pages, write them, map them away (5 ms apart): N rows of 32 faults"),
     ("populate-race", "a reader faults on N shared pages while they are replaced in place by MAP_FIXED (populated private, shared in turn) 300 times"),
     ("dead-threads", "4 threads write 250 pages and exit; reports, waits for a line on stdin, then writes N pages"),
     ("exec-threads", "3 threads write 1000 pages, then exec of a copy named $RMAPTRACE_EXEC_NAME as anon-write N (its report)"),
@@ -395,7 +396,7 @@ pub fn run(scenario: &str, pages: usize, wait: bool) -> Result<()> {
         }
         "threads-churn" | "threads-own-maps" | "remap-same-address" | "heap-growth"
         | "stack-growth" | "mprotect-split" | "split-written" | "mbind-split" | "populate-race"
-        | "dead-threads" | "exec-threads" | "fork-storm" | "mmap-churn" => {
+        | "dead-threads" | "exec-threads" | "fork-storm" | "mmap-churn" | "buffer-churn" => {
             real::run(scenario, pages)?
         }
         other if other.starts_with("bench-") => bench::run(other, pages)?,

@@ -70,6 +70,7 @@ pub fn run(scenario: &str, pages: usize) -> Result<()> {
         "exec-threads" => exec_threads(pages),
         "fork-storm" => fork_storm(scenario, pages),
         "mmap-churn" => mmap_churn(scenario, pages),
+        "buffer-churn" => buffer_churn(scenario, pages),
         other => bail!("{other} is not one of the real-world scenarios"),
     }
 }
@@ -481,6 +482,29 @@ fn mmap_churn(scenario: &str, cycles: usize) -> Result<()> {
         CHURN_PAGES,
         addr as *mut u8,
         json!({"cycles": cycles, "faults_per_cycle": 3, "lifetimes_per_cycle": 2}),
+    );
+    Ok(())
+}
+
+const BUFFER_PAGES: usize = 32;
+
+/// A server's large-buffer churn, `cycles` times at one address: map 32
+/// pages, write them all, map the range away; about 200 cycles a second, so
+/// that each tick of a trace sees many buffers come and go, each one row of
+/// 32 faults.
+fn buffer_churn(scenario: &str, cycles: usize) -> Result<()> {
+    let addr = isolated(BUFFER_PAGES, PRIVATE_ANON)?;
+    for _ in 0..cycles {
+        let p = fixed(addr, BUFFER_PAGES, PRIVATE_ANON)?;
+        write_pages(p as *mut u8, BUFFER_PAGES);
+        fixed(addr, BUFFER_PAGES, PRIVATE_ANON | libc::MAP_NORESERVE)?;
+        thread::sleep(std::time::Duration::from_millis(5));
+    }
+    report(
+        scenario,
+        BUFFER_PAGES,
+        addr as *mut u8,
+        json!({"cycles": cycles, "faults_per_cycle": BUFFER_PAGES}),
     );
     Ok(())
 }
