@@ -888,6 +888,10 @@ fn tick_tables(
     // Processes that ended go to the export; their kernel rows are freed.
     let settled_ns = std::mem::replace(&mut ticks.last_read_ns, read_ns);
     let mut gone = trace.retire_exited_into(&mut |p, vmas| out.process(p, vmas), settled_ns);
+    let retired: Vec<u32> = gone.iter().filter(|g| g.whole).map(|g| g.pid).collect();
+    for rec in trace.take_held_faults_of(&retired) {
+        out.record(&rec);
+    }
     if ticks.due {
         let ended = trace.collect_ended_into(&mut |pid, comm, vmas| out.mappings(pid, comm, vmas));
         log::debug!(

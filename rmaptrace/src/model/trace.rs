@@ -987,6 +987,26 @@ impl Trace {
         held.into_iter().map(Record::Fault).collect()
     }
 
+    /// The faults still held for threads of processes just retired, oldest
+    /// first, as they stand: a thread whose exit record was lost with the
+    /// ring's records would otherwise keep its own until the trace ends.
+    pub fn take_held_faults_of(&mut self, retired: &[u32]) -> Vec<Record> {
+        if retired.is_empty() || self.held_faults.is_empty() {
+            return Vec::new();
+        }
+        let gone: std::collections::HashSet<u32> = retired.iter().copied().collect();
+        let mut held = Vec::new();
+        self.held_faults.retain(|_, h| {
+            let keep = !gone.contains(&h.rec.pid);
+            if !keep {
+                held.push(h.rec.clone());
+            }
+            keep
+        });
+        held.sort_by_key(|r| r.ts_ns);
+        held.into_iter().map(Record::Fault).collect()
+    }
+
     /// A fault record's kernel path: the one observed (`path_id`), else the
     /// one derived from its VMA and access.
     fn record_path(

@@ -1098,3 +1098,23 @@ fn faults_recorded_at_their_entry_are_written_once_their_outcome_is_known() {
     assert_eq!(rest, vec![Some((0x9000, false, None))]);
     assert!(t.take_held_faults().is_empty());
 }
+
+/// A thread whose exit record was lost with the ring's records keeps its
+/// latest fault held only until its process is retired: it is written then.
+#[test]
+fn a_retired_process_leaves_no_held_fault() {
+    let mut t = trace_with(FakeProc::default());
+    t.add_target(7);
+    assert_eq!(written(t.on_event(entry_fault(8, 10, 0x1000))), None);
+    assert!(
+        t.take_held_faults_of(&[6, 9]).is_empty(),
+        "another process's"
+    );
+    let out: Vec<_> = t
+        .take_held_faults_of(&[7])
+        .into_iter()
+        .map(|r| written(Some(r)))
+        .collect();
+    assert_eq!(out, vec![Some((0x1000, false, None))]);
+    assert!(t.take_held_faults().is_empty());
+}
