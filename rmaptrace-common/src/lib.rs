@@ -494,12 +494,18 @@ pub struct FaultEvent {
     /// 1: sent at the fault's entry (counting at the entry), as a minor fault
     /// without latency. Its thread's next [`FaultOutcome`], if one comes
     /// before the thread's next fault record, says otherwise.
+    /// [`FAULT_PLACED`]: the VMA of the thread's latest such record, whose
+    /// entry found none it could trust (placed since, as in the aggregates).
     pub pending: u8,
     pub _pad: [u8; 3],
     /// The mapping lifetime; 0 for none. Userspace describes it from the
     /// lifetime's first record, which carries the VMA ([`FaultVmaEvent`]).
     pub life: u64,
 }
+
+/// `FaultEvent::pending` of a record that places the thread's latest fault
+/// recorded at its entry: only its VMA (and lifetime) are news.
+pub const FAULT_PLACED: u8 = 2;
 
 /// What became of a thread's latest fault recorded at its entry, when it was
 /// not a minor fault without latency: sent after that record, before the

@@ -537,6 +537,33 @@ pub fn send_counted_at_entry(key: &FaultKey, tid: u32, now: u64, addr: u64, ip: 
     entry.submit(submit_flags());
 }
 
+/// Where the thread's latest fault recorded at its entry without a VMA (or
+/// in one replaced before it was handled) was placed since: its lifetime,
+/// with the VMA, for userspace to put on the record it holds.
+#[inline(always)]
+pub fn send_placed(key: &FaultKey, tid: u32, now: u64, addr: u64, vma: &VmaInfo) {
+    let Some(mut entry) = EVENTS.reserve::<FaultVmaEvent>(0) else {
+        bump(counter::EVENTS_LOST);
+        return;
+    };
+    let ev = entry.as_mut_ptr();
+    // SAFETY: the reserved record, ours until it is submitted; `vma` is
+    // another object.
+    unsafe {
+        fill_record(
+            &raw mut (*ev).fault,
+            event_kind::FAULT_VMA,
+            key,
+            tid,
+            (now, 0),
+            (addr, 0),
+            (0, rmaptrace_common::FAULT_PLACED),
+        );
+        crate::mem::copy(&raw mut (*ev).vma, vma);
+    }
+    entry.submit(submit_flags());
+}
+
 /// How the thread's latest fault recorded at its entry ended, where that is
 /// not as a minor fault without latency.
 #[inline(always)]

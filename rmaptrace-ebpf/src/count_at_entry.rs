@@ -388,6 +388,21 @@ fn on_read_lock(ctx: &TracePointContext) {
         (*s).pend_key = key;
         (*s).pend_counted = 1;
         (*t).last_min = min_flt + 1;
+        send_placed_record(&key, (*s).pend_addr, now);
+    }
+}
+
+/// With `--events`, the VMA a fault was placed in, for its record (sent at
+/// its entry without it), from the lookup `place` just made.
+#[inline(always)]
+fn send_placed_record(key: &FaultKey, addr: u64, now: u64) {
+    if config().fault_events == 0 {
+        return;
+    }
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if let Some(v) = aggregate::looked_up_slot() {
+        // SAFETY: this CPU's looked-up VMA, filled by `place`, only read here.
+        aggregate::send_placed(key, tid, now, addr, unsafe { &*v });
     }
 }
 
@@ -454,6 +469,7 @@ unsafe fn place_late(s: *mut ThreadFault, now: u64) -> bool {
     };
     aggregate::count_placed_late(&key, now);
     bump(counter::PLACED_LATE);
+    send_placed_record(&key, (*s).pend_addr, now);
     true
 }
 

@@ -369,10 +369,27 @@ fn faults_during_map_fixed_replacement_land_in_the_live_mapping() {
         }
         checked += 1;
     }
+    // A fault placed after its entry (the VMA there was being replaced) has
+    // its record placed too (a fifth of the region's faults here); what
+    // stays without a VMA is what only userspace places, by address, after
+    // the record was written: next to none.
+    let unknown_records = t
+        .export
+        .iter()
+        .filter(|l| l["type"] == "fault" && l["pid"] == pid && l["kind"] == "unknown")
+        .count() as u64;
+    let unknown_faults = p["by_kind"]["unknown"].as_u64().unwrap_or(0);
+    let c = &t.summary()["counters"];
     println!(
-        "{checked} fault events checked, {} replacements, events_lost {}",
+        "{checked} fault events checked, {} replacements, events_lost {}, {unknown_records} records and {unknown_faults} faults unknown, {} placed late, {} moved late",
         t.report["replacements"],
-        t.summary()["events_lost"]
+        t.summary()["events_lost"],
+        c["placed_late"],
+        c["moved_late"],
+    );
+    assert!(
+        unknown_records * 100 <= checked,
+        "{unknown_records} records unknown of {checked}, {unknown_faults} faults"
     );
     assert!(
         checked >= N,

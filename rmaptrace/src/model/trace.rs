@@ -63,6 +63,21 @@ struct HeldFault {
     path: u8,
 }
 
+impl HeldFault {
+    /// The VMA (and lifetime) a held fault was placed in since its entry,
+    /// from `placed`, the record that says so; its time, address and
+    /// instruction stay the entry's.
+    fn place(&mut self, placed: FaultRecord, kind: Kind, vm_flags: u64, path: u8) {
+        self.rec = FaultRecord {
+            ts_ns: self.rec.ts_ns,
+            addr: self.rec.addr,
+            ip: self.rec.ip,
+            ..placed
+        };
+        (self.kind, self.vm_flags, self.path) = (kind, vm_flags, path);
+    }
+}
+
 /// What a fault record says of its lifetime's VMA, worked out at the
 /// lifetime's first record and shared by the rest.
 #[derive(Clone)]
@@ -816,6 +831,17 @@ impl Trace {
                 let (rec, kind, vm_flags) = self.fault_record(&f, vma.as_deref());
                 if f.pending == 0 {
                     return Some(Record::Fault(rec));
+                }
+                if f.pending == rmaptrace_common::FAULT_PLACED {
+                    if let Some(h) = self.held_faults.get_mut(&f.header.tid) {
+                        // Pages of 4 KiB or more: the same page is the same fault.
+                        if h.rec.addr >> 12 == f.addr >> 12 {
+                            h.place(rec, kind, vm_flags, f.path);
+                            return None;
+                        }
+                    }
+                    // Its record was lost with the ring's records: this one
+                    // stands for it, held the same way.
                 }
                 let held = HeldFault {
                     rec,

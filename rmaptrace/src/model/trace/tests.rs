@@ -1118,3 +1118,45 @@ fn a_retired_process_leaves_no_held_fault() {
     assert_eq!(out, vec![Some((0x1000, false, None))]);
     assert!(t.take_held_faults().is_empty());
 }
+
+/// A fault whose entry found no VMA it could trust is recorded without one,
+/// and placed once it is certain: the record it held takes that VMA and
+/// lifetime, and keeps its entry's time; the outcome that follows applies.
+#[test]
+fn a_held_fault_placed_after_its_entry_takes_the_vma_it_was_placed_in() {
+    let mut t = trace_with(FakeProc::default());
+    t.add_target(7);
+    assert_eq!(written(t.on_event(entry_fault(8, 10, 0x1000))), None);
+    let placed = |addr| {
+        let mut f = FaultEvent {
+            header: header(event_kind::FAULT_VMA, 7, 15),
+            addr,
+            access: access::WRITE,
+            vma_status: vma_status::FOUND,
+            pending: rmaptrace_common::FAULT_PLACED,
+            life: 42,
+            ..Default::default()
+        };
+        f.header.tid = 8;
+        Event::Fault(f, Some(Box::new(private_rw())))
+    };
+    assert_eq!(written(t.on_event(placed(0x1008))), None);
+    assert_eq!(
+        written(t.on_event(outcome(8, 0x1000, fault_outcome::MINOR_TIMED, 700))),
+        Some((0x1000, false, Some(700)))
+    );
+    // Placed, then taken over by the thread's next fault.
+    t.on_event(entry_fault(8, 20, 0x2000));
+    t.on_event(placed(0x2000));
+    let Some(Record::Fault(r)) = t.on_event(entry_fault(8, 30, 0x3000)) else {
+        panic!("the placed fault is written");
+    };
+    assert_eq!(
+        (r.ts_ns, r.kind, r.life, r.vma_start),
+        (20, "anon", Some(42), Some(0))
+    );
+    // One whose held record was lost stands for it.
+    t.take_held_faults();
+    assert_eq!(written(t.on_event(placed(0x5000))), None);
+    assert_eq!(t.take_held_faults().len(), 1);
+}
