@@ -363,12 +363,7 @@ fn mapping_churn_in_a_running_process_never_fills_the_tables() {
         p["faults"]
     );
 
-    let collected: Vec<&Value> = t
-        .export
-        .iter()
-        .filter(|l| l["type"] == "mappings" && l["pid"] == pid)
-        .flat_map(|l| l["vmas"].as_array().unwrap())
-        .collect();
+    let collected = collected_while_running(&t.export, pid);
     assert!(!collected.is_empty(), "nothing was collected while it ran");
     assert_eq!(p["vmas_ended"], collected.len() as u64);
     let all: Vec<&Value> = collected
@@ -411,12 +406,7 @@ fn mapping_churn_in_a_running_process_never_fills_the_tables() {
     // structs are not seen: a split part may then get a freed one's pointer
     // and shape and continue its row (then `ended_late` holds those faults).
     let rows = churned.len() as u64;
-    let blind = summary["limits"].as_array().unwrap().iter().any(|l| {
-        l.as_str()
-            .unwrap()
-            .starts_with("freed VMA structs are not seen")
-    });
-    if blind {
+    if freed_vma_structs_unseen(summary) {
         assert!(rows <= 2 * cycles, "{rows} lifetimes for {cycles} cycles");
     } else {
         assert_eq!(rows, 2 * cycles);
@@ -458,23 +448,15 @@ fn fast_slots_freed_with_their_rows_are_taken_again_zeroed() {
         16,
     )
     .unwrap();
-    let buffers: Vec<&Value> = t
-        .export
-        .iter()
-        .filter(|l| l["type"] == "mappings" && l["pid"] == pid)
-        .flat_map(|l| l["vmas"].as_array().unwrap())
+    let buffers: Vec<&Value> = collected_while_running(&t.export, pid)
+        .into_iter()
         .chain(p["vmas"].as_array().unwrap())
         .filter(|v| v["start"] == format!("{addr:#x}") && v["faults"].as_u64() > Some(0))
         .collect();
     let faults: u64 = buffers.iter().map(|v| v["faults"].as_u64().unwrap()).sum();
     let late = p["ended_late"].as_u64().unwrap();
     assert_eq!(faults + late, 32 * cycles, "{} rows", buffers.len());
-    let blind = summary["limits"].as_array().unwrap().iter().any(|l| {
-        l.as_str()
-            .unwrap()
-            .starts_with("freed VMA structs are not seen")
-    });
-    if !blind {
+    if !freed_vma_structs_unseen(summary) {
         assert_eq!(buffers.len() as u64, cycles);
         let odd: Vec<&&Value> = buffers.iter().filter(|v| v["faults"] != 32).collect();
         assert!(odd.is_empty(), "rows of other than 32 faults: {odd:?}");
@@ -485,4 +467,24 @@ fn fast_slots_freed_with_their_rows_are_taken_again_zeroed() {
         assert!(c["fast_slots_full"].as_u64().unwrap() > 0, "{c}");
         assert!(c["fast_slots_reused"].as_u64().unwrap() > 0, "{c}");
     }
+}
+
+/// The mappings of `pid` that ended while it ran, as collected then
+/// (`mappings` records).
+fn collected_while_running(export: &[Value], pid: u64) -> Vec<&Value> {
+    export
+        .iter()
+        .filter(|l| l["type"] == "mappings" && l["pid"] == pid)
+        .flat_map(|l| l["vmas"].as_array().unwrap())
+        .collect()
+}
+
+/// Whether the plan says freed VMA structs are not seen: a mapping made
+/// where one was freed, of its shape, may then continue its row.
+fn freed_vma_structs_unseen(summary: &Value) -> bool {
+    summary["limits"].as_array().unwrap().iter().any(|l| {
+        l.as_str()
+            .unwrap()
+            .starts_with("freed VMA structs are not seen")
+    })
 }
