@@ -213,11 +213,19 @@ unsafe fn adopt_fast_slot(e: *mut FastSlot, key: &FaultKey) {
                 return;
             };
             if ROW_SLOT.insert(key, slot, aggregate::BPF_NOEXIST).is_err() {
-                // Another thread's, just now (or the table is full).
                 let _ = SLOTS_FREE.push(slot, 0);
-                return;
+                // Another thread's, made just now; else the table is full.
+                // SAFETY: the value is copied out at once.
+                match unsafe { ROW_SLOT.get(key) } {
+                    Some(&theirs) => theirs,
+                    None => {
+                        bump(counter::FAST_SLOTS_FULL);
+                        return;
+                    }
+                }
+            } else {
+                slot
             }
-            slot
         }
     };
     (*e).slot = slot + 1;

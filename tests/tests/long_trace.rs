@@ -417,7 +417,8 @@ fn mapping_churn_in_a_running_process_never_fills_the_tables() {
 /// Large buffers churned at one address, each written whole, while the
 /// trace runs: a buffer's row counts its faults through a fast slot once it
 /// is hot, and the slots freed with the rows of buffers gone are taken again
-/// by later ones (each CPU here numbers one of its own), zeroed first: every
+/// by later ones (each CPU here numbers four of its own; the process's own
+/// start, its text read in, can hold some for good), zeroed first: every
 /// buffer is a row of its 32 faults, no more, and the process's count is the
 /// kernel's.
 #[test]
@@ -430,7 +431,7 @@ fn fast_slots_freed_with_their_rows_are_taken_again_zeroed() {
         // Ended mappings are collected (their rows and slots freed) once an
         // eighth of the lifetime table's worth ended: a few times here.
         &[
-            ("RMAPTRACE_FAST_SLOTS_PER_CPU", "1"),
+            ("RMAPTRACE_FAST_SLOTS_PER_CPU", "4"),
             ("RMAPTRACE_VMA_ENTRIES", "1024"),
         ],
     );

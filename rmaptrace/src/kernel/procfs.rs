@@ -138,6 +138,38 @@ impl ProcSource for LiveProc {
     }
 }
 
+/// The parent of `pid` (/proc/PID/stat field 4), read as bytes.
+pub fn parent_of(pid: u32) -> Option<u32> {
+    let bytes = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
+    let close = bytes.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(&bytes[close + 1..]).ok()?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `pids` with every process before its descendants among them (then by
+/// pid), given each one's parent: a tree signalled in this order has its
+/// top get the signal before it can see its children die of it.
+pub fn ancestors_first(mut pids: Vec<u32>, parent_of: impl Fn(u32) -> Option<u32>) -> Vec<u32> {
+    let parents: std::collections::HashMap<u32, u32> = pids
+        .iter()
+        .filter_map(|&p| Some((p, parent_of(p)?)))
+        .collect();
+    // Depth within the set; bounded, in case a reused pid made a cycle.
+    let depth = |mut p: u32| {
+        let mut d = 0;
+        while let Some(&up) = parents.get(&p) {
+            if !parents.contains_key(&up) || d >= parents.len() {
+                break;
+            }
+            d += 1;
+            p = up;
+        }
+        d
+    };
+    pids.sort_by_key(|&p| (depth(p), p));
+    pids
+}
+
 /// Parses /proc/PID/stat. The comm may contain spaces and parentheses, so the
 /// fields are counted from the last ')'.
 pub fn parse_stat(text: &str) -> Option<ProcStat> {
@@ -180,6 +212,24 @@ pub fn parse_maps_line(line: &str) -> Option<MapsEntry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tree_is_ordered_from_its_top() {
+        // sh (90) started sleeps 120 and 95, 120 a child 130; 7 is outside.
+        let parent = |p| match p {
+            90 => Some(7),
+            120 | 95 => Some(90),
+            130 => Some(120),
+            _ => None,
+        };
+        assert_eq!(
+            ancestors_first(vec![130, 120, 95, 90], parent),
+            [90, 95, 120, 130]
+        );
+        // A reused pid that makes a cycle still ends.
+        let cycle = |p| if p == 1 { Some(2) } else { Some(1) };
+        assert_eq!(ancestors_first(vec![2, 1], cycle).len(), 2);
+    }
 
     #[test]
     fn stat_with_hostile_comm() {
