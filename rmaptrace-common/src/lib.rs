@@ -817,7 +817,7 @@ pub struct ThreadFault {
 /// per-CPU array (`ROW_FAST`) as well as their `FAULTS` value: the slot,
 /// named by the faulting thread's cache, costs a fraction of the hash
 /// lookup. Beyond this many, rows count through the hash only.
-pub const FAST_SLOTS: u32 = 16384;
+pub const FAST_SLOTS: u32 = 4096;
 
 /// A row's minor faults counted through its fast slot, on one CPU.
 #[repr(C)]

@@ -449,6 +449,21 @@ impl Probes {
         let raw_ok = raw_syscall_offsets(&mut offsets);
         let mmap_lock_ok = mmap_lock_offsets(&mut offsets);
         let mmap_lock_acquire_ok = mmap_lock_acquire_offsets(&mut offsets, &mmap_lock_ok);
+        let at_entry = count_at_entry(EntryCountingNeeds {
+            vm_lock_seq: offsets.has_vm_lock_seq != 0,
+            maple_tree: offsets.mm_mt_root != 0,
+            stacks: opts.stack_depth.is_some(),
+            zero_page_on_read: zero_page_on_read(),
+            forced_off: std::env::var_os("RMAPTRACE_COUNT_AT_COMPLETION").is_some(),
+        });
+        // Only counting at the entry uses the fast slots: elsewhere their
+        // tables hold one entry (a per-CPU array's entries are allocations
+        // of their own, each CPU's).
+        let fast_slots = if at_entry.is_ok() {
+            rmaptrace_common::FAST_SLOTS
+        } else {
+            1
+        };
         let config = Config {
             trace_all: opts.trace_all as u8,
             fault_events: opts.fault_events as u8,
@@ -481,6 +496,9 @@ impl Probes {
             .override_global("SWAP_BACKED_FAULTS", &swap_backed_faults(symbols), true)
             .map_max_entries("EVENTS", opts.ring_bytes)
             .map_max_entries("FAULTS", fault_rows)
+            .map_max_entries("ROW_FAST", fast_slots)
+            .map_max_entries("ROW_SLOT", fast_slots)
+            .map_max_entries("SLOTS_FREE", fast_slots)
             .map_max_entries("VMAS", vma_rows)
             .map_max_entries("TRACED", traced_rows())
             .map_max_entries("STACKS", stack_entries)
@@ -531,13 +549,6 @@ impl Probes {
             }
             rows.push(row);
         }
-        let at_entry = count_at_entry(EntryCountingNeeds {
-            vm_lock_seq: offsets.has_vm_lock_seq != 0,
-            maple_tree: offsets.mm_mt_root != 0,
-            stacks: opts.stack_depth.is_some(),
-            zero_page_on_read: zero_page_on_read(),
-            forced_off: std::env::var_os("RMAPTRACE_COUNT_AT_COMPLETION").is_some(),
-        });
         if counting.is_none() && at_entry.is_ok() {
             for point in TRACEPOINT_COUNTING_AT_ENTRY {
                 if let (Mechanism::Tracepoint, Err(e)) = (point.mechanism, &mmap_lock_acquire_ok) {
