@@ -833,7 +833,9 @@ fn followed_in<T: std::borrow::Borrow<MapData>>(traced: &HashMap<T, u32, u8>) ->
 fn signal_each(pids: Vec<u32>, sig: i32) {
     // A shell told to hang up must get it before its children can die of
     // it: seeing them die first, it would exit as if nothing happened.
-    for pid in crate::kernel::procfs::ancestors_first(pids, crate::kernel::procfs::parent_of) {
+    use crate::kernel::procfs::{ancestors_first, LiveProc, ProcSource};
+    let procfs = LiveProc::default();
+    for pid in ancestors_first(pids, |p| procfs.stat(p).map(|s| s.ppid)) {
         // SAFETY: kill(2) on a pid the kernel lists as traced.
         unsafe { libc::kill(pid as i32, sig) };
     }

@@ -6,6 +6,8 @@ pub struct ProcStat {
     pub comm: String,
     /// `R`, `S`, ... `Z` for a zombie (exited, not yet reaped).
     pub state: char,
+    /// The parent's pid (field 4).
+    pub ppid: u32,
     pub minflt: u64,
     pub majflt: u64,
     /// A kernel thread (PF_KTHREAD): no user memory, nothing to trace.
@@ -138,14 +140,6 @@ impl ProcSource for LiveProc {
     }
 }
 
-/// The parent of `pid` (/proc/PID/stat field 4), read as bytes.
-pub fn parent_of(pid: u32) -> Option<u32> {
-    let bytes = std::fs::read(format!("/proc/{pid}/stat")).ok()?;
-    let close = bytes.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(&bytes[close + 1..]).ok()?;
-    rest.split_whitespace().nth(1)?.parse().ok()
-}
-
 /// `pids` with every process before its descendants among them (then by
 /// pid), given each one's parent: a tree signalled in this order has its
 /// top get the signal before it can see its children die of it.
@@ -183,6 +177,7 @@ pub fn parse_stat(text: &str) -> Option<ProcStat> {
     Some(ProcStat {
         comm,
         state: rest.first()?.chars().next()?,
+        ppid: rest.get(1)?.parse().ok()?,
         minflt: rest.get(7)?.parse().ok()?,
         majflt: rest.get(9)?.parse().ok()?,
         kernel_thread: flags & PF_KTHREAD != 0,
@@ -237,6 +232,7 @@ mod tests {
         let st = parse_stat(s).unwrap();
         assert_eq!(st.comm, "a) b (c)");
         assert_eq!(st.state, 'S');
+        assert_eq!(st.ppid, 1);
         assert_eq!(st.minflt, 123);
         assert_eq!(st.majflt, 4);
         assert!(!st.kernel_thread);

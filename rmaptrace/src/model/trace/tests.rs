@@ -43,6 +43,7 @@ fn running(comm: &str, start_ns: u64) -> ProcStat {
     ProcStat {
         comm: comm.into(),
         state: 'S',
+        ppid: 0,
         minflt: 0,
         majflt: 0,
         kernel_thread: false,
@@ -142,6 +143,7 @@ fn attributes_faults_to_vmas_kinds_handlers_and_paths() {
         ProcStat {
             comm: "app".into(),
             state: 'S',
+            ppid: 0,
             minflt: 310,
             majflt: 0,
             kernel_thread: false,
@@ -304,6 +306,7 @@ fn live_threads_count_from_their_kernel_counters_not_proc() {
         ProcStat {
             comm: "x".into(),
             state: 'S',
+            ppid: 0,
             minflt: 5_000,
             majflt: 0,
             kernel_thread: false,
