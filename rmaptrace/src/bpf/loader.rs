@@ -6,7 +6,7 @@ use aya::{
     maps::{Array, HashMap, MapData, ProgramArray, RingBuf},
     programs::{
         perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-        BtfTracePoint, FEntry, FExit, KProbe, PerfEvent, RawTracePoint, TracePoint,
+        BtfTracePoint, FEntry, FExit, KProbe, PerfEvent, Program, RawTracePoint, TracePoint,
     },
     Btf, Ebpf, EbpfLoader,
 };
@@ -191,23 +191,16 @@ impl Attacher<'_> {
             .ebpf
             .program_mut(point.program)
             .with_context(|| format!("program {} missing from the object", point.program))?;
+        load_hook_program(prog, point, self.btf)?;
         let (group, name) = point.hook.split_once('/').unwrap_or(("", point.hook));
         match point.mechanism {
-            Mechanism::TpBtf => {
-                let p: &mut BtfTracePoint = prog.try_into()?;
-                p.load(name, self.btf)?;
-                p.attach()?;
-            }
-            Mechanism::RawTp => {
-                let p: &mut RawTracePoint = prog.try_into()?;
-                p.load()?;
-                p.attach(name)?;
-            }
-            Mechanism::Tracepoint => {
-                let p: &mut TracePoint = prog.try_into()?;
-                p.load()?;
-                p.attach(group, name)?;
-            }
+            Mechanism::TpBtf => <&mut BtfTracePoint>::try_from(prog)?.attach().map(drop)?,
+            Mechanism::RawTp => <&mut RawTracePoint>::try_from(prog)?
+                .attach(name)
+                .map(drop)?,
+            Mechanism::Tracepoint => <&mut TracePoint>::try_from(prog)?
+                .attach(group, name)
+                .map(drop)?,
             Mechanism::PerfSoftware => {
                 let event = match point.hook {
                     "page-faults-min" => SoftwareEvent::PageFaultsMin,
@@ -215,7 +208,6 @@ impl Attacher<'_> {
                     other => bail!("unknown perf event {other}"),
                 };
                 let p: &mut PerfEvent = prog.try_into()?;
-                p.load()?;
                 for &cpu in &self.cpus {
                     p.attach(
                         PerfEventConfig::Software(event),
@@ -229,6 +221,36 @@ impl Attacher<'_> {
             Mechanism::Fentry | Mechanism::Kprobe => bail!("not a fixed hook"),
         }
         Ok(())
+    }
+
+    /// Loads the programs of `points` that are not switched off, each on a
+    /// thread of its own: the kernel verifies privileged programs in
+    /// parallel, and verifying the fault entry programs is most of the
+    /// start-up. Attaching stays one at a time, in `hook`. A program that
+    /// fails to load here is loaded again there, which reports why.
+    fn preload(&mut self, points: &[&HookPoint]) {
+        let btf = self.btf;
+        let disabled = &self.disabled;
+        let wanted = |name: &str| {
+            points
+                .iter()
+                .copied()
+                .find(|p| p.program == name && !disabled.iter().any(|d| d == name))
+        };
+        let programs: Vec<_> = self
+            .ebpf
+            .programs_mut()
+            .filter_map(|(name, prog)| Some((wanted(name)?, prog)))
+            .collect();
+        std::thread::scope(|s| {
+            for (point, prog) in programs {
+                s.spawn(move || {
+                    if let Err(e) = load_hook_program(prog, point, btf) {
+                        log::debug!("preloading {}: {e:#}", point.program);
+                    }
+                });
+            }
+        });
     }
 
     /// Loads and attaches one program of a kernel function's entry or exit.
@@ -380,6 +402,22 @@ impl Attacher<'_> {
         Ok(row)
     }
 
+    /// The plan's rows of fixed hooks, each with whether the offsets its
+    /// record needs were read.
+    fn hook_rows(
+        &mut self,
+        hooks: &[(HookPoint, &Result<()>)],
+        rows: &mut Vec<PlanRow>,
+    ) -> Result<()> {
+        for (point, offsets_ok) in hooks {
+            match offsets_ok {
+                Err(e) if lacks_offsets(point, offsets_ok) => rows.push(without_offsets(point, e)),
+                _ => rows.push(self.hook_row(point)?),
+            }
+        }
+        Ok(())
+    }
+
     fn hook_row(&mut self, point: &HookPoint) -> Result<PlanRow> {
         let mut row = PlanRow {
             point: point.hook.to_string(),
@@ -408,6 +446,29 @@ impl Attacher<'_> {
         }
         Ok(row)
     }
+}
+
+/// Loads the program of a fixed hook for its mechanism, unless it is loaded
+/// already (by `Attacher::preload`).
+fn load_hook_program(prog: &mut Program, point: &HookPoint, btf: &Btf) -> Result<()> {
+    if prog.fd().is_ok() {
+        return Ok(());
+    }
+    let (_, name) = point.hook.split_once('/').unwrap_or(("", point.hook));
+    match point.mechanism {
+        Mechanism::TpBtf => <&mut BtfTracePoint>::try_from(prog)?.load(name, btf)?,
+        Mechanism::RawTp => <&mut RawTracePoint>::try_from(prog)?.load()?,
+        Mechanism::Tracepoint => <&mut TracePoint>::try_from(prog)?.load()?,
+        Mechanism::PerfSoftware => <&mut PerfEvent>::try_from(prog)?.load()?,
+        Mechanism::Fentry | Mechanism::Kprobe => bail!("not a fixed hook"),
+    }
+    Ok(())
+}
+
+/// A tracepoint program cannot load where its record's field offsets (from
+/// tracefs) could not be read.
+fn lacks_offsets(point: &HookPoint, offsets_ok: &Result<()>) -> bool {
+    point.mechanism == Mechanism::Tracepoint && offsets_ok.is_err()
 }
 
 /// The row of a tracepoint program left unattached because its record's
@@ -549,13 +610,12 @@ impl Probes {
             }
             rows.push(row);
         }
+        // The fixed hooks to attach, each with the offsets its record needs
+        // (a tracepoint's fields, from tracefs).
+        let mut hooks: Vec<(HookPoint, &Result<()>)> = Vec::new();
         if counting.is_none() && at_entry.is_ok() {
             for point in TRACEPOINT_COUNTING_AT_ENTRY {
-                if let (Mechanism::Tracepoint, Err(e)) = (point.mechanism, &mmap_lock_acquire_ok) {
-                    rows.push(without_offsets(point, e));
-                    continue;
-                }
-                rows.push(a.hook_row(point)?);
+                hooks.push((*point, &mmap_lock_acquire_ok));
             }
         } else if counting.is_none() {
             // The completion programs tail-call into the counting one: load it and
@@ -570,26 +630,32 @@ impl Probes {
                     "fault_done_major" if offsets.has_vm_lock_seq != 0 => "fault_done_major_vls",
                     other => other,
                 };
-                rows.push(a.hook_row(&HookPoint { program, ..*point })?);
-            }
-            if offsets.has_vm_lock_seq == 0 {
-                rows.push(a.mmap_lock_row(&mmap_lock_ok)?);
+                hooks.push((HookPoint { program, ..*point }, &Ok(())));
             }
         }
-        for point in ALWAYS {
-            let offsets_ok = if point.hook.starts_with("raw_syscalls/") {
-                &raw_ok
-            } else {
-                &syscalls_ok
-            };
-            if point.mechanism == Mechanism::Tracepoint {
-                if let Err(e) = offsets_ok {
-                    rows.push(without_offsets(point, e));
-                    continue;
-                }
-            }
-            rows.push(a.hook_row(point)?);
+        let always: Vec<(HookPoint, &Result<()>)> = ALWAYS
+            .iter()
+            .map(|point| {
+                let offsets_ok = if point.hook.starts_with("raw_syscalls/") {
+                    &raw_ok
+                } else {
+                    &syscalls_ok
+                };
+                (*point, offsets_ok)
+            })
+            .collect();
+        let loadable: Vec<&HookPoint> = hooks
+            .iter()
+            .chain(&always)
+            .filter(|(point, offsets_ok)| !lacks_offsets(point, offsets_ok))
+            .map(|(point, _)| point)
+            .collect();
+        a.preload(&loadable);
+        a.hook_rows(&hooks, &mut rows)?;
+        if counting.is_none() && at_entry.is_err() && offsets.has_vm_lock_seq == 0 {
+            rows.push(a.mmap_lock_row(&mmap_lock_ok)?);
         }
+        a.hook_rows(&always, &mut rows)?;
         let plan = Plan {
             vma_lookup: super::plan::vma_lookup(
                 counting.is_none(),
