@@ -491,11 +491,7 @@ pub struct FaultEvent {
     pub path: u8,
     pub vma_status: u8,
     pub major: u8,
-    /// 1: sent at the fault's entry (counting at the entry), as a minor fault
-    /// without latency. Its thread's next [`FaultOutcome`], if one comes
-    /// before the thread's next fault record, says otherwise.
-    /// [`FAULT_PLACED`]: the VMA of the thread's latest such record, whose
-    /// entry found none it could trust (placed since, as in the aggregates).
+    /// [`FAULT_SETTLED`], [`FAULT_AT_ENTRY`] or [`FAULT_PLACED`].
     pub pending: u8,
     pub _pad: [u8; 3],
     /// The mapping lifetime; 0 for none. Userspace describes it from the
@@ -503,8 +499,19 @@ pub struct FaultEvent {
     pub life: u64,
 }
 
+/// `FaultEvent::pending` of a record sent once its fault completed: it says
+/// all there is.
+pub const FAULT_SETTLED: u8 = 0;
+
+/// `FaultEvent::pending` of a record sent at the fault's entry (counting at
+/// the entry), as a minor fault without latency. Its thread's next
+/// [`FaultOutcome`], if one comes before the thread's next fault record,
+/// says otherwise.
+pub const FAULT_AT_ENTRY: u8 = 1;
+
 /// `FaultEvent::pending` of a record that places the thread's latest fault
-/// recorded at its entry: only its VMA (and lifetime) are news.
+/// recorded at its entry, whose entry found no VMA it could trust (placed
+/// since, as in the aggregates): only its VMA (and lifetime) are news.
 pub const FAULT_PLACED: u8 = 2;
 
 /// What became of a thread's latest fault recorded at its entry, when it was

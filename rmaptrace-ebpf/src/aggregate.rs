@@ -450,7 +450,8 @@ unsafe fn fill_fault(ev: *mut FaultEvent, c: &Completed, kind: u32) {
         c.tid,
         times,
         (c.addr, c.ip),
-        (c.major, c.untimed),
+        // Branch-free: this is inlined into the lookup (see `kernel_read_flat`).
+        (c.major, c.untimed * rmaptrace_common::FAULT_AT_ENTRY),
     );
 }
 
@@ -531,7 +532,7 @@ pub fn send_counted_at_entry(key: &FaultKey, tid: u32, now: u64, addr: u64, ip: 
             tid,
             (now, 0),
             (addr, ip),
-            (0, 1),
+            (0, rmaptrace_common::FAULT_AT_ENTRY),
         );
     }
     entry.submit(submit_flags());

@@ -339,23 +339,21 @@ impl Attacher<'_> {
         })
     }
 
-    /// Loads the tracepoint backend's tail-called programs into the TAILS array
-    /// (index 0 counts, index 1 looks the VMA up), before the completion
-    /// programs that call them are attached.
+    /// Puts the tracepoint backend's tail-called programs (`tail_programs`)
+    /// into the TAILS array (index 0 counts, index 1 looks the VMA up), loaded
+    /// if `preload` did not, before the completion programs that call them
+    /// are attached.
     fn load_tails(&mut self, lock_seq: bool) -> Result<()> {
-        let lookup = if lock_seq {
-            "fault_lookup_tail_vls"
-        } else {
-            "fault_lookup_tail"
-        };
         let mut fds = Vec::new();
-        for name in ["fault_record_tail", lookup] {
+        for name in tail_programs(lock_seq) {
             let prog: &mut PerfEvent = self
                 .ebpf
                 .program_mut(name)
                 .with_context(|| format!("program {name} missing from the object"))?
                 .try_into()?;
-            prog.load().with_context(|| format!("loading {name}"))?;
+            if prog.fd().is_err() {
+                prog.load().with_context(|| format!("loading {name}"))?;
+            }
             fds.push(prog.fd()?.try_clone()?);
         }
         let mut tails: ProgramArray<_> =
@@ -463,6 +461,18 @@ fn load_hook_program(prog: &mut Program, point: &HookPoint, btf: &Btf) -> Result
         Mechanism::Fentry | Mechanism::Kprobe => bail!("not a fixed hook"),
     }
     Ok(())
+}
+
+/// The tracepoint completion's tail-called programs, counting first: the
+/// lookup's flavour validates cached VMAs by their lock sequence where VMAs
+/// have one.
+fn tail_programs(lock_seq: bool) -> [&'static str; 2] {
+    let lookup = if lock_seq {
+        "fault_lookup_tail_vls"
+    } else {
+        "fault_lookup_tail"
+    };
+    ["fault_record_tail", lookup]
 }
 
 /// A tracepoint program cannot load where its record's field offsets (from
@@ -618,10 +628,6 @@ impl Probes {
                 hooks.push((*point, &mmap_lock_acquire_ok));
             }
         } else if counting.is_none() {
-            // The completion programs tail-call into the counting one: load it and
-            // put it in their program array before they are attached.
-            a.load_tails(offsets.has_vm_lock_seq != 0)
-                .context("loading the tracepoint backend's lookup and counting programs")?;
             for point in TRACEPOINT_COUNTING {
                 // The completion flavour that validates cached VMAs by their
                 // vm_lock_seq, where VMAs have one.
@@ -644,13 +650,34 @@ impl Probes {
                 (*point, offsets_ok)
             })
             .collect();
+        // The completion programs tail-call into the lookup and the counting:
+        // those two go into their program array before they are attached.
+        let tails: Vec<HookPoint> = if counting.is_none() && at_entry.is_err() {
+            tail_programs(offsets.has_vm_lock_seq != 0)
+                .into_iter()
+                .map(|program| HookPoint {
+                    program,
+                    mechanism: Mechanism::PerfSoftware,
+                    hook: "",
+                    required: true,
+                    purpose: "",
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let loadable: Vec<&HookPoint> = hooks
             .iter()
             .chain(&always)
             .filter(|(point, offsets_ok)| !lacks_offsets(point, offsets_ok))
             .map(|(point, _)| point)
+            .chain(&tails)
             .collect();
         a.preload(&loadable);
+        if !tails.is_empty() {
+            a.load_tails(offsets.has_vm_lock_seq != 0)
+                .context("loading the tracepoint backend's lookup and counting programs")?;
+        }
         a.hook_rows(&hooks, &mut rows)?;
         if counting.is_none() && at_entry.is_err() && offsets.has_vm_lock_seq == 0 {
             rows.push(a.mmap_lock_row(&mmap_lock_ok)?);

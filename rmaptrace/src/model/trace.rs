@@ -829,7 +829,7 @@ impl Trace {
         match event {
             Event::Fault(f, vma) => {
                 let (rec, kind, vm_flags) = self.fault_record(&f, vma.as_deref());
-                if f.pending == 0 {
+                if f.pending == rmaptrace_common::FAULT_SETTLED {
                     return Some(Record::Fault(rec));
                 }
                 if f.pending == rmaptrace_common::FAULT_PLACED {
@@ -1075,7 +1075,8 @@ impl Trace {
             module,
             path,
             major: f.major != 0,
-            latency_ns: (f.access & access::NO_ENTRY == 0 && f.pending == 0)
+            latency_ns: (f.access & access::NO_ENTRY == 0
+                && f.pending == rmaptrace_common::FAULT_SETTLED)
                 .then_some(f.latency_ns),
             vma_start,
             life: found.then_some(f.life),

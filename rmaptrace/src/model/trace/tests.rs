@@ -1020,7 +1020,7 @@ fn entry_fault(tid: u32, ts_ns: u64, addr: u64) -> Event {
         addr,
         access: access::WRITE,
         vma_status: vma_status::NONE,
-        pending: 1,
+        pending: rmaptrace_common::FAULT_AT_ENTRY,
         ..Default::default()
     };
     f.header.tid = tid;
