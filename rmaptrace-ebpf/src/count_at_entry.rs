@@ -41,7 +41,7 @@ use crate::{
     fault_tp::{entry_of, lookup, Entry},
     maps::{
         bump, config, current_mm_seq, kernel_read, kernel_read_flat, known_untraced, off,
-        traced_current, THREADS,
+        traced_current, CurrentTask, THREADS,
     },
     task, vma,
 };
@@ -487,16 +487,17 @@ fn on_entry<const KERNEL_MODE: bool>(ctx: &BtfTracePointContext) {
     // Every process's: the sampling perf event counts them all.
     let clock = entry_clock();
     let sample_due = minor_sample_due(clock);
+    let task = CurrentTask::get();
     let Some(Entry {
         address,
         tgid,
         tid,
         access: acc,
-    }) = entry_of(ctx, kernel_mode)
+    }) = entry_of(ctx, task, kernel_mode)
     else {
         return;
     };
-    let (min_flt, maj_flt) = task::current_faults();
+    let (min_flt, maj_flt) = task.faults();
     let t = match followed(tid, tgid) {
         Some(t) => t,
         None => {
@@ -535,7 +536,7 @@ fn on_entry<const KERNEL_MODE: bool>(ctx: &BtfTracePointContext) {
     let hit = unsafe {
         let holds =
             (*s).cache_valid != 0 && (*s).cache_start <= address && address < (*s).cache_end;
-        let hit = holds && cache_current(&*s);
+        let hit = holds && cache_current(&*s, task.mm_seq());
         if holds && !hit {
             (*s).cache_valid = 0;
         }
@@ -719,10 +720,10 @@ fn stack_above(c: &mut Completed) {
 /// lock yet. Where the sequence is a seqcount (6.13+) it is odd while a window
 /// is open (one opened since the fill moved it too); before, a window moves
 /// it only at its end, and the VMA's own lock sequence equals the mm's while
-/// a window has it write-locked (a probe read, about 50 ns).
+/// a window has it write-locked (a probe read, about 50 ns). `(mm, seq)` are
+/// the current task's (`CurrentTask::mm_seq`).
 #[inline(always)]
-fn cache_current(s: &ThreadFault) -> bool {
-    let (mm, seq) = current_mm_seq();
+fn cache_current(s: &ThreadFault, (mm, seq): (u64, u32)) -> bool {
     if (mm, seq) != (s.cache_mm, s.cache_mm_seq) {
         return false;
     }

@@ -25,8 +25,8 @@ use rmaptrace_common::{
 use crate::{
     aggregate::{self, Completed},
     maps::{
-        bump, bump_mm_gen, config, current_mm, current_mm_seq, current_pagefault_disabled,
-        known_untraced, mm_gen, off, traced_current, traced_when_all, THREADS,
+        bump, bump_mm_gen, config, current_mm, current_mm_seq, known_untraced, mm_gen, off,
+        traced_current, traced_when_all, CurrentTask, THREADS,
     },
     task, vma,
 };
@@ -120,10 +120,10 @@ pub struct Entry {
     pub access: u8,
 }
 
-/// The exception that `ctx` reports, unless it can be no fault of a traced
-/// process's memory.
+/// The exception that `ctx` reports in `task`, unless it can be no fault of a
+/// traced process's memory.
 #[inline(always)]
-pub fn entry_of(ctx: &BtfTracePointContext, kernel_mode: bool) -> Option<Entry> {
+pub fn entry_of(ctx: &BtfTracePointContext, task: CurrentTask, kernel_mode: bool) -> Option<Entry> {
     // TP_PROTO(unsigned long address, struct pt_regs *regs, unsigned long error_code)
     let address: u64 = ctx.arg(0);
     if kernel_mode && address >> 63 != 0 {
@@ -133,13 +133,15 @@ pub fn entry_of(ctx: &BtfTracePointContext, kernel_mode: bool) -> Option<Entry> 
     // without handle_mm_fault: never a fault. A user stack walk for
     // --stacks (inside the completion) takes such exceptions on frame
     // pointers gone astray, and would otherwise leave a bogus fault in flight.
-    if kernel_mode && current_pagefault_disabled() {
+    // A load: a probe read would see its own pagefault_disable() (it runs
+    // under one), that is always 1.
+    if kernel_mode && task.load::<i32>(off!(task_pagefault_disabled)) > 0 {
         return None;
     }
     // Only a process already found untraced on this CPU returns at once: the
-    // full check costs more than what follows it here.
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (tgid, tid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    // full check costs more than what follows it here. Loads, where
+    // bpf_get_current_pid_tgid is a call.
+    let (tgid, tid): (u32, u32) = (task.load(off!(task_tgid)), task.load(off!(task_pid)));
     let cfg = config();
     if (cfg.trace_all != 0 && !traced_when_all(&cfg, tgid)) || known_untraced(tgid) {
         return None;
@@ -162,7 +164,7 @@ fn on_entry(ctx: &BtfTracePointContext, kernel_mode: bool) {
         tgid: _,
         tid,
         access,
-    }) = entry_of(ctx, kernel_mode)
+    }) = entry_of(ctx, CurrentTask::get(), kernel_mode)
     else {
         return;
     };

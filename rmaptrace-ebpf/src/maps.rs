@@ -276,42 +276,58 @@ pub fn current_mm() -> u64 {
     current_task_field(off!(task_mm))
 }
 
-/// The `T` at `off` in the current task, as a load through the task's BTF
-/// pointer, which the verifier checks against `task_struct` (the offsets are
-/// constants to it, in frozen .rodata): no helper call, where a probe read is
-/// one (~30 ns). For what the fault path reads on every fault; a pointer
-/// loaded this way is itself a BTF pointer (see `current_mm_seq`).
-#[inline(always)]
-pub fn current_task_load<T: Copy>(off: u32) -> T {
-    // SAFETY: the helper returns the current task, valid for this run; the
-    // offset is task_struct's own (BTF), and the verifier checks the load
-    // against its type.
-    unsafe {
-        let task = bpf_get_current_task_btf() as *const u8;
-        core::ptr::read_volatile(task.add(off as usize) as *const T)
+/// The current task, as its BTF pointer: one helper call for every field a
+/// program reads of it.
+#[derive(Clone, Copy)]
+pub struct CurrentTask(*const u8);
+
+impl CurrentTask {
+    #[inline(always)]
+    pub fn get() -> Self {
+        // SAFETY: the helper has no preconditions; it returns the current
+        // task, valid for this run.
+        Self(unsafe { bpf_get_current_task_btf() } as *const u8)
+    }
+
+    /// The `T` at `off` in the task, as a load through its BTF pointer,
+    /// which the verifier checks against `task_struct` (the offsets are
+    /// constants to it, in frozen .rodata): no helper call, where a probe
+    /// read is one (~30 ns). For what the fault path reads on every fault; a
+    /// pointer loaded this way is itself a BTF pointer (see `mm_seq`).
+    #[inline(always)]
+    pub fn load<T: Copy>(self, off: u32) -> T {
+        // SAFETY: the current task's BTF pointer; the offset is
+        // task_struct's own (BTF), and the verifier checks the load against
+        // its type.
+        unsafe { core::ptr::read_volatile(self.0.add(off as usize) as *const T) }
+    }
+
+    /// The task's mm and that mm's `mm_lock_seq` (0, 0 without an mm), both
+    /// loads through BTF pointers.
+    #[inline(always)]
+    pub fn mm_seq(self) -> (u64, u32) {
+        let mm: *const u8 = self.load(off!(task_mm));
+        if mm.is_null() {
+            return (0, 0);
+        }
+        // SAFETY: `mm` is a BTF pointer to the task's mm_struct, whose loads
+        // the kernel guards (a bad one reads 0); the offset is mm_struct's own.
+        let seq =
+            unsafe { core::ptr::read_volatile(mm.add(off!(mm_lock_seq) as usize) as *const u32) };
+        (mm as u64, seq)
+    }
+
+    /// The thread's own fault counters (min_flt, maj_flt).
+    #[inline(always)]
+    pub fn faults(self) -> (u64, u64) {
+        (self.load(off!(task_min_flt)), self.load(off!(task_maj_flt)))
     }
 }
 
-/// Whether the current task runs with page faults disabled. A load: a probe
-/// read would see its own pagefault_disable() (bpf_probe_read_kernel runs
-/// under one), that is always 1.
-#[inline(always)]
-pub fn current_pagefault_disabled() -> bool {
-    current_task_load::<i32>(off!(task_pagefault_disabled)) > 0
-}
-
-/// The current task's mm and that mm's `mm_lock_seq` (0, 0 without an mm),
-/// both loads through BTF pointers.
+/// The current task's mm and that mm's `mm_lock_seq` (see [`CurrentTask::mm_seq`]).
 #[inline(always)]
 pub fn current_mm_seq() -> (u64, u32) {
-    let mm: *const u8 = current_task_load(off!(task_mm));
-    if mm.is_null() {
-        return (0, 0);
-    }
-    // SAFETY: `mm` is a BTF pointer to the task's mm_struct, whose loads the
-    // kernel guards (a bad one reads 0); the offset is mm_struct's own.
-    let seq = unsafe { core::ptr::read_volatile(mm.add(off!(mm_lock_seq) as usize) as *const u32) };
-    (mm as u64, seq)
+    CurrentTask::get().mm_seq()
 }
 
 #[inline(always)]

@@ -15,8 +15,8 @@ use rmaptrace_common::{
 };
 
 use crate::maps::{
-    bump, config, current_task_field, current_task_load, event_header, kernel_read, off,
-    traced_changed, traced_current, CGROUPS, COMMS, EVENTS, THREADS, TRACED,
+    bump, config, current_task_field, event_header, kernel_read, off, traced_changed,
+    traced_current, CurrentTask, CGROUPS, COMMS, EVENTS, THREADS, TRACED,
 };
 
 /// The current thread's cgroup v2 id.
@@ -53,10 +53,7 @@ fn in_followed_cgroup() -> bool {
 /// this runs on every counted fault.
 #[inline(always)]
 pub fn current_faults() -> (u64, u64) {
-    (
-        current_task_load(off!(task_min_flt)),
-        current_task_load(off!(task_maj_flt)),
-    )
+    CurrentTask::get().faults()
 }
 
 /// Follows the kernel's counters of thread `tid` from `base` (min_flt, maj_flt);
