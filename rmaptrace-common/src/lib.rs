@@ -685,6 +685,11 @@ pub struct AnonVmaMade {
     pub ns: u64,
     pub by: u32,
     pub _pad: u32,
+    /// The `anon_vma` seen made: the record holds only while the VMA at the
+    /// struct still has it. A struct freed where the free was not seen (its
+    /// program can miss a run, nested in an interrupt) and handed to a new
+    /// VMA keeps its entry, which must not become the new VMA's.
+    pub anon_vma: u64,
 }
 
 /// A thread's pages installed by those functions during its mmap syscall in

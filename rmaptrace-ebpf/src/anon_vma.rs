@@ -66,12 +66,19 @@ pub fn forget(tid: u32) {
     let _ = ANON_CALLS.remove(call_key(tid, CLONE));
 }
 
-/// Writes what made `vma`'s anon_vma into the record of its lifetime.
+/// Writes what made `vma`'s anon_vma into the record of its lifetime: the
+/// live lifetime at the struct, where it is this VMA's (same mm and start;
+/// not an earlier VMA's, whose struct was freed unseen).
 #[inline(always)]
 fn into_lifetime(vma: u64, made: &AnonVmaMade) {
     // SAFETY: read once, copied out.
-    if let Some(life) = (unsafe { LIVES.get(vma) }).map(|e| e.life) {
-        stamp(life, made.ns, made.by);
+    let Some(e) = (unsafe { LIVES.get(vma) }).copied() else {
+        return;
+    };
+    let mm: u64 = kernel_read_flat(vma, off!(vma_vm_mm));
+    let start: u64 = kernel_read_flat(vma, off!(vma_vm_start));
+    if e.mm == mm && e.start == start {
+        stamp(e.life, made.ns, made.by);
     }
 }
 
@@ -104,8 +111,11 @@ fn made(vma: u64, src: u64, by: u32) {
     let record = if by == anon_vma_by::NONE {
         // SAFETY: read once, copied out.
         match unsafe { ANON_MADE.get(src) } {
-            Some(m) => *m,
-            None => return,
+            Some(m) if made_here(m, src) => AnonVmaMade {
+                anon_vma: anon,
+                ..*m
+            },
+            _ => return,
         }
     } else {
         AnonVmaMade {
@@ -113,6 +123,7 @@ fn made(vma: u64, src: u64, by: u32) {
             ns: unsafe { bpf_ktime_get_ns() },
             by,
             _pad: 0,
+            anon_vma: anon,
         }
     };
     // A fork's word replaces the one its anon_vma_clone copied from the
@@ -127,6 +138,13 @@ fn made(vma: u64, src: u64, by: u32) {
         Err(_) if flags == BPF_NOEXIST => {}
         Err(_) => bump(counter::ANON_MADE_FULL),
     }
+}
+
+/// Whether `m`, the `ANON_MADE` entry of struct `vma`, tells of the anon_vma
+/// the VMA there has now, not of an earlier VMA's at the same struct.
+#[inline(always)]
+pub fn made_here(m: &AnonVmaMade, vma: u64) -> bool {
+    m.anon_vma == kernel_read_flat::<u64>(vma, off!(vma_anon_vma))
 }
 
 /// What made an anon_vma in this thread now: a fault in progress, or not.

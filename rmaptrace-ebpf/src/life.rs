@@ -95,10 +95,13 @@ pub fn life_of(info: &VmaInfo, tgid: u32, now: u64) -> u64 {
         // What made the VMA's anon_vma when that was seen before this
         // lifetime began (a fault's before its completion, a fork's, the
         // struct's earlier lifetime's before a split), read once.
+        // An entry of an earlier VMA at the struct counts as none, branch-free
+        // (this is inlined into the lookup, see `kernel_read_flat`).
         match crate::anon_vma::ANON_MADE.get(info.vma) {
             Some(m) => {
-                (*rec).anon_vma_by = m.by;
-                (*rec).anon_vma_ns = m.ns;
+                let here = crate::anon_vma::made_here(m, info.vma) as u32;
+                (*rec).anon_vma_by = m.by * here;
+                (*rec).anon_vma_ns = m.ns * u64::from(here);
             }
             None => {
                 (*rec).anon_vma_by = 0;

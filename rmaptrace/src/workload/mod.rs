@@ -41,6 +41,7 @@ pub const SCENARIOS: &[(&str, &str)] = &[
     ("mprotect-split", "N+1 pages, mprotect the first read-only, read it, write the rest: rows of 1 and N faults"),
     ("split-written", "N+1 pages written, mprotect the first read-only, drop the other N and write them again: N faults on a split-off part whose anon_vma came from before the split"),
     ("mbind-split", "N+1 pages, mbind the first to node 0, write all: rows of 1 and N faults"),
+    ("anon-then-shared", "N cycles of: a private anonymous page written (its anon_vma made) and unmapped, then a shared anonymous page written and kept: the slab hands the freed VMA structs to the shared mappings, none of which has an anon_vma"),
     ("buffer-churn", "N cycles at one address of: map 32 pages, write them, map them away (5 ms apart): N rows of 32 faults"),
     ("populate-race", "a reader faults on N shared pages while they are replaced in place by MAP_FIXED (populated private, shared in turn) 300 times"),
     ("dead-threads", "4 threads write 250 pages and exit; reports, waits for a line on stdin, then writes N pages"),
@@ -306,6 +307,18 @@ pub fn run(scenario: &str, pages: usize, wait: bool) -> Result<()> {
             unsafe { libc::madvise(p.cast(), len, libc::MADV_RANDOM) };
             read_pages(p, pages);
             report(scenario, pages, p, json!({"file": path}));
+        }
+        "anon-then-shared" => {
+            let private = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS;
+            let mut shared = std::ptr::null_mut();
+            for _ in 0..pages {
+                let p = map(PAGE, rw, private, -1)?;
+                write_pages(p, 1);
+                unsafe { libc::munmap(p as *mut _, PAGE) };
+                shared = map(PAGE, rw, libc::MAP_SHARED | libc::MAP_ANONYMOUS, -1)?;
+                write_pages(shared, 1);
+            }
+            report(scenario, pages, shared, json!({}));
         }
         "file-private-write" | "file-shared-write" => {
             let (fd, path) = scratch_file(pages)?;
