@@ -419,6 +419,9 @@ pub fn run(faults: u64, reps: usize, sections: &[String]) -> Result<()> {
         if sections.iter().any(|s| s == "versus") {
             run_all(&bin, faults, reps, VERSUS_MODES, "versus.json")?;
         }
+        if sections.iter().any(|s| s == "events") {
+            run_all(&bin, faults, reps, EVENTS_MODES, "events.json")?;
+        }
         if sections.iter().any(|s| s == "threads") {
             run_threads(&bin, faults, reps)?;
         }
@@ -526,6 +529,10 @@ const ALL_MODES: &[Mode] = &[
 /// for the one ratio whose noise is as large as the difference it measures.
 const VERSUS_MODES: &[Mode] = &[Mode::Rmaptrace, Mode::Bpftrace];
 
+/// The default mode and `--events` alone, for the same reason: their ratio's
+/// denominator is the default mode's overhead, itself a few hundred ns.
+const EVENTS_MODES: &[Mode] = &[Mode::Rmaptrace, Mode::RmaptraceEvents];
+
 fn run_all(bin: &Path, faults: u64, reps: usize, traced: &[Mode], report_name: &str) -> Result<()> {
     let started = Instant::now();
     let traced = traced.to_vec();
@@ -622,6 +629,16 @@ fn run_all(bin: &Path, faults: u64, reps: usize, traced: &[Mode], report_name: &
                 "{:<13} default median overhead / one-liner median overhead: {:.2}\n",
                 workload,
                 rm / bt
+            ));
+        }
+        if let (Some(ev), Some(rm)) = (
+            median_overhead(Mode::RmaptraceEvents),
+            median_overhead(Mode::Rmaptrace),
+        ) {
+            table.push_str(&format!(
+                "{:<13} --events median overhead / default median overhead: {:.2}\n",
+                workload,
+                ev / rm
             ));
         }
         let mut entry = round_ratios(&runs, workload, Mode::Rmaptrace, Mode::RmaptraceCompletion);

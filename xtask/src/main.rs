@@ -8,7 +8,7 @@
 //! | `test`     | `lint`, then every test: unit, integration (real eBPF on this kernel), then `vm-test` |
 //! | `lint`     | `cargo fmt --check`, clippy -D warnings on the userspace crates and on rmaptrace-ebpf (pinned nightly) |
 //! | `vm-test`  | rmaptrace and the rmapdemo driver in QEMU guests (Debian's 6.1 and 6.12 kernels), checked from here |
-//! | `bench`    | cost per fault against untraced and a bpftrace one-liner; long traces, 200k VMAs, 200 forks (`--sections`; `versus`: the default mode against the one-liner alone, more rounds); target/bench/*.json |
+//! | `bench`    | cost per fault against untraced and a bpftrace one-liner; long traces, 200k VMAs, 200 forks (`--sections`; `versus`: the default mode against the one-liner alone, more rounds; `events`: the default mode against `--events` alone); target/bench/*.json |
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::{
@@ -77,7 +77,8 @@ enum Task {
         reps: usize,
         /// Sections to run: `faults` (cost per fault, every mode), `versus`
         /// (the default mode and the one-liner only: more rounds in the same
-        /// time; not by default), `threads` (cost per
+        /// time; not by default), `events` (the default mode and `--events`
+        /// only, likewise), `threads` (cost per
         /// fault with 1, 4, 16 and all cores' threads faulting at once), `long`
         /// (a 60 s process churn, 200k VMAs, 200 forks); all by default.
         #[arg(long, value_delimiter = ',', default_values_t = vec!["faults".to_string(), "threads".to_string(), "long".to_string()])]
