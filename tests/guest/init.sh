@@ -58,6 +58,16 @@ for S in "$@"; do
 done
 BATCH
 
+# Prints the stderr of a run of its own and the line $1 with its exit status
+# $2 and the process records of its export $3 (its stderr in $4).
+print_run() {
+    echo "$1-STDERR-BEGIN"
+    cat "$4"
+    echo "$1-STDERR-END"
+    procs=$(grep '"type":"process"' "$3" | sed '$!s/$/,/' | tr -d '\n')
+    echo "$1 {\"rc\":$2,\"processes\":[$procs]}"
+}
+
 # Runs backend $1 over scenarios $2..., then prints one REPORT line per scenario
 # and one RUN line with the export's header and summary.
 run_group() {
@@ -127,11 +137,7 @@ sh -c 'echo $$ > /sys/fs/cgroup/rmt/inner/cgroup.procs && exec /rmaptrace worklo
 kill -TERM $cg_pid
 wait $cg_pid
 rc=$?
-echo "RMAPTRACE-CGROUP-STDERR-BEGIN"
-cat /tmp/cg.err
-echo "RMAPTRACE-CGROUP-STDERR-END"
-procs=$(grep '"type":"process"' /tmp/cg.json | sed '$!s/$/,/' | tr -d '\n')
-echo "RMAPTRACE-CGROUP {\"rc\":$rc,\"processes\":[$procs]}"
+print_run RMAPTRACE-CGROUP "$rc" /tmp/cg.json /tmp/cg.err
 
 # A VMA struct freed unseen (its program can miss a run, nested in an
 # interrupt), as every one is with the free hook off: the slab hands the
@@ -140,11 +146,7 @@ echo "RMAPTRACE-CGROUP {\"rc\":$rc,\"processes\":[$procs]}"
 rm -f /tmp/uf.json
 RMAPTRACE_DISABLE_PROGRAMS=kmem_cache_free /rmaptrace --no-tui --json /tmp/uf.json -- /rmaptrace workload anon-then-shared --pages 64 >/dev/null 2>/tmp/uf.err
 rc=$?
-echo "RMAPTRACE-UNSEEN-FREES-STDERR-BEGIN"
-cat /tmp/uf.err
-echo "RMAPTRACE-UNSEEN-FREES-STDERR-END"
-procs=$(grep '"type":"process"' /tmp/uf.json | sed '$!s/$/,/' | tr -d '\n')
-echo "RMAPTRACE-UNSEEN-FREES {\"rc\":$rc,\"processes\":[$procs]}"
+print_run RMAPTRACE-UNSEEN-FREES "$rc" /tmp/uf.json /tmp/uf.err
 
 echo "RMAPTRACE-DMESG-BEGIN"
 dmesg

@@ -621,25 +621,25 @@ fn run_all(bin: &Path, faults: u64, reps: usize, traced: &[Mode], report_name: &
             let mut v: Vec<f64> = of(mode).iter().map(|p| p.overhead()).collect();
             (!v.is_empty()).then(|| median(&mut v))
         };
-        if let (Some(rm), Some(bt)) = (
-            median_overhead(Mode::Rmaptrace),
-            median_overhead(Mode::Bpftrace),
-        ) {
-            table.push_str(&format!(
-                "{:<13} default median overhead / one-liner median overhead: {:.2}\n",
-                workload,
-                rm / bt
-            ));
-        }
-        if let (Some(ev), Some(rm)) = (
-            median_overhead(Mode::RmaptraceEvents),
-            median_overhead(Mode::Rmaptrace),
-        ) {
-            table.push_str(&format!(
-                "{:<13} --events median overhead / default median overhead: {:.2}\n",
-                workload,
-                ev / rm
-            ));
+        for (of_mode, over_mode, label) in [
+            (
+                Mode::Rmaptrace,
+                Mode::Bpftrace,
+                "default median overhead / one-liner",
+            ),
+            (
+                Mode::RmaptraceEvents,
+                Mode::Rmaptrace,
+                "--events median overhead / default",
+            ),
+        ] {
+            if let (Some(a), Some(b)) = (median_overhead(of_mode), median_overhead(over_mode)) {
+                table.push_str(&format!(
+                    "{:<13} {label} median overhead: {:.2}\n",
+                    workload,
+                    a / b
+                ));
+            }
         }
         let mut entry = round_ratios(&runs, workload, Mode::Rmaptrace, Mode::RmaptraceCompletion);
         if !entry.is_empty() {

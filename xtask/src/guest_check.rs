@@ -160,18 +160,24 @@ pub fn check(lines: &[String], opts: &Options, n: usize, kernel: &str) -> Result
 /// A check of a guest run made apart from the scenarios, on its output lines.
 type OwnRun = fn(&[String]) -> Result<()>;
 
+/// The result line `tag` of such a run, which exited 0 (`what` names the run).
+fn own_result(lines: &[String], tag: &str, what: &str) -> Result<Value> {
+    let result = lines
+        .iter()
+        .find_map(|l| l.strip_prefix(tag)?.strip_prefix(' '))
+        .with_context(|| format!("no {what} result from the guest"))?;
+    let result: Value = serde_json::from_str(result)?;
+    if result["rc"] != 0 {
+        anyhow::bail!("rmaptrace {what} failed: {result}");
+    }
+    Ok(result)
+}
+
 /// `--stacks` in the guest (tests/programs/callsites.c): each function right
 /// above its own kind of mapping in the folded stacks, with exactly the pages
 /// it touched.
 fn check_call_sites(lines: &[String]) -> Result<()> {
-    let result = lines
-        .iter()
-        .find_map(|l| l.strip_prefix("RMAPTRACE-STACKS "))
-        .context("no call sites result from the guest")?;
-    let result: Value = serde_json::from_str(result)?;
-    if result["rc"] != 0 {
-        anyhow::bail!("rmaptrace --folded failed: {result}");
-    }
+    let result = own_result(lines, "RMAPTRACE-STACKS", "--folded")?;
     let report = &result["report"];
     let folded: Vec<(&str, u64)> = lines
         .iter()
@@ -211,14 +217,7 @@ fn check_call_sites(lines: &[String]) -> Result<()> {
 /// anon_vma: what was seen made for the struct's earlier VMA is not the new
 /// one's.
 fn check_unseen_frees(lines: &[String]) -> Result<()> {
-    let result = lines
-        .iter()
-        .find_map(|l| l.strip_prefix("RMAPTRACE-UNSEEN-FREES "))
-        .context("no unseen-frees result from the guest")?;
-    let result: Value = serde_json::from_str(result)?;
-    if result["rc"] != 0 {
-        anyhow::bail!("rmaptrace with kmem_cache_free off failed: {result}");
-    }
+    let result = own_result(lines, "RMAPTRACE-UNSEEN-FREES", "with kmem_cache_free off")?;
     let shared: Vec<&Value> = result["processes"]
         .as_array()
         .context("no processes in the unseen-frees result")?
@@ -246,14 +245,7 @@ fn check_unseen_frees(lines: &[String]) -> Result<()> {
 /// pages) is not. (The guest's root file system is tmpfs: the program's own
 /// text is shmem too, so the mapping is found by its protection.)
 fn check_cgroup(lines: &[String]) -> Result<()> {
-    let result = lines
-        .iter()
-        .find_map(|l| l.strip_prefix("RMAPTRACE-CGROUP "))
-        .context("no --cgroup result from the guest")?;
-    let result: Value = serde_json::from_str(result)?;
-    if result["rc"] != 0 {
-        anyhow::bail!("rmaptrace --cgroup failed: {result}");
-    }
+    let result = own_result(lines, "RMAPTRACE-CGROUP", "--cgroup")?;
     let processes = result["processes"]
         .as_array()
         .context("no processes in the --cgroup result")?;
