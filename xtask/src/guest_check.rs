@@ -222,9 +222,7 @@ fn check_unseen_frees(lines: &[String]) -> Result<()> {
         .as_array()
         .context("no processes in the unseen-frees result")?
         .iter()
-        .filter_map(|p| p["vmas"].as_array())
-        .flatten()
-        .filter(|v| v["kind"] == "shmem" && v["prot"] == "rw-s")
+        .flat_map(shared_writable)
         .collect();
     let wrong: Vec<&&Value> = shared
         .iter()
@@ -239,6 +237,15 @@ fn check_unseen_frees(lines: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The writable shared memory mappings (shmem, `rw-s`) of process record `p`.
+fn shared_writable(p: &Value) -> impl Iterator<Item = &Value> {
+    p["vmas"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|v| v["kind"] == "shmem" && v["prot"] == "rw-s")
+}
+
 /// `--cgroup /rmt` in the guest: only the scenario that moved into
 /// /rmt/inner and exec'd is traced, its shared mapping with exactly its 64
 /// pages and the record with its cgroup's path; the one run outside (32
@@ -250,15 +257,9 @@ fn check_cgroup(lines: &[String]) -> Result<()> {
         .as_array()
         .context("no processes in the --cgroup result")?;
     let shared_pages = |p: &Value| -> Vec<u64> {
-        p["vmas"]
-            .as_array()
-            .map(|vs| {
-                vs.iter()
-                    .filter(|v| v["kind"] == "shmem" && v["prot"] == "rw-s")
-                    .filter_map(|v| v["faults"].as_u64())
-                    .collect()
-            })
-            .unwrap_or_default()
+        shared_writable(p)
+            .filter_map(|v| v["faults"].as_u64())
+            .collect()
     };
     let seen: Vec<(&Value, Vec<u64>)> = processes
         .iter()

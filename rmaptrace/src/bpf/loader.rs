@@ -191,7 +191,7 @@ impl Attacher<'_> {
             .ebpf
             .program_mut(point.program)
             .with_context(|| format!("program {} missing from the object", point.program))?;
-        load_hook_program(prog, point, self.btf)?;
+        load_program(prog, point.mechanism, point.hook, self.btf)?;
         let (group, name) = point.hook.split_once('/').unwrap_or(("", point.hook));
         match point.mechanism {
             Mechanism::TpBtf => <&mut BtfTracePoint>::try_from(prog)?.attach().map(drop)?,
@@ -223,19 +223,20 @@ impl Attacher<'_> {
         Ok(())
     }
 
-    /// Loads the programs of `points` that are not switched off, each on a
-    /// thread of its own: the kernel verifies privileged programs in
-    /// parallel, and verifying the fault entry programs is most of the
-    /// start-up. Attaching stays one at a time, in `hook`. A program that
-    /// fails to load here is loaded again there, which reports why.
-    fn preload(&mut self, points: &[&HookPoint]) {
+    /// Loads the programs of `loads` (program, mechanism, hook) that are
+    /// not switched off, each on a thread of its own: the kernel verifies
+    /// privileged programs in parallel, and verifying the fault entry
+    /// programs is most of the start-up. Attaching stays one at a time, in
+    /// `hook`. A program that fails to load here is loaded again there,
+    /// which reports why.
+    fn preload(&mut self, loads: &[(&'static str, Mechanism, &'static str)]) {
         let btf = self.btf;
         let disabled = &self.disabled;
         let wanted = |name: &str| {
-            points
+            loads
                 .iter()
                 .copied()
-                .find(|p| p.program == name && !disabled.iter().any(|d| d == name))
+                .find(|&(program, ..)| program == name && !disabled.iter().any(|d| d == name))
         };
         let programs: Vec<_> = self
             .ebpf
@@ -243,10 +244,10 @@ impl Attacher<'_> {
             .filter_map(|(name, prog)| Some((wanted(name)?, prog)))
             .collect();
         std::thread::scope(|s| {
-            for (point, prog) in programs {
+            for ((program, mechanism, hook), prog) in programs {
                 s.spawn(move || {
-                    if let Err(e) = load_hook_program(prog, point, btf) {
-                        log::debug!("preloading {}: {e:#}", point.program);
+                    if let Err(e) = load_program(prog, mechanism, hook, btf) {
+                        log::debug!("preloading {program}: {e:#}");
                     }
                 });
             }
@@ -346,14 +347,12 @@ impl Attacher<'_> {
     fn load_tails(&mut self, lock_seq: bool) -> Result<()> {
         let mut fds = Vec::new();
         for name in tail_programs(lock_seq) {
-            let prog: &mut PerfEvent = self
+            let prog = self
                 .ebpf
                 .program_mut(name)
-                .with_context(|| format!("program {name} missing from the object"))?
-                .try_into()?;
-            if prog.fd().is_err() {
-                prog.load().with_context(|| format!("loading {name}"))?;
-            }
+                .with_context(|| format!("program {name} missing from the object"))?;
+            load_program(prog, Mechanism::PerfSoftware, "", self.btf)
+                .with_context(|| format!("loading {name}"))?;
             fds.push(prog.fd()?.try_clone()?);
         }
         let mut tails: ProgramArray<_> =
@@ -446,14 +445,15 @@ impl Attacher<'_> {
     }
 }
 
-/// Loads the program of a fixed hook for its mechanism, unless it is loaded
-/// already (by `Attacher::preload`).
-fn load_hook_program(prog: &mut Program, point: &HookPoint, btf: &Btf) -> Result<()> {
+/// Loads a program of a fixed hook (`hook`, the tracepoint a BTF one
+/// attaches to) for its mechanism, unless it is loaded already (by
+/// `Attacher::preload`).
+fn load_program(prog: &mut Program, mechanism: Mechanism, hook: &str, btf: &Btf) -> Result<()> {
     if prog.fd().is_ok() {
         return Ok(());
     }
-    let (_, name) = point.hook.split_once('/').unwrap_or(("", point.hook));
-    match point.mechanism {
+    let (_, name) = hook.split_once('/').unwrap_or(("", hook));
+    match mechanism {
         Mechanism::TpBtf => <&mut BtfTracePoint>::try_from(prog)?.load(name, btf)?,
         Mechanism::RawTp => <&mut RawTracePoint>::try_from(prog)?.load()?,
         Mechanism::Tracepoint => <&mut TracePoint>::try_from(prog)?.load()?,
@@ -623,11 +623,13 @@ impl Probes {
         // The fixed hooks to attach, each with the offsets its record needs
         // (a tracepoint's fields, from tracefs).
         let mut hooks: Vec<(HookPoint, &Result<()>)> = Vec::new();
+        // The tracepoint backend counting at the completion (6.1-6.3, --stacks).
+        let at_completion = counting.is_none() && at_entry.is_err();
         if counting.is_none() && at_entry.is_ok() {
             for point in TRACEPOINT_COUNTING_AT_ENTRY {
                 hooks.push((*point, &mmap_lock_acquire_ok));
             }
-        } else if counting.is_none() {
+        } else if at_completion {
             for point in TRACEPOINT_COUNTING {
                 // The completion flavour that validates cached VMAs by their
                 // vm_lock_seq, where VMAs have one.
@@ -652,34 +654,25 @@ impl Probes {
             .collect();
         // The completion programs tail-call into the lookup and the counting:
         // those two go into their program array before they are attached.
-        let tails: Vec<HookPoint> = if counting.is_none() && at_entry.is_err() {
-            tail_programs(offsets.has_vm_lock_seq != 0)
-                .into_iter()
-                .map(|program| HookPoint {
-                    program,
-                    mechanism: Mechanism::PerfSoftware,
-                    hook: "",
-                    required: true,
-                    purpose: "",
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let loadable: Vec<&HookPoint> = hooks
+        let tails = at_completion
+            .then(|| tail_programs(offsets.has_vm_lock_seq != 0))
+            .into_iter()
+            .flatten()
+            .map(|program| (program, Mechanism::PerfSoftware, ""));
+        let loadable: Vec<_> = hooks
             .iter()
             .chain(&always)
             .filter(|(point, offsets_ok)| !lacks_offsets(point, offsets_ok))
-            .map(|(point, _)| point)
-            .chain(&tails)
+            .map(|(point, _)| (point.program, point.mechanism, point.hook))
+            .chain(tails)
             .collect();
         a.preload(&loadable);
-        if !tails.is_empty() {
+        if at_completion {
             a.load_tails(offsets.has_vm_lock_seq != 0)
                 .context("loading the tracepoint backend's lookup and counting programs")?;
         }
         a.hook_rows(&hooks, &mut rows)?;
-        if counting.is_none() && at_entry.is_err() && offsets.has_vm_lock_seq == 0 {
+        if at_completion && offsets.has_vm_lock_seq == 0 {
             rows.push(a.mmap_lock_row(&mmap_lock_ok)?);
         }
         a.hook_rows(&always, &mut rows)?;
