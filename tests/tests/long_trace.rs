@@ -189,21 +189,14 @@ fn a_reused_pid_never_joins_a_command_trace() {
 #[test]
 fn a_pid_used_outside_the_trace_is_counted_when_reused_inside() {
     require_root();
-    let last: u64 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let pid = last + 300;
     let go = temp_json("reuse-into-go");
     // Inside the trace, once the process outside it is gone: the workload again
-    // until it gets that pid.
+    // until it gets that pid (written into the go file).
     let script = format!(
-        "while [ ! -e {go} ]; do sleep 0.01; done; \
-         for i in $(seq 200); do echo {prev} > /proc/sys/kernel/ns_last_pid; {{w}}; \
-         grep -q '\"pid\":{pid}[,}}]' {{report}} && break; done",
+        "while [ ! -s {go} ]; do sleep 0.01; done; pid=$(cat {go}); \
+         for i in $(seq 200); do echo $((pid - 1)) > /proc/sys/kernel/ns_last_pid; {{w}}; \
+         grep -q \"\\\"pid\\\":$pid[,}}]\" {{report}} && break; done",
         go = go.display(),
-        prev = pid - 1,
     );
     let (mut cmd, json, report) = traced_shell("reuse-into", &script, 64);
     let tracer = cmd
@@ -212,9 +205,17 @@ fn a_pid_used_outside_the_trace_is_counted_when_reused_inside() {
         .spawn()
         .unwrap();
     wait_for_header(&json);
+    // A pid ahead of the latest, free now: chosen once the tracer has
+    // started, so that none of its threads holds it.
+    let last: u64 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let pid = (last + 300..).find(|&p| gone(p)).unwrap();
     let outside = spawn_with_pid(pid, 3000).expect("the pid was taken by others 200 times");
     assert!(outside.wait_with_output().unwrap().status.success());
-    std::fs::write(&go, b"").unwrap();
+    std::fs::write(&go, pid.to_string()).unwrap();
     assert!(tracer.wait_with_output().unwrap().status.success());
     let _ = std::fs::remove_file(&go);
     let r = read_report(&report).unwrap();

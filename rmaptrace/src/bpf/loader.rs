@@ -224,7 +224,7 @@ impl Attacher<'_> {
     }
 
     /// Loads the programs of `loads` (program, mechanism, hook) that are
-    /// not switched off, each on a thread of its own: the kernel verifies
+    /// not switched off, from a thread per CPU: the kernel verifies
     /// privileged programs in parallel, and verifying the fault entry
     /// programs is most of the start-up. Attaching stays one at a time, in
     /// `hook`. A program that fails to load here is loaded again there,
@@ -243,9 +243,18 @@ impl Attacher<'_> {
             .programs_mut()
             .filter_map(|(name, prog)| Some((wanted(name)?, prog)))
             .collect();
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(programs.len());
+        let queue = std::sync::Mutex::new(programs);
         std::thread::scope(|s| {
-            for ((program, mechanism, hook), prog) in programs {
-                s.spawn(move || {
+            for _ in 0..workers {
+                s.spawn(|| loop {
+                    // Taken out of the lock before the load: loads overlap.
+                    let next = queue.lock().map_or(None, |mut q| q.pop());
+                    let Some(((program, mechanism, hook), prog)) = next else {
+                        break;
+                    };
                     if let Err(e) = load_program(prog, mechanism, hook, btf) {
                         log::debug!("preloading {program}: {e:#}");
                     }
